@@ -1,0 +1,324 @@
+"""Loading and checking the configuration, reporting every problem at once.
+
+A problem names the field, the value found and the fix. Field checks come from
+the pydantic models; checks across sections run on whatever items are valid, so
+one bad table name does not hide an agent that sits in two groups.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import EnvSettingsSource
+
+from config.model import (
+    AgentConfig,
+    DispatchSection,
+    LineGroupConfig,
+    ModemConfig,
+    NodeConfig,
+    PhonesSection,
+    SpamTestSection,
+    SupervisionSection,
+)
+from config.names import Carrier, GroupType
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    field: str
+    value: Any
+    message: str
+
+    def __str__(self) -> str:
+        shown = "(missing)" if self.value is _MISSING else repr(self.value)
+        return f"{self.field} = {shown}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` lists every reason."""
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration {source}:\n{lines}")
+
+
+_MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "(missing)"})()
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _loc_str(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _lookup(raw: Any, loc: Iterable[int | str]) -> Any:
+    node = raw
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return node
+
+
+def _field_problems(raw: dict[str, Any], error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "required; fix: add it to the file"
+        elif item["type"] == "extra_forbidden":
+            message = "unknown setting; fix: remove it or check its spelling"
+        problems.append(Problem(_loc_str(loc), _lookup(raw, loc), message))
+    return problems
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _valid_items(raw: Any, model: type[_M]) -> list[tuple[int, _M]]:
+    if not isinstance(raw, list):
+        return []
+    valid = []
+    for index, item in enumerate(raw):
+        try:
+            valid.append((index, model.model_validate(item)))
+        except ValidationError:
+            continue
+    return valid
+
+
+def _valid_section(raw: Any, model: type[_M]) -> _M | None:
+    try:
+        return model.model_validate(raw if raw is not None else {})
+    except ValidationError:
+        return None
+
+
+def _duplicates(
+    section: str, field: str, items: list[tuple[int, Any]], key: str, fix: str
+) -> list[Problem]:
+    counts = Counter(getattr(item, key) for _, item in items)
+    return [
+        Problem(f"{section}[{index}].{field}", getattr(item, key), f"duplicate; fix: {fix}")
+        for index, item in items
+        if counts[getattr(item, key)] > 1
+    ]
+
+
+def cross_problems(raw: dict[str, Any]) -> list[Problem]:
+    """Problems that span sections, computed over the items that are valid on their own."""
+    agents = _valid_items(raw.get("agents", []), AgentConfig)
+    groups = _valid_items(raw.get("line_groups", []), LineGroupConfig)
+    modems = _valid_items(raw.get("modems", []), ModemConfig)
+    problems: list[Problem] = []
+
+    problems += _duplicates("agents", "number", agents, "number", "give each agent its own number")
+    problems += _duplicates("agents", "table", agents, "table", "give each agent its own table")
+    problems += _duplicates(
+        "agents", "admin", agents, "admin", "give each agent its own admin port"
+    )
+    problems += _duplicates("line_groups", "name", groups, "name", "name each group uniquely")
+    problems += _duplicates("modems", "device", modems, "device", "one modem per device")
+    problems += _duplicates("modems", "phone", modems, "phone", "one modem per phone number")
+    problems += _duplicates(
+        "modems",
+        "name",
+        [(i, m) for i, m in modems if m.name],
+        "name",
+        "name each modem of a pool uniquely",
+    )
+
+    # Numbers of every agent entry, valid or not: a bad table name must not make
+    # its agent look missing from the groups that list it.
+    raw_agents = raw.get("agents", [])
+    membership: dict[int, list[str]] = {
+        item["number"]: []
+        for item in (raw_agents if isinstance(raw_agents, list) else [])
+        if isinstance(item, dict) and isinstance(item.get("number"), int)
+    }
+    for index, group in groups:
+        for number in group.agents:
+            if number not in membership:
+                problems.append(
+                    Problem(
+                        f"line_groups[{index}].agents",
+                        group.agents,
+                        f"agent {number} is not configured; fix: add an [[agents]] entry "
+                        f"with number = {number} or remove it from the group",
+                    )
+                )
+            else:
+                membership[number].append(group.name)
+    for index, agent in agents:
+        homes = membership.get(agent.number, [])
+        if len(homes) != 1:
+            where = "no group" if not homes else f"groups {', '.join(homes)}"
+            problems.append(
+                Problem(
+                    f"agents[{index}].number",
+                    agent.number,
+                    f"agent is in {where}; fix: list it in exactly one [[line_groups]] entry",
+                )
+            )
+
+    for kind in (GroupType.TEST, GroupType.AUTH):
+        count = sum(1 for _, g in groups if g.type == kind)
+        if count != 1:
+            problems.append(
+                Problem(
+                    "line_groups.type",
+                    kind.value,
+                    f"{count} {kind.value} groups; fix: configure exactly one "
+                    f'[[line_groups]] with type = "{kind.value}"',
+                )
+            )
+
+    if isinstance(raw.get("modems", []), list) or "modems" not in raw:
+        present = {m.carrier for _, m in modems}
+        for carrier in Carrier:
+            if carrier not in present:
+                problems.append(
+                    Problem(
+                        "modems.carrier",
+                        carrier.value,
+                        f"no test phone for {carrier.value}; fix: add a [[modems]] entry "
+                        f'with carrier = "{carrier.value}"',
+                    )
+                )
+
+    problems += _timing_problems(raw)
+    return problems
+
+
+def _timing_problems(raw: dict[str, Any]) -> list[Problem]:
+    problems = []
+    dispatch = _valid_section(raw.get("dispatch"), DispatchSection)
+    if dispatch and dispatch.lease_renew_s >= dispatch.lease_ttl_s:
+        problems.append(
+            Problem(
+                "dispatch.lease_renew_s",
+                dispatch.lease_renew_s,
+                f"must be shorter than dispatch.lease_ttl_s ({dispatch.lease_ttl_s}); "
+                "fix: renew at most every third of the TTL",
+            )
+        )
+    spam = _valid_section(raw.get("spam_tests"), SpamTestSection)
+    if spam:
+        if spam.grace_min_s > spam.grace_max_s:
+            problems.append(
+                Problem(
+                    "spam_tests.grace_min_s",
+                    spam.grace_min_s,
+                    f"exceeds spam_tests.grace_max_s ({spam.grace_max_s}); fix: min <= max",
+                )
+            )
+        if not spam.grace_min_s <= spam.grace_initial_s <= spam.grace_max_s:
+            problems.append(
+                Problem(
+                    "spam_tests.grace_initial_s",
+                    spam.grace_initial_s,
+                    "must lie within [grace_min_s, grace_max_s]",
+                )
+            )
+        if spam.timeout_s <= spam.grace_min_s:
+            problems.append(
+                Problem(
+                    "spam_tests.timeout_s",
+                    spam.timeout_s,
+                    f"must be longer than spam_tests.grace_min_s ({spam.grace_min_s})",
+                )
+            )
+    supervision = _valid_section(raw.get("supervision"), SupervisionSection)
+    if supervision:
+        if supervision.backoff_initial_s > supervision.backoff_max_s:
+            problems.append(
+                Problem(
+                    "supervision.backoff_initial_s",
+                    supervision.backoff_initial_s,
+                    f"exceeds supervision.backoff_max_s ({supervision.backoff_max_s})",
+                )
+            )
+        if supervision.connect_timeout_s >= supervision.check_interval_s * 5:
+            problems.append(
+                Problem(
+                    "supervision.connect_timeout_s",
+                    supervision.connect_timeout_s,
+                    "is far longer than supervision.check_interval_s; fix: lower it",
+                )
+            )
+    phones = _valid_section(raw.get("phones"), PhonesSection)
+    if phones and phones.health_interval_s < phones.command_timeout_s:
+        problems.append(
+            Problem(
+                "phones.health_interval_s",
+                phones.health_interval_s,
+                f"is shorter than phones.command_timeout_s ({phones.command_timeout_s})",
+            )
+        )
+    return problems
+
+
+def read_raw(path: Path) -> dict[str, Any]:
+    """The TOML file merged with ``HANJULLO_…`` overrides, before validation."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            str(path),
+            [Problem("--config", str(path), "no such file; fix: pass --config PATH")],
+        ) from exc
+    except PermissionError as exc:
+        raise ConfigError(
+            str(path),
+            [
+                Problem(
+                    "--config", str(path), "permission denied; fix: run as a user who can read it"
+                )
+            ],
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            str(path), [Problem("(file)", str(path), f"not valid TOML: {exc}")]
+        ) from exc
+    env = EnvSettingsSource(NodeConfig)()
+    return _deep_merge(data, env)
+
+
+def validate(raw: dict[str, Any], source: str = "(inline)") -> NodeConfig:
+    problems: list[Problem] = []
+    config: NodeConfig | None = None
+    try:
+        config = NodeConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems += _field_problems(raw, exc)
+    problems += cross_problems(raw)
+    if problems or config is None:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: Path) -> NodeConfig:
+    return validate(read_raw(path), str(path))

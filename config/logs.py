@@ -1,0 +1,79 @@
+"""Structured logging for every command of the node.
+
+JSON lines (for journald) when stderr is not a terminal, a readable renderer on
+a terminal. Every string value passes through :func:`mask_phones` so a phone
+number never reaches a log unmasked; secrets are never handed to the logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+# Korean mobile and landline numbers, with optional +82, spaces or hyphens.
+_PHONE = re.compile(
+    r"(?<![0-9])(?:\+82[- ]?|0)(1[016789]|2|[3-6][1-5]|70|80)"
+    r"[- ]?([0-9]{3,4})[- ]?([0-9]{4})(?![0-9])"
+)
+
+
+def _mask(match: re.Match[str]) -> str:
+    text = match.group(0)
+    digits = [i for i, ch in enumerate(text) if ch.isdigit()]
+    keep_head = 3 if not text.startswith("+") else 4
+    hidden = set(digits[keep_head:-4])
+    return "".join("*" if i in hidden else ch for i, ch in enumerate(text))
+
+
+def mask_phones(text: str) -> str:
+    """``01012345678`` → ``010****5678``; other text unchanged."""
+    return _PHONE.sub(_mask, text)
+
+
+def _mask_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = mask_phones(value)
+        elif isinstance(value, (list, tuple)):
+            event[key] = [mask_phones(v) if isinstance(v, str) else v for v in value]
+    return event
+
+
+def setup_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    log_file: Path | None = None,
+) -> None:
+    """Configure structlog. Logs go to stderr (stdout carries only command results)."""
+    out = stream or sys.stderr
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        out = log_file.open("a", encoding="utf-8", buffering=1)
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _mask_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )

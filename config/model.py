@@ -1,0 +1,327 @@
+"""The node configuration: one TOML file, overridable from ``HANJULLO_…`` variables.
+
+Owns the shape of every setting and the per-field checks. Checks that span
+several sections (an agent in two groups, duplicate devices…) live in
+:mod:`config.checks` so that every problem can be reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from config.names import Carrier, GroupType, is_agent_table, is_mobile
+
+DEFAULT_CONFIG_PATH = Path("/etc/hanjullo/node.toml")
+DEFAULT_SOCKET_PATH = Path("/run/hanjullo/node.sock")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+def _as_str(value: Any) -> Any:
+    return str(value) if isinstance(value, int) else value
+
+
+class NodeSection(_Section):
+    id: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = ""
+    timezone: str = "Asia/Seoul"
+
+
+class PostgresSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=5432, ge=1, le=65535)
+    user: str = "postgres"
+    password: SecretStr = SecretStr("")
+    database: str = "test"
+    connect_timeout_s: Seconds = 3.0
+
+
+class MySQLSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=3306, ge=1, le=65535)
+    user: str = "root"
+    password: SecretStr = SecretStr("")
+    database: str = "test"
+    connect_timeout_s: Seconds = 3.0
+
+
+class RedisSection(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=6379, ge=1, le=65535)
+    db: int = Field(default=0, ge=0)
+    password: SecretStr = SecretStr("")
+    connect_timeout_s: Seconds = 2.0
+
+
+class AgentRole(StrEnum):
+    BULK = "bulk"
+    TEST = "test"
+    AUTH = "auth"
+
+
+class AgentConfig(_Section):
+    number: int = Field(ge=1, le=999)
+    table: str
+    admin: str
+    role: AgentRole = AgentRole.BULK
+    restart_command: str = ""
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        if not is_agent_table(value):
+            raise ValueError(
+                "must fully match SMSQ_SEND(_[0-9]{1,3})? (ASCII digits, nothing after them, "
+                'no newline); fix: write the agent\'s table, e.g. table = "SMSQ_SEND_3"'
+            )
+        return value
+
+    @field_validator("admin")
+    @classmethod
+    def _admin(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isascii() or not port.isdigit():
+            raise ValueError('must be host:port; fix: e.g. admin = "127.0.0.1:9001"')
+        if not 1 <= int(port) <= 65535:
+            raise ValueError("port must be 1-65535")
+        return value
+
+    @property
+    def admin_host(self) -> str:
+        return self.admin.rpartition(":")[0].strip("[]")
+
+    @property
+    def admin_port(self) -> int:
+        return int(self.admin.rpartition(":")[2])
+
+
+class LineGroupConfig(_Section):
+    name: str = Field(min_length=1, max_length=40)
+    type: GroupType
+    agents: list[int] = Field(min_length=1)
+
+
+class ModemDriver(StrEnum):
+    AT = "at"
+    GAMMU = "gammu"
+
+
+class ModemConfig(_Section):
+    carrier: Carrier
+    driver: ModemDriver = ModemDriver.AT
+    device: str = Field(min_length=1)
+    phone: str
+    mcc_mnc: list[Annotated[str, BeforeValidator(_as_str)]] = Field(min_length=1)
+    name: str = ""
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str) -> str:
+        if not is_mobile(value):
+            raise ValueError(
+                "must be a mobile number, digits only: 01[016789] then 7-8 digits; "
+                'fix: e.g. phone = "01012345678"'
+            )
+        return value
+
+    @field_validator("mcc_mnc")
+    @classmethod
+    def _mcc_mnc(cls, value: list[str]) -> list[str]:
+        for code in value:
+            if re.fullmatch(r"[0-9]{5,6}", code) is None:
+                raise ValueError(f'{code!r} is not an MCC-MNC; fix: e.g. mcc_mnc = ["45008"]')
+        return value
+
+    @property
+    def label(self) -> str:
+        """The operator-facing name of this phone, unique within the node."""
+        return self.name or self.carrier.value
+
+
+def _octal(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return int(value, 8)
+        except ValueError as exc:
+            raise ValueError('must be an octal mode such as "0660"') from exc
+    return value
+
+
+class SocketSection(_Section):
+    path: Path = DEFAULT_SOCKET_PATH
+    mode: Annotated[int, BeforeValidator(_octal), Field(ge=0, le=0o777)] = 0o660
+    group: str = ""
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+
+class DispatchSection(_Section):
+    poll_interval_s: Seconds = 5.0
+    batch_size: int = Field(default=1000, ge=1, le=50_000)
+    backlog_bound: int = Field(default=10_000, ge=1)
+    pool_free_groups: bool = True
+    lease_ttl_s: Seconds = 30.0
+    lease_renew_s: Seconds = 10.0
+    result_sync_interval_s: Seconds = 2.0
+    result_horizon_h: Seconds = 48.0
+    breaker_min_results: int = Field(default=20, ge=1)
+    breaker_share: float = Field(default=0.5, gt=0, le=1)
+    prune_after_days: Seconds = 90.0
+    training_secret: SecretStr = SecretStr("")
+
+
+class SupervisionSection(_Section):
+    check_interval_s: Seconds = 2.0
+    connect_timeout_s: Seconds = 1.0
+    stuck_after_s: Seconds = 30.0
+    backoff_initial_s: Seconds = 0.5
+    backoff_max_s: Seconds = 5.0
+    restart_min_interval_s: Seconds = 300.0
+    stop_timeout_s: Seconds = 8.0
+
+
+class SpamTestSection(_Section):
+    grace_initial_s: Seconds = 25.0
+    grace_min_s: Seconds = 6.0
+    grace_max_s: Seconds = 45.0
+    timeout_s: Seconds = 60.0
+    canary_interval_s: float = Field(default=0.0, ge=0)
+    canary_text: str = "hanjullo canary"
+
+
+class PhonesSection(_Section):
+    """Timings of the test-phone drivers and their managers."""
+
+    command_timeout_s: Seconds = 2.0
+    hang_after_timeouts: int = Field(default=3, ge=1)
+    health_interval_s: Seconds = 5.0
+    sweep_interval_s: float = Field(default=30.0, ge=30.0)
+    absent_check_interval_s: Seconds = 0.5
+    partial_timeout_s: Seconds = 120.0
+    receipt_retention_days: Seconds = 30.0
+    backoff_max_s: Seconds = 10.0
+
+
+class ClockSection(_Section):
+    """Where a settable test clock is kept; empty means the real clock."""
+
+    file: Path | None = None
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    dir: Path | None = None
+
+
+class CarrierNetworkConfig(_Section):
+    latency_s: tuple[float, float] = (1.0, 4.0)
+    failure_rate: float = Field(default=0.02, ge=0, le=1)
+    failure_codes: list[int] = [7, 8, 9]
+    block_keywords: list[str] = []
+    block_url_patterns: list[str] = []
+    block_senders: list[str] = []
+
+    @field_validator("latency_s")
+    @classmethod
+    def _latency(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if low < 0 or high < low:
+            raise ValueError("must be [low, high] seconds with 0 <= low <= high")
+        return value
+
+
+def _default_networks() -> dict[Carrier, CarrierNetworkConfig]:
+    # Shaped like reality: KT is the slow carrier (12-15 s), SKT and LG U+ are quick.
+    return {
+        Carrier.SKT: CarrierNetworkConfig(latency_s=(1.5, 3.5)),
+        Carrier.KT: CarrierNetworkConfig(latency_s=(12.0, 15.0)),
+        Carrier.LGU: CarrierNetworkConfig(latency_s=(2.0, 5.0)),
+    }
+
+
+class SimAgentsSection(_Section):
+    rate_per_s: Seconds = 100.0
+    poll_interval_s: Seconds = 0.2
+    log_move_delay_s: float = Field(default=2.0, ge=0)
+    result_delay_s: tuple[float, float] = (0.2, 1.0)
+
+
+class SimModemsSection(_Section):
+    storage_capacity: int = Field(default=30, ge=1, le=255)
+    smsc: str = "+821000000000"
+    slow_delay_s: Seconds = 1.5
+
+
+class SimulatorSection(_Section):
+    control_socket: Path | None = None
+    registered_senders: list[Annotated[str, BeforeValidator(_as_str)]] = []
+    agents: SimAgentsSection = SimAgentsSection()
+    modems: SimModemsSection = SimModemsSection()
+    network: dict[Carrier, CarrierNetworkConfig] = Field(default_factory=_default_networks)
+    seed: int = 0
+
+
+class NodeConfig(BaseSettings):
+    """The whole configuration of one node."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HANJULLO_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    node: NodeSection
+    postgres: PostgresSection = PostgresSection()
+    mysql: MySQLSection = MySQLSection()
+    redis: RedisSection = RedisSection()
+    agents: list[AgentConfig] = []
+    line_groups: list[LineGroupConfig] = []
+    modems: list[ModemConfig] = []
+    socket: SocketSection = SocketSection()
+    dispatch: DispatchSection = DispatchSection()
+    supervision: SupervisionSection = SupervisionSection()
+    spam_tests: SpamTestSection = SpamTestSection()
+    phones: PhonesSection = PhonesSection()
+    clock: ClockSection = ClockSection()
+    logging: LoggingSection = LoggingSection()
+    simulator: SimulatorSection = SimulatorSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init data; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def agent(self, number: int) -> AgentConfig:
+        for agent in self.agents:
+            if agent.number == number:
+                return agent
+        raise KeyError(number)
+
+    def group_of(self, number: int) -> LineGroupConfig | None:
+        for group in self.line_groups:
+            if number in group.agents:
+                return group
+        return None

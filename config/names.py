@@ -1,0 +1,75 @@
+"""Names that end up pasted into SQL or compared across processes.
+
+This module owns the one place where an agent table name is accepted. Nothing
+here touches a database; it only decides what a name may look like.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from enum import StrEnum
+
+# `[0-9]` rather than `\d`: `\d` also accepts Arabic-Indic and full-width digits.
+# `fullmatch` rather than `match(...$)`: `$` also matches before a trailing newline.
+_AGENT_TABLE = re.compile(r"SMSQ_SEND(_[0-9]{1,3})?")
+_ANY_AGENT_TABLE = re.compile(r"SMSQ_SEND(_[0-9]{1,3})?(_[0-9]{6})?")
+
+
+class Carrier(StrEnum):
+    SKT = "SKT"
+    KT = "KT"
+    LGU = "LGU"
+
+
+class GroupType(StrEnum):
+    BULK = "bulk"
+    TEST = "test"
+    AUTH = "auth"
+
+
+def is_agent_table(name: str) -> bool:
+    """True when `name` is a live agent table name such as ``SMSQ_SEND_3``."""
+    return isinstance(name, str) and _AGENT_TABLE.fullmatch(name) is not None
+
+
+def checked_table(name: str) -> str:
+    """Return `name` unchanged if it is a live or monthly log agent table, else raise.
+
+    Every identifier that is formatted into SQL passes through here first.
+    """
+    if not isinstance(name, str) or _ANY_AGENT_TABLE.fullmatch(name) is None:
+        raise ValueError(f"not an agent table name: {name!r}")
+    return name
+
+
+def log_table(table: str, month: date) -> str:
+    """The monthly result table of a live agent table, e.g. ``SMSQ_SEND_3_202611``."""
+    if not is_agent_table(table):
+        raise ValueError(f"not an agent table name: {table!r}")
+    return checked_table(f"{table}_{month.year:04d}{month.month:02d}")
+
+
+def add_months(day: date, months: int) -> date:
+    """First day of the month `months` after the month of `day`."""
+    index = day.year * 12 + (day.month - 1) + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+_MOBILE = re.compile(r"01[016789][0-9]{7,8}")
+
+
+def normalise_phone(raw: str) -> str:
+    """Digits-only domestic form of a Korean number: ``+82 10-1234-5678`` → ``01012345678``.
+
+    Returns the cleaned digits even when they are not a valid mobile number; use
+    :func:`is_mobile` to check.
+    """
+    digits = "".join(ch for ch in raw if ch in "0123456789")
+    if raw.strip().startswith("+82") or (digits.startswith("82") and len(digits) >= 11):
+        digits = "0" + digits[2:].lstrip("0")
+    return digits
+
+
+def is_mobile(digits: str) -> bool:
+    return _MOBILE.fullmatch(digits) is not None

@@ -1,0 +1,1 @@
+"""The node daemon: composes drivers and dispatch into supervised components."""

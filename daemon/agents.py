@@ -1,0 +1,149 @@
+"""The agent monitor: is each QTmsg agent alive, and what is waiting for it.
+
+An agent is alive when its admin port accepts a TCP connection (the vendor's
+admin protocol is undocumented, so a connect is all we rely on). Its backlog
+comes from its MySQL table in one statement for all agents. An agent whose
+oldest due row is older than ``supervision.stuck_after_s`` is ``stalled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import aiomysql
+import pymysql.err
+
+from daemon.runtime import Runtime
+from daemon.supervisor import Health
+from dispatch import agent_tables
+from dispatch.agent_tables import Backlog
+
+MYSQL_ERRORS = (OSError, pymysql.err.MySQLError, TimeoutError)
+
+
+class AgentState(StrEnum):
+    UNKNOWN = "unknown"
+    OK = "ok"
+    UNREACHABLE = "unreachable"
+    STALLED = "stalled"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    number: int
+    table: str
+    group: str
+    admin: str
+    state: AgentState
+    reachable: bool | None
+    backlog: Backlog | None
+    checked_at: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "table": self.table,
+            "group": self.group,
+            "admin": self.admin,
+            "state": self.state.value,
+            "reachable": self.reachable,
+            "waiting": None if self.backlog is None else self.backlog.waiting,
+            "due": None if self.backlog is None else self.backlog.due,
+            "oldest_waiting_s": None if self.backlog is None else self.backlog.oldest_due_s,
+            "in_flight": None if self.backlog is None else self.backlog.in_flight,
+            "checked_at": None if self.checked_at is None else self.checked_at.isoformat(),
+        }
+
+
+async def port_accepts(host: str, port: int, timeout_s: float) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+class AgentMonitor:
+    name = "agent-monitor"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        config = runtime.config
+        self.statuses: dict[int, AgentStatus] = {
+            a.number: AgentStatus(
+                a.number,
+                a.table,
+                group.name if (group := config.group_of(a.number)) else "",
+                a.admin,
+                AgentState.UNKNOWN,
+                None,
+                None,
+                None,
+            )
+            for a in config.agents
+        }
+        self._conn: aiomysql.Connection | None = None
+
+    async def run(self, health: Health) -> None:
+        try:
+            while True:
+                await self.check_once(health)
+                await asyncio.sleep(self.runtime.config.supervision.check_interval_s)
+        finally:
+            self._close()
+
+    async def check_once(self, health: Health) -> None:
+        config = self.runtime.config
+        timeout = config.supervision.connect_timeout_s
+        reach = await asyncio.gather(
+            *(port_accepts(a.admin_host, a.admin_port, timeout) for a in config.agents)
+        )
+        backlogs: dict[int, Backlog] = {}
+        mysql_error = ""
+        try:
+            if self._conn is None:
+                self._conn = await agent_tables.connect(config.mysql)
+            backlogs = await asyncio.wait_for(
+                agent_tables.read_backlogs(self._conn, {a.number: a.table for a in config.agents}),
+                config.mysql.connect_timeout_s * 2,
+            )
+        except MYSQL_ERRORS as exc:
+            mysql_error = f"mysql unreachable: {type(exc).__name__}: {exc}"
+            self._close()
+        now = datetime.now(UTC)
+        for agent, reachable in zip(config.agents, reach, strict=True):
+            backlog = backlogs.get(agent.number)
+            if not reachable:
+                state = AgentState.UNREACHABLE
+            elif (
+                backlog is not None
+                and backlog.oldest_due_s is not None
+                and backlog.oldest_due_s > config.supervision.stuck_after_s
+            ):
+                state = AgentState.STALLED
+            elif backlog is None:
+                state = AgentState.UNKNOWN
+            else:
+                state = AgentState.OK
+            old = self.statuses[agent.number]
+            self.statuses[agent.number] = AgentStatus(
+                agent.number, agent.table, old.group, agent.admin, state, reachable, backlog, now
+            )
+        if mysql_error:
+            health.degraded(mysql_error)
+            return
+        down = [str(s.number) for s in self.statuses.values() if s.state != AgentState.OK]
+        health.running(f"agents not ok: {', '.join(down)}" if down else "")
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()

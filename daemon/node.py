@@ -1,0 +1,269 @@
+"""The running node: components composed under one supervisor, the status API,
+the systemd lifecycle and signal handling.
+
+READY=1 is sent once the status socket serves; it waits for neither agents nor
+modems. SIGTERM/SIGINT stop every component within the stop timeout, close the
+ports and remove the socket. SIGHUP reloads the sections that are safe to
+reload and logs which changes need a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from config.loader import ConfigError, load_config
+from config.logs import setup_logging
+from daemon.agents import AgentMonitor
+from daemon.housekeeping import Housekeeping
+from daemon.http import Request, Response, UnixHTTPServer
+from daemon.modems import ModemManager
+from daemon.runtime import Runtime, diff_sections
+from daemon.stores import PostgresKeeper, RedisKeeper
+from daemon.supervisor import Component, ComponentState, Health, Supervisor
+from daemon.systemd import Notifier, watchdog_interval_s
+
+log = structlog.get_logger("node")
+
+# How often STATUS= is refreshed for `systemctl status`.
+STATUS_NOTIFY_INTERVAL_S = 10.0
+
+
+class StatusServer:
+    """The status socket as a supervised component."""
+
+    name = "status-server"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        section = node.runtime.config.socket
+        self.server = UnixHTTPServer(
+            section.path,
+            {
+                ("GET", "/v1/status"): node.handle_status,
+                ("GET", "/metrics"): node.handle_metrics,
+            },
+            mode=section.mode,
+            group=section.group,
+            max_body_bytes=section.max_body_bytes,
+        )
+        self.serving = asyncio.Event()
+
+    async def run(self, health: Health) -> None:
+        await self.server.start()
+        self.serving.set()
+        health.running(str(self.server.path))
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.serving.clear()
+            await self.server.close()
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Any:
+        snap = self.snapshot()
+        labels = {"node": snap["node"]["id"]}
+        up = GaugeMetricFamily(
+            "hanjullo_uptime_seconds", "Seconds since the daemon started", labels=["node"]
+        )
+        up.add_metric([labels["node"]], snap["node"]["uptime_s"])
+        yield up
+        comp = GaugeMetricFamily(
+            "hanjullo_component_state",
+            "1 for the state each component is in",
+            labels=["component", "state"],
+        )
+        for c in snap["components"]:
+            for state in ComponentState:
+                comp.add_metric([c["name"], state.value], 1.0 if c["state"] == state else 0.0)
+        yield comp
+        reach = GaugeMetricFamily(
+            "hanjullo_agent_reachable",
+            "1 when the agent's admin port accepts connections",
+            labels=["agent", "group"],
+        )
+        waiting = GaugeMetricFamily(
+            "hanjullo_agent_waiting_rows", "Rows with rsv1=1", labels=["agent", "group"]
+        )
+        oldest = GaugeMetricFamily(
+            "hanjullo_agent_oldest_waiting_seconds",
+            "Age of the oldest due waiting row",
+            labels=["agent", "group"],
+        )
+        for a in snap["agents"]:
+            key = [str(a["number"]), a["group"]]
+            if a["reachable"] is not None:
+                reach.add_metric(key, 1.0 if a["reachable"] else 0.0)
+            if a["waiting"] is not None:
+                waiting.add_metric(key, a["waiting"])
+            if a["oldest_waiting_s"] is not None:
+                oldest.add_metric(key, a["oldest_waiting_s"])
+        yield reach
+        yield waiting
+        yield oldest
+        ready = GaugeMetricFamily(
+            "hanjullo_modem_ready",
+            "1 while the test phone's modem is ready",
+            labels=["modem", "carrier"],
+        )
+        for m in snap["modems"]:
+            ready.add_metric([m["name"], m["carrier"]], 1.0 if m["state"] == "ready" else 0.0)
+        yield ready
+
+
+class Node:
+    def __init__(self, runtime: Runtime, notifier: Notifier | None = None) -> None:
+        self.runtime = runtime
+        self.notifier = notifier or Notifier()
+        supervision = runtime.config.supervision
+        self.supervisor = Supervisor(supervision.backoff_initial_s, supervision.backoff_max_s)
+        self.status_server = StatusServer(self)
+        self.postgres = PostgresKeeper(runtime)
+        self.redis = RedisKeeper(runtime)
+        self.agents = AgentMonitor(runtime)
+        self.housekeeping = Housekeeping(runtime)
+        self.modems = [ModemManager(runtime, m) for m in runtime.config.modems]
+        components: list[Component] = [
+            self.status_server,
+            self.postgres,
+            self.redis,
+            self.agents,
+            self.housekeeping,
+            *self.modems,
+        ]
+        for component in components:
+            self.supervisor.add(component)
+        self.stop_requested = asyncio.Event()
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(_SnapshotCollector(self.snapshot))
+
+    # ---- status -------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        config = self.runtime.config
+        return {
+            "node": {
+                "id": config.node.id,
+                "name": config.node.name,
+                "version": self.runtime.version,
+                "started_at": self.runtime.started_at.isoformat(),
+                "uptime_s": round(self.runtime.uptime_s(), 3),
+                "clock": self.runtime.clock.now_kst().isoformat(),
+            },
+            "components": [s.as_json() for s in self.supervisor.statuses()],
+            "agents": [s.as_json() for s in self.agents.statuses.values()],
+            "line_groups": [
+                {
+                    "name": g.name,
+                    "type": g.type.value,
+                    "agents": list(g.agents),
+                    "holder": None,
+                    "since": None,
+                }
+                for g in config.line_groups
+            ],
+            "modems": [m.status.as_json() for m in self.modems],
+            "runs": [],
+            "spam_tests": {"queue": [], "active": [], "grace_s": {}},
+        }
+
+    async def handle_status(self, request: Request) -> Response:
+        return Response.json(self.snapshot())
+
+    async def handle_metrics(self, request: Request) -> Response:
+        return Response(200, generate_latest(self._registry), "text/plain; version=0.0.4")
+
+    def summary(self) -> str:
+        statuses = self.supervisor.statuses()
+        degraded = [s.name for s in statuses if s.state == ComponentState.DEGRADED]
+        ready = sum(1 for m in self.modems if m.status.state == "ready")
+        agents_ok = sum(1 for a in self.agents.statuses.values() if a.state == "ok")
+        text = (
+            f"agents ok {agents_ok}/{len(self.agents.statuses)}, "
+            f"modems ready {ready}/{len(self.modems)}"
+        )
+        return text + (f"; degraded: {', '.join(degraded)}" if degraded else "")
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def reload(self) -> None:
+        path = self.runtime.config_path
+        if path is None:
+            log.warning("reload ignored: no configuration file")
+            return
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            log.error(
+                "reload refused, keeping the running configuration",
+                problems=[str(p) for p in exc.problems],
+            )
+            return
+        live, restart = diff_sections(self.runtime.config, new)
+        if restart:
+            log.warning(
+                "reload: these sections changed and need a restart; keeping their running values",
+                sections=restart,
+            )
+        if live:
+            merged = self.runtime.config.model_copy(
+                update={name: getattr(new, name) for name in live}
+            )
+            self.runtime.config = merged
+            setup_logging(merged.logging.level, merged.logging.format)
+        log.info("configuration reloaded", applied=live, needs_restart=restart)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.supervisor.start()
+        side_tasks = [asyncio.create_task(self._announce_ready(), name="announce-ready")]
+        watchdog = watchdog_interval_s()
+        if watchdog is not None:
+            side_tasks.append(asyncio.create_task(self._watchdog(watchdog), name="watchdog"))
+        log.info(
+            "daemon started", node=self.runtime.config.node.id, pid_version=self.runtime.version
+        )
+        await self.stop_requested.wait()
+        log.info("stopping")
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+        for task in side_tasks:
+            task.cancel()
+        await asyncio.gather(*side_tasks, return_exceptions=True)
+        await self.supervisor.stop(self.runtime.config.supervision.stop_timeout_s)
+        with contextlib.suppress(Exception):
+            await self.redis.close()
+        self.notifier.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+        return 0
+
+    async def _announce_ready(self) -> None:
+        await self.status_server.serving.wait()
+        self.notifier.notify("READY=1", f"STATUS={self.summary()}")
+        log.info("ready", socket=str(self.status_server.server.path))
+        while True:
+            await asyncio.sleep(STATUS_NOTIFY_INTERVAL_S)
+            self.notifier.notify(f"STATUS={self.summary()}")
+
+    async def _watchdog(self, interval_s: float) -> None:
+        # The ping comes from the event loop itself: a blocked loop stops it.
+        while True:
+            self.notifier.notify("WATCHDOG=1")
+            await asyncio.sleep(interval_s)

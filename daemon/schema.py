@@ -1,0 +1,177 @@
+"""Storage bootstrap: the node's PostgreSQL schema and the MySQL agent tables.
+
+PostgreSQL changes are numbered migrations recorded in
+``hanjullo_schema_versions``; each runs once, in its own transaction, under an
+advisory lock so two `db init` calls never race. Reference tables of the web
+service keep its names (``campaign_runs``, ``spam_filter_tests`` …) and are
+created only when missing, so the node can share a database with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import asyncpg
+
+from config.model import NodeConfig
+from dispatch import agent_tables
+
+# Any fixed 64-bit number; it only has to be the same for every `db init`.
+_MIGRATION_LOCK = 0x48414E4A554C4C4F  # "HANJULLO"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "node registry and reference tables",
+        """
+        CREATE TABLE IF NOT EXISTS hanjullo_nodes (
+            node_id text PRIMARY KEY,
+            name text NOT NULL DEFAULT '',
+            version text NOT NULL DEFAULT '',
+            started_at timestamptz NOT NULL DEFAULT now(),
+            last_seen timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE IF NOT EXISTS sms_line_groups (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            group_name text NOT NULL,
+            group_type text NOT NULL CHECK (group_type IN ('bulk', 'test', 'auth')),
+            sms_tables text[] NOT NULL DEFAULT '{}',
+            is_active boolean NOT NULL DEFAULT true,
+            sort_order integer NOT NULL DEFAULT 0,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE IF NOT EXISTS unsubscribes (
+            id bigserial PRIMARY KEY,
+            company_id text NOT NULL,
+            user_id text,
+            phone text NOT NULL,
+            source text NOT NULL DEFAULT '',
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS unsubscribes_company_phone ON unsubscribes (company_id, phone);
+        CREATE TABLE IF NOT EXISTS ai_training_logs (
+            id bigserial PRIMARY KEY,
+            source_ref text UNIQUE NOT NULL,
+            company_id text,
+            channel text,
+            sent_count integer NOT NULL DEFAULT 0,
+            success_count integer NOT NULL DEFAULT 0,
+            fail_count integer NOT NULL DEFAULT 0,
+            spam_blocked integer NOT NULL DEFAULT 0,
+            metrics_updated_at timestamptz,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE IF NOT EXISTS spam_filter_devices (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            carrier text NOT NULL CHECK (carrier IN ('SKT', 'KT', 'LGU')),
+            phone text NOT NULL UNIQUE,
+            is_active boolean NOT NULL DEFAULT true
+        );
+        """,
+    ),
+)
+
+
+async def connect_pg(config: NodeConfig) -> asyncpg.Connection:
+    section = config.postgres
+    return await asyncpg.connect(
+        host=section.host,
+        port=section.port,
+        user=section.user,
+        password=section.password.get_secret_value() or None,
+        database=section.database,
+        timeout=section.connect_timeout_s,
+    )
+
+
+async def create_pg_pool(config: NodeConfig, max_size: int = 5) -> asyncpg.Pool:
+    section = config.postgres
+    pool = await asyncpg.create_pool(
+        host=section.host,
+        port=section.port,
+        user=section.user,
+        password=section.password.get_secret_value() or None,
+        database=section.database,
+        timeout=section.connect_timeout_s,
+        min_size=1,
+        max_size=max_size,
+    )
+    assert pool is not None
+    return pool
+
+
+async def applied_versions(conn: asyncpg.Connection) -> list[int]:
+    exists = await conn.fetchval("SELECT to_regclass('hanjullo_schema_versions') IS NOT NULL")
+    if not exists:
+        return []
+    rows = await conn.fetch("SELECT version FROM hanjullo_schema_versions ORDER BY version")
+    return [row["version"] for row in rows]
+
+
+async def migrate_pg(conn: asyncpg.Connection) -> list[Migration]:
+    """Apply every migration not yet recorded; return the ones applied now."""
+    applied: list[Migration] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS hanjullo_schema_versions (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = set(await applied_versions(conn))
+        for migration in MIGRATIONS:
+            if migration.version in done:
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO hanjullo_schema_versions (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+            applied.append(migration)
+    return applied
+
+
+def latest_version() -> int:
+    return MIGRATIONS[-1].version
+
+
+@dataclass(frozen=True, slots=True)
+class InitReport:
+    pg_applied: list[str]
+    pg_version: int
+    mysql_created: list[str]
+
+
+async def init_storage(config: NodeConfig, today: date) -> InitReport:
+    """`hanjulloctl db init`: create or upgrade everything the node stores."""
+    conn = await connect_pg(config)
+    try:
+        applied = await migrate_pg(conn)
+        await conn.execute(
+            """INSERT INTO spam_filter_devices (carrier, phone)
+               SELECT * FROM unnest($1::text[], $2::text[])
+               ON CONFLICT (phone) DO UPDATE SET carrier = EXCLUDED.carrier""",
+            [m.carrier.value for m in config.modems],
+            [m.phone for m in config.modems],
+        )
+        version = max(await applied_versions(conn))
+    finally:
+        await conn.close()
+    mconn = await agent_tables.connect(config.mysql)
+    try:
+        created = await agent_tables.ensure_tables(mconn, [a.table for a in config.agents], today)
+    finally:
+        mconn.close()
+    return InitReport([f"{m.version}: {m.name}" for m in applied], version, created)

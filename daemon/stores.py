@@ -1,0 +1,145 @@
+"""Keepers of the node's PostgreSQL and Redis connections.
+
+Each keeper owns its client, proves it works with a heartbeat (the node's row in
+``hanjullo_nodes``, and a Redis key with a TTL, both readable by the control
+plane), and turns an outage into ``degraded`` with the reason. Other components
+borrow the client through :meth:`require`, which raises :class:`DependencyDown`
+while the store is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import UTC, datetime
+
+import asyncpg
+import redis.asyncio as aioredis
+import redis.exceptions
+import structlog
+
+from daemon import schema
+from daemon.runtime import Runtime
+from daemon.supervisor import DependencyDown, Health
+
+log = structlog.get_logger("stores")
+
+PG_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+REDIS_ERRORS = (OSError, redis.exceptions.RedisError, TimeoutError)
+
+
+class PostgresKeeper:
+    name = "postgres"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.pool: asyncpg.Pool | None = None
+        self.ready = asyncio.Event()
+
+    def require(self) -> asyncpg.Pool:
+        if self.pool is None or not self.ready.is_set():
+            raise DependencyDown("postgres unreachable")
+        return self.pool
+
+    async def run(self, health: Health) -> None:
+        config = self.runtime.config
+        try:
+            while True:
+                try:
+                    if self.pool is None:
+                        self.pool = await schema.create_pg_pool(config)
+                    await self._heartbeat(health)
+                except PG_ERRORS as exc:
+                    self.ready.clear()
+                    health.degraded(f"postgres unreachable: {type(exc).__name__}: {exc}")
+                    await self._drop_pool()
+                await asyncio.sleep(self.runtime.config.supervision.check_interval_s)
+        finally:
+            self.ready.clear()
+            await self._drop_pool()
+
+    async def _heartbeat(self, health: Health) -> None:
+        assert self.pool is not None
+        config = self.runtime.config
+        async with self.pool.acquire(timeout=config.postgres.connect_timeout_s) as conn:
+            versions = (
+                await conn.fetch("SELECT version FROM hanjullo_schema_versions")
+                if await conn.fetchval("SELECT to_regclass('hanjullo_schema_versions') IS NOT NULL")
+                else []
+            )
+            have = max((row["version"] for row in versions), default=0)
+            if have < schema.latest_version():
+                self.ready.clear()
+                health.degraded(
+                    f"schema version {have}, this daemon needs {schema.latest_version()}; "
+                    "run `hanjulloctl db init`"
+                )
+                return
+            await conn.execute(
+                """INSERT INTO hanjullo_nodes (node_id, name, version, started_at, last_seen)
+                   VALUES ($1, $2, $3, $4, now())
+                   ON CONFLICT (node_id) DO UPDATE SET name = EXCLUDED.name,
+                       version = EXCLUDED.version, started_at = EXCLUDED.started_at,
+                       last_seen = now()""",
+                config.node.id,
+                config.node.name,
+                self.runtime.version,
+                self.runtime.started_at,
+                timeout=config.postgres.connect_timeout_s,
+            )
+        self.ready.set()
+        health.running()
+
+    async def _drop_pool(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.terminate()
+
+
+class RedisKeeper:
+    name = "redis"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        section = runtime.config.redis
+        self.client = aioredis.Redis(
+            host=section.host,
+            port=section.port,
+            db=section.db,
+            password=section.password.get_secret_value() or None,
+            socket_timeout=section.connect_timeout_s,
+            socket_connect_timeout=section.connect_timeout_s,
+        )
+        self.ready = asyncio.Event()
+
+    def key(self, *parts: str) -> str:
+        """A Redis key namespaced by node id."""
+        return ":".join(("hanjullo", self.runtime.config.node.id, *parts))
+
+    def require(self) -> aioredis.Redis:
+        if not self.ready.is_set():
+            raise DependencyDown("redis unreachable")
+        return self.client
+
+    async def run(self, health: Health) -> None:
+        try:
+            while True:
+                interval = self.runtime.config.supervision.check_interval_s
+                try:
+                    await self.client.set(
+                        self.key("heartbeat"),
+                        json.dumps({"pid": os.getpid(), "at": datetime.now(UTC).isoformat()}),
+                        ex=max(1, int(interval * 3)),
+                    )
+                    self.ready.set()
+                    health.running()
+                except REDIS_ERRORS as exc:
+                    self.ready.clear()
+                    health.degraded(f"redis unreachable: {type(exc).__name__}: {exc}")
+                await asyncio.sleep(interval)
+        finally:
+            self.ready.clear()
+
+    async def close(self) -> None:
+        await self.client.aclose()

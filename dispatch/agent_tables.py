@@ -1,0 +1,225 @@
+"""The QTmsg agent table contract: table definitions, names and MySQL sessions.
+
+The simulator's agents and the daemon both use these definitions, so the two
+sides can never disagree about a column. Every table name formatted into SQL
+goes through :func:`config.names.checked_table` first. Every MySQL session
+opened here sets ``time_zone = '+09:00'``: the servers on these machines run in
+UTC, production's in KST, and ``sendreq_time`` is always the DB's own KST now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from enum import IntEnum, StrEnum
+from typing import Any
+
+import aiomysql
+
+from config.model import MySQLSection
+from config.names import add_months, checked_table, log_table
+
+KST_SESSION = "SET time_zone = '+09:00'"
+
+# Columns written by the application when it queues a message, in insert order.
+INSERT_COLUMNS = (
+    "dest_no",
+    "call_back",
+    "msg_contents",
+    "msg_type",
+    "title_str",
+    "sendreq_time",
+    "file_name1",
+    "app_etc1",
+    "app_etc2",
+)
+
+
+class Rsv1(StrEnum):
+    """The ``rsv1`` lifecycle of a row."""
+
+    WAITING = "1"
+    PROCESSING = "2"
+    HANDED_TO_RELAY = "3"
+    RESULT_RECEIVED = "4"
+    MOVED_TO_LOG = "5"
+
+
+class MsgType(StrEnum):
+    SMS = "S"
+    LMS = "L"
+    MMS = "M"
+
+
+class StatusCode(IntEnum):
+    WAITING = 100
+    PENDING = 104
+    SMS_OK = 6
+    LMS_OK = 1000
+    KAKAO_OK = 1800
+    UNKNOWN_NUMBER = 7
+    POWER_OFF = 8
+    SHADOW_AREA = 9
+    STORAGE_FULL = 10
+    SPAM_WORD = 16
+    DUPLICATE_SEND = 5004
+    MMS_FILE_ERROR = 9007
+    SENDER_NOT_REGISTERED = 9008
+    FORBIDDEN_HOURS = 9012
+
+
+SUCCESS_CODES = frozenset({6, 1000, 1800, 7830, 7831})
+PENDING_CODES = frozenset({100, 104, 7305})
+SPAM_CODES = frozenset({16, 52, 53, 54, 9010})
+
+
+def is_final(code: int) -> bool:
+    return code not in PENDING_CODES
+
+
+def is_success(code: int) -> bool:
+    return code in SUCCESS_CODES
+
+
+_COLUMNS = """
+  seqno INT NOT NULL AUTO_INCREMENT,
+  dest_no VARCHAR(20) NOT NULL,
+  call_back VARCHAR(20) NOT NULL,
+  msg_contents MEDIUMTEXT NOT NULL,
+  msg_type VARCHAR(1) NOT NULL DEFAULT 'S',
+  title_str VARCHAR(200) NULL,
+  msg_instm DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  sendreq_time DATETIME NOT NULL,
+  status_code INT NOT NULL DEFAULT 100,
+  rsv1 VARCHAR(10) NOT NULL DEFAULT '1',
+  mobsend_time DATETIME NULL,
+  repmsg_recvtm DATETIME NULL,
+  mob_company VARCHAR(10) NULL,
+  file_name1 VARCHAR(255) NULL,
+  file_name2 VARCHAR(255) NULL,
+  file_name3 VARCHAR(255) NULL,
+  file_name4 VARCHAR(255) NULL,
+  file_name5 VARCHAR(255) NULL,
+  bill_id VARCHAR(40) NULL,
+  app_etc1 VARCHAR(50) NULL,
+  app_etc2 VARCHAR(50) NULL,
+  sender_code VARCHAR(20) NULL,
+  k_template_code VARCHAR(30) NULL,
+  k_next_type VARCHAR(1) NULL,
+  k_button_json TEXT NULL,
+  PRIMARY KEY (seqno)"""
+
+
+def live_table_ddl(table: str) -> str:
+    table = checked_table(table)
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{table}` ({_COLUMNS},\n"
+        "  KEY idx_pick (rsv1, sendreq_time, seqno),\n"
+        "  KEY idx_app (app_etc1, rsv1)\n"
+        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
+    )
+
+
+def log_table_ddl(table: str, month: date) -> str:
+    name = log_table(table, month)
+    # A log row keeps the seqno it had in the live table.
+    columns = _COLUMNS.replace("seqno INT NOT NULL AUTO_INCREMENT", "seqno INT NOT NULL")
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{name}` ({columns},\n"
+        "  KEY idx_app (app_etc1),\n"
+        "  KEY idx_done (repmsg_recvtm)\n"
+        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
+    )
+
+
+def months_ahead(today: date, count: int = 3) -> list[date]:
+    """The current month and the next ``count - 1`` months."""
+    return [add_months(today, i) for i in range(count)]
+
+
+async def connect(section: MySQLSection, **extra: Any) -> aiomysql.Connection:
+    """One MySQL connection in KST with autocommit on."""
+    return await aiomysql.connect(
+        host=section.host,
+        port=section.port,
+        user=section.user,
+        password=section.password.get_secret_value(),
+        db=section.database,
+        charset="utf8mb4",
+        autocommit=True,
+        connect_timeout=section.connect_timeout_s,
+        init_command=KST_SESSION,
+        **extra,
+    )
+
+
+async def create_pool(section: MySQLSection, maxsize: int = 4, **extra: Any) -> aiomysql.Pool:
+    return await aiomysql.create_pool(
+        host=section.host,
+        port=section.port,
+        user=section.user,
+        password=section.password.get_secret_value(),
+        db=section.database,
+        charset="utf8mb4",
+        autocommit=True,
+        connect_timeout=section.connect_timeout_s,
+        init_command=KST_SESSION,
+        minsize=0,
+        maxsize=maxsize,
+        pool_recycle=300,
+        **extra,
+    )
+
+
+async def ensure_tables(conn: aiomysql.Connection, tables: list[str], today: date) -> list[str]:
+    """Create every live table and its log tables for this month and the next two.
+
+    Returns the names that did not exist before.
+    """
+    created: list[str] = []
+    async with conn.cursor() as cur:
+        await cur.execute("SHOW TABLES LIKE 'SMSQ\\_SEND%'")
+        existing = {row[0] for row in await cur.fetchall()}
+        for table in tables:
+            wanted = [(checked_table(table), live_table_ddl(table))]
+            wanted += [(log_table(table, m), log_table_ddl(table, m)) for m in months_ahead(today)]
+            for name, ddl in wanted:
+                if name not in existing:
+                    await cur.execute(ddl)
+                    created.append(name)
+    return created
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What one agent table holds right now."""
+
+    waiting: int  # rsv1 = '1', due or reserved for later
+    due: int  # waiting rows whose sendreq_time has come
+    oldest_due_s: int | None  # age of the oldest due waiting row
+    in_flight: int  # rsv1 2-4: picked up, result not yet moved to the log table
+
+
+async def read_backlogs(conn: aiomysql.Connection, tables: dict[int, str]) -> dict[int, Backlog]:
+    """One statement for every agent's backlog, keyed by agent number."""
+    if not tables:
+        return {}
+    parts = [
+        f"SELECT {int(number)} AS agent,"
+        " COALESCE(SUM(rsv1 = '1'), 0),"
+        " COALESCE(SUM(rsv1 = '1' AND sendreq_time <= NOW()), 0),"
+        " TIMESTAMPDIFF(SECOND, MIN(CASE WHEN rsv1 = '1' AND sendreq_time <= NOW()"
+        " THEN sendreq_time END), NOW()),"
+        " COALESCE(SUM(rsv1 IN ('2', '3', '4')), 0)"
+        f" FROM `{checked_table(table)}`"
+        for number, table in tables.items()
+    ]
+    async with conn.cursor() as cur:
+        await cur.execute(" UNION ALL ".join(parts))
+        rows = await cur.fetchall()
+    return {
+        int(agent): Backlog(
+            int(waiting), int(due), None if oldest is None else int(oldest), int(flight)
+        )
+        for agent, waiting, due, oldest, flight in rows
+    }

@@ -1,0 +1,1 @@
+"""Test-phone drivers and the PDU codec. Never imports dispatch or daemon."""

@@ -1,0 +1,1 @@
+"""Simulators of the QTmsg agents, the carrier network and the USB test modems."""
