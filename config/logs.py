@@ -45,6 +45,25 @@ def _mask_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of writing (tests swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+def setup_for(section: Any, fmt_override: str | None = None, name: str = "noded") -> None:
+    """Logging as a `[logging]` section asks: its directory when set, else stderr."""
+    log_file = section.dir / f"{name}.log" if section.dir else None
+    setup_logging(section.level, fmt_override or section.format, log_file=log_file)
+
+
 def setup_logging(
     level: str = "info",
     fmt: str = "auto",
@@ -52,7 +71,7 @@ def setup_logging(
     log_file: Path | None = None,
 ) -> None:
     """Configure structlog. Logs go to stderr (stdout carries only command results)."""
-    out = stream or sys.stderr
+    out: Any = stream or _CurrentStderr()
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         out = log_file.open("a", encoding="utf-8", buffering=1)

@@ -57,6 +57,10 @@ class Request:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class _HeadersTooLarge(Exception):
+    pass
+
+
 class SocketInUse(Exception):
     """Another process is serving on the socket path."""
 
@@ -89,6 +93,7 @@ class UnixHTTPServer:
         self.group = group
         self.max_body_bytes = max_body_bytes
         self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +116,17 @@ class UnixHTTPServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=2.0)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         try:
             while True:
@@ -133,23 +145,30 @@ class UnixHTTPServer:
         except Exception:
             log.exception("status connection failed")
         finally:
+            self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+    async def _next_event(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, limit: int | None = None
+    ) -> Any:
+        received = 0
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
+                if limit is not None and isinstance(event, h11.Request) and received > limit:
+                    raise _HeadersTooLarge
                 return event
             data = await asyncio.wait_for(reader.read(READ_CHUNK), IDLE_TIMEOUT_S)
+            received += len(data)
             conn.receive_data(data)
 
     async def _one_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader
     ) -> tuple[Response | None, bool]:
         try:
-            event = await self._next_event(conn, reader)
+            event = await self._next_event(conn, reader, limit=MAX_HEADER_BYTES)
             if isinstance(event, h11.ConnectionClosed):
                 return None, False
             assert isinstance(event, h11.Request)
@@ -172,6 +191,8 @@ class UnixHTTPServer:
                     break
                 else:
                     return Response.error(400, "unexpected end of request"), False
+        except _HeadersTooLarge:
+            return Response.error(431, f"request headers over {MAX_HEADER_BYTES} bytes"), False
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
             if status == 400 and "too large" in str(exc).lower():

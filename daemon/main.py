@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from config.loader import ConfigError, load_config
-from config.logs import setup_logging
+from config.logs import setup_for
 from config.model import DEFAULT_CONFIG_PATH
 from daemon.runtime import Runtime
 
@@ -33,9 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    log_file = config.logging.dir / "noded.log" if config.logging.dir else None
     # Under systemd stderr goes to journald; a configured log directory replaces it.
-    setup_logging(config.logging.level, args.log_format or config.logging.format, log_file=log_file)
+    setup_for(config.logging, args.log_format)
     from daemon.node import Node
 
     runtime = Runtime.create(config, args.config)

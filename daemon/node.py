@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from config.loader import ConfigError, load_config
-from config.logs import setup_logging
+from config.logs import setup_for
 from daemon.agents import AgentMonitor
 from daemon.housekeeping import Housekeeping
 from daemon.http import Request, Response, UnixHTTPServer
@@ -223,7 +223,8 @@ class Node:
                 update={name: getattr(new, name) for name in live}
             )
             self.runtime.config = merged
-            setup_logging(merged.logging.level, merged.logging.format)
+            if "logging" in live:
+                setup_for(merged.logging)
         log.info("configuration reloaded", applied=live, needs_restart=restart)
 
     async def run(self) -> int:

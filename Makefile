@@ -1,0 +1,31 @@
+# The two things anyone runs here: `make demo` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint setup services
+
+$(STAMP): pyproject.toml
+	@command -v gammu >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gammu >/dev/null; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+	@$(PY) -c 'import gammu, serial_asyncio_fast, asyncpg, aiomysql, h11' 
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+services:
+	@bash tests/ensure-services.sh
+
+demo: setup services
+	@$(PY) -m simulators.demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: setup services lint
+	$(VENV)/bin/pytest -p no:cacheprovider

@@ -1,0 +1,228 @@
+"""Run a whole simulated node as real processes: for tests, benches and the demo.
+
+A :class:`SimulatedNode` owns a directory with the example configuration, runs
+``hanjulloctl db init``, starts ``hanjullo-sim`` and ``hanjullo-noded`` as child
+processes and listens on its own ``NOTIFY_SOCKET`` the way systemd does, so
+READY=1 is observed exactly as in production. Nothing in the daemon knows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def command(name: str) -> list[str]:
+    """The console script `name` from this interpreter's environment."""
+    path = BIN / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: install the project (pip install -e .)")
+    return [str(path)]
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05
+) -> Any:
+    """Poll `predicate` until it returns something truthy; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - report the last error on timeout
+            last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}{detail}")
+        time.sleep(interval_s)
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self, timeout_s: float = 0.0) -> list[str]:
+        self.sock.settimeout(timeout_s if timeout_s > 0 else None)
+        if timeout_s <= 0:
+            self.sock.setblocking(False)
+        new = []
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, TimeoutError):
+                break
+            text = data.decode()
+            self.messages.append((time.monotonic(), text))
+            new.append(text)
+            self.sock.setblocking(False)
+        return new
+
+    def wait_for(self, field: str, timeout_s: float) -> float:
+        """Monotonic time at which a message containing `field` (e.g. READY=1) arrived."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for stamp, text in self.messages:
+                if field in text.split("\n"):
+                    return stamp
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {field} within {timeout_s}s")
+            self.drain(min(remaining, 0.1))
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class SimulatedNode:
+    def __init__(self, directory: Path, phones_per_carrier: int = 1,
+                 overrides: Callable[[str], str] | None = None) -> None:
+        self.dir = directory.resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.dir / "node.toml"
+        text = subprocess.run(
+            [*command("hanjulloctl"), "config", "example", "--sim", "--dir", str(self.dir),
+             "--phones-per-carrier", str(phones_per_carrier)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        if overrides is not None:
+            text = overrides(text)
+        self.config_path.write_text(text)
+        self.sim: subprocess.Popen[bytes] | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.notify: NotifyListener | None = None
+        self.daemon_started_at = 0.0
+
+    # ---- processes ----------------------------------------------------------------------
+    def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command("hanjulloctl"), *args, "--config", str(self.config_path)],
+            check=check, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def sim_ctl(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command("hanjullo-sim"), "ctl", "--config", str(self.config_path), *args],
+            check=check, capture_output=True, text=True, timeout=timeout,
+        )
+
+    def db_init(self) -> None:
+        self.ctl("db", "init")
+
+    def start_sim(self, timeout_s: float = 20.0) -> None:
+        log = (self.dir / "sim.stderr").open("ab")
+        self.sim = subprocess.Popen(
+            [*command("hanjullo-sim"), "--config", str(self.config_path)],
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+        )
+        wait_for(lambda: self.sim_ctl("status", check=False).returncode == 0 or self._sim_dead(),
+                 timeout_s, "the simulator's control socket")
+        if self._sim_dead():
+            raise RuntimeError(f"simulator exited: see {self.dir / 'sim.stderr'}")
+
+    def _sim_dead(self) -> bool:
+        return self.sim is not None and self.sim.poll() is not None
+
+    def start_daemon(self, wait_ready_s: float = 10.0, env: dict[str, str] | None = None) -> float:
+        """Start the daemon; return seconds from spawn to READY=1."""
+        if self.notify is None:
+            self.notify = NotifyListener(self.dir / "notify.sock")
+        self.notify.messages.clear()
+        log = (self.dir / "noded.stderr").open("ab")
+        self.daemon_started_at = time.monotonic()
+        self.daemon = subprocess.Popen(
+            [*command("hanjullo-noded"), "--config", str(self.config_path)],
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            env={**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.notify.path)},
+        )
+        ready = self.notify.wait_for("READY=1", wait_ready_s)
+        return ready - self.daemon_started_at
+
+    def status(self) -> dict[str, Any]:
+        out = self.ctl("status", "--json").stdout
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    def component_states(self) -> dict[str, str]:
+        return {c["name"]: c["state"] for c in self.status()["components"]}
+
+    def wait_components(self, wanted: Callable[[dict[str, str]], bool], timeout_s: float,
+                        what: str) -> dict[str, str]:
+        result: dict[str, str] = wait_for(
+            lambda: (states := self.component_states()) and wanted(states) and states,
+            timeout_s, what, interval_s=0.25,
+        )
+        return result
+
+    def stop_daemon(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int | None:
+        if self.daemon is None:
+            return None
+        proc, self.daemon = self.daemon, None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+
+    def stop_sim(self) -> None:
+        if self.sim is None:
+            return
+        proc, self.sim = self.sim, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop_daemon()
+        self.stop_sim()
+        if self.notify is not None:
+            self.notify.close()
+            self.notify = None
+
+    def __enter__(self) -> SimulatedNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def running_node(directory: Path, with_sim: bool = True, **kwargs: Any) -> Iterator[SimulatedNode]:
+    node = SimulatedNode(directory, **kwargs)
+    try:
+        node.db_init()
+        if with_sim:
+            node.start_sim()
+        node.start_daemon()
+        yield node
+    finally:
+        node.close()

@@ -1,0 +1,72 @@
+"""Stopping and starting the machine's real PostgreSQL, MariaDB and Redis.
+
+Used by the outage tests, with the same commands `.ci/run` uses to bring them up.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PORTS = {"postgres": 5432, "mariadb": 3306, "redis": 6379}
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _pg_version() -> str:
+    return sorted(os.listdir("/etc/postgresql"))[-1]
+
+
+def _run(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True, timeout=60)
+
+
+def stop(name: str) -> None:
+    if name == "postgres":
+        _run("pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "stop",
+             "-m", "fast")
+    elif name == "mariadb":
+        _run("mysqladmin", "-uroot", "-h127.0.0.1", "shutdown")
+    elif name == "redis":
+        subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True,
+                       timeout=30)
+    _wait(name, up=False)
+
+
+def start(name: str) -> None:
+    if name == "postgres":
+        _run("pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "start")
+    elif name == "mariadb":
+        Path("/run/mysqld").mkdir(parents=True, exist_ok=True)
+        _run("chown", "mysql:mysql", "/run/mysqld")
+        _run("start-stop-daemon", "--start", "--oknodo", "--background", "--exec",
+             "/usr/sbin/mariadbd", "--", "--user=mysql")
+    elif name == "redis":
+        Path("/var/lib/redis").mkdir(parents=True, exist_ok=True)
+        Path("/var/log/redis").mkdir(parents=True, exist_ok=True)
+        _run("redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port",
+             "6379", "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+             "--logfile", "/var/log/redis/ci.log")
+    _wait(name, up=True)
+
+
+def _wait(name: str, up: bool, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while port_open(PORTS[name]) != up:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} did not go {'up' if up else 'down'}")
+        time.sleep(0.2)
+    if up and name == "mariadb":
+        # The port opens a moment before MariaDB accepts logins.
+        while subprocess.run(["mysqladmin", "-uroot", "-h127.0.0.1", "ping"],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError("mariadb does not answer ping")
+            time.sleep(0.2)

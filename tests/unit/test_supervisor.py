@@ -1,0 +1,89 @@
+"""Supervision: a crashing component is restarted with capped backoff; nothing escapes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from daemon.supervisor import ComponentState, DependencyDown, Health, Supervisor
+
+
+class Flaky:
+    """Fails `failures` times, then runs until cancelled."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures = failures
+        self.error = error
+        self.attempts = 0
+        self.running = asyncio.Event()
+        self.stopped = asyncio.Event()
+
+    async def run(self, health: Health) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise self.error
+        health.running()
+        self.running.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.stopped.set()
+
+
+async def test_crash_is_restarted_and_recorded() -> None:
+    changes: list[tuple[str, str]] = []
+    sup = Supervisor(0.001, 0.004, on_change=lambda s: changes.append((s.state, s.reason)))
+    flaky = Flaky(3, ValueError("boom"))
+    sup.add(flaky)
+    sup.start()
+    await asyncio.wait_for(flaky.running.wait(), 5)
+    assert flaky.attempts == 4
+    assert (ComponentState.DEGRADED, "crashed: ValueError: boom") in changes
+    assert sup.statuses()[0].state == ComponentState.RUNNING
+    await sup.stop(1)
+    assert flaky.stopped.is_set()
+    assert sup.statuses()[0].state == ComponentState.STOPPED
+
+
+async def test_dependency_down_reason_is_shown() -> None:
+    sup = Supervisor(0.001, 0.002)
+    flaky = Flaky(1, DependencyDown("mysql unreachable: refused"))
+    health = sup.add(flaky)
+    seen: list[str] = []
+    health._on_change = lambda s: seen.append(s.reason)
+    sup.start()
+    await asyncio.wait_for(flaky.running.wait(), 5)
+    assert "mysql unreachable: refused" in seen
+    await sup.stop(1)
+
+
+async def test_backoff_is_capped_and_doubles() -> None:
+    sup = Supervisor(0.01, 0.04)
+    waits: list[float] = []
+    real_wait_for = asyncio.wait_for
+
+    async def recording_wait_for(aw, timeout):  # type: ignore[no-untyped-def]
+        if timeout is not None and timeout < 1:
+            waits.append(timeout)
+        return await real_wait_for(aw, timeout)
+
+    flaky = Flaky(5, RuntimeError("x"))
+    sup.add(flaky)
+    asyncio.wait_for = recording_wait_for  # type: ignore[assignment]
+    try:
+        sup.start()
+        await real_wait_for(flaky.running.wait(), 5)
+    finally:
+        asyncio.wait_for = real_wait_for
+    assert waits[:5] == [0.01, 0.02, 0.04, 0.04, 0.04]
+    await sup.stop(1)
+
+
+async def test_stop_interrupts_backoff() -> None:
+    sup = Supervisor(60, 60)
+    flaky = Flaky(10, RuntimeError("x"))
+    sup.add(flaky)
+    sup.start()
+    await asyncio.sleep(0)
+    await asyncio.wait_for(sup.stop(1), 2)
