@@ -42,7 +42,7 @@ def wait_for(
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - report the last error on timeout
+        except Exception as exc:
             last_error = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_error!r})" if last_error else ""
@@ -96,15 +96,29 @@ class NotifyListener:
 
 
 class SimulatedNode:
-    def __init__(self, directory: Path, phones_per_carrier: int = 1,
-                 overrides: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        phones_per_carrier: int = 1,
+        overrides: Callable[[str], str] | None = None,
+    ) -> None:
         self.dir = directory.resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "node.toml"
         text = subprocess.run(
-            [*command("hanjulloctl"), "config", "example", "--sim", "--dir", str(self.dir),
-             "--phones-per-carrier", str(phones_per_carrier)],
-            check=True, capture_output=True, text=True,
+            [
+                *command("hanjulloctl"),
+                "config",
+                "example",
+                "--sim",
+                "--dir",
+                str(self.dir),
+                "--phones-per-carrier",
+                str(phones_per_carrier),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         if overrides is not None:
             text = overrides(text)
@@ -115,16 +129,26 @@ class SimulatedNode:
         self.daemon_started_at = 0.0
 
     # ---- processes ----------------------------------------------------------------------
-    def ctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def ctl(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*command("hanjulloctl"), *args, "--config", str(self.config_path)],
-            check=check, capture_output=True, text=True, timeout=timeout,
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
-    def sim_ctl(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def sim_ctl(
+        self, *args: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*command("hanjullo-sim"), "ctl", "--config", str(self.config_path), *args],
-            check=check, capture_output=True, text=True, timeout=timeout,
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def db_init(self) -> None:
@@ -134,10 +158,15 @@ class SimulatedNode:
         log = (self.dir / "sim.stderr").open("ab")
         self.sim = subprocess.Popen(
             [*command("hanjullo-sim"), "--config", str(self.config_path)],
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
         )
-        wait_for(lambda: self.sim_ctl("status", check=False).returncode == 0 or self._sim_dead(),
-                 timeout_s, "the simulator's control socket")
+        wait_for(
+            lambda: self.sim_ctl("status", check=False).returncode == 0 or self._sim_dead(),
+            timeout_s,
+            "the simulator's control socket",
+        )
         if self._sim_dead():
             raise RuntimeError(f"simulator exited: see {self.dir / 'sim.stderr'}")
 
@@ -153,7 +182,9 @@ class SimulatedNode:
         self.daemon_started_at = time.monotonic()
         self.daemon = subprocess.Popen(
             [*command("hanjullo-noded"), "--config", str(self.config_path)],
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
             env={**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.notify.path)},
         )
         ready = self.notify.wait_for("READY=1", wait_ready_s)
@@ -167,11 +198,14 @@ class SimulatedNode:
     def component_states(self) -> dict[str, str]:
         return {c["name"]: c["state"] for c in self.status()["components"]}
 
-    def wait_components(self, wanted: Callable[[dict[str, str]], bool], timeout_s: float,
-                        what: str) -> dict[str, str]:
+    def wait_components(
+        self, wanted: Callable[[dict[str, str]], bool], timeout_s: float, what: str
+    ) -> dict[str, str]:
         result: dict[str, str] = wait_for(
             lambda: (states := self.component_states()) and wanted(states) and states,
-            timeout_s, what, interval_s=0.25,
+            timeout_s,
+            what,
+            interval_s=0.25,
         )
         return result
 

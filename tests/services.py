@@ -30,13 +30,21 @@ def _run(*args: str) -> None:
 
 def stop(name: str) -> None:
     if name == "postgres":
-        _run("pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "stop",
-             "-m", "fast")
+        _run(
+            "pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            _pg_version(),
+            "main",
+            "stop",
+            "-m",
+            "fast",
+        )
     elif name == "mariadb":
         _run("mysqladmin", "-uroot", "-h127.0.0.1", "shutdown")
     elif name == "redis":
-        subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True,
-                       timeout=30)
+        subprocess.run(
+            ["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=30
+        )
     _wait(name, up=False)
 
 
@@ -46,14 +54,37 @@ def start(name: str) -> None:
     elif name == "mariadb":
         Path("/run/mysqld").mkdir(parents=True, exist_ok=True)
         _run("chown", "mysql:mysql", "/run/mysqld")
-        _run("start-stop-daemon", "--start", "--oknodo", "--background", "--exec",
-             "/usr/sbin/mariadbd", "--", "--user=mysql")
+        _run(
+            "start-stop-daemon",
+            "--start",
+            "--oknodo",
+            "--background",
+            "--exec",
+            "/usr/sbin/mariadbd",
+            "--",
+            "--user=mysql",
+        )
     elif name == "redis":
         Path("/var/lib/redis").mkdir(parents=True, exist_ok=True)
         Path("/var/log/redis").mkdir(parents=True, exist_ok=True)
-        _run("redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port",
-             "6379", "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
-             "--logfile", "/var/log/redis/ci.log")
+        _run(
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "-::1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/var/lib/redis",
+            "--logfile",
+            "/var/log/redis/ci.log",
+        )
     _wait(name, up=True)
 
 
@@ -65,8 +96,12 @@ def _wait(name: str, up: bool, timeout_s: float = 60.0) -> None:
         time.sleep(0.2)
     if up and name == "mariadb":
         # The port opens a moment before MariaDB accepts logins.
-        while subprocess.run(["mysqladmin", "-uroot", "-h127.0.0.1", "ping"],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                ["mysqladmin", "-uroot", "-h127.0.0.1", "ping"], capture_output=True
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError("mariadb does not answer ping")
             time.sleep(0.2)

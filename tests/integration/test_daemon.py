@@ -16,9 +16,16 @@ def test_ready_quickly_and_status_lists_the_node(sim_node: SimulatedNode) -> Non
     # READY waits for neither agents nor modems (nothing is simulated here).
     assert ready_s < 2.0, f"READY after {ready_s:.2f}s"
     raw = subprocess.run(
-        ["curl", "-sS", "--unix-socket", str(sim_node.dir / "node.sock"),
-         "http://localhost/v1/status"],
-        check=True, capture_output=True, text=True,
+        [
+            "curl",
+            "-sS",
+            "--unix-socket",
+            str(sim_node.dir / "node.sock"),
+            "http://localhost/v1/status",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     status = json.loads(raw)
     assert len(status["agents"]) == 11
@@ -27,11 +34,20 @@ def test_ready_quickly_and_status_lists_the_node(sim_node: SimulatedNode) -> Non
     assert status["node"]["id"].startswith("sim-")
     assert status["runs"] == [] and status["spam_tests"]["active"] == []
     names = {c["name"] for c in status["components"]}
-    assert {"status-server", "postgres", "redis", "agent-monitor", "scheduler",
-            "modem:SKT", "modem:KT", "modem:LGU"} <= names
+    assert {
+        "status-server",
+        "postgres",
+        "redis",
+        "agent-monitor",
+        "scheduler",
+        "modem:SKT",
+        "modem:KT",
+        "modem:LGU",
+    } <= names
     # No simulator: the modems are absent and their managers say so.
     states = sim_node.wait_components(
-        lambda s: s["modem:KT"] == "degraded" and s["postgres"] == "running", 10, "modem state")
+        lambda s: s["modem:KT"] == "degraded" and s["postgres"] == "running", 10, "modem state"
+    )
     assert states["status-server"] == "running"
     modem = next(m for m in sim_node.status()["modems"] if m["carrier"] == "KT")
     assert modem["state"] == "absent" and "not present" in modem["reason"]
@@ -43,8 +59,17 @@ def test_status_cli_table_and_metrics(sim_node: SimulatedNode) -> None:
     table = sim_node.ctl("status").stdout
     assert "COMPONENT" in table and "SMSQ_SEND_11" in table and "bulk-3" in table
     metrics = subprocess.run(
-        ["curl", "-sS", "--unix-socket", str(sim_node.dir / "node.sock"),
-         "http://localhost/metrics"], check=True, capture_output=True, text=True).stdout
+        [
+            "curl",
+            "-sS",
+            "--unix-socket",
+            str(sim_node.dir / "node.sock"),
+            "http://localhost/metrics",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert 'hanjullo_component_state{component="postgres",state="running"}' in metrics
     assert "hanjullo_agent_reachable" in metrics
     assert "hanjullo_modem_ready" in metrics
@@ -58,8 +83,9 @@ def test_sigterm_exits_zero_quickly_and_removes_socket(sim_node: SimulatedNode) 
     assert code == 0
     assert not sock.exists()
     assert sim_node.notify is not None
-    assert any("STOPPING=1" in m for _, m in sim_node.notify.messages) or \
-        "STOPPING=1" in "".join(sim_node.notify.drain(0.5))
+    assert any("STOPPING=1" in m for _, m in sim_node.notify.messages) or "STOPPING=1" in "".join(
+        sim_node.notify.drain(0.5)
+    )
 
 
 def test_status_cli_explains_a_missing_daemon(sim_node: SimulatedNode) -> None:
@@ -93,17 +119,24 @@ def test_sighup_reloads_safe_sections_and_names_the_rest(sim_node: SimulatedNode
     assert sim_node.component_states()["status-server"] == "running"
 
 
-@pytest.mark.skipif(subprocess.run(["which", "systemd-analyze"], capture_output=True).returncode,
-                    reason="systemd-analyze not installed")
+@pytest.mark.skipif(
+    subprocess.run(["which", "systemd-analyze"], capture_output=True, check=False).returncode,
+    reason="systemd-analyze not installed",
+)
 def test_unit_file_verifies(tmp_path: object) -> None:
     from pathlib import Path
 
     unit = Path(__file__).resolve().parents[2] / "systemd" / "hanjullo-noded.service"
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+    )
     # Only complaints about this unit count (the host's other units are not ours).
-    ours = [line for line in result.stderr.splitlines()
-            if "hanjullo-noded.service" in line and "not found" not in line.lower()
-            and "Command /usr/bin/hanjullo-noded" not in line
-            and "is not executable" not in line]
+    ours = [
+        line
+        for line in result.stderr.splitlines()
+        if "hanjullo-noded.service" in line
+        and "not found" not in line.lower()
+        and "Command /usr/bin/hanjullo-noded" not in line
+        and "is not executable" not in line
+    ]
     assert not ours, result.stderr

@@ -41,8 +41,9 @@ def test_log_tables_for_three_months_and_kst_sessions(sim_node: SimulatedNode) -
         conn.close()
     # The node's clock may be any day of the month; db init covers its month and two more.
     today = date.today()
-    months = {f"SMSQ_SEND_7_{d.year:04d}{d.month:02d}" for d in
-              (add_months(today, i) for i in range(3))}
+    months = {
+        f"SMSQ_SEND_7_{d.year:04d}{d.month:02d}" for d in (add_months(today, i) for i in range(3))
+    }
     assert {"SMSQ_SEND_7"} | months <= names
 
 
@@ -54,7 +55,9 @@ def test_mysql_sessions_run_in_kst() -> None:
         conn = await agent_tables.connect(MySQLSection())
         try:
             async with conn.cursor() as cur:
-                await cur.execute("SELECT @@session.time_zone, TIMESTAMPDIFF(HOUR, UTC_TIMESTAMP(), NOW())")
+                await cur.execute(
+                    "SELECT @@session.time_zone, TIMESTAMPDIFF(HOUR, UTC_TIMESTAMP(), NOW())"
+                )
                 return await cur.fetchone()
         finally:
             conn.close()

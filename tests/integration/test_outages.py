@@ -12,8 +12,11 @@ from tests import services
 pytestmark = pytest.mark.outage
 
 DEPENDENT = {"mariadb": "agent-monitor", "redis": "redis", "postgres": "postgres"}
-REASON = {"mariadb": "mysql unreachable", "redis": "redis unreachable",
-          "postgres": "postgres unreachable"}
+REASON = {
+    "mariadb": "mysql unreachable",
+    "redis": "redis unreachable",
+    "postgres": "postgres unreachable",
+}
 
 
 @pytest.mark.parametrize("service", ["mariadb", "redis", "postgres"])
@@ -24,14 +27,20 @@ def test_outage_degrades_and_recovers(sim_node: SimulatedNode, service: str) -> 
     stopped_at = time.monotonic()
     services.stop(service)
     try:
-        sim_node.wait_components(lambda s: s[component] == "degraded", 10,
-                                 f"{component} degraded after stopping {service}")
+        sim_node.wait_components(
+            lambda s: s[component] == "degraded",
+            10,
+            f"{component} degraded after stopping {service}",
+        )
         assert time.monotonic() - stopped_at < 10
         entry = next(c for c in sim_node.status()["components"] if c["name"] == component)
         assert REASON[service] in entry["reason"]
         assert sim_node.daemon is not None and sim_node.daemon.poll() is None
     finally:
         services.start(service)
-    sim_node.wait_components(lambda s: s[component] == "running", 30,
-                             f"{component} running again after {service} returned")
+    sim_node.wait_components(
+        lambda s: s[component] == "running",
+        30,
+        f"{component} running again after {service} returned",
+    )
     assert sim_node.daemon is not None and sim_node.daemon.poll() is None

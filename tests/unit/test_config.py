@@ -43,12 +43,18 @@ def test_node_id_is_unique_per_directory(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "table",
-    ["SMSQ_SEND_1; DROP TABLE x", "SMSQ_SEND_1\n", "SMSQ_SEND_١", "SMSQ_SEND_1234",
-     "smsq_send_1", "SMSQ_SEND_1_202611", " SMSQ_SEND_1", "SMSQ_SEND_１"],
+    [
+        "SMSQ_SEND_1; DROP TABLE x",
+        "SMSQ_SEND_1\n",
+        "SMSQ_SEND_١",
+        "SMSQ_SEND_1234",
+        "smsq_send_1",
+        "SMSQ_SEND_1_202611",
+        " SMSQ_SEND_1",
+        "SMSQ_SEND_１",
+    ],
 )
-def test_bad_table_names_are_rejected_with_field_and_value(
-    raw: dict[str, Any], table: str
-) -> None:
+def test_bad_table_names_are_rejected_with_field_and_value(raw: dict[str, Any], table: str) -> None:
     raw["agents"][0]["table"] = table
     found = problems(raw)
     assert any(p.startswith("agents[0].table = " + repr(table)) for p in found), found

@@ -21,8 +21,11 @@ async def broken(request: Request) -> Response:
 
 @pytest.fixture
 async def server(tmp_path: Path):  # type: ignore[no-untyped-def]
-    srv = UnixHTTPServer(tmp_path / "s.sock", {("GET", "/v1/status"): ok,
-                                                ("GET", "/bug"): broken}, max_body_bytes=1024)
+    srv = UnixHTTPServer(
+        tmp_path / "s.sock",
+        {("GET", "/v1/status"): ok, ("GET", "/bug"): broken},
+        max_body_bytes=1024,
+    )
     await srv.start()
     yield srv
     await srv.close()
@@ -34,8 +37,11 @@ async def exchange(path: Path, raw: bytes) -> tuple[int, dict[str, object]]:
     await writer.drain()
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     status = int(head.split(b" ")[1])
-    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length"))
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
     body = await reader.readexactly(length)
     writer.close()
     await writer.wait_closed()

@@ -63,10 +63,10 @@ async def test_backoff_is_capped_and_doubles() -> None:
     waits: list[float] = []
     real_wait_for = asyncio.wait_for
 
-    async def recording_wait_for(aw, timeout):  # type: ignore[no-untyped-def]
-        if timeout is not None and timeout < 1:
-            waits.append(timeout)
-        return await real_wait_for(aw, timeout)
+    async def recording_wait_for(aw, limit):  # type: ignore[no-untyped-def]
+        if limit is not None and limit < 1:
+            waits.append(limit)
+        return await real_wait_for(aw, limit)
 
     flaky = Flaky(5, RuntimeError("x"))
     sup.add(flaky)
