@@ -43,7 +43,10 @@ def stop(name: str) -> None:
         _run("mysqladmin", "-uroot", "-h127.0.0.1", "shutdown")
     elif name == "redis":
         subprocess.run(
-            ["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=30
+            ["redis-cli", "-p", "6379", "shutdown", "nosave"],
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
     _wait(name, up=False)
 
@@ -98,7 +101,7 @@ def _wait(name: str, up: bool, timeout_s: float = 60.0) -> None:
         # The port opens a moment before MariaDB accepts logins.
         while (
             subprocess.run(
-                ["mysqladmin", "-uroot", "-h127.0.0.1", "ping"], capture_output=True
+                ["mysqladmin", "-uroot", "-h127.0.0.1", "ping"], capture_output=True, check=False
             ).returncode
             != 0
         ):

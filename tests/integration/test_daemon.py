@@ -128,7 +128,7 @@ def test_unit_file_verifies(tmp_path: object) -> None:
 
     unit = Path(__file__).resolve().parents[2] / "systemd" / "hanjullo-noded.service"
     result = subprocess.run(
-        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False
     )
     # Only complaints about this unit count (the host's other units are not ours).
     ours = [
