@@ -57,6 +57,7 @@ def add_months(day: date, months: int) -> date:
 
 
 _MOBILE = re.compile(r"01[016789][0-9]{7,8}")
+_SERVICE = re.compile(r"1[5-9][0-9]{6}")
 
 
 def normalise_phone(raw: str) -> str:
@@ -66,9 +67,17 @@ def normalise_phone(raw: str) -> str:
     :func:`is_mobile` to check.
     """
     digits = "".join(ch for ch in raw if ch in "0123456789")
-    if raw.strip().startswith("+82") or (digits.startswith("82") and len(digits) >= 11):
-        digits = "0" + digits[2:].lstrip("0")
+    if raw.strip().startswith("+82") or (digits.startswith("82") and len(digits) >= 10):
+        national = digits[2:].lstrip("0")
+        # Service numbers (1588-xxxx, 1644-xxxx …) are dialled without a trunk zero.
+        digits = national if _SERVICE.fullmatch(national) else "0" + national
     return digits
+
+
+def international(raw: str) -> str:
+    """``01012345678`` → ``+821012345678``; ``15886000`` → ``+8215886000``."""
+    digits = normalise_phone(raw)
+    return "+82" + (digits[1:] if digits.startswith("0") else digits)
 
 
 def is_mobile(digits: str) -> bool:

@@ -50,6 +50,19 @@ def wait_for(
         time.sleep(interval_s)
 
 
+class CommandFailed(RuntimeError):
+    """A command of ours exited non-zero; the message carries its stderr."""
+
+
+def _run(argv: list[str], check: bool, timeout: float) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise CommandFailed(
+            f"{' '.join(argv[1:])} exited {result.returncode}: {result.stderr.strip()}"
+        )
+    return result
+
+
 class NotifyListener:
     """A datagram socket standing in for systemd's notify socket."""
 
@@ -132,23 +145,17 @@ class SimulatedNode:
     def ctl(
         self, *args: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*command("hanjulloctl"), *args, "--config", str(self.config_path)],
-            check=check,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+        return _run(
+            [*command("hanjulloctl"), *args, "--config", str(self.config_path)], check, timeout
         )
 
     def sim_ctl(
         self, *args: str, check: bool = True, timeout: float = 30
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return _run(
             [*command("hanjullo-sim"), "ctl", "--config", str(self.config_path), *args],
-            check=check,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            check,
+            timeout,
         )
 
     def db_init(self) -> None:
@@ -189,6 +196,12 @@ class SimulatedNode:
         )
         ready = self.notify.wait_for("READY=1", wait_ready_s)
         return ready - self.daemon_started_at
+
+    def status_config(self) -> dict[str, Any]:
+        """The node's configuration as the daemon and simulator read it (TOML, parsed)."""
+        import tomllib
+
+        return tomllib.loads(self.config_path.read_text())
 
     def status(self) -> dict[str, Any]:
         out = self.ctl("status", "--json").stdout

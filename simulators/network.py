@@ -28,7 +28,7 @@ import structlog
 
 from config.clock import KST, NodeClock
 from config.model import CarrierNetworkConfig, NodeConfig
-from config.names import Carrier, is_mobile, normalise_phone
+from config.names import Carrier, international, is_mobile, normalise_phone
 from dispatch.agent_tables import MsgType
 from drivers import pdu, wap
 from simulators.modem import SimModem
@@ -231,14 +231,14 @@ class CarrierNetwork:
             body = text.encode("utf-8")
             number = next(self._refs)
             note = wap.MmsNotification(
-                sender=_international(sender),
+                sender=international(sender),
                 subject=subject or "",
                 size=len(body) + len((subject or "").encode("utf-8")) + 200,
                 location=f"http://mms.sim.hanjullo/{modem.carrier.lower()}/{number:08d}",
                 transaction_id=f"T{number:010d}",
             )
             return pdu.encode_wap_push(
-                _international(sender),
+                international(sender),
                 wap.encode_notification(note),
                 now,
                 smsc,
@@ -323,8 +323,3 @@ class CarrierNetwork:
             "decisions": [d.as_json() for d in list(self.decisions)[-200:]],
             "clock": self.clock.now().astimezone(KST).isoformat(),
         }
-
-
-def _international(number: str) -> str:
-    digits = normalise_phone(number)
-    return "+82" + digits[1:] if digits.startswith("0") else digits

@@ -27,3 +27,25 @@ def sim_node(node_dir: Path) -> Iterator[SimulatedNode]:
         yield node
     finally:
         node.close()
+
+
+def fast_network(text: str) -> str:
+    """Simulator settings for tests: quick carriers, quick log moves, small storage."""
+    import re
+
+    text = re.sub(r"latency_s = \[[0-9., ]+\]", "latency_s = [0.2, 0.5]", text)
+    text = text.replace("log_move_delay_s = 2.0", "log_move_delay_s = 0.3")
+    text = text.replace("storage_capacity = 30", "storage_capacity = 8")
+    return text
+
+
+@pytest.fixture(scope="module")
+def live_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimulatedNode]:
+    """One running simulator (no daemon) shared by a test module."""
+    node = SimulatedNode(tmp_path_factory.mktemp("sim"), overrides=fast_network)
+    node.db_init()
+    node.start_sim()
+    try:
+        yield node
+    finally:
+        node.close()

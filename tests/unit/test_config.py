@@ -147,6 +147,9 @@ def test_phone_normalisation() -> None:
     assert normalise_phone("010-1234-5678") == "01012345678"
     assert normalise_phone("821012345678") == "01012345678"
     assert normalise_phone("02-123-4567") == "021234567"
+    assert normalise_phone("+8215886000") == "15886000"
+    assert normalise_phone("+82212345678") == "0212345678"
+    assert normalise_phone("1588-6000") == "15886000"
 
 
 def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
