@@ -45,6 +45,8 @@ DUPLICATE_MEMORY = 200
 SLOW_FACTOR = 10.0
 # Wait this long before reconnecting after MySQL went away.
 RECONNECT_S = 1.0
+# Deadlock and lock-wait timeout: retry the tick on the same connection.
+RETRYABLE = (1213, 1205)
 # Rows per statement when moving to the log table or writing results.
 BATCH = 500
 
@@ -71,6 +73,7 @@ class AgentCounters:
     moved: int = 0
     duplicates_refused: int = 0
     mysql_errors: int = 0
+    lock_retries: int = 0
 
 
 class SimAgent:
@@ -147,16 +150,28 @@ class SimAgent:
         try:
             while True:
                 interval = self.config.simulator.agents.poll_interval_s
-                if self.fault not in (AgentFault.STOP, AgentFault.HANG):
-                    try:
-                        await self.tick()
-                    except MYSQL_ERRORS as exc:
-                        self._mysql_failed(exc)
-                        interval = max(interval, RECONNECT_S)
+                if self.fault not in (AgentFault.STOP, AgentFault.HANG) and not await self.step():
+                    interval = max(interval, RECONNECT_S)
                 await asyncio.sleep(interval)
         finally:
             await self._close_port()
             self._drop_conn()
+
+    async def step(self) -> bool:
+        """One tick; False when MySQL is unreachable (the connection is dropped)."""
+        try:
+            await self.tick()
+        except pymysql.err.OperationalError as exc:
+            if exc.args and exc.args[0] in RETRYABLE:
+                # Another agent process won a lock; the transaction rolled back, nothing lost.
+                self.counters.lock_retries += 1
+                return True
+            self._mysql_failed(exc)
+            return False
+        except MYSQL_ERRORS as exc:
+            self._mysql_failed(exc)
+            return False
+        return True
 
     def _mysql_failed(self, exc: BaseException) -> None:
         if self.mysql_ok:
@@ -174,6 +189,10 @@ class SimAgent:
     async def _connection(self) -> aiomysql.Connection:
         if self._conn is None:
             self._conn = await agent_tables.connect(self.config.mysql)
+            async with self._conn.cursor() as cur:
+                # No gap locks: the application's INSERTs never wait on (or deadlock with) a
+                # claim; SKIP LOCKED still keeps two agents off the same row.
+                await cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             await self._ensure_tables(self._conn)
             if not self.mysql_ok:
                 log.info("agent connected to mysql", agent=self.agent.number)

@@ -140,3 +140,33 @@ def test_unit_file_verifies(tmp_path: object) -> None:
         and "is not executable" not in line
     ]
     assert not ours, result.stderr
+
+
+def test_with_the_simulator_every_component_runs(sim_node: SimulatedNode) -> None:
+    sim_node.start_sim()
+    sim_node.start_daemon()
+    states = sim_node.wait_components(
+        lambda s: all(v == "running" for v in s.values()), 20, "every component running"
+    )
+    assert len(states) == 8
+    status = sim_node.status()
+    assert {m["state"] for m in status["modems"]} == {"ready"}
+    assert all(a["state"] == "ok" and a["reachable"] for a in status["agents"])
+    # The agent monitor sees an agent stop: port closed, state unreachable, with its reason.
+    sim_node.sim_ctl("agent", "3", "stop")
+    wait_for(
+        lambda: (
+            next(a for a in sim_node.status()["agents"] if a["number"] == 3)["state"]
+            == "unreachable"
+        ),
+        10,
+        "agent 3 unreachable",
+    )
+    component = next(c for c in sim_node.status()["components"] if c["name"] == "agent-monitor")
+    assert "3" in component["reason"]
+    sim_node.sim_ctl("agent", "3", "ok")
+    # An unplugged modem makes its manager degraded; a replug brings it back by itself.
+    sim_node.sim_ctl("modem", "KT", "unplug")
+    sim_node.wait_components(lambda s: s["modem:KT"] == "degraded", 10, "modem:KT degraded")
+    sim_node.sim_ctl("modem", "KT", "replug", "--new-name")
+    sim_node.wait_components(lambda s: s["modem:KT"] == "running", 10, "modem:KT running")

@@ -22,6 +22,7 @@ REASON = {
 @pytest.mark.parametrize("service", ["mariadb", "redis", "postgres"])
 def test_outage_degrades_and_recovers(sim_node: SimulatedNode, service: str) -> None:
     component = DEPENDENT[service]
+    sim_node.start_sim()
     sim_node.start_daemon()
     sim_node.wait_components(lambda s: s[component] == "running", 15, f"{component} running")
     stopped_at = time.monotonic()
