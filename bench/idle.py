@@ -14,9 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from simulators.harness import SimulatedNode  # noqa: E402
+from simulators.harness import SimulatedNode
 
 
 def cpu_seconds(pid: int) -> float:

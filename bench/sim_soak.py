@@ -20,9 +20,7 @@ from pathlib import Path
 
 import pymysql
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from simulators.harness import SimulatedNode, wait_for  # noqa: E402
+from simulators.harness import SimulatedNode, wait_for
 
 
 def connect() -> pymysql.connections.Connection:  # type: ignore[type-arg]
