@@ -22,7 +22,7 @@ import random
 import re
 import tty
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,7 @@ class _Settings:
     cmgf: int = 0
     cscs: str = "GSM"
     cnmi: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
-    creg_n: int = 0
+    reg_n: dict[str, int] = field(default_factory=dict)  # CREG / CGREG / CEREG report mode
     cops_format: int = 2
     cfun: int = 1
 
@@ -382,7 +382,6 @@ class SimModem:
             "+CMGF=?": ["+CMGF: (0)"],
             "+CMEE=?": ["+CMEE: (0-2)"],
             "+CFUN=?": ["+CFUN: (0,1,4),(0,1)"],
-            "+CREG=?": ["+CREG: (0-2)"],
             "+CSQ=?": ["+CSQ: (0-31,99),(0-7,99)"],
         }
         if body in simple:
@@ -419,14 +418,21 @@ class SimModem:
         if body == "+CSQ":
             registered = self._registration() in (1, 5)
             return [f"+CSQ: {20 if registered else 99},99"], "OK"
-        if body.startswith("+CREG"):
-            if body == "+CREG?":
-                return [f"+CREG: {self.settings.creg_n},{self._registration()}"], "OK"
-            match = re.fullmatch(r"\+CREG=([0-2])", body)
-            if match:
-                self.settings.creg_n = int(match.group(1))
+        match = re.fullmatch(r"\+(C|CG|CE)REG(\?|=([0-2])|=\?)", body)
+        if match:
+            kind, n = match.group(1), match.group(3)
+            if match.group(2) == "=?":
+                return [f"+{kind}REG: (0-2)"], "OK"
+            if n is not None:
+                self.settings.reg_n[kind] = int(n)
                 return [], "OK"
-            return [], self._error(4)
+            mode, stat = self.settings.reg_n.get(kind, 0), self._registration()
+            location = ',"1A2B","01C3D4E5",7' if mode == 2 and stat in (1, 5) else ""
+            return [f"+{kind}REG: {mode},{stat}{location}"], "OK"
+        if body == "+CGATT?":
+            return [f"+CGATT: {1 if self._registration() == 1 else 0}"], "OK"
+        if body == "+CGATT=?":
+            return ["+CGATT: (0,1)"], "OK"
         if body.startswith("+COPS"):
             return self._cops(body)
         if body.startswith("+CSCS"):

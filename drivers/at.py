@@ -1,0 +1,266 @@
+"""The AT command layer: line splitting, one command in flight, URC dispatch.
+
+Layering (bottom up): :class:`LineSplitter` turns bytes into lines with a
+bounded buffer and resynchronises after noise; :class:`ATEngine` matches lines
+to the one command in flight (its waiter is registered before the command is
+written, each command has its own timeout) and hands unsolicited result codes
+to the listeners registered for their prefix. Whether a line is a reply or a
+notification is decided by its prefix and the command in flight, never by
+timing. :class:`ATProtocol` connects the engine to an asyncio transport
+(serial_asyncio_fast in production, an in-process pair in tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from drivers.errors import DriverError
+
+log = structlog.get_logger("drivers.at")
+
+# A line longer than this is noise: it is dropped and the splitter resynchronises.
+MAX_LINE_BYTES = 1024
+# Final result codes that end a command.
+_FINAL_OK = frozenset({"OK"})
+_FINAL_ERROR = re.compile(r"^(ERROR|NO CARRIER|\+CM[ES] ERROR: ?.*)$")
+# Two-line URCs: the PDU follows on the next line.
+_PDU_URCS = ("+CMT:", "+CDS:")
+# Prefixes that are unsolicited unless the command in flight expects them.
+URC_PREFIXES = (
+    "+CMTI:",
+    "+CMT:",
+    "+CDS:",
+    "+CDSI:",
+    "RING",
+    "^BOOT",
+    "^SYSSTART",
+    "RDY",
+    "+CFUN:",
+    "+CPIN:",
+    "^MODE",
+    "^RSSI",
+    "+CREG:",
+    "^SIMST",
+)
+_HEX_LINE = re.compile(r"^[0-9A-Fa-f]+$")
+
+
+class ATError(DriverError):
+    """The modem answered a command with an error."""
+
+    def __init__(self, command: str, final: str) -> None:
+        self.command = command
+        self.final = final
+        match = re.search(r"ERROR: ?(\d+)", final)
+        self.code = int(match.group(1)) if match else None
+        super().__init__(f"{command} -> {final}")
+
+
+class CommandTimeout(DriverError):
+    """The modem did not finish a command in time."""
+
+
+class PortClosed(DriverError):
+    """The serial port went away (unplugged, closed)."""
+
+
+class LineSplitter:
+    """Incremental CR/LF line splitter with a bounded buffer."""
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self.max_line = max_line
+        self._buffer = bytearray()
+        self._discarding = False
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> list[str]:
+        lines: list[str] = []
+        for byte in data:
+            if byte in (0x0D, 0x0A):
+                if self._buffer and not self._discarding:
+                    lines.append(self._buffer.decode("latin-1"))
+                self._buffer.clear()
+                self._discarding = False
+                continue
+            if self._discarding:
+                continue
+            self._buffer.append(byte)
+            if len(self._buffer) > self.max_line:
+                self._buffer.clear()
+                self._discarding = True
+                self.dropped += 1
+        return [line for line in (_clean(raw) for raw in lines) if line]
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+
+def _clean(line: str) -> str:
+    # Noise is often non-printing bytes glued to a real line; keep the printable part.
+    return "".join(ch for ch in line if " " <= ch <= "~").strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    command: str
+    lines: tuple[str, ...]
+    final: str
+
+    def value(self, prefix: str) -> str | None:
+        """The text after `prefix` on the first line that starts with it."""
+        for line in self.lines:
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+        return None
+
+
+@dataclass(slots=True)
+class _InFlight:
+    command: str
+    expect: tuple[str, ...]
+    future: asyncio.Future[Reply]
+    lines: list[str] = field(default_factory=list)
+
+
+Listener = Callable[[str, str | None], None]
+
+
+class ATEngine:
+    """Matches lines to the command in flight; dispatches URCs to listeners."""
+
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self._write = write
+        self._lock = asyncio.Lock()
+        self._inflight: _InFlight | None = None
+        self._listeners: list[tuple[str, Listener]] = []
+        self._pdu_urc: str | None = None
+        self.closed: BaseException | None = None
+        self.timeouts = 0
+        self.consecutive_timeouts = 0
+        self.ignored_lines = 0
+
+    def add_listener(self, prefix: str, listener: Listener) -> Callable[[], None]:
+        """Call `listener(line, pdu)` for every URC starting with `prefix`; returns a remover."""
+        entry = (prefix, listener)
+        self._listeners.append(entry)
+        return lambda: self._listeners.remove(entry)
+
+    async def command(self, command: str, timeout_s: float, expect: tuple[str, ...] = ()) -> Reply:
+        """Send one command and wait for its final result code.
+
+        `expect` names the reply prefixes this command produces (e.g. ``+CPIN:``) so a
+        line that would otherwise look unsolicited is kept as the reply.
+        """
+        async with self._lock:
+            if self.closed is not None:
+                raise PortClosed(f"port closed: {self.closed}")
+            loop = asyncio.get_running_loop()
+            inflight = _InFlight(command, expect, loop.create_future())
+            self._inflight = inflight  # the waiter exists before the bytes leave
+            try:
+                self._write(command.encode("latin-1") + b"\r")
+                reply = await asyncio.wait_for(asyncio.shield(inflight.future), timeout_s)
+            except TimeoutError as exc:
+                self.timeouts += 1
+                self.consecutive_timeouts += 1
+                raise CommandTimeout(f"{command}: no final result within {timeout_s}s") from exc
+            finally:
+                self._inflight = None
+            self.consecutive_timeouts = 0
+        if _FINAL_ERROR.match(reply.final):
+            raise ATError(command, reply.final)
+        return reply
+
+    def on_line(self, line: str) -> None:
+        if self._pdu_urc is not None:
+            urc, self._pdu_urc = self._pdu_urc, None
+            if _HEX_LINE.match(line):
+                self._dispatch(urc, line)
+                return
+            self._dispatch(urc, None)
+        inflight = self._inflight
+        if inflight is not None and not inflight.future.done():
+            if line == inflight.command or line.upper() == inflight.command.upper():
+                return  # echo
+            if line in _FINAL_OK or _FINAL_ERROR.match(line):
+                inflight.future.set_result(Reply(inflight.command, tuple(inflight.lines), line))
+                return
+            if any(line.startswith(p) for p in inflight.expect):
+                inflight.lines.append(line)
+                return
+        if line.startswith(URC_PREFIXES):
+            if line.startswith(_PDU_URCS):
+                self._pdu_urc = line
+                return
+            self._dispatch(line, None)
+            return
+        if inflight is not None and not inflight.future.done():
+            inflight.lines.append(line)
+            return
+        self.ignored_lines += 1
+        log.debug("line outside any command", line=line[:80])
+
+    def _dispatch(self, line: str, pdu: str | None) -> None:
+        for prefix, listener in list(self._listeners):
+            if line.startswith(prefix):
+                try:
+                    listener(line, pdu)
+                except Exception:  # one listener must not break the port
+                    log.exception("URC listener failed", line=line[:40])
+
+    def close(self, reason: BaseException) -> None:
+        self.closed = reason
+        if self._inflight is not None and not self._inflight.future.done():
+            self._inflight.future.set_exception(PortClosed(str(reason)))
+
+
+class ATProtocol(asyncio.Protocol):
+    """asyncio glue: bytes in -> splitter -> engine; lost connection fails the command."""
+
+    def __init__(self) -> None:
+        self.splitter = LineSplitter()
+        self.engine = ATEngine(self._write)
+        self.transport: asyncio.Transport | None = None
+        self.connected = asyncio.Event()
+        self.lost = asyncio.Event()
+        self.lost_reason: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.connected.set()
+
+    def data_received(self, data: bytes) -> None:
+        log.debug("rx", data=data[:200])  # raw bytes only at debug (trace) level
+        for line in self.splitter.feed(data):
+            self.engine.on_line(line)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = exc or PortClosed("connection closed")
+        self.lost_reason = reason
+        self.engine.close(reason)
+        self.lost.set()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise PortClosed("port is closed")
+        log.debug("tx", data=data)
+        self.transport.write(data)
+
+
+async def wait_or_lost(protocol: ATProtocol, awaitable: Awaitable[object]) -> None:
+    """Helper for callers that must stop when the port goes away."""
+    lost = asyncio.ensure_future(protocol.lost.wait())
+    work = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait({lost, work}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+        if not work.done():
+            work.cancel()

@@ -1,0 +1,256 @@
+"""The `at` test-phone driver: pyserial (asyncio adapter), PDU mode, event-driven reads.
+
+A ``+CMTI`` makes the driver read that one message at once (``AT+CMGR``); a
+:meth:`sweep` (``AT+CMGL=4``, run by the caller no more often than every 30 s)
+finds anything whose notification was lost. Parts are joined by the codec's
+reassembler; a message whose parts never all arrive is surfaced as partial.
+Nothing is deleted until the caller says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import serial_asyncio_fast
+import structlog
+
+from drivers import pdu
+from drivers.at import ATError, ATProtocol, PortClosed, Reply
+from drivers.base import (
+    Identity,
+    ModemHealth,
+    Received,
+    Registration,
+    SimState,
+    TestPhoneDriver,
+)
+from drivers.errors import DriverError, PduError
+
+log = structlog.get_logger("drivers.at_phone")
+
+Opener = Callable[[str], Awaitable[tuple[asyncio.Transport, ATProtocol]]]
+
+# Prepares a modem for receiving: no echo, numeric errors, PDU mode, SIM storage,
+# +CMTI for every stored SMS-DELIVER, numeric operator names.
+INIT_COMMANDS = (
+    "ATE0",
+    "AT+CMEE=1",
+    "AT+CMGF=0",
+    'AT+CPMS="SM","SM","SM"',
+    "AT+CNMI=2,1,0,0,0",
+    "AT+COPS=3,2",
+)
+# How often incomplete concatenated messages are checked for expiry.
+EXPIRE_CHECK_S = 1.0
+
+_CREG = {
+    "0": Registration.NOT_REGISTERED,
+    "1": Registration.HOME,
+    "2": Registration.SEARCHING,
+    "3": Registration.DENIED,
+    "4": Registration.UNKNOWN,
+    "5": Registration.ROAMING,
+}
+_CPIN = {
+    "READY": SimState.READY,
+    "SIM PIN": SimState.PIN_REQUIRED,
+    "SIM PUK": SimState.PUK_REQUIRED,
+}
+
+
+async def open_serial(device: str) -> tuple[asyncio.Transport, ATProtocol]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await serial_asyncio_fast.create_serial_connection(
+        loop, ATProtocol, device, baudrate=115200, exclusive=True
+    )
+    assert isinstance(protocol, ATProtocol)
+    return transport, protocol
+
+
+class ATPhone(TestPhoneDriver):
+    def __init__(
+        self,
+        device: str,
+        command_timeout_s: float = 2.0,
+        partial_timeout_s: float = 120.0,
+        opener: Opener = open_serial,
+    ) -> None:
+        self.device = device
+        self.command_timeout_s = command_timeout_s
+        self.opener = opener
+        self.reassembler = pdu.Reassembler(partial_timeout_s)
+        self._transport: asyncio.Transport | None = None
+        self._protocol: ATProtocol | None = None
+        self._indices: asyncio.Queue[int] = asyncio.Queue()
+        self._out: asyncio.Queue[Received] = asyncio.Queue()
+        # Index -> hex of every part read and not yet deleted (avoids reading it twice).
+        self._known: dict[int, str] = {}
+        self._part_home: dict[int, tuple[int, str, str]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._protocol is not None and not self._protocol.lost.is_set()
+
+    @property
+    def protocol(self) -> ATProtocol:
+        if self._protocol is None:
+            raise PortClosed("port is not open")
+        return self._protocol
+
+    @property
+    def consecutive_timeouts(self) -> int:
+        return 0 if self._protocol is None else self._protocol.engine.consecutive_timeouts
+
+    async def open(self) -> None:
+        self._transport, self._protocol = await self.opener(self.device)
+        # The adapter calls connection_made on the next loop iteration.
+        await asyncio.wait_for(self._protocol.connected.wait(), self.command_timeout_s)
+        self._protocol.engine.add_listener("+CMTI:", self._on_cmti)
+        for command in INIT_COMMANDS:
+            await self.command(command)
+        self._reader = asyncio.create_task(self._read_notified(), name=f"at-read-{self.device}")
+
+    async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        self._protocol = None
+        self._known.clear()
+        self._part_home.clear()
+
+    async def command(self, command: str, expect: tuple[str, ...] = ()) -> Reply:
+        return await self.protocol.engine.command(command, self.command_timeout_s, expect)
+
+    # ---- identity and health --------------------------------------------------------------
+    async def identify(self) -> Identity:
+        values = []
+        for command in ("AT+CGMI", "AT+CGMM", "AT+CGSN", "AT+CIMI"):
+            try:
+                reply = await self.command(command)
+                values.append(reply.lines[-1] if reply.lines else "")
+            except ATError:
+                values.append("")
+        return Identity(*values)
+
+    async def health(self) -> ModemHealth:
+        try:
+            cpin = (await self.command("AT+CPIN?", ("+CPIN:",))).value("+CPIN:") or ""
+            sim = _CPIN.get(cpin, SimState.UNKNOWN)
+        except ATError as exc:
+            sim = SimState.ABSENT if exc.code in (10, 13) else SimState.UNKNOWN
+        creg = (await self.command("AT+CREG?", ("+CREG:",))).value("+CREG:") or ""
+        parts = creg.split(",")
+        registration = _CREG.get(parts[1] if len(parts) > 1 else parts[0], Registration.UNKNOWN)
+        # Numeric operator format every time: a modem reset forgets it.
+        await self.command("AT+COPS=3,2")
+        cops = (await self.command("AT+COPS?", ("+COPS:",))).value("+COPS:") or ""
+        match = re.search(r'"([0-9]{5,6})"', cops)
+        operator = match.group(1) if match else ""
+        csq = (await self.command("AT+CSQ", ("+CSQ:",))).value("+CSQ:") or ""
+        rssi = csq.split(",")[0]
+        signal = int(rssi) if rssi.isdigit() and int(rssi) != 99 else None
+        used = total = None
+        if sim == SimState.READY:
+            cpms = (await self.command("AT+CPMS?", ("+CPMS:",))).value("+CPMS:") or ""
+            numbers = re.findall(r"(?<![A-Z\"])\b(\d+)\b", cpms)
+            if len(numbers) >= 2:
+                used, total = int(numbers[0]), int(numbers[1])
+        return ModemHealth(sim, registration, operator, signal, used, total)
+
+    # ---- receiving ------------------------------------------------------------------------
+    def _on_cmti(self, line: str, _: str | None) -> None:
+        match = re.search(r",\s*(\d+)", line)
+        if match:
+            self._indices.put_nowait(int(match.group(1)))
+
+    async def _read_notified(self) -> None:
+        while True:
+            try:
+                index = await asyncio.wait_for(self._indices.get(), EXPIRE_CHECK_S)
+            except TimeoutError:
+                self._expire()
+                continue
+            if index in self._known:
+                continue
+            try:
+                reply = await self.command(f"AT+CMGR={index}", ("+CMGR:",))
+            except (ATError, DriverError) as exc:
+                log.warning(
+                    "read after +CMTI failed; the sweep will find it", index=index, error=str(exc)
+                )
+                continue
+            for _, hex_pdu in _pdu_lines(reply, "+CMGR:"):
+                self._take(index, hex_pdu, "cmti")
+
+    async def sweep(self) -> int:
+        reply = await self.command("AT+CMGL=4", ("+CMGL:",))
+        found = 0
+        for header, hex_pdu in _pdu_lines(reply, "+CMGL:"):
+            index = int(header.split(",")[0])
+            if self._known.get(index) == hex_pdu:
+                continue
+            self._take(index, hex_pdu, "sweep")
+            found += 1
+        self._expire()
+        return found
+
+    def _take(self, index: int, hex_pdu: str, via: str) -> None:
+        try:
+            part = pdu.decode(hex_pdu)
+        except PduError as exc:
+            log.warning("undecodable PDU left on the modem", index=index, error=str(exc))
+            self._known[index] = hex_pdu
+            return
+        self._known[index] = hex_pdu
+        if not isinstance(part, pdu.Deliver):
+            log.info("status report received", index=index)
+            return
+        self._part_home[id(part)] = (index, hex_pdu, via)
+        for message in self.reassembler.add(part, time.monotonic()):
+            self._emit(message)
+
+    def _expire(self) -> None:
+        for message in self.reassembler.expire(time.monotonic()):
+            self._emit(message)
+
+    def _emit(self, message: pdu.Message) -> None:
+        homes = [self._part_home.pop(id(p)) for p in message.parts]
+        via = "cmti" if all(h[2] == "cmti" for h in homes) else "sweep"
+        self._out.put_nowait(
+            Received(message, tuple(h[0] for h in homes), tuple(h[1] for h in homes), via)
+        )
+
+    async def received(self) -> AsyncIterator[Received]:
+        while True:
+            yield await self._out.get()
+
+    async def next_received(self) -> Received:
+        return await self._out.get()
+
+    async def delete(self, indices: tuple[int, ...]) -> None:
+        for index in indices:
+            await self.command(f"AT+CMGD={index}")
+            self._known.pop(index, None)
+
+
+def _pdu_lines(reply: Reply, prefix: str) -> list[tuple[str, str]]:
+    """(header after the prefix, hex PDU) pairs; noise lines between them are skipped."""
+    pairs: list[tuple[str, str]] = []
+    header: str | None = None
+    for line in reply.lines:
+        if line.startswith(prefix):
+            header = line[len(prefix) :].strip()
+        elif header is not None and re.fullmatch(r"[0-9A-Fa-f]+", line) and len(line) % 2 == 0:
+            pairs.append((header, line.upper()))
+            header = None
+    return pairs

@@ -1,0 +1,337 @@
+"""The `gammu` test-phone driver: python-gammu (the pip wheel) behind a worker thread.
+
+python-gammu's calls block, and its StateMachine is not thread-safe, so exactly
+one worker thread owns it; every call goes through :meth:`_call`, which runs it
+on that thread and awaits the result without blocking the event loop. gammu
+decodes each stored PDU itself; its fields (sender, time, coding, the raw UDH,
+the text or 8-bit payload) become codec parts, so concatenation and WAP-push MMS
+notifications are joined by the same reassembler as the `at` driver's. Incoming
+``+CMTI`` notifications reach gammu's callback during ``ReadDevice``, which a
+pump calls every :data:`PUMP_INTERVAL_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import gammu
+import structlog
+
+from drivers import pdu
+from drivers.at import CommandTimeout, PortClosed
+from drivers.base import (
+    Identity,
+    ModemHealth,
+    Received,
+    Registration,
+    SimState,
+    TestPhoneDriver,
+)
+from drivers.errors import DriverError, PduError
+
+log = structlog.get_logger("drivers.gammu_phone")
+
+# How often gammu is given the chance to read URCs (its callback fires inside ReadDevice).
+PUMP_INTERVAL_S = 0.1
+_T = TypeVar("_T")
+
+_NETWORK_STATE = {
+    "HomeNetwork": Registration.HOME,
+    "RoamingNetwork": Registration.ROAMING,
+    "RequestingNetwork": Registration.SEARCHING,
+    "NoNetwork": Registration.NOT_REGISTERED,
+    "RegistrationDenied": Registration.DENIED,
+    "Unknown": Registration.UNKNOWN,
+}
+_CODING = {
+    "Default_No_Compression": pdu.Encoding.GSM7,
+    "Unicode_No_Compression": pdu.Encoding.UCS2,
+    "8bit": pdu.Encoding.EIGHT_BIT,
+}
+_GONE = (
+    "ERR_DEVICENOTEXIST",
+    "ERR_DEVICEOPENERROR",
+    "ERR_DEVICEREADERROR",
+    "ERR_DEVICEWRITEERROR",
+    "ERR_DEVICECHANGESPEEDERROR",
+    "ERR_NOTCONNECTED",
+    "ERR_DEVICEBUSY",
+    "ERR_DEVICENODRIVER",
+)
+
+
+def part_from_gammu(sms: dict[str, Any]) -> pdu.Deliver:
+    """A codec part from one SMS as python-gammu decoded it."""
+    coding = _CODING.get(str(sms.get("Coding")), pdu.Encoding.EIGHT_BIT)
+    udh = sms.get("UDH") or {}
+    raw_udh: bytes = udh.get("Text") or b""
+    concat, ports = (None, None)
+    if raw_udh:
+        concat, ports = pdu._parse_udh(raw_udh[1 : 1 + raw_udh[0]])
+    text = sms.get("Text")
+    if isinstance(text, bytes):
+        data, decoded = text, ""
+    else:
+        decoded = (text or "").rstrip("\x00") if coding == pdu.Encoding.GSM7 else (text or "")
+        data = decoded.encode("utf-16-be") if coding == pdu.Encoding.UCS2 else b""
+    when = sms.get("DateTime")
+    if not isinstance(when, datetime):
+        when = datetime.now(UTC)
+    elif when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    smsc = (sms.get("SMSC") or {}).get("Number") or ""
+    return pdu.Deliver(
+        smsc, str(sms.get("Number") or ""), when, coding, decoded, data, concat, ports
+    )
+
+
+class GammuPhone(TestPhoneDriver):
+    def __init__(
+        self,
+        device: str,
+        command_timeout_s: float = 2.0,
+        partial_timeout_s: float = 120.0,
+        connect_timeout_s: float = 30.0,
+    ) -> None:
+        self.device = device
+        self.command_timeout_s = command_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.reassembler = pdu.Reassembler(partial_timeout_s)
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._sm: Any = None
+        self._out: asyncio.Queue[Received] = asyncio.Queue()
+        self._locations: asyncio.Queue[int] = asyncio.Queue()
+        self._known: dict[int, str] = {}
+        self._part_home: dict[int, tuple[int, str, str]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lost = False
+        self.consecutive_timeouts = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._sm is not None and not self._lost
+
+    async def _call(
+        self, fn: Callable[..., _T], *args: Any, limit_s: float | None = None, **kwargs: Any
+    ) -> _T:
+        if self._executor is None:
+            raise PortClosed("gammu driver is not open")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        try:
+            result = await asyncio.wait_for(future, limit_s or self.command_timeout_s * 3)
+        except TimeoutError as exc:
+            self.consecutive_timeouts += 1
+            raise CommandTimeout(f"gammu {getattr(fn, '__name__', fn)} timed out") from exc
+        except gammu.GSMError as exc:
+            name = type(exc).__name__
+            if name in _GONE:
+                self._lost = True
+                raise PortClosed(f"gammu: {name}") from exc
+            if name == "ERR_TIMEOUT":
+                self.consecutive_timeouts += 1
+                raise CommandTimeout(f"gammu: {name}") from exc
+            raise DriverError(f"gammu: {name}: {exc}") from exc
+        self.consecutive_timeouts = 0
+        return result
+
+    async def open(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gammu")
+        self._lost = False
+        loop = asyncio.get_running_loop()
+
+        def connect() -> Any:
+            # ReadConfig, not SetConfig: only a config read from a file gets gammu's default
+            # CNMI parameters, without which it refuses incoming-SMS notifications.
+            with tempfile.TemporaryDirectory(prefix="hanjullo-gammu-") as tmp:
+                rc = Path(tmp) / "gammurc"
+                rc.write_text(f"[gammu]\ndevice = {self.device}\nconnection = at\n")
+                sm = gammu.StateMachine()
+                sm.ReadConfig(Filename=str(rc))
+            sm.Init()
+            return sm
+
+        self._sm = await self._call(connect, limit_s=self.connect_timeout_s)
+
+        def on_incoming(_sm: Any, kind: str, data: Any) -> None:
+            # Runs on the worker thread, inside ReadDevice.
+            if kind == "SMS" and isinstance(data, dict) and data.get("Location") is not None:
+                loop.call_soon_threadsafe(self._locations.put_nowait, int(data["Location"]))
+
+        await self._call(self._sm.SetIncomingCallback, on_incoming)
+        with contextlib.suppress(DriverError):
+            await self._call(self._sm.SetIncomingSMS, True)
+        self._tasks = [
+            asyncio.create_task(self._pump(), name=f"gammu-pump-{self.device}"),
+            asyncio.create_task(self._read_notified(), name=f"gammu-read-{self.device}"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        sm, self._sm = self._sm, None
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            if sm is not None:
+                loop = asyncio.get_running_loop()
+                terminate = loop.run_in_executor(executor, sm.Terminate)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(terminate, self.command_timeout_s * 2)
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._known.clear()
+        self._part_home.clear()
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                await self._call(self._sm.ReadDevice)
+            except PortClosed:
+                log.warning("gammu lost the device", device=self.device)
+                return
+            except DriverError:
+                pass
+            await asyncio.sleep(PUMP_INTERVAL_S)
+
+    # ---- identity and health --------------------------------------------------------------
+    async def identify(self) -> Identity:
+        sm = self._sm
+        return Identity(
+            await self._call(sm.GetManufacturer),
+            str((await self._call(sm.GetModel))[1]),
+            await self._call(sm.GetIMEI),
+            await self._call(sm.GetSIMIMSI),
+        )
+
+    async def health(self) -> ModemHealth:
+        sm = self._sm
+        try:
+            security = await self._call(sm.GetSecurityStatus)
+            sim = (
+                SimState.READY
+                if security is None
+                else (
+                    SimState.PIN_REQUIRED
+                    if security == "Pin"
+                    else SimState.PUK_REQUIRED
+                    if security == "Puk"
+                    else SimState.UNKNOWN
+                )
+            )
+        except DriverError:
+            sim = SimState.UNKNOWN
+        try:
+            info = await self._call(sm.GetNetworkInfo)
+            registration = _NETWORK_STATE.get(info.get("State", "Unknown"), Registration.UNKNOWN)
+            operator = str(info.get("NetworkCode", "")).replace(" ", "")
+        except DriverError:
+            registration, operator = Registration.UNKNOWN, ""
+        try:
+            quality = await self._call(sm.GetSignalQuality)
+            strength = quality.get("SignalPercent", -1)
+            signal = None if strength is None or strength < 0 else round(strength * 31 / 100)
+        except DriverError:
+            signal = None
+        used = total = None
+        if sim == SimState.READY:
+            try:
+                status = await self._call(sm.GetSMSStatus)
+                used, total = status.get("SIMUsed"), status.get("SIMSize")
+            except DriverError:
+                pass
+        return ModemHealth(sim, registration, operator, signal, used, total)
+
+    # ---- receiving ------------------------------------------------------------------------
+    async def _read_notified(self) -> None:
+        while True:
+            try:
+                location = await asyncio.wait_for(self._locations.get(), 1.0)
+            except TimeoutError:
+                self._expire()
+                continue
+            if location in self._known:
+                continue
+            try:
+                messages = await self._call(self._sm.GetSMS, 0, location)
+            except PortClosed:
+                return
+            except DriverError as exc:
+                log.warning(
+                    "read after +CMTI failed; the sweep will find it",
+                    location=location,
+                    error=str(exc),
+                )
+                continue
+            for sms in messages:
+                self._take(int(sms.get("Location", location)), sms, "cmti")
+
+    async def sweep(self) -> int:
+        found = 0
+        start = True
+        location = 0
+        while True:
+            try:
+                if start:
+                    batch = await self._call(self._sm.GetNextSMS, Folder=0, Start=True)
+                else:
+                    batch = await self._call(self._sm.GetNextSMS, Folder=0, Location=location)
+            except DriverError as exc:
+                if "EMPTY" in str(exc):
+                    break
+                raise
+            start = False
+            for sms in batch:
+                location = int(sms["Location"])
+                if location not in self._known:
+                    self._take(location, sms, "sweep")
+                    found += 1
+        self._expire()
+        return found
+
+    def _take(self, location: int, sms: dict[str, Any], via: str) -> None:
+        try:
+            raw = gammu.EncodePDU(sms, Layout="Deliver")
+            hex_pdu = raw.hex().upper() if isinstance(raw, bytes) else str(raw)
+        except (gammu.GSMError, TypeError, ValueError):
+            hex_pdu = ""
+        self._known[location] = hex_pdu
+        try:
+            part = part_from_gammu(sms)
+        except (PduError, KeyError, TypeError, IndexError) as exc:
+            log.warning("gammu message not understood", location=location, error=str(exc))
+            return
+        self._part_home[id(part)] = (location, hex_pdu, via)
+        for message in self.reassembler.add(part, time.monotonic()):
+            self._emit(message)
+
+    def _expire(self) -> None:
+        for message in self.reassembler.expire(time.monotonic()):
+            self._emit(message)
+
+    def _emit(self, message: pdu.Message) -> None:
+        homes = [self._part_home.pop(id(p)) for p in message.parts]
+        via = "cmti" if all(h[2] == "cmti" for h in homes) else "sweep"
+        self._out.put_nowait(
+            Received(message, tuple(h[0] for h in homes), tuple(h[1] for h in homes), via)
+        )
+
+    async def received(self) -> AsyncIterator[Received]:
+        while True:
+            yield await self._out.get()
+
+    async def next_received(self) -> Received:
+        return await self._out.get()
+
+    async def delete(self, indices: tuple[int, ...]) -> None:
+        for location in indices:
+            await self._call(self._sm.DeleteSMS, 0, location)
+            self._known.pop(location, None)
