@@ -82,3 +82,12 @@ def international(raw: str) -> str:
 
 def is_mobile(digits: str) -> bool:
     return _MOBILE.fullmatch(digits) is not None
+
+
+def message_hash(text: str) -> str:
+    """The matching key of a message text: SHA-256 of the text with all whitespace
+    removed, first 16 hex digits (the web service's rule)."""
+    import hashlib
+
+    stripped = "".join(text.split())
+    return hashlib.sha256(stripped.encode("utf-8")).hexdigest()[:16]

@@ -18,7 +18,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from config.clock import KST
 from daemon.agents import MYSQL_ERRORS
 from daemon.runtime import Runtime
-from daemon.supervisor import Health
+from daemon.stores import PG_ERRORS
+from daemon.supervisor import DependencyDown, Health
 from dispatch import agent_tables
 
 log = structlog.get_logger("housekeeping")
@@ -66,7 +67,7 @@ class Housekeeping:
         async def guarded(name: str, job: Callable[[], Awaitable[object]]) -> None:
             try:
                 await job()
-            except MYSQL_ERRORS as exc:
+            except (*MYSQL_ERRORS, *PG_ERRORS, DependencyDown) as exc:
                 failures[name] = f"{type(exc).__name__}: {exc}"
                 self.last_results[name] = "failed"
                 report()

@@ -1,155 +1,336 @@
-"""One manager per test phone: is its modem present and answering.
+"""One manager per test phone: the modem's state machine, its recovery, its receipts.
 
-This manager opens the configured device exclusively and checks that the modem
-answers ``AT``; its state (absent, opening, ready, hung) and the reason are what
-`/v1/status` shows. While the device is absent its path is checked every
-``phones.absent_check_interval_s`` so a replug is seen at once. The component
-is ``running`` only while the modem is ready.
+States: absent, opening, initialising, ready, degraded, hung, resetting,
+misconfigured. Only ``ready`` means a text sent to this phone now can be seen;
+storage full, no registration and no signal are ``degraded`` (with the reason),
+a SIM that is locked or registered on an operator not in ``mcc_mnc`` is
+``misconfigured`` (a SIM swapped between two modems would corrupt every
+verdict). Every transition is logged and kept, so the spam-test engine can ask
+whether the phone was ready throughout an interval.
+
+Recovery escalates with capped backoff: reopen the port, then reset the modem
+(``AT+CFUN=1,1``), then wait for USB re-enumeration; the device is re-resolved
+from its stable identity each time, and while it is absent its path is checked
+every ``phones.absent_check_interval_s``. Receipts are recorded in PostgreSQL
+before they are deleted from the modem.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import os
-import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-import serial
 import structlog
 
 from config.logs import mask_phones
-from config.model import ModemConfig
+from config.model import ModemConfig, ModemDriver
+from daemon import receipts
 from daemon.runtime import Runtime
-from daemon.supervisor import Health
+from daemon.stores import PG_ERRORS, PostgresKeeper
+from daemon.supervisor import DependencyDown, Health
+from drivers.at import CommandTimeout, PortClosed
+from drivers.at_phone import ATPhone
+from drivers.base import ModemHealth, Received, SimState, TestPhoneDriver
+from drivers.errors import DriverError
+from drivers.gammu_phone import GammuPhone
 
 log = structlog.get_logger("modems")
+
+# Transitions remembered for "was it ready throughout?" questions.
+HISTORY = 500
+# Reopen attempts before a reset, and resets before waiting for re-enumeration.
+REOPENS_BEFORE_RESET = 1
+RESETS_BEFORE_REPLUG_WAIT = 1
 
 
 class ModemState(StrEnum):
     ABSENT = "absent"
     OPENING = "opening"
+    INITIALISING = "initialising"
     READY = "ready"
+    DEGRADED = "degraded"
     HUNG = "hung"
+    RESETTING = "resetting"
+    MISCONFIGURED = "misconfigured"
 
 
 @dataclass(frozen=True, slots=True)
-class ModemStatus:
-    name: str
-    carrier: str
-    phone: str
-    device: str
-    driver: str
+class Transition:
     state: ModemState
     reason: str
-    since: datetime
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "carrier": self.carrier,
-            "phone": mask_phones(self.phone),
-            "device": self.device,
-            "driver": self.driver,
-            "state": self.state.value,
-            "reason": self.reason,
-            "since": self.since.isoformat(),
-        }
+    at: datetime
 
 
-def _probe(port: serial.Serial, timeout_s: float) -> bool:
-    """Send AT and wait for OK (blocking; runs in a worker thread)."""
-    port.reset_input_buffer()
-    port.write(b"AT\r")
-    deadline = time.monotonic() + timeout_s
-    seen = b""
-    while time.monotonic() < deadline:
-        chunk = port.read(256)
-        seen = (seen + chunk)[-512:]
-        if b"\r\nOK\r\n" in seen or seen.endswith(b"OK\r\n"):
-            return True
-    return False
+@dataclass(slots=True)
+class ModemStatus:
+    state: ModemState = ModemState.ABSENT
+    reason: str = "not opened yet"
+    since: datetime = field(default_factory=lambda: datetime.now(UTC))
+    resolved: str = ""
+    identity: dict[str, str] = field(default_factory=dict)
+    health: ModemHealth | None = None
+    receipts: int = 0
+    last_receipt_at: datetime | None = None
+    recoveries: int = 0
+
+
+def resolve_device(device: str) -> str | None:
+    """The device node behind a stable identity: a path (e.g. a /dev/serial/by-id link)
+    or ``usb-serial:<serial number>``. None while it is absent."""
+    if device.startswith("usb-serial:"):
+        serial_number = device.split(":", 1)[1]
+        matches = sorted(glob.glob(f"/dev/serial/by-id/*{glob.escape(serial_number)}*"))
+        return os.path.realpath(matches[0]) if matches else None
+    # One stat of a device node: cheap enough to do on the event loop.
+    return os.path.realpath(device) if os.path.exists(device) else None
+
+
+def make_driver(modem: ModemConfig, runtime: Runtime, device: str) -> TestPhoneDriver:
+    phones = runtime.config.phones
+    if modem.driver == ModemDriver.GAMMU:
+        return GammuPhone(device, phones.command_timeout_s, phones.partial_timeout_s)
+    return ATPhone(device, phones.command_timeout_s, phones.partial_timeout_s)
 
 
 class ModemManager:
-    def __init__(self, runtime: Runtime, modem: ModemConfig) -> None:
+    def __init__(
+        self, runtime: Runtime, modem: ModemConfig, postgres: PostgresKeeper | None = None
+    ) -> None:
         self.runtime = runtime
         self.modem = modem
+        self.postgres = postgres
         self.name = f"modem:{modem.label}"
-        self.status = self._status(ModemState.ABSENT, "not opened yet")
-        self._port: serial.Serial | None = None
+        self.status = ModemStatus()
+        self.history: deque[Transition] = deque(maxlen=HISTORY)
+        self.driver: TestPhoneDriver | None = None
+        self.receipt_event = asyncio.Event()
+        self._health: Health | None = None
+        self._failures = 0
 
-    def _status(self, state: ModemState, reason: str) -> ModemStatus:
-        m = self.modem
-        return ModemStatus(
-            m.label,
-            m.carrier.value,
-            m.phone,
-            m.device,
-            m.driver.value,
-            state,
-            reason,
-            datetime.now(UTC),
-        )
-
-    def _set(self, health: Health, state: ModemState, reason: str) -> None:
+    # ---- state --------------------------------------------------------------------------
+    def _set(self, state: ModemState, reason: str = "") -> None:
         if (state, reason) != (self.status.state, self.status.reason):
+            now = datetime.now(UTC)
+            self.status.state, self.status.reason, self.status.since = state, reason, now
+            self.history.append(Transition(state, reason, now))
             log.info("modem state", modem=self.modem.label, state=state.value, reason=reason)
-            self.status = self._status(state, reason)
-        if state == ModemState.READY:
-            health.running()
-        else:
-            health.degraded(f"modem {state.value}: {reason}")
+        if self._health is not None:
+            if state == ModemState.READY:
+                self._health.running()
+            else:
+                self._health.degraded(f"{state.value}" + (f": {reason}" if reason else ""))
 
+    @property
+    def ready(self) -> bool:
+        return self.status.state == ModemState.READY
+
+    def ready_throughout(self, start: datetime, end: datetime | None = None) -> bool:
+        """True when the modem was ready for the whole of [start, end] (end: now)."""
+        state_at_start: ModemState | None = None
+        for transition in self.history:
+            if transition.at <= start:
+                state_at_start = transition.state
+            elif (end is None or transition.at <= end) and transition.state != ModemState.READY:
+                return False
+        if state_at_start is None:
+            return False
+        return state_at_start == ModemState.READY and (end is not None or self.ready)
+
+    # ---- main loop ----------------------------------------------------------------------
     async def run(self, health: Health) -> None:
+        self._health = health
+        self._set(self.status.state, self.status.reason)
         try:
             while True:
-                await self._check(health)
-                phones = self.runtime.config.phones
-                wait = (
-                    phones.absent_check_interval_s
-                    if self.status.state == ModemState.ABSENT
-                    else phones.health_interval_s
-                )
-                await asyncio.sleep(wait)
+                device = resolve_device(self.modem.device)
+                if device is None:
+                    await self._close()
+                    self._set(ModemState.ABSENT, f"device {self.modem.device} not present")
+                    await asyncio.sleep(self.runtime.config.phones.absent_check_interval_s)
+                    continue
+                self.status.resolved = device
+                await self._session(device)
         finally:
             await self._close()
 
-    async def _check(self, health: Health) -> None:
+    async def _session(self, device: str) -> None:
+        """Open the modem and serve it until it fails; then decide how to recover."""
         phones = self.runtime.config.phones
-        device = self.modem.device
-        # One stat of a device node: cheap enough for the event loop.
-        if not os.path.exists(device):  # noqa: ASYNC240
-            await self._close()
-            self._set(health, ModemState.ABSENT, f"device {device} not present")
-            return
-        if self._port is None:
-            self._set(health, ModemState.OPENING, f"opening {device}")
-            try:
-                self._port = await asyncio.to_thread(
-                    serial.Serial, device, 115200, timeout=0.1, exclusive=True
-                )
-            except (OSError, serial.SerialException) as exc:
-                self._set(health, ModemState.ABSENT, f"cannot open {device}: {exc}")
-                return
+        self._set(ModemState.OPENING, f"opening {device}")
+        driver = make_driver(self.modem, self.runtime, self.modem.device)
+        self.driver = driver
+        consumer: asyncio.Task[None] | None = None
         try:
-            answered = await asyncio.to_thread(_probe, self._port, phones.command_timeout_s)
-        except (OSError, serial.SerialException) as exc:
-            await self._close()
-            self._set(health, ModemState.ABSENT, f"{device} failed: {exc}")
-            return
-        if answered:
-            self._set(health, ModemState.READY, "")
-        else:
+            await driver.open()
+            self._set(ModemState.INITIALISING, "identifying")
+            identity = await driver.identify()
+            self.status.identity = {
+                "manufacturer": identity.manufacturer,
+                "model": identity.model,
+                "imei": identity.imei,
+                "imsi": identity.imsi[:5] + "*" * max(0, len(identity.imsi) - 5),
+            }
+            consumer = asyncio.create_task(self._consume(driver), name=f"{self.name}-receipts")
+            await self._serve(driver)
+        except PortClosed as exc:
+            self._set(ModemState.ABSENT, f"port lost: {exc}")
+        except CommandTimeout as exc:
+            self._failures += 1
+            self._set(ModemState.HUNG, f"no answer: {exc}")
+            await self._recover(driver)
+        except (OSError, DriverError) as exc:
+            self._failures += 1
             self._set(
-                health, ModemState.HUNG, f"no answer to AT within {phones.command_timeout_s}s"
+                ModemState.ABSENT
+                if resolve_device(self.modem.device) is None
+                else ModemState.DEGRADED,
+                f"{type(exc).__name__}: {exc}",
             )
+            await asyncio.sleep(min(phones.backoff_max_s, 0.5 * 2 ** min(self._failures, 5)))
+        finally:
+            if consumer is not None:
+                consumer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consumer
+            await self._close()
+
+    async def _serve(self, driver: TestPhoneDriver) -> None:
+        phones = self.runtime.config.phones
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()  # sweep at once: catch what arrived while we were away
+        while True:
+            state = await self._check_health(driver)
+            self._failures = 0
+            if state != ModemState.MISCONFIGURED and loop.time() >= next_sweep:
+                await driver.sweep()
+                next_sweep = loop.time() + phones.sweep_interval_s
+            await asyncio.sleep(phones.health_interval_s)
+
+    async def _check_health(self, driver: TestPhoneDriver) -> ModemState:
+        hang_after = self.runtime.config.phones.hang_after_timeouts
+        try:
+            reading = await driver.health()
+        except CommandTimeout:
+            timeouts = getattr(driver, "consecutive_timeouts", hang_after)
+            if timeouts >= hang_after:
+                raise
+            self._set(ModemState.DEGRADED, f"{timeouts} command timeout(s)")
+            return ModemState.DEGRADED
+        self.status.health = reading
+        if reading.sim in (SimState.PIN_REQUIRED, SimState.PUK_REQUIRED):
+            self._set(ModemState.MISCONFIGURED, f"SIM locked ({reading.sim.value})")
+            return ModemState.MISCONFIGURED
+        if reading.operator and reading.operator not in self.modem.mcc_mnc:
+            self._set(
+                ModemState.MISCONFIGURED,
+                f"registered on {reading.operator}, expected "
+                f"{'/'.join(self.modem.mcc_mnc)} ({self.modem.carrier.value})",
+            )
+            return ModemState.MISCONFIGURED
+        reason = reading.not_ready_reason(self.modem.mcc_mnc)
+        if reason:
+            self._set(ModemState.DEGRADED, reason)
+            return ModemState.DEGRADED
+        self._set(ModemState.READY)
+        return ModemState.READY
+
+    async def _recover(self, driver: TestPhoneDriver) -> None:
+        """Escalate: reopen, then reset the modem, then wait for re-enumeration."""
+        self.status.recoveries += 1
+        phones = self.runtime.config.phones
+        attempt = self._failures
+        if attempt <= REOPENS_BEFORE_RESET:
+            return  # the main loop reopens the port
+        if attempt <= REOPENS_BEFORE_RESET + RESETS_BEFORE_REPLUG_WAIT and isinstance(
+            driver, ATPhone
+        ):
+            self._set(ModemState.RESETTING, "AT+CFUN=1,1")
+            with contextlib.suppress(DriverError, OSError):
+                await driver.command("AT+CFUN=1,1")
+            return
+        wait = min(phones.backoff_max_s, 2 ** min(attempt, 5))
+        self._set(ModemState.HUNG, f"waiting {wait:.0f}s for the modem to re-enumerate")
+        await asyncio.sleep(wait)
 
     async def _close(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
+        driver, self.driver = self.driver, None
+        if driver is not None:
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(port.close)
+                await asyncio.wait_for(driver.close(), 5)
+
+    # ---- receipts -----------------------------------------------------------------------
+    async def _consume(self, driver: TestPhoneDriver) -> None:
+        async for received in driver.received():
+            await self._store(driver, received)
+
+    async def _store(self, driver: TestPhoneDriver, received: Received) -> None:
+        """Record durably, then delete from the modem. Retries while PostgreSQL is down;
+        the message stays on the modem meanwhile, so nothing is lost."""
+        while True:
+            try:
+                if self.postgres is None:
+                    raise DependencyDown("no postgres configured")
+                pool = self.postgres.require()
+                recorded = await receipts.record(
+                    pool, self.runtime.config.node.id, self.modem, received
+                )
+                break
+            except (DependencyDown, *PG_ERRORS) as exc:
+                log.warning(
+                    "receipt not recorded yet; keeping it on the modem",
+                    modem=self.modem.label,
+                    error=str(exc),
+                )
+                await asyncio.sleep(self.runtime.config.supervision.check_interval_s)
+        await driver.delete(received.indices)
+        with contextlib.suppress(*PG_ERRORS, DependencyDown):
+            assert self.postgres is not None
+            await receipts.mark_deleted(self.postgres.require(), recorded.id)
+        self.status.receipts += 1
+        self.status.last_receipt_at = datetime.now(UTC)
+        self.receipt_event.set()
+        self.receipt_event = asyncio.Event()
+        log.info(
+            "receipt recorded",
+            modem=self.modem.label,
+            receipt=recorded.id,
+            new=recorded.new,
+            via=received.via,
+            sender=received.message.sender,
+            parts=len(received.indices),
+            complete=received.message.complete,
+        )
+
+    # ---- status -------------------------------------------------------------------------
+    def as_json(self) -> dict[str, Any]:
+        m, s = self.modem, self.status
+        health = s.health
+        return {
+            "name": m.label,
+            "carrier": m.carrier.value,
+            "phone": mask_phones(m.phone),
+            "device": m.device,
+            "resolved": s.resolved or None,
+            "driver": m.driver.value,
+            "state": s.state.value,
+            "reason": s.reason,
+            "since": s.since.isoformat(),
+            "identity": s.identity or None,
+            "sim": health.sim.value if health else None,
+            "registration": health.registration.value if health else None,
+            "operator": health.operator if health else None,
+            "signal": health.signal if health else None,
+            "storage": f"{health.storage_used}/{health.storage_total}"
+            if health and health.storage_total is not None
+            else None,
+            "receipts": s.receipts,
+            "last_receipt_at": s.last_receipt_at.isoformat() if s.last_receipt_at else None,
+            "recoveries": s.recoveries,
+        }

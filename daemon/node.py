@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from config.loader import ConfigError, load_config
 from config.logs import setup_for
+from daemon import receipts
 from daemon.agents import AgentMonitor
 from daemon.housekeeping import Housekeeping
 from daemon.http import Request, Response, UnixHTTPServer
@@ -134,7 +136,8 @@ class Node:
         self.redis = RedisKeeper(runtime)
         self.agents = AgentMonitor(runtime)
         self.housekeeping = Housekeeping(runtime)
-        self.modems = [ModemManager(runtime, m) for m in runtime.config.modems]
+        self.modems = [ModemManager(runtime, m, self.postgres) for m in runtime.config.modems]
+        self.housekeeping.add_job("prune-receipts", self._prune_receipts, hour=3, minute=30)
         components: list[Component] = [
             self.status_server,
             self.postgres,
@@ -173,10 +176,17 @@ class Node:
                 }
                 for g in config.line_groups
             ],
-            "modems": [m.status.as_json() for m in self.modems],
+            "modems": [m.as_json() for m in self.modems],
             "runs": [],
             "spam_tests": {"queue": [], "active": [], "grace_s": {}},
         }
+
+    async def _prune_receipts(self) -> None:
+        retention = timedelta(days=self.runtime.config.phones.receipt_retention_days)
+        pruned = await receipts.prune(
+            self.postgres.require(), self.runtime.config.node.id, retention
+        )
+        log.info("receipts pruned", count=pruned)
 
     async def handle_status(self, request: Request) -> Response:
         return Response.json(self.snapshot())
@@ -187,7 +197,7 @@ class Node:
     def summary(self) -> str:
         statuses = self.supervisor.statuses()
         degraded = [s.name for s in statuses if s.state == ComponentState.DEGRADED]
-        ready = sum(1 for m in self.modems if m.status.state == "ready")
+        ready = sum(1 for m in self.modems if m.ready)
         agents_ok = sum(1 for a in self.agents.statuses.values() if a.state == "ok")
         text = (
             f"agents ok {agents_ok}/{len(self.agents.statuses)}, "

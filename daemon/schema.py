@@ -79,6 +79,45 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "test-phone receipts",
+        """
+        CREATE TABLE IF NOT EXISTS modem_receipts (
+            id bigserial PRIMARY KEY,
+            node_id text NOT NULL,
+            modem text NOT NULL,
+            carrier text NOT NULL,
+            phone text NOT NULL,
+            kind text NOT NULL CHECK (kind IN ('sms', 'mms-notification')),
+            sender text NOT NULL,
+            sender_raw text NOT NULL,
+            text text NOT NULL,
+            text_hash text NOT NULL,
+            subject text,
+            mms_size integer,
+            mms_location text,
+            complete boolean NOT NULL,
+            sent_at timestamptz,
+            received_at timestamptz NOT NULL DEFAULT now(),
+            storage_indices integer[] NOT NULL,
+            raw_pdus text[] NOT NULL,
+            pdu_digest text NOT NULL,
+            via text NOT NULL,
+            deleted_from_modem boolean NOT NULL DEFAULT false,
+            test_id uuid,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        -- One row per message while it sits on the modem: a restart that finds it again
+        -- (recorded, not yet deleted) does not record it twice.
+        CREATE UNIQUE INDEX IF NOT EXISTS modem_receipts_on_modem
+            ON modem_receipts (node_id, modem, pdu_digest, storage_indices)
+            WHERE NOT deleted_from_modem;
+        CREATE INDEX IF NOT EXISTS modem_receipts_received ON modem_receipts (received_at);
+        CREATE INDEX IF NOT EXISTS modem_receipts_match
+            ON modem_receipts (carrier, sender, text_hash, received_at);
+        """,
+    ),
 )
 
 

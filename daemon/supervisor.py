@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,6 +100,8 @@ class Supervisor:
         self._components: list[tuple[Component, Health]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        # The restart delays chosen per component, newest last (for status and tests).
+        self.backoffs: dict[str, deque[float]] = {}
 
     def add(self, component: Component) -> Health:
         health = Health(component.name, self._on_change)
@@ -140,6 +143,7 @@ class Supervisor:
                 health.degraded(f"crashed: {type(exc).__name__}: {exc}")
             if health.reached_running:
                 backoff = self.backoff_initial_s
+            self.backoffs.setdefault(component.name, deque(maxlen=20)).append(backoff)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
             backoff = min(backoff * 2, self.backoff_max_s)

@@ -126,6 +126,7 @@ class _InFlight:
     expect: tuple[str, ...]
     future: asyncio.Future[Reply]
     lines: list[str] = field(default_factory=list)
+    pdu_may_follow: bool = False
 
 
 Listener = Callable[[str, str | None], None]
@@ -193,6 +194,11 @@ class ATEngine:
                 return
             if any(line.startswith(p) for p in inflight.expect):
                 inflight.lines.append(line)
+                inflight.pdu_may_follow = True
+                return
+            if inflight.pdu_may_follow and _HEX_LINE.match(line):
+                inflight.lines.append(line)  # the PDU under a +CMGR/+CMGL header
+                inflight.pdu_may_follow = False
                 return
         if line.startswith(URC_PREFIXES):
             if line.startswith(_PDU_URCS):
@@ -200,7 +206,8 @@ class ATEngine:
                 return
             self._dispatch(line, None)
             return
-        if inflight is not None and not inflight.future.done():
+        if inflight is not None and not inflight.future.done() and not inflight.expect:
+            # A command without declared reply prefixes (AT+CGMI …) keeps every line.
             inflight.lines.append(line)
             return
         self.ignored_lines += 1

@@ -624,10 +624,6 @@ def _join(parts: list[Deliver], complete: bool, missing: tuple[int, ...] = ()) -
     )
 
 
-def single(part: Deliver) -> Message:
-    return _join([part], True)
-
-
 @dataclass(slots=True)
 class _Pending:
     parts: dict[int, Deliver] = field(default_factory=dict)
@@ -650,7 +646,7 @@ class Reassembler:
     def add(self, part: Deliver, now: float) -> list[Message]:
         """Feed one part; return the messages it completes (or pushes out)."""
         if part.concat is None or part.concat.total == 1:
-            return [_join([part], True)]
+            return [_safe_join([part], True)]
         c = part.concat
         key = (part.sender, c.ref_bits, c.ref, c.total)
         pending = self._pending.get(key)

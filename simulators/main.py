@@ -81,6 +81,8 @@ class Simulator:
         for modem in self.modems:
             modem.plug()
         for agent in self.agents.values():
+            # Ports first: once `ctl status` answers, every agent accepts connections.
+            await agent.set_fault(AgentFault.OK)
             self._tasks.append(asyncio.create_task(agent.run(), name=f"agent-{agent.agent.number}"))
         path = self.control_path
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -149,9 +149,13 @@ def test_with_the_simulator_every_component_runs(sim_node: SimulatedNode) -> Non
         lambda s: all(v == "running" for v in s.values()), 20, "every component running"
     )
     assert len(states) == 8
-    status = sim_node.status()
+    status = wait_for(
+        lambda: (s := sim_node.status()) and all(a["state"] == "ok" for a in s["agents"]) and s,
+        10,
+        "every agent ok",
+    )
     assert {m["state"] for m in status["modems"]} == {"ready"}
-    assert all(a["state"] == "ok" and a["reachable"] for a in status["agents"])
+    assert all(a["reachable"] for a in status["agents"])
     # The agent monitor sees an agent stop: port closed, state unreachable, with its reason.
     sim_node.sim_ctl("agent", "3", "stop")
     wait_for(
