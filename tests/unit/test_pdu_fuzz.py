@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings
