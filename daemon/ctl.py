@@ -324,13 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--json", action="store_true")
     init.set_defaults(func=cmd_db_init)
 
-    for register in _EXTENSIONS:
+    for register in _extensions():
         register(sub, common)
     return parser
 
 
-# Later capabilities add their subcommands here: (subparsers, common parent) -> None.
-_EXTENSIONS: list[Callable[[Any, argparse.ArgumentParser], None]] = []
+# Each capability adds its subcommands: (subparsers, common parent) -> None.
+def _extensions() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
+    from daemon import ctl_pdu
+
+    return [ctl_pdu.register]
 
 
 def main(argv: list[str] | None = None) -> int:

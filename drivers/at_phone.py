@@ -122,8 +122,13 @@ class ATPhone(TestPhoneDriver):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
         transport, self._transport = self._transport, None
+        protocol = self._protocol
         if transport is not None:
             transport.close()
+            if protocol is not None:
+                # The adapter finishes closing in a task of its own; wait for it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(protocol.lost.wait(), self.command_timeout_s)
         self._protocol = None
         self._known.clear()
         self._part_home.clear()

@@ -212,42 +212,42 @@ class GammuPhone(TestPhoneDriver):
             await self._call(sm.GetSIMIMSI),
         )
 
+    async def _optional(self, fn: Callable[..., _T]) -> _T | None:
+        """A reading the modem may not support: None then. A lost port or a timeout
+        still propagates (they say something about the modem, not the reading)."""
+        try:
+            return await self._call(fn)
+        except (PortClosed, CommandTimeout):
+            raise
+        except DriverError:
+            return None
+
     async def health(self) -> ModemHealth:
         sm = self._sm
+        sim = SimState.UNKNOWN
         try:
             security = await self._call(sm.GetSecurityStatus)
-            sim = (
-                SimState.READY
-                if security is None
-                else (
-                    SimState.PIN_REQUIRED
-                    if security == "Pin"
-                    else SimState.PUK_REQUIRED
-                    if security == "Puk"
-                    else SimState.UNKNOWN
-                )
-            )
+            code = str(security or "").upper()
+            if security is None:
+                sim = SimState.READY
+            elif code.startswith("PIN"):
+                sim = SimState.PIN_REQUIRED
+            elif code.startswith("PUK"):
+                sim = SimState.PUK_REQUIRED
+        except (PortClosed, CommandTimeout):
+            raise
         except DriverError:
-            sim = SimState.UNKNOWN
-        try:
-            info = await self._call(sm.GetNetworkInfo)
-            registration = _NETWORK_STATE.get(info.get("State", "Unknown"), Registration.UNKNOWN)
-            operator = str(info.get("NetworkCode", "")).replace(" ", "")
-        except DriverError:
-            registration, operator = Registration.UNKNOWN, ""
-        try:
-            quality = await self._call(sm.GetSignalQuality)
-            strength = quality.get("SignalPercent", -1)
-            signal = None if strength is None or strength < 0 else round(strength * 31 / 100)
-        except DriverError:
-            signal = None
+            pass
+        info = await self._optional(sm.GetNetworkInfo) or {}
+        registration = _NETWORK_STATE.get(info.get("State", "Unknown"), Registration.UNKNOWN)
+        operator = str(info.get("NetworkCode", "")).replace(" ", "")
+        quality = await self._optional(sm.GetSignalQuality) or {}
+        strength = quality.get("SignalPercent", -1)
+        signal = None if strength is None or strength < 0 else round(strength * 31 / 100)
         used = total = None
         if sim == SimState.READY:
-            try:
-                status = await self._call(sm.GetSMSStatus)
-                used, total = status.get("SIMUsed"), status.get("SIMSize")
-            except DriverError:
-                pass
+            status = await self._optional(sm.GetSMSStatus) or {}
+            used, total = status.get("SIMUsed"), status.get("SIMSize")
         return ModemHealth(sim, registration, operator, signal, used, total)
 
     # ---- receiving ------------------------------------------------------------------------

@@ -23,7 +23,7 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
     for task in pending:
         task.cancel()
     if pending:
-        pytest.fail(f"test left tasks running: {[t.get_name() for t in pending]}")
+        pytest.fail(f"test left tasks running: {[repr(t) for t in pending]}")
 
 
 @pytest.fixture(autouse=True)

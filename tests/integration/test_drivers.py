@@ -1,0 +1,148 @@
+"""One suite, both drivers (`at` and `gammu`), against the modem simulator on a real pty."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from drivers import pdu, wap
+from drivers.at import PortClosed
+from drivers.at_phone import ATPhone
+from drivers.base import Registration, SimState, TestPhoneDriver
+from drivers.errors import DriverError
+from drivers.gammu_phone import GammuPhone
+from simulators.modem import ModemFault, SimModem
+from tests.integration.modem_fixtures import kt_modem  # noqa: F401
+
+KST = timezone(timedelta(hours=9))
+
+
+@pytest.fixture(params=["at", "gammu"])
+async def driver(
+    request: pytest.FixtureRequest,
+    kt_modem: SimModem,  # noqa: F811
+) -> AsyncIterator[TestPhoneDriver]:
+    path = str(kt_modem.stable_path)
+    phone: TestPhoneDriver = ATPhone(path, 1.0) if request.param == "at" else GammuPhone(path, 1.0)
+    await phone.open()
+    yield phone
+    await phone.close()
+
+
+def send(modem: SimModem, text: str, sender: str = "0212345678") -> None:
+    assert modem.deliver(
+        pdu.encode_deliver(
+            sender, text, datetime.now(KST), "+821000000000", reference=len(text) % 256
+        )
+    )
+
+
+async def next_received(phone: TestPhoneDriver) -> object:
+    return await asyncio.wait_for(phone.next_received(), 5)  # type: ignore[attr-defined]
+
+
+async def test_identity_and_health(driver: TestPhoneDriver) -> None:
+    identity = await driver.identify()
+    assert identity.manufacturer == "Hanjullo Simulated Modems"
+    assert identity.imsi.startswith("45008") and len(identity.imei) == 15
+    health = await driver.health()
+    assert health.sim == SimState.READY and health.registration == Registration.HOME
+    assert health.operator == "45008" and health.signal
+    assert (health.storage_used, health.storage_total) == (0, 10)
+    assert health.not_ready_reason(["45008"]) == ""
+
+
+@pytest.mark.parametrize(
+    "text", ["안녕하세요 한줄로", "plain [ascii] €", "긴 메시지 " * 40, "emoji 😀 and 한글"]
+)
+async def test_notified_texts_arrive_decoded_and_joined(
+    driver: TestPhoneDriver,
+    kt_modem: SimModem,
+    text: str,  # noqa: F811
+) -> None:
+    send(kt_modem, text)
+    received = await next_received(driver)
+    assert received.message.text == text and received.message.complete  # type: ignore[attr-defined]
+    assert received.via == "cmti"  # type: ignore[attr-defined]
+    assert kt_modem.counters.cmgl == 0  # read because of +CMTI, not by listing
+    await driver.delete(received.indices)  # type: ignore[attr-defined]
+    assert kt_modem.storage == {}
+
+
+async def test_lms_arrives_as_an_mms_notification(
+    driver: TestPhoneDriver,
+    kt_modem: SimModem,  # noqa: F811
+) -> None:
+    note = wap.MmsNotification(
+        "+8215886000",
+        "한줄로 LMS 안내 제목입니다 조금 길게 씁니다",
+        2400,
+        "http://mms.sim.hanjullo/kt/00000042",
+        "T0000000042",
+    )
+    assert kt_modem.deliver(
+        pdu.encode_wap_push(
+            "+8215886000", wap.encode_notification(note), datetime.now(KST), reference=3
+        )
+    )
+    received = await next_received(driver)
+    message = received.message  # type: ignore[attr-defined]
+    assert message.kind == pdu.Kind.MMS_NOTIFICATION and message.mms is not None
+    assert message.mms.subject == note.subject and message.mms.size == 2400
+    assert message.sender == "+8215886000"
+
+
+async def test_sweep_finds_texts_whose_notification_was_lost(
+    driver: TestPhoneDriver,
+    kt_modem: SimModem,  # noqa: F811
+) -> None:
+    saved = kt_modem.settings.cnmi
+    kt_modem.settings.cnmi = (0, 0, 0, 0, 0)  # the URC is lost (e.g. modem restarted)
+    send(kt_modem, "no notification for me")
+    kt_modem.settings.cnmi = saved
+    assert await driver.sweep() == 1
+    received = await next_received(driver)
+    assert received.message.text == "no notification for me"  # type: ignore[attr-defined]
+    assert received.via == "sweep"  # type: ignore[attr-defined]
+    assert await driver.sweep() == 0  # known and not yet deleted: not surfaced twice
+
+
+@pytest.mark.parametrize(
+    ("fault", "check"),
+    [
+        (ModemFault.SIM_LOCKED, lambda h: h.sim == SimState.PIN_REQUIRED),
+        (ModemFault.NO_NETWORK, lambda h: h.registration == Registration.SEARCHING),
+    ],
+)
+async def test_health_reports_faults(
+    driver: TestPhoneDriver,
+    kt_modem: SimModem,
+    fault: ModemFault,
+    check: object,  # noqa: F811
+) -> None:
+    kt_modem.set_fault(fault)
+    health = await driver.health()
+    assert check(health)  # type: ignore[operator]
+    assert health.not_ready_reason(["45008"]) != ""
+
+
+async def test_full_storage_is_reported(driver: TestPhoneDriver, kt_modem: SimModem) -> None:  # noqa: F811
+    kt_modem.settings.cnmi = (0, 0, 0, 0, 0)
+    for i in range(10):
+        send(kt_modem, f"fill {i}")
+    health = await driver.health()
+    assert health.storage_full and "storage full" in health.not_ready_reason(["45008"])
+
+
+async def test_unplug_fails_commands_with_port_closed(
+    driver: TestPhoneDriver,
+    kt_modem: SimModem,  # noqa: F811
+) -> None:
+    kt_modem.set_fault(ModemFault.UNPLUG)
+    with pytest.raises((PortClosed, DriverError)):
+        for _ in range(20):
+            await driver.health()
+            await asyncio.sleep(0.05)
