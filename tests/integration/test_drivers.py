@@ -15,7 +15,6 @@ from drivers.base import Registration, SimState, TestPhoneDriver
 from drivers.errors import DriverError
 from drivers.gammu_phone import GammuPhone
 from simulators.modem import ModemFault, SimModem
-from tests.integration.modem_fixtures import kt_modem  # noqa: F401
 
 KST = timezone(timedelta(hours=9))
 
@@ -23,7 +22,7 @@ KST = timezone(timedelta(hours=9))
 @pytest.fixture(params=["at", "gammu"])
 async def driver(
     request: pytest.FixtureRequest,
-    kt_modem: SimModem,  # noqa: F811
+    kt_modem: SimModem,
 ) -> AsyncIterator[TestPhoneDriver]:
     path = str(kt_modem.stable_path)
     phone: TestPhoneDriver = ATPhone(path, 1.0) if request.param == "at" else GammuPhone(path, 1.0)
@@ -61,7 +60,7 @@ async def test_identity_and_health(driver: TestPhoneDriver) -> None:
 async def test_notified_texts_arrive_decoded_and_joined(
     driver: TestPhoneDriver,
     kt_modem: SimModem,
-    text: str,  # noqa: F811
+    text: str,
 ) -> None:
     send(kt_modem, text)
     received = await next_received(driver)
@@ -74,7 +73,7 @@ async def test_notified_texts_arrive_decoded_and_joined(
 
 async def test_lms_arrives_as_an_mms_notification(
     driver: TestPhoneDriver,
-    kt_modem: SimModem,  # noqa: F811
+    kt_modem: SimModem,
 ) -> None:
     note = wap.MmsNotification(
         "+8215886000",
@@ -97,7 +96,7 @@ async def test_lms_arrives_as_an_mms_notification(
 
 async def test_sweep_finds_texts_whose_notification_was_lost(
     driver: TestPhoneDriver,
-    kt_modem: SimModem,  # noqa: F811
+    kt_modem: SimModem,
 ) -> None:
     saved = kt_modem.settings.cnmi
     kt_modem.settings.cnmi = (0, 0, 0, 0, 0)  # the URC is lost (e.g. modem restarted)
@@ -121,7 +120,7 @@ async def test_health_reports_faults(
     driver: TestPhoneDriver,
     kt_modem: SimModem,
     fault: ModemFault,
-    check: object,  # noqa: F811
+    check: object,
 ) -> None:
     kt_modem.set_fault(fault)
     health = await driver.health()
@@ -129,7 +128,7 @@ async def test_health_reports_faults(
     assert health.not_ready_reason(["45008"]) != ""
 
 
-async def test_full_storage_is_reported(driver: TestPhoneDriver, kt_modem: SimModem) -> None:  # noqa: F811
+async def test_full_storage_is_reported(driver: TestPhoneDriver, kt_modem: SimModem) -> None:
     kt_modem.settings.cnmi = (0, 0, 0, 0, 0)
     for i in range(10):
         send(kt_modem, f"fill {i}")
@@ -139,7 +138,7 @@ async def test_full_storage_is_reported(driver: TestPhoneDriver, kt_modem: SimMo
 
 async def test_unplug_fails_commands_with_port_closed(
     driver: TestPhoneDriver,
-    kt_modem: SimModem,  # noqa: F811
+    kt_modem: SimModem,
 ) -> None:
     kt_modem.set_fault(ModemFault.UNPLUG)
     with pytest.raises((PortClosed, DriverError)):
