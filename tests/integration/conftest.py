@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from simulators.harness import SimulatedNode
-from tests.integration.modem_fixtures import kt_modem  # noqa: F401 - a shared fixture
 from tests import services
+from tests.integration.modem_fixtures import kt_modem  # noqa: F401 - a shared fixture
 
 pytestmark = pytest.mark.integration
 
