@@ -183,7 +183,8 @@ class ModemManager:
             self._set(ModemState.ABSENT, f"port lost: {exc}")
         except CommandTimeout as exc:
             self._failures += 1
-            self._set(ModemState.HUNG, f"no answer: {exc}")
+            count = getattr(driver, "consecutive_timeouts", 1)
+            self._set(ModemState.HUNG, f"no answer to {count} consecutive commands ({exc})")
             await self._recover(driver)
         except (OSError, DriverError) as exc:
             self._failures += 1

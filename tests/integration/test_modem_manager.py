@@ -1,0 +1,249 @@
+"""The modem manager: event-driven receipts, durable and exactly once, honest states."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from config.model import NodeConfig
+from config.names import message_hash
+from daemon import receipts, schema
+from daemon.modems import ModemManager, ModemState
+from daemon.runtime import Runtime
+from daemon.stores import PostgresKeeper
+from daemon.supervisor import Health
+from drivers import pdu
+from simulators.modem import ModemFault, SimModem
+from tests.integration.modem_fixtures import node_config
+
+KST = timezone(timedelta(hours=9))
+
+
+async def until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Managed:
+    def __init__(self, config: NodeConfig, manager: ModemManager, modem: SimModem) -> None:
+        self.config, self.manager, self.modem = config, manager, modem
+
+    def send(self, text: str) -> int:
+        assert self.modem.deliver(
+            pdu.encode_deliver(
+                "0212345678", text, datetime.now(KST), "+821000000000", reference=len(text)
+            )
+        )
+        return self.modem._uid
+
+    async def rows(self, text: str) -> list[asyncpg.Record]:
+        conn = await schema.connect_pg(self.config)
+        try:
+            return await conn.fetch(
+                "SELECT * FROM modem_receipts WHERE node_id = $1 AND text = $2",
+                self.config.node.id,
+                text,
+            )
+        finally:
+            await conn.close()
+
+
+async def start_manager(
+    config: NodeConfig, modem: SimModem, index: int = 1
+) -> tuple[ModemManager, list[asyncio.Task[None]]]:
+    runtime = Runtime.create(config)
+    conn = await schema.connect_pg(config)
+    try:
+        await schema.migrate_pg(conn)
+        await conn.execute("DELETE FROM modem_receipts WHERE node_id = $1", config.node.id)
+    finally:
+        await conn.close()
+    postgres = PostgresKeeper(runtime)
+    tasks = [asyncio.create_task(postgres.run(Health("postgres")))]
+    await asyncio.wait_for(postgres.ready.wait(), 10)
+    manager = ModemManager(runtime, config.modems[index], postgres)
+    tasks.append(asyncio.create_task(manager.run(Health(manager.name))))
+    return manager, tasks
+
+
+async def stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in reversed(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def managed(tmp_path: Path, kt_modem: SimModem) -> AsyncIterator[Managed]:
+    config = node_config(tmp_path)
+    manager, tasks = await start_manager(config, kt_modem)
+    await until(lambda: manager.ready, 10, "the modem to be ready")
+    yield Managed(config, manager, kt_modem)
+    await stop(tasks)
+
+
+async def test_cmti_receipt_is_recorded_at_once_without_polling(managed: Managed) -> None:
+    listings = managed.modem.counters.cmgl
+    started = time.monotonic()
+    uid = managed.send("스팸 테스트 문구 입니다")
+    await until(lambda: managed.manager.status.receipts >= 1, 2, "the receipt")
+    assert time.monotonic() - started < 0.5
+    assert managed.modem.read_log[uid] == 1  # read once, because of its +CMTI
+    assert managed.modem.counters.cmgl == listings  # no storage listing meanwhile
+    assert managed.modem.storage == {}  # deleted after it was recorded
+    (row,) = await managed.rows("스팸 테스트 문구 입니다")
+    assert row["sender"] == "0212345678" and row["carrier"] == "KT"
+    assert row["text_hash"] == message_hash("스팸테스트문구입니다")
+    assert row["deleted_from_modem"] and row["via"] == "cmti" and row["complete"]
+
+
+async def test_unplug_and_replug_under_a_new_name_loses_and_doubles_nothing(
+    managed: Managed,
+) -> None:
+    managed.send("before the unplug")
+    await until(lambda: managed.manager.status.receipts >= 1, 5, "the first receipt")
+    managed.modem.settings.cnmi = (0, 0, 0, 0, 0)
+    managed.send("stored but never announced")  # found by the sweep after the replug
+    managed.modem.set_fault(ModemFault.UNPLUG)
+    await until(lambda: managed.manager.status.state == ModemState.ABSENT, 5, "absent")
+    assert not managed.modem.deliver(
+        pdu.encode_deliver("0212345678", "during the unplug", datetime.now(KST))
+    )
+    replugged = time.monotonic()
+    managed.modem.set_fault(ModemFault.OK, new_name=True)
+    await until(lambda: managed.manager.ready, 5, "ready again after the replug")
+    assert time.monotonic() - replugged < 5
+    managed.send("during the unplug")  # the network hands over what it held
+    managed.send("after the replug")
+    await until(lambda: managed.manager.status.receipts >= 4, 10, "every receipt")
+    for text in (
+        "before the unplug",
+        "stored but never announced",
+        "during the unplug",
+        "after the replug",
+    ):
+        assert len(await managed.rows(text)) == 1, text
+    assert managed.modem.storage == {}
+
+
+async def test_hung_modem_is_marked_hung_and_recovers(managed: Managed) -> None:
+    phones = managed.config.phones
+    started = datetime.now(timezone.utc)
+    managed.modem.set_fault(ModemFault.HANG)
+
+    def first_hung() -> object:
+        return next(
+            (t for t in managed.manager.history if t.state == ModemState.HUNG and t.at >= started),
+            None,
+        )
+
+    await until(first_hung, 10, "hung")
+    transition = first_hung()
+    assert "no answer to 3 consecutive commands" in transition.reason  # type: ignore[attr-defined]
+    # Three timed-out commands, each after a health interval at most (plus scheduling slack).
+    elapsed = (transition.at - started).total_seconds()  # type: ignore[attr-defined]
+    assert elapsed <= 3 * (phones.command_timeout_s + phones.health_interval_s) + 2.0
+    managed.modem.set_fault(ModemFault.OK)
+    await until(lambda: managed.manager.ready, 15, "ready after the modem answers again")
+    assert managed.manager.status.recoveries >= 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "state", "reason"),
+    [
+        (ModemFault.SIM_LOCKED, ModemState.MISCONFIGURED, "SIM locked"),
+        (ModemFault.NO_NETWORK, ModemState.DEGRADED, "not registered"),
+    ],
+)
+async def test_faults_are_reported_with_their_reason(
+    managed: Managed, fault: ModemFault, state: ModemState, reason: str
+) -> None:
+    managed.modem.set_fault(fault)
+    await until(lambda: managed.manager.status.state == state, 5, state.value)
+    assert reason in managed.manager.status.reason
+    assert not managed.manager.ready
+    managed.modem.set_fault(ModemFault.OK)
+    await until(lambda: managed.manager.ready, 5, "ready again")
+
+
+async def test_full_storage_makes_the_modem_not_ready(managed: Managed) -> None:
+    managed.modem.settings.cnmi = (0, 0, 0, 0, 0)  # notifications lost; the sweep is 30 s away
+    for i in range(managed.modem.capacity):
+        managed.send(f"filler {i}")
+    await until(lambda: managed.manager.status.state == ModemState.DEGRADED, 5, "degraded")
+    assert "storage full" in managed.manager.status.reason
+    managed.modem.storage.clear()  # emptied elsewhere (e.g. by hand)
+    await until(lambda: managed.manager.ready, 5, "ready once storage has room")
+
+
+async def test_ready_throughout_answers_for_an_interval(managed: Managed) -> None:
+    start = datetime.now(timezone.utc)
+    assert managed.manager.ready_throughout(start)
+    managed.modem.set_fault(ModemFault.NO_NETWORK)
+    await until(lambda: not managed.manager.ready, 5, "not ready")
+    managed.modem.set_fault(ModemFault.OK)
+    await until(lambda: managed.manager.ready, 5, "ready")
+    assert not managed.manager.ready_throughout(start)
+    assert managed.manager.ready_throughout(datetime.now(timezone.utc))
+
+
+async def test_wrong_operator_is_misconfigured(tmp_path: Path, kt_modem: SimModem) -> None:
+    config = node_config(tmp_path)
+    # The KT phone's modem registered on 45008, but this entry expects SKT's 45005.
+    wrong = config.modems[1].model_copy(update={"mcc_mnc": ["45005"]})
+    config = config.model_copy(update={"modems": [config.modems[0], wrong, config.modems[2]]})
+    manager, tasks = await start_manager(config, kt_modem)
+    try:
+        await until(lambda: manager.status.state == ModemState.MISCONFIGURED, 10, "misconfigured")
+        assert "45008" in manager.status.reason and "45005" in manager.status.reason
+    finally:
+        await stop(tasks)
+
+
+async def test_a_receipt_found_again_is_not_recorded_twice(managed: Managed) -> None:
+    from drivers.base import Received
+
+    parts = pdu.encode_deliver("0212345678", "found twice", datetime.now(KST))
+    decoded = pdu.decode(parts[0])
+    assert isinstance(decoded, pdu.Deliver)
+    (message,) = pdu.Reassembler(60).add(decoded, 0.0)
+    received = Received(message, (7,), (parts[0].hex().upper(),), "sweep")
+    assert managed.manager.postgres is not None
+    pool = managed.manager.postgres.require()
+    first = await receipts.record(pool, managed.config.node.id, managed.config.modems[1], received)
+    again = await receipts.record(pool, managed.config.node.id, managed.config.modems[1], received)
+    assert first.new and not again.new and first.id == again.id
+    await receipts.mark_deleted(pool, first.id)
+    # Deleted from the modem: the same bytes at the same index later are a new message.
+    later = await receipts.record(pool, managed.config.node.id, managed.config.modems[1], received)
+    assert later.new and later.id != first.id
+
+
+async def test_gammu_driver_survives_unplug_and_replug(tmp_path: Path, kt_modem: SimModem) -> None:
+    config = node_config(tmp_path)
+    gammu_kt = config.modems[1].model_copy(update={"driver": "gammu"})
+    config = config.model_copy(update={"modems": [config.modems[0], gammu_kt, config.modems[2]]})
+    manager, tasks = await start_manager(config, kt_modem)
+    managed = Managed(config, manager, kt_modem)
+    try:
+        await until(lambda: manager.ready, 20, "ready through gammu")
+        managed.send("gammu before")
+        await until(lambda: manager.status.receipts >= 1, 5, "first receipt")
+        kt_modem.set_fault(ModemFault.UNPLUG)
+        await until(lambda: not manager.ready, 10, "not ready after the unplug")
+        kt_modem.set_fault(ModemFault.OK, new_name=True)
+        await until(lambda: manager.ready, 20, "ready again through gammu")
+        managed.send("gammu after")
+        await until(lambda: manager.status.receipts >= 2, 5, "second receipt")
+        for text in ("gammu before", "gammu after"):
+            assert len(await managed.rows(text)) == 1
+    finally:
+        await stop(tasks)
