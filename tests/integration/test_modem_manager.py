@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
@@ -136,7 +136,7 @@ async def test_unplug_and_replug_under_a_new_name_loses_and_doubles_nothing(
 
 async def test_hung_modem_is_marked_hung_and_recovers(managed: Managed) -> None:
     phones = managed.config.phones
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     managed.modem.set_fault(ModemFault.HANG)
 
     def first_hung() -> object:
@@ -185,14 +185,14 @@ async def test_full_storage_makes_the_modem_not_ready(managed: Managed) -> None:
 
 
 async def test_ready_throughout_answers_for_an_interval(managed: Managed) -> None:
-    start = datetime.now(timezone.utc)
+    start = datetime.now(UTC)
     assert managed.manager.ready_throughout(start)
     managed.modem.set_fault(ModemFault.NO_NETWORK)
     await until(lambda: not managed.manager.ready, 5, "not ready")
     managed.modem.set_fault(ModemFault.OK)
     await until(lambda: managed.manager.ready, 5, "ready")
     assert not managed.manager.ready_throughout(start)
-    assert managed.manager.ready_throughout(datetime.now(timezone.utc))
+    assert managed.manager.ready_throughout(datetime.now(UTC))
 
 
 async def test_wrong_operator_is_misconfigured(tmp_path: Path, kt_modem: SimModem) -> None:
