@@ -9,6 +9,7 @@ examples per second on the last line as `fuzz_codec_examples_per_s <number>`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import sys
 import time
@@ -62,10 +63,8 @@ def one(rng: random.Random, pool: list[bytes], joiner: pdu.Reassembler, at: ATPr
         data = mutate(rng, rng.choice(pool))
     else:
         text = "".join(rng.choice("0123456789ABCDEFabcdef xyz") for _ in range(rng.randint(0, 80)))
-        try:
+        with contextlib.suppress(PduError):
             pdu.decode(text)
-        except PduError:
-            pass
         return
     try:
         part = pdu.decode(data)
@@ -73,10 +72,8 @@ def one(rng: random.Random, pool: list[bytes], joiner: pdu.Reassembler, at: ATPr
             joiner.add(part, time.monotonic())
     except PduError:
         pass
-    try:
+    with contextlib.suppress(PduError):
         wap.decode_push(data)
-    except PduError:
-        pass
     at.data_received(data)
 
 
