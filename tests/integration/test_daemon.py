@@ -174,3 +174,17 @@ def test_with_the_simulator_every_component_runs(sim_node: SimulatedNode) -> Non
     sim_node.wait_components(lambda s: s["modem:KT"] == "degraded", 10, "modem:KT degraded")
     sim_node.sim_ctl("modem", "KT", "replug", "--new-name")
     sim_node.wait_components(lambda s: s["modem:KT"] == "running", 10, "modem:KT running")
+
+
+def test_watchdog_pings_when_systemd_asks_for_them(sim_node: SimulatedNode) -> None:
+    sim_node.start_daemon(env={"WATCHDOG_USEC": "400000"})
+    assert sim_node.notify is not None
+    wait_for(
+        lambda: (
+            sum("WATCHDOG=1" in m for m in sim_node.notify.drain(0.1)) >= 1
+            or sum("WATCHDOG=1" in m for _, m in sim_node.notify.messages) >= 3
+        ),
+        5,
+        "three watchdog pings",
+    )
+    assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for _, m in sim_node.notify.messages)

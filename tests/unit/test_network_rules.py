@@ -1,0 +1,43 @@
+"""The simulated carriers' spam rules and routing decisions, in process."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from config.clock import NodeClock
+from config.example import sim_example
+from config.loader import validate
+from simulators.modem import ModemFault, SimModem
+from simulators.network import CarrierNetwork, CarrierRules, Submission, carrier_of
+
+
+def test_rules_match_keywords_urls_and_senders() -> None:
+    import re
+
+    rules = CarrierRules(["대출"], [re.compile(r"bit\.ly/")], {"0299999999"})
+    assert rules.match("0212345678", "저금리 대출") == "keyword:대출"
+    assert rules.match("0212345678", "see https://bit.ly/abc") == r"url:bit\.ly/"
+    assert rules.match("02-9999-9999", "hello") == "sender"
+    assert rules.match("0212345678", "hello") == ""
+
+
+def test_recipient_carrier_is_deterministic() -> None:
+    assert carrier_of("01012345678") == carrier_of("01012345678")
+    assert {carrier_of(f"010{i:08d}") for i in range(50)} == {"SKT", "KT", "LGU"}
+
+
+async def test_a_modem_fault_never_changes_the_reported_result(tmp_path: Path) -> None:
+    config = validate(tomllib.loads(sim_example(tmp_path)))
+    modem = SimModem(config.modems[1], 5, "+8210", 1.0)
+    modem.plug()
+    network = CarrierNetwork(config, [modem], NodeClock(None))
+    item = Submission(config.modems[1].phone, "0212345678", "hello", "S", None, (), "t#1")
+    healthy = network.submit(item)
+    modem.set_fault(ModemFault.UNPLUG)
+    unplugged = network.submit(
+        Submission(item.dest_no, item.call_back, item.text, item.msg_type, None, (), "t#2")
+    )
+    assert healthy.code == unplugged.code == 6
+    await network.close()
+    await modem.close()
