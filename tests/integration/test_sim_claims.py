@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 import tomllib
 from pathlib import Path
 
@@ -103,7 +104,7 @@ def test_simulator_survives_a_mysql_outage(live_sim: object) -> None:
         wait_for(lambda: "down" in live_sim.sim_ctl("status").stdout, 15, "agents to see it")
     finally:
         services.start("mariadb")
-    tag = "after-outage"
+    tag = "after-outage-" + uuid.uuid4().hex[:8]
     insert_rows(
         "SMSQ_SEND_7",
         [
