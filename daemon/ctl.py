@@ -331,9 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each capability adds its subcommands: (subparsers, common parent) -> None.
 def _extensions() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
-    from daemon import ctl_pdu
+    from daemon import ctl_pdu, ctl_runs
 
-    return [ctl_pdu.register]
+    return [ctl_pdu.register, ctl_runs.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -201,8 +201,20 @@ class UnixHTTPServer:
         path, _, query = target.partition("?")
         handler = self.routes.get((method, path))
         if handler is None:
+            # A route ending in "/*" serves every path below it (e.g. /v1/runs/<id>/cancel).
+            handler = next(
+                (
+                    h
+                    for (m, p), h in self.routes.items()
+                    if m == method and p.endswith("/*") and path.startswith(p[:-1])
+                ),
+                None,
+            )
+        if handler is None:
             known_paths = {p for _, p in self.routes}
-            if path in known_paths:
+            if path in known_paths or any(
+                p.endswith("/*") and path.startswith(p[:-1]) for p in known_paths
+            ):
                 return Response.error(405, f"{method} not allowed on {path}"), True
             return Response.error(404, f"no such path: {path}"), True
         try:

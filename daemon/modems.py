@@ -34,7 +34,7 @@ from config.model import ModemConfig, ModemDriver
 from daemon import receipts
 from daemon.runtime import Runtime
 from daemon.stores import PG_ERRORS, PostgresKeeper
-from daemon.supervisor import DependencyDown, Health
+from daemon.supervisor import ComponentState, DependencyDown, Health
 from drivers.at import CommandTimeout, PortClosed
 from drivers.at_phone import ATPhone
 from drivers.base import ModemHealth, Received, SimState, TestPhoneDriver
@@ -124,6 +124,8 @@ class ModemManager:
         if self._health is not None:
             if state == ModemState.READY:
                 self._health.running()
+            elif state in (ModemState.OPENING, ModemState.INITIALISING):
+                self._health.set(ComponentState.STARTING, reason)
             else:
                 self._health.degraded(f"{state.value}" + (f": {reason}" if reason else ""))
 

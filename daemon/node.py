@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -25,12 +26,13 @@ from config.loader import ConfigError, load_config
 from config.logs import setup_for
 from daemon import receipts
 from daemon.agents import AgentMonitor
+from daemon.dispatcher import Dispatcher
 from daemon.housekeeping import Housekeeping
 from daemon.http import Request, Response, UnixHTTPServer
 from daemon.modems import ModemManager
 from daemon.runtime import Runtime, diff_sections
 from daemon.stores import PostgresKeeper, RedisKeeper
-from daemon.supervisor import Component, ComponentState, Health, Supervisor
+from daemon.supervisor import Component, ComponentState, DependencyDown, Health, Supervisor
 from daemon.systemd import Notifier, watchdog_interval_s
 
 log = structlog.get_logger("node")
@@ -52,6 +54,9 @@ class StatusServer:
             {
                 ("GET", "/v1/status"): node.handle_status,
                 ("GET", "/metrics"): node.handle_metrics,
+                ("GET", "/v1/runs/*"): node.handle_run_show,
+                ("POST", "/v1/runs/*"): node.handle_run_control,
+                ("POST", "/v1/agents/*"): node.handle_agent_control,
             },
             mode=section.mode,
             group=section.group,
@@ -138,12 +143,15 @@ class Node:
         self.housekeeping = Housekeeping(runtime)
         self.modems = [ModemManager(runtime, m, self.postgres) for m in runtime.config.modems]
         self.housekeeping.add_job("prune-receipts", self._prune_receipts, hour=3, minute=30)
+        self.dispatcher = Dispatcher(runtime, self.postgres, self.redis, self.agents)
+        self.housekeeping.add_job("prune-runs", self._prune_runs, hour=4, minute=10)
         components: list[Component] = [
             self.status_server,
             self.postgres,
             self.redis,
             self.agents,
             self.housekeeping,
+            self.dispatcher,
             *self.modems,
         ]
         for component in components:
@@ -171,13 +179,13 @@ class Node:
                     "name": g.name,
                     "type": g.type.value,
                     "agents": list(g.agents),
-                    "holder": None,
-                    "since": None,
+                    "holder": self._holder(g.name),
+                    "since": (self.dispatcher.holders.get(g.name) or {}).get("since"),
                 }
                 for g in config.line_groups
             ],
             "modems": [m.as_json() for m in self.modems],
-            "runs": [],
+            "runs": self.dispatcher.status_runs,
             "spam_tests": {"queue": [], "active": [], "grace_s": {}},
         }
 
@@ -187,6 +195,62 @@ class Node:
             self.postgres.require(), self.runtime.config.node.id, retention
         )
         log.info("receipts pruned", count=pruned)
+
+    def _holder(self, group: str) -> dict[str, Any] | None:
+        held = self.dispatcher.holders.get(group)
+        return None if held is None else {"company": held["company"], "run_id": held["run_id"]}
+
+    async def _prune_runs(self) -> None:
+        days = self.runtime.config.dispatch.prune_after_days
+        async with self.postgres.require().acquire() as conn:
+            result = await conn.execute(
+                """DELETE FROM campaign_run_recipients r USING campaign_runs c
+                   WHERE r.run_id = c.id AND c.node_id = $1
+                   AND c.status IN ('completed', 'cancelled', 'rejected')
+                   AND c.completed_at < now() - make_interval(days => $2)""",
+                self.runtime.config.node.id,
+                int(days),
+            )
+        log.info("finished runs' recipients pruned", result=result)
+
+    @staticmethod
+    def _run_id(path: str) -> tuple[uuid.UUID | None, str]:
+        parts = path.strip("/").split("/")
+        try:
+            return uuid.UUID(parts[2]), (parts[3] if len(parts) > 3 else "")
+        except (IndexError, ValueError):
+            return None, ""
+
+    async def handle_run_show(self, request: Request) -> Response:
+        run_id, _ = self._run_id(request.path)
+        if run_id is None:
+            return Response.error(400, "expected /v1/runs/<uuid>")
+        shown = await self.dispatcher.show(run_id)
+        if shown is None:
+            return Response.error(404, f"no run {run_id}")
+        return Response.json(shown)
+
+    async def handle_run_control(self, request: Request) -> Response:
+        run_id, action = self._run_id(request.path)
+        if run_id is None or action not in ("cancel", "pause", "resume"):
+            return Response.error(400, "expected POST /v1/runs/<uuid>/cancel|pause|resume")
+        try:
+            return Response.json(
+                await self.dispatcher.control(run_id, action, f"{action} by operator")
+            )
+        except KeyError as exc:
+            return Response.error(404, str(exc.args[0]))
+        except DependencyDown as exc:
+            return Response.error(503, str(exc))
+
+    async def handle_agent_control(self, request: Request) -> Response:
+        parts = request.path.strip("/").split("/")
+        if len(parts) != 4 or not parts[2].isdigit() or parts[3] not in ("drain", "undrain"):
+            return Response.error(400, "expected POST /v1/agents/<number>/drain|undrain")
+        try:
+            return Response.json(self.dispatcher.drain(int(parts[2]), parts[3] == "drain"))
+        except KeyError:
+            return Response.error(404, f"no agent {parts[2]}")
 
     async def handle_status(self, request: Request) -> Response:
         return Response.json(self.snapshot())

@@ -118,6 +118,75 @@ MIGRATIONS: tuple[Migration, ...] = (
             ON modem_receipts (carrier, sender, text_hash, received_at);
         """,
     ),
+    Migration(
+        3,
+        "campaign runs and their recipients",
+        """
+        CREATE TABLE IF NOT EXISTS campaign_runs (
+            id uuid PRIMARY KEY,
+            campaign_id uuid,
+            run_number integer NOT NULL DEFAULT 1,
+            status text NOT NULL DEFAULT 'queued',
+            scheduled_at timestamptz,
+            sent_at timestamptz,
+            started_at timestamptz,
+            completed_at timestamptz,
+            target_count integer NOT NULL DEFAULT 0,
+            sent_count integer NOT NULL DEFAULT 0,
+            success_count integer NOT NULL DEFAULT 0,
+            fail_count integer NOT NULL DEFAULT 0,
+            message_type text NOT NULL DEFAULT 'SMS',
+            message_content text,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        ALTER TABLE campaign_runs
+            ADD COLUMN IF NOT EXISTS node_id text,
+            ADD COLUMN IF NOT EXISTS company_id text,
+            ADD COLUMN IF NOT EXISTS user_id text,
+            ADD COLUMN IF NOT EXISTS callback_number text,
+            ADD COLUMN IF NOT EXISTS message_subject text,
+            ADD COLUMN IF NOT EXISTS is_ad boolean NOT NULL DEFAULT false,
+            ADD COLUMN IF NOT EXISTS queued_at timestamptz NOT NULL DEFAULT now(),
+            ADD COLUMN IF NOT EXISTS line_group text,
+            ADD COLUMN IF NOT EXISTS group_since timestamptz,
+            ADD COLUMN IF NOT EXISTS status_reason text,
+            ADD COLUMN IF NOT EXISTS prepared boolean NOT NULL DEFAULT false,
+            ADD COLUMN IF NOT EXISTS next_seq integer NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS inserted_count integer NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS skipped jsonb NOT NULL DEFAULT '{}'::jsonb,
+            ADD COLUMN IF NOT EXISTS systemic_count integer NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS spam_count integer NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS breaker_checked boolean NOT NULL DEFAULT false,
+            ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
+        CREATE INDEX IF NOT EXISTS campaign_runs_node_status ON campaign_runs (node_id, status);
+        CREATE TABLE IF NOT EXISTS campaign_run_recipients (
+            run_id uuid NOT NULL REFERENCES campaign_runs (id) ON DELETE CASCADE,
+            seq integer NOT NULL,
+            phone text NOT NULL,
+            message_text text NOT NULL,
+            subject text,
+            attachments text[],
+            phone_norm text,
+            state text NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'skipped', 'inserted', 'final')),
+            skip_reason text,
+            agent integer,
+            status_code integer,
+            mob_company text,
+            delivered_at timestamptz,
+            PRIMARY KEY (run_id, seq)
+        );
+        CREATE INDEX IF NOT EXISTS campaign_run_recipients_phone
+            ON campaign_run_recipients (run_id, phone_norm);
+        CREATE TABLE IF NOT EXISTS line_group_assignments (
+            node_id text NOT NULL,
+            subject_kind text NOT NULL CHECK (subject_kind IN ('company', 'user')),
+            subject_id text NOT NULL,
+            line_group text NOT NULL,
+            PRIMARY KEY (node_id, subject_kind, subject_id)
+        );
+        """,
+    ),
 )
 
 

@@ -126,7 +126,7 @@ def log_table_ddl(table: str, month: date) -> str:
     columns = _COLUMNS.replace("seqno INT NOT NULL AUTO_INCREMENT", "seqno INT NOT NULL")
     return (
         f"CREATE TABLE IF NOT EXISTS `{name}` ({columns},\n"
-        "  KEY idx_app (app_etc1),\n"
+        "  KEY idx_app (app_etc1, repmsg_recvtm),\n"
         "  KEY idx_done (repmsg_recvtm)\n"
         ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
     )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 import tomllib
+import uuid
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,252 @@
+"""`hanjulloctl send`, `run show|cancel|pause|resume`, `agent drain|undrain`.
+
+`send` writes a run through the same PostgreSQL contract as the web service (so
+it works while the daemon is down, and the daemon picks it up by NOTIFY or
+poll). `run show` reads PostgreSQL. Cancel, pause, resume and drain go through
+the daemon's socket, because pulling rows back must not race its inserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import http.client
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from config.clock import KST
+from daemon.schema import connect_pg
+from dispatch.guards import MessageType, RunRejected
+from dispatch.runs import Recipient, RunSpec, create_run
+from dispatch.runs import show as show_run
+
+FINISHED = ("completed", "cancelled", "rejected")
+
+
+def _ctl() -> Any:
+    from daemon import ctl
+
+    return ctl
+
+
+def _recipients(args: argparse.Namespace) -> Iterator[Recipient]:
+    if args.csv:
+        with Path(args.csv).open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            fields = set(reader.fieldnames or [])
+            if not {"phone", "text"} <= fields:
+                raise _ctl().CtlError(
+                    f"{args.csv}: the header must name columns phone,text (optional subject); "
+                    f"found {sorted(fields)}"
+                )
+            for line, row in enumerate(reader, start=2):
+                if not row.get("phone") or row.get("text") is None:
+                    raise _ctl().CtlError(f"{args.csv}:{line}: phone and text are required")
+                yield Recipient(
+                    row["phone"].strip(), row["text"], (row.get("subject") or None) or args.subject
+                )
+        return
+    with Path(args.phones).open(encoding="utf-8") as handle:
+        for raw in handle:
+            phone = raw.strip()
+            if phone and not phone.startswith("#"):
+                yield Recipient(phone, args.message, args.subject)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    ctl = _ctl()
+    config = ctl._config(args)
+    if bool(args.csv) == bool(args.phones):
+        raise ctl.CtlError("give either --csv FILE or --phones FILE with --message TEXT")
+    if args.phones and args.message is None:
+        raise ctl.CtlError("--phones needs --message TEXT")
+    scheduled = None
+    if args.at:
+        scheduled = datetime.fromisoformat(args.at)
+        if scheduled.tzinfo is None:
+            scheduled = scheduled.replace(tzinfo=KST)
+    spec = RunSpec(
+        node_id=config.node.id,
+        company_id=args.company,
+        user_id=args.user,
+        callback=args.callback,
+        message_type=MessageType(args.type),
+        subject=args.subject,
+        is_ad=args.ad,
+        scheduled_at=scheduled,
+    )
+
+    async def store() -> uuid.UUID:
+        conn = await connect_pg(config)
+        try:
+            return await create_run(conn, spec, _recipients(args))
+        finally:
+            await conn.close()
+
+    try:
+        run_id = asyncio.run(store())
+    except RunRejected as exc:
+        raise ctl.CtlError(f"run rejected, nothing was sent: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise ctl.CtlError(f"cannot read {exc.filename}") from exc
+    if args.wait:
+        final = wait_for_run(args, run_id)
+        print(json.dumps(final, ensure_ascii=False) if args.json else _render(final))
+    elif args.json:
+        print(json.dumps({"run_id": str(run_id)}))
+    else:
+        print(run_id)
+    return 0
+
+
+def _fetch(args: argparse.Namespace, run_id: uuid.UUID) -> dict[str, Any] | None:
+    config = _ctl()._config(args)
+
+    async def read() -> dict[str, Any] | None:
+        conn = await connect_pg(config)
+        try:
+            return await show_run(conn, run_id)
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def wait_for_run(args: argparse.Namespace, run_id: uuid.UUID) -> dict[str, Any]:
+    """Poll until every result is in; a progress bar on stderr (stdout stays clean)."""
+    tty = sys.stderr.isatty()
+    while True:
+        info = _fetch(args, run_id)
+        if info is None:
+            raise _ctl().CtlError(f"run {run_id} disappeared")
+        target = max(1, info["target"] - sum(info["skipped"].values()))
+        done = info["success"] + info["fail"]
+        width = 30
+        filled = int(width * min(done, target) / target)
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{target} results, "
+            f"{info['inserted']} inserted, status {info['status']}"
+        )
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        if info["status"] in FINISHED or (info["status"] == "paused" and info["reason"]):
+            if tty:
+                print(file=sys.stderr)
+            return info
+        time.sleep(1.0 if tty else 2.0)
+
+
+def _render(info: dict[str, Any]) -> str:
+    skipped = ", ".join(f"{k} {v}" for k, v in info["skipped"].items()) or "none"
+    return "\n".join(
+        [
+            f"run {info['run_id']}  company {info['company']}  status {info['status']}"
+            + (f" ({info['reason']})" if info.get("reason") else ""),
+            f"line group {info['line_group'] or '-'}  type {info['message_type']}"
+            + ("  advertising" if info["is_ad"] else ""),
+            f"target {info['target']}  inserted {info['inserted']}  sent {info['sent']}  "
+            f"success {info['success']}  fail {info['fail']}  pending {info['pending']}",
+            f"skipped: {skipped}",
+        ]
+    )
+
+
+def _run_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise _ctl().CtlError(f"{value!r} is not a run id (a UUID)") from exc
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    ctl = _ctl()
+    run_id = _run_id(args.run_id)
+    if args.run_command == "show":
+        info = _fetch(args, run_id)
+        if info is None:
+            raise ctl.CtlError(f"no run {run_id}")
+        print(json.dumps(info, ensure_ascii=False) if args.json else _render(info))
+        return 0
+    result = post(ctl._socket_path(args), f"/v1/runs/{run_id}/{args.run_command}")
+    print(
+        json.dumps(result, ensure_ascii=False)
+        if args.json
+        else " ".join(f"{k}={v}" for k, v in result.items())
+    )
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    ctl = _ctl()
+    result = post(ctl._socket_path(args), f"/v1/agents/{args.number}/{args.agent_command}")
+    print(json.dumps(result) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
+    return 0
+
+
+def post(path: Path, url: str) -> Any:
+    ctl = _ctl()
+    conn = ctl._UnixHTTPConnection(path, 60.0)
+    try:
+        conn.request("POST", url, body=b"")
+        response = conn.getresponse()
+        body = response.read()
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise ctl.CtlError(f"the daemon is not running (no socket at {path})") from exc
+    except (TimeoutError, OSError, http.client.HTTPException) as exc:
+        raise ctl.CtlError(f"cannot talk to the daemon at {path}: {exc}") from exc
+    finally:
+        conn.close()
+    payload = json.loads(body)
+    if response.status != 200:
+        raise ctl.CtlError(payload.get("error", body.decode(errors="replace")))
+    return payload
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    send = sub.add_parser("send", parents=[common], help="create a campaign run")
+    send.add_argument("--company", required=True)
+    send.add_argument("--user")
+    send.add_argument("--callback", required=True, help="the registered sender number")
+    send.add_argument("--csv", help="UTF-8 CSV with a header phone,text[,subject]")
+    send.add_argument("--phones", help="a file with one number per line")
+    send.add_argument("--message", help="the text for every number of --phones")
+    send.add_argument("--type", choices=[t.value for t in MessageType], default="SMS")
+    send.add_argument("--subject")
+    send.add_argument("--ad", action="store_true", help="an advertisement (08:00-21:00 only)")
+    send.add_argument("--at", help="send at this time (ISO 8601; KST when no zone)")
+    send.add_argument("--wait", action="store_true", help="wait for every result")
+    send.add_argument("--json", action="store_true")
+    send.set_defaults(func=cmd_send)
+
+    run = sub.add_parser("run", parents=[common], help="show or steer a run")
+    run_sub = run.add_subparsers(dest="run_command", required=True)
+    for name, text in (
+        ("show", "counters and status"),
+        ("cancel", "stop for good"),
+        ("pause", "stop, keep the rest"),
+        ("resume", "continue where it stopped"),
+    ):
+        p = run_sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("run_id")
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--socket")
+        p.set_defaults(func=cmd_run)
+
+    agent = sub.add_parser("agent", parents=[common], help="agent maintenance")
+    agent_sub = agent.add_subparsers(dest="agent_command", required=True)
+    for name in ("drain", "undrain"):
+        p = agent_sub.add_parser(
+            name,
+            parents=[common],
+            help="move work off an agent" if name == "drain" else "let it take work again",
+        )
+        p.add_argument("number", type=int)
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--socket")
+        p.set_defaults(func=cmd_agent)

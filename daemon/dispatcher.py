@@ -1,0 +1,960 @@
+"""The dispatcher: line-group grants, exactly-once handoff, failover and result sync.
+
+PostgreSQL is the source of truth for which run holds which bulk group
+(``campaign_runs.status`` in sending/draining with ``line_group``); a Redis lease
+per group enforces it, with the run id as token so a restart re-takes its own
+leases before anything new is granted. A run holds its group until the agents
+have picked up every one of its rows.
+
+Handoff streams pending recipients in ``seq`` order (keyset pages, bounded
+memory), spreads them over the group's healthy agents within each agent's
+backlog bound, inserts them, then checkpoints in PostgreSQL. Anything between
+the last checkpoint and the agent tables (a crash, a lost connection) is
+reconciled by looking the numbers up in the agent tables before inserting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiomysql
+import asyncpg
+import structlog
+
+from config.model import LineGroupConfig
+from config.names import GroupType, normalise_phone
+from daemon.agents import MYSQL_ERRORS, AgentMonitor, AgentState
+from daemon.runtime import Runtime
+from daemon.stores import PG_ERRORS, REDIS_ERRORS, PostgresKeeper, RedisKeeper
+from daemon.supervisor import DependencyDown, Health
+from dispatch import agent_tables, handoff
+from dispatch.agent_tables import SPAM_CODES, SUCCESS_CODES
+from dispatch.guards import MessageType, check_recipient, in_ad_window
+from dispatch.handoff import AgentRow
+from dispatch.leases import GroupLeases
+from dispatch.runs import HOLDS_GROUP, NOTIFY_CHANNEL, RunStatus, show
+
+log = structlog.get_logger("dispatcher")
+
+# Codes that say the sending itself is broken, not the recipient (circuit breaker).
+SYSTEMIC_CODES = frozenset({55, 23, 2323, 9008, *range(56, 62)})
+# Recipients checked per guard pass page.
+PREPARE_PAGE = 5000
+# Log-table rows are re-read this far behind the newest result seen (moves are not
+# strictly in result order).
+RESULT_SLACK = timedelta(seconds=10)
+ERRORS = (*MYSQL_ERRORS, *PG_ERRORS, *REDIS_ERRORS)
+
+
+@dataclass(slots=True)
+class RunState:
+    """What the dispatcher keeps in memory per active run (all of it re-derivable)."""
+
+    id: uuid.UUID
+    company: str
+    group: str | None = None
+    task: asyncio.Task[None] | None = None
+    reconcile: bool = True
+    lease_lost: bool = False
+    watermarks: dict[str, datetime | None] | None = None
+
+
+class Dispatcher:
+    name = "dispatcher"
+
+    def __init__(
+        self, runtime: Runtime, postgres: PostgresKeeper, redis: RedisKeeper, agents: AgentMonitor
+    ) -> None:
+        self.runtime = runtime
+        self.postgres = postgres
+        self.redis = redis
+        self.agents = agents
+        self.wake = asyncio.Event()
+        self.runs: dict[uuid.UUID, RunState] = {}
+        self.locks: defaultdict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.drained: set[int] = set()
+        self.down: dict[int, str] = {}
+        self.moved: Counter[int] = Counter()
+        self.leases: GroupLeases | None = None
+        self.mysql: aiomysql.Pool | None = None
+        self.status_runs: list[dict[str, Any]] = []
+        self.holders: dict[str, dict[str, Any]] = {}
+
+    # ---- configuration helpers ----------------------------------------------------------
+    @property
+    def node_id(self) -> str:
+        return self.runtime.config.node.id
+
+    def group(self, name: str) -> LineGroupConfig:
+        for group in self.runtime.config.line_groups:
+            if group.name == name:
+                return group
+        raise KeyError(name)
+
+    def bulk_groups(self) -> list[LineGroupConfig]:
+        return [g for g in self.runtime.config.line_groups if g.type == GroupType.BULK]
+
+    def tables(self, group: str) -> list[str]:
+        return [self.runtime.config.agent(n).table for n in self.group(group).agents]
+
+    def healthy(self, group: str) -> list[int]:
+        out = []
+        for number in self.group(group).agents:
+            status = self.agents.statuses.get(number)
+            if number in self.drained or number in self.down:
+                continue
+            if status is not None and status.state in (AgentState.UNREACHABLE, AgentState.STALLED):
+                continue
+            out.append(number)
+        return out
+
+    # ---- component ----------------------------------------------------------------------
+    async def run(self, health: Health) -> None:
+        await asyncio.wait_for(self.postgres.ready.wait(), None)
+        pool = self.postgres.require()
+        client = self.redis.require()
+        dispatch = self.runtime.config.dispatch
+        self.leases = GroupLeases(client, self.node_id, dispatch.lease_ttl_s)
+        self.mysql = await agent_tables.create_pool(self.runtime.config.mysql, maxsize=8)
+        listener = await pool.acquire()
+        background: list[asyncio.Task[None]] = []
+        try:
+            await listener.add_listener(NOTIFY_CHANNEL, self._notified)
+            await self.restore()
+            background = [
+                asyncio.create_task(self._renew_loop(), name="lease-renewal"),
+                asyncio.create_task(self._sync_loop(), name="result-sync"),
+                asyncio.create_task(self._failover_loop(), name="agent-failover"),
+            ]
+            health.running()
+            while True:
+                for task in background:
+                    if task.done() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                try:
+                    await self.tick()
+                    health.running()
+                except ERRORS as exc:
+                    health.degraded(f"{type(exc).__name__}: {exc}")
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), dispatch.poll_interval_s)
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._stop_handoffs()
+            with contextlib.suppress(Exception):
+                await listener.remove_listener(NOTIFY_CHANNEL, self._notified)
+            with contextlib.suppress(Exception):
+                await pool.release(listener)
+            if self.mysql is not None:
+                self.mysql.close()
+                await self.mysql.wait_closed()
+                self.mysql = None
+
+    def _notified(self, *_: object) -> None:
+        self.wake.set()
+
+    async def _stop_handoffs(self) -> None:
+        tasks = [s.task for s in self.runs.values() if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for state in self.runs.values():
+            state.task = None
+
+    def _pg(self) -> asyncpg.Pool:
+        return self.postgres.require()
+
+    def _mysql(self) -> aiomysql.Pool:
+        if self.mysql is None:
+            raise DependencyDown("mysql pool not ready")
+        return self.mysql
+
+    async def _runs(self) -> list[asyncpg.Record]:
+        async with self._pg().acquire() as conn:
+            return await conn.fetch(
+                """SELECT id, company_id, user_id, status, line_group, is_ad, scheduled_at,
+                          queued_at, group_since, started_at, inserted_count, success_count,
+                          fail_count, target_count, status_reason
+                   FROM campaign_runs WHERE node_id = $1 AND status = ANY($2::text[])""",
+                self.node_id,
+                [
+                    s.value
+                    for s in (
+                        RunStatus.QUEUED,
+                        RunStatus.SENDING,
+                        RunStatus.DRAINING,
+                        RunStatus.RESULTS,
+                        RunStatus.HELD,
+                        RunStatus.PAUSED,
+                        RunStatus.CANCELLED,
+                    )
+                ],
+            )
+
+    # ---- restore and grants -------------------------------------------------------------
+    async def restore(self) -> None:
+        """Re-take the leases of runs that hold a group, before granting anything new."""
+        assert self.leases is not None
+        for row in await self._runs():
+            if row["status"] in HOLDS_GROUP and row["line_group"]:
+                state = self._state(row)
+                state.group = row["line_group"]
+                if not await self.leases.acquire(row["line_group"], str(row["id"])):
+                    log.error(
+                        "lease of a restored run is held by someone else",
+                        run=str(row["id"]),
+                        group=row["line_group"],
+                    )
+                    state.lease_lost = True
+                else:
+                    log.info("lease restored", run=str(row["id"]), group=row["line_group"])
+
+    def _state(self, row: asyncpg.Record) -> RunState:
+        state = self.runs.get(row["id"])
+        if state is None:
+            state = self.runs[row["id"]] = RunState(row["id"], row["company_id"])
+        return state
+
+    async def tick(self) -> None:
+        rows = await self._runs()
+        now = self.runtime.clock.now()
+        holding: dict[str, asyncpg.Record] = {}
+        for row in rows:
+            state = self._state(row)
+            status = RunStatus(row["status"])
+            if status in HOLDS_GROUP and row["line_group"]:
+                holding[row["line_group"]] = row
+                state.group = row["line_group"]
+                if row["is_ad"] and not in_ad_window(now):
+                    await self.control(row["id"], "hold")
+                    continue
+                if status == RunStatus.SENDING and (state.task is None or state.task.done()):
+                    state.task = asyncio.create_task(
+                        self._handoff(state), name=f"handoff-{row['id']}"
+                    )
+                elif status == RunStatus.DRAINING:
+                    await self._maybe_release(row)
+            elif status == RunStatus.HELD and in_ad_window(now):
+                await self._set_status(row["id"], RunStatus.QUEUED, None)
+        await self._grant([r for r in rows if r["status"] == RunStatus.QUEUED], holding, now)
+        self._snapshot(rows, holding)
+
+    async def _maybe_release(self, row: asyncpg.Record) -> None:
+        """A draining run keeps its group until the agents picked up all its rows."""
+        group = row["line_group"]
+        async with self._mysql().acquire() as conn:
+            waiting = await handoff.run_waiting(conn, self.tables(group), str(row["id"]))
+        if waiting:
+            return
+        await self._set_status(row["id"], RunStatus.RESULTS, None)
+        assert self.leases is not None
+        await self.leases.release(group, str(row["id"]))
+        log.info("group released", run=str(row["id"]), group=group)
+        self.wake.set()
+
+    async def _assignments(self) -> dict[tuple[str, str], str]:
+        async with self._pg().acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT subject_kind, subject_id, line_group FROM line_group_assignments"
+                " WHERE node_id = $1",
+                self.node_id,
+            )
+        return {(r["subject_kind"], r["subject_id"]): r["line_group"] for r in rows}
+
+    async def _grant(
+        self, queued: list[asyncpg.Record], holding: dict[str, asyncpg.Record], now: datetime
+    ) -> None:
+        if not queued:
+            return
+        assert self.leases is not None
+        ready = [r for r in queued if r["scheduled_at"] is None or r["scheduled_at"] <= now]
+        if not ready:
+            return
+        active = Counter(r["company_id"] for r in holding.values())
+        position: Counter[str] = Counter()
+        ranked = []
+        for row in sorted(ready, key=lambda r: r["queued_at"]):
+            # First in, first out, fair across companies: a company's n-th waiting run
+            # ranks behind every other company's earlier ones.
+            rank = active[row["company_id"]] + position[row["company_id"]]
+            position[row["company_id"]] += 1
+            ranked.append((rank, row["queued_at"], row))
+        assignments = await self._assignments()
+        bulk = {g.name for g in self.bulk_groups()}
+        for _, _, row in sorted(ranked, key=lambda x: (x[0], x[1])):
+            if row["is_ad"] and not in_ad_window(now):
+                await self._set_status(
+                    row["id"], RunStatus.HELD, "advertising is sent 08:00-21:00 KST only"
+                )
+                continue
+            wanted = None
+            for key in (("user", row["user_id"]), ("company", row["company_id"])):
+                if key[1] and assignments.get(key) in bulk:
+                    wanted = assignments[key]
+                    break
+            free = [g for g in sorted(bulk) if g not in holding]
+            if wanted is not None:
+                candidates = [wanted] if wanted in free else []
+            elif self.runtime.config.dispatch.pool_free_groups:
+                candidates = free
+            else:
+                candidates = []
+            for group in candidates:
+                if await self.leases.acquire(group, str(row["id"])):
+                    granted = await self._take_group(row["id"], group)
+                    if granted:
+                        holding[group] = row
+                        state = self._state(row)
+                        state.group, state.reconcile, state.lease_lost = group, True, False
+                        log.info(
+                            "group granted",
+                            run=str(row["id"]),
+                            group=group,
+                            company=row["company_id"],
+                        )
+                        state.task = asyncio.create_task(
+                            self._handoff(state), name=f"handoff-{row['id']}"
+                        )
+                    else:
+                        await self.leases.release(group, str(row["id"]))
+                    break
+
+    async def _take_group(self, run_id: uuid.UUID, group: str) -> bool:
+        async with self._pg().acquire() as conn:
+            result = await conn.execute(
+                """UPDATE campaign_runs SET status = 'sending', line_group = $2,
+                       group_since = now(), started_at = coalesce(started_at, now()),
+                       status_reason = NULL, updated_at = now()
+                   WHERE id = $1 AND status = 'queued'""",
+                run_id,
+                group,
+            )
+        return result.endswith(" 1")
+
+    async def _set_status(self, run_id: uuid.UUID, status: RunStatus, reason: str | None) -> None:
+        async with self._pg().acquire() as conn:
+            await conn.execute(
+                """UPDATE campaign_runs SET status = $2, status_reason = $3, updated_at = now(),
+                       completed_at = CASE WHEN $2 IN ('completed', 'cancelled')
+                                           THEN now() ELSE completed_at END
+                   WHERE id = $1""",
+                run_id,
+                status.value,
+                reason,
+            )
+
+    # ---- handoff ------------------------------------------------------------------------
+    async def _handoff(self, state: RunState) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                finished = await self._handoff_pass(state)
+                if finished:
+                    return
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except ERRORS as exc:
+                state.reconcile = True
+                log.warning(
+                    "handoff interrupted; will reconcile and continue",
+                    run=str(state.id),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except DependencyDown as exc:
+                state.reconcile = True
+                log.warning("handoff waiting for a dependency", run=str(state.id), error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _handoff_pass(self, state: RunState) -> bool:
+        """Insert batches until the run is fully inserted (True) or must stop (True)."""
+        async with self._pg().acquire() as conn:
+            run = await conn.fetchrow("SELECT * FROM campaign_runs WHERE id = $1", state.id)
+        if run is None or run["status"] != RunStatus.SENDING or not run["line_group"]:
+            return True
+        if not run["prepared"]:
+            await self._prepare(run)
+        group = run["line_group"]
+        dispatch = self.runtime.config.dispatch
+        while True:
+            if state.lease_lost:
+                log.warning("lease lost: inserting stopped", run=str(state.id), group=group)
+                return True
+            if run["is_ad"] and not in_ad_window(self.runtime.clock.now()):
+                self.wake.set()
+                return True
+            async with self.locks[state.id]:
+                async with self._pg().acquire() as conn:
+                    current = await conn.fetchval(
+                        "SELECT status FROM campaign_runs WHERE id = $1", state.id
+                    )
+                if current != RunStatus.SENDING:
+                    return True
+                if state.reconcile:
+                    await self._reconcile(state, run)
+                healthy = self.healthy(group)
+                if not healthy:
+                    inserted = -1
+                else:
+                    inserted = await self._insert_batch(
+                        state, run, healthy, dispatch.batch_size, dispatch.backlog_bound
+                    )
+            if inserted == 0:
+                await self._set_status(state.id, RunStatus.DRAINING, None)
+                log.info("run fully inserted; draining", run=str(state.id), group=group)
+                self.wake.set()
+                return True
+            if inserted < 0:
+                await asyncio.sleep(0.5)  # every agent full (or down): wait for room
+
+    async def _prepare(self, run: asyncpg.Record) -> None:
+        """The guard pass: mark every recipient that must not be sent, with its reason."""
+        run_id = run["id"]
+        message_type = MessageType(run["message_type"])
+        last = 0
+        while True:
+            async with self._pg().acquire() as conn:
+                page = await conn.fetch(
+                    """SELECT seq, phone, message_text, subject, attachments
+                       FROM campaign_run_recipients WHERE run_id = $1 AND seq > $2
+                       ORDER BY seq LIMIT $3""",
+                    run_id,
+                    last,
+                    PREPARE_PAGE,
+                )
+                if not page:
+                    break
+                opted: set[str] = set()
+                if run["is_ad"]:
+                    numbers = [normalise_phone(r["phone"]) for r in page]
+                    rows = await conn.fetch(
+                        "SELECT phone FROM unsubscribes WHERE company_id = $1"
+                        " AND phone = ANY($2::text[])",
+                        run["company_id"],
+                        numbers,
+                    )
+                    opted = {r["phone"] for r in rows}
+                seqs, norms, reasons = [], [], []
+                for r in page:
+                    digits = normalise_phone(r["phone"])
+                    verdict = check_recipient(
+                        r["phone"],
+                        r["message_text"],
+                        r["subject"],
+                        r["attachments"],
+                        message_type,
+                        digits in opted,
+                    )
+                    seqs.append(r["seq"])
+                    norms.append(verdict.phone_norm)
+                    reasons.append(verdict.skip.value if verdict.skip else None)
+                await conn.execute(
+                    """UPDATE campaign_run_recipients r SET phone_norm = u.norm,
+                           state = CASE WHEN u.reason IS NULL THEN r.state ELSE 'skipped' END,
+                           skip_reason = u.reason
+                       FROM unnest($2::int[], $3::text[], $4::text[]) AS u(seq, norm, reason)
+                       WHERE r.run_id = $1 AND r.seq = u.seq AND r.state = 'pending'""",
+                    run_id,
+                    seqs,
+                    norms,
+                    reasons,
+                )
+                last = page[-1]["seq"]
+        async with self._pg().acquire() as conn, conn.transaction():
+            await conn.execute(
+                """UPDATE campaign_run_recipients r SET state = 'skipped', skip_reason = 'duplicate'
+                   FROM (SELECT seq, row_number() OVER (PARTITION BY phone_norm ORDER BY seq) AS n
+                         FROM campaign_run_recipients WHERE run_id = $1 AND state = 'pending') d
+                   WHERE r.run_id = $1 AND r.seq = d.seq AND d.n > 1""",
+                run_id,
+            )
+            counts = await conn.fetch(
+                """SELECT skip_reason, count(*) AS n FROM campaign_run_recipients
+                   WHERE run_id = $1 AND state = 'skipped' GROUP BY skip_reason""",
+                run_id,
+            )
+            skipped = {r["skip_reason"]: r["n"] for r in counts}
+            await conn.execute(
+                "UPDATE campaign_runs SET prepared = true, skipped = $2::jsonb WHERE id = $1",
+                run_id,
+                json.dumps(skipped),
+            )
+        log.info("run checked", run=str(run_id), skipped=skipped)
+
+    async def _reconcile(self, state: RunState, run: asyncpg.Record) -> None:
+        """Find rows of the unconfirmed window in the agent tables before inserting more."""
+        dispatch = self.runtime.config.dispatch
+        async with self._pg().acquire() as conn:
+            window = await conn.fetch(
+                """SELECT seq, phone_norm FROM campaign_run_recipients
+                   WHERE run_id = $1 AND state = 'pending' AND seq > $2
+                   ORDER BY seq LIMIT $3""",
+                state.id,
+                run["next_seq"],
+                dispatch.batch_size,
+            )
+        if window:
+            group_tables = self.tables(run["line_group"])
+            today = self.runtime.clock.now_kst().date()
+            started = (run["started_at"] or datetime.now(UTC)).astimezone(UTC).date()
+            every = [
+                *group_tables,
+                *(lt for t in group_tables for lt in handoff.log_tables_since(t, started, today)),
+            ]
+            async with self._mysql().acquire() as mconn:
+                found = await handoff.present(
+                    mconn, every, str(state.id), [r["phone_norm"] for r in window]
+                )
+            if found:
+                seq_of = {r["phone_norm"]: r["seq"] for r in window}
+                seqs = [seq_of[n] for n in found]
+                agents = [self._agent_of(found[n]) for n in found]
+                async with self._pg().acquire() as conn, conn.transaction():
+                    changed = await conn.fetchval(
+                        """WITH u AS (
+                               UPDATE campaign_run_recipients r SET state = 'inserted',
+                                   agent = v.agent
+                               FROM unnest($2::int[], $3::int[]) AS v(seq, agent)
+                               WHERE r.run_id = $1 AND r.seq = v.seq AND r.state = 'pending'
+                               RETURNING 1)
+                           SELECT count(*) FROM u""",
+                        state.id,
+                        seqs,
+                        agents,
+                    )
+                    await conn.execute(
+                        "UPDATE campaign_runs SET inserted_count = inserted_count + $2"
+                        " WHERE id = $1",
+                        state.id,
+                        changed,
+                    )
+                log.info(
+                    "reconciled rows inserted before the last checkpoint",
+                    run=str(state.id),
+                    rows=changed,
+                )
+        state.reconcile = False
+
+    def _agent_of(self, table: str) -> int:
+        base = "_".join(table.split("_")[:3])
+        for agent in self.runtime.config.agents:
+            if agent.table == base:
+                return agent.number
+        return 0
+
+    async def _insert_batch(
+        self, state: RunState, run: asyncpg.Record, healthy: list[int], batch_size: int, bound: int
+    ) -> int:
+        """Insert one batch; 0 when nothing is left, -1 when no agent has room."""
+        config = self.runtime.config
+        tables = {n: config.agent(n).table for n in healthy}
+        async with self._mysql().acquire() as mconn:
+            waiting = await handoff.waiting_counts(mconn, list(tables.values()))
+        room = {n: max(0, bound - waiting.get(t, 0)) for n, t in tables.items()}
+        capacity = min(batch_size, sum(room.values()))
+        async with self._pg().acquire() as conn:
+            next_seq = await conn.fetchval(
+                "SELECT next_seq FROM campaign_runs WHERE id = $1", state.id
+            )
+            page = await conn.fetch(
+                """SELECT seq, phone_norm, message_text, subject, attachments
+                   FROM campaign_run_recipients WHERE run_id = $1 AND state = 'pending'
+                   AND seq > $2 ORDER BY seq LIMIT $3""",
+                state.id,
+                next_seq,
+                max(capacity, 1),
+            )
+        if not page:
+            return 0
+        if capacity == 0:
+            return -1
+        msg_type = MessageType(run["message_type"]).agent_code
+        plan: dict[int, list[AgentRow]] = {n: [] for n in tables}
+        seq_agent: list[tuple[int, int]] = []
+        for r in page:
+            # Spread evenly: the agent with the most room left takes the next row.
+            number = max(room, key=lambda n: (room[n], -n))
+            room[number] -= 1
+            attachments = r["attachments"] or []
+            plan[number].append(
+                AgentRow(
+                    r["phone_norm"],
+                    run["callback_number"],
+                    r["message_text"],
+                    msg_type,
+                    r["subject"],
+                    attachments[0] if attachments else None,
+                    str(state.id),
+                    run["company_id"],
+                )
+            )
+            seq_agent.append((r["seq"], number))
+        state.reconcile = True  # until the checkpoint below commits
+        async with self._mysql().acquire() as mconn:
+            for number, rows in plan.items():
+                if rows and not state.lease_lost:
+                    await handoff.insert_rows(mconn, tables[number], rows)
+        async with self._pg().acquire() as conn, conn.transaction():
+            await conn.execute(
+                """UPDATE campaign_run_recipients r SET state = 'inserted', agent = v.agent
+                   FROM unnest($2::int[], $3::int[]) AS v(seq, agent)
+                   WHERE r.run_id = $1 AND r.seq = v.seq""",
+                state.id,
+                [s for s, _ in seq_agent],
+                [a for _, a in seq_agent],
+            )
+            await conn.execute(
+                """UPDATE campaign_runs SET next_seq = greatest(next_seq, $2),
+                       inserted_count = inserted_count + $3, updated_at = now()
+                   WHERE id = $1""",
+                state.id,
+                page[-1]["seq"],
+                len(page),
+            )
+        state.reconcile = False
+        return len(page)
+
+    # ---- operator controls --------------------------------------------------------------
+    async def control(
+        self, run_id: uuid.UUID, action: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        """cancel, pause, hold (pull back unpicked rows) or resume a run."""
+        async with self._pg().acquire() as conn:
+            run = await conn.fetchrow("SELECT * FROM campaign_runs WHERE id = $1", run_id)
+        if run is None or run["node_id"] != self.node_id:
+            raise KeyError(f"no run {run_id} on this node")
+        state = self._state(run)
+        if action == "resume":
+            if run["status"] not in (RunStatus.PAUSED, RunStatus.HELD):
+                return {"run_id": str(run_id), "status": run["status"], "resumed": False}
+            await self._set_status(run_id, RunStatus.QUEUED, None)
+            self.wake.set()
+            return {"run_id": str(run_id), "status": RunStatus.QUEUED.value, "resumed": True}
+        target = {"cancel": RunStatus.CANCELLED, "pause": RunStatus.PAUSED, "hold": RunStatus.HELD}[
+            action
+        ]
+        if run["status"] in (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.REJECTED):
+            return {
+                "run_id": str(run_id),
+                "status": run["status"],
+                "stopped": 0,
+                "already_gone": run["inserted_count"],
+            }
+        task = state.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        state.task = None
+        async with self.locks[run_id]:
+            pulled: list[str] = []
+            if run["line_group"]:
+                async with self._mysql().acquire() as mconn:
+                    pulled = await handoff.pull_back(
+                        mconn, self.tables(run["line_group"]), str(run_id)
+                    )
+            async with self._pg().acquire() as conn, conn.transaction():
+                changed = await conn.fetchval(
+                    """WITH u AS (UPDATE campaign_run_recipients SET state = 'pending',
+                                      agent = NULL
+                                  WHERE run_id = $1 AND phone_norm = ANY($2::text[])
+                                      AND state = 'inserted' RETURNING seq)
+                       SELECT count(*) FROM u""",
+                    run_id,
+                    pulled,
+                )
+                first = await conn.fetchval(
+                    "SELECT min(seq) FROM campaign_run_recipients WHERE run_id = $1"
+                    " AND state = 'pending'",
+                    run_id,
+                )
+                gone = await conn.fetchval(
+                    """UPDATE campaign_runs SET inserted_count = inserted_count - $2,
+                           next_seq = least(next_seq, coalesce($3 - 1, next_seq)),
+                           status = $4, status_reason = $5, updated_at = now(),
+                           completed_at = CASE WHEN $4 = 'cancelled' THEN now()
+                                               ELSE completed_at END
+                       WHERE id = $1 RETURNING inserted_count""",
+                    run_id,
+                    changed,
+                    first,
+                    target.value,
+                    reason,
+                )
+            if run["line_group"] and run["status"] in HOLDS_GROUP:
+                assert self.leases is not None
+                await self.leases.release(run["line_group"], str(run_id))
+        log.info(
+            "run stopped",
+            run=str(run_id),
+            action=action,
+            stopped=changed,
+            already_gone=gone,
+            reason=reason,
+        )
+        self.wake.set()
+        return {
+            "run_id": str(run_id),
+            "status": target.value,
+            "stopped": int(changed),
+            "already_gone": int(gone),
+        }
+
+    def drain(self, number: int, on: bool) -> dict[str, Any]:
+        self.runtime.config.agent(number)  # KeyError for an unknown agent
+        if on:
+            self.drained.add(number)
+        else:
+            self.drained.discard(number)
+        self.wake.set()
+        return {"agent": number, "drained": on}
+
+    # ---- background loops ---------------------------------------------------------------
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.runtime.config.dispatch.lease_renew_s)
+            assert self.leases is not None
+            for state in list(self.runs.values()):
+                if state.group is None or state.task is None or state.task.done():
+                    continue
+                try:
+                    if not await self.leases.renew(state.group, str(state.id)):
+                        state.lease_lost = True
+                        log.error("lease lost", run=str(state.id), group=state.group)
+                except REDIS_ERRORS as exc:
+                    # Redis is away: keep inserting only while the lease surely still runs.
+                    log.warning("lease renewal failed", run=str(state.id), error=str(exc))
+
+    async def _failover_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.runtime.config.supervision.check_interval_s)
+            with contextlib.suppress(*ERRORS, DependencyDown):
+                await self._failover_once()
+
+    async def _failover_once(self) -> None:
+        for group in self.bulk_groups():
+            healthy = self.healthy(group.name)
+            for number in group.agents:
+                status = self.agents.statuses.get(number)
+                dead = number in self.drained or (
+                    status is not None
+                    and status.state in (AgentState.UNREACHABLE, AgentState.STALLED)
+                )
+                if not dead:
+                    if number in self.down:
+                        log.info("agent rejoined", agent=number)
+                        del self.down[number]
+                    continue
+                reason = (
+                    "drained"
+                    if number in self.drained
+                    else (status.state.value if status else "unknown")
+                )
+                if self.down.get(number) != reason:
+                    log.warning("agent marked down", agent=number, reason=reason)
+                    self.down[number] = reason
+                targets = [self.runtime.config.agent(n).table for n in healthy]
+                if not targets or not (status and status.backlog and status.backlog.waiting):
+                    continue
+                async with self._mysql().acquire() as conn:
+                    moved = await handoff.move_waiting(
+                        conn, self.runtime.config.agent(number).table, targets
+                    )
+                if moved:
+                    self.moved[number] += moved
+                    log.warning("rows moved off a down agent", agent=number, rows=moved, to=healthy)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.runtime.config.dispatch.result_sync_interval_s)
+            with contextlib.suppress(*ERRORS, DependencyDown):
+                await self.sync_once()
+
+    async def sync_once(self) -> int:
+        """One incremental result sync over every run that may still get results."""
+        updated = 0
+        async with self._pg().acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT * FROM campaign_runs WHERE node_id = $1 AND line_group IS NOT NULL
+                   AND status = ANY($2::text[]) AND inserted_count > success_count + fail_count
+                   UNION SELECT * FROM campaign_runs WHERE node_id = $1
+                   AND status = 'results'""",
+                self.node_id,
+                ["sending", "draining", "results", "paused", "cancelled", "held"],
+            )
+        for run in rows:
+            updated += await self._sync_run(run)
+        return updated
+
+    async def _sync_run(self, run: asyncpg.Record) -> int:
+        state = self._state(run)
+        if state.watermarks is None:
+            state.watermarks = {}
+        group_tables = self.tables(run["line_group"])
+        today = self.runtime.clock.now_kst().date()
+        started = (run["started_at"] or datetime.now(UTC)).astimezone(UTC).date()
+        async with self._mysql().acquire() as mconn:
+            logs = await handoff.existing_tables(
+                mconn,
+                [lt for t in group_tables for lt in handoff.log_tables_since(t, started, today)],
+            )
+            results, in_flight = await handoff.read_results(
+                mconn, group_tables, logs, str(run["id"]), state.watermarks
+            )
+        changed: list[asyncpg.Record] = []
+        if results:
+            async with self._pg().acquire() as conn, conn.transaction():
+                changed = await conn.fetch(
+                    """UPDATE campaign_run_recipients r SET state = 'final',
+                           status_code = u.code, mob_company = u.company, delivered_at = u.at
+                       FROM unnest($2::text[], $3::int[], $4::text[], $5::timestamptz[])
+                           AS u(phone, code, company, at)
+                       WHERE r.run_id = $1 AND r.phone_norm = u.phone AND r.state = 'inserted'
+                       RETURNING r.status_code""",
+                    run["id"],
+                    [r.dest_no for r in results],
+                    [r.status_code for r in results],
+                    [r.mob_company for r in results],
+                    [r.result_at for r in results],
+                )
+                codes = [c["status_code"] for c in changed]
+                success = sum(1 for c in codes if c in SUCCESS_CODES)
+                await conn.execute(
+                    """UPDATE campaign_runs SET success_count = success_count + $2,
+                           fail_count = fail_count + $3, spam_count = spam_count + $4,
+                           systemic_count = systemic_count + $5, updated_at = now()
+                       WHERE id = $1""",
+                    run["id"],
+                    success,
+                    len(codes) - success,
+                    sum(1 for c in codes if c in SPAM_CODES),
+                    sum(1 for c in codes if c in SYSTEMIC_CODES),
+                )
+            for table in logs:
+                times = [r.result_at for r in results if r.table == table and r.result_at]
+                if times:
+                    state.watermarks[table] = max(times) - RESULT_SLACK
+        async with self._pg().acquire() as conn:
+            fresh = await conn.fetchrow(
+                """UPDATE campaign_runs SET sent_count = success_count + fail_count + $2
+                   WHERE id = $1 RETURNING *""",
+                run["id"],
+                in_flight,
+            )
+        assert fresh is not None
+        if changed:
+            await self._training(fresh)
+        await self._breaker(fresh)
+        done = fresh["success_count"] + fresh["fail_count"]
+        horizon = timedelta(hours=self.runtime.config.dispatch.result_horizon_h)
+        if fresh["status"] == RunStatus.RESULTS and (
+            done >= fresh["inserted_count"]
+            or (fresh["started_at"] and datetime.now(UTC) - fresh["started_at"] > horizon)
+        ):
+            reason = None if done >= fresh["inserted_count"] else "result horizon reached"
+            await self._set_status(run["id"], RunStatus.COMPLETED, reason)
+            log.info(
+                "run completed",
+                run=str(run["id"]),
+                success=fresh["success_count"],
+                fail=fresh["fail_count"],
+            )
+        return len(changed)
+
+    async def _breaker(self, run: asyncpg.Record) -> None:
+        dispatch = self.runtime.config.dispatch
+        results = run["success_count"] + run["fail_count"]
+        if run["breaker_checked"] or results < dispatch.breaker_min_results:
+            return
+        async with self._pg().acquire() as conn:
+            await conn.execute(
+                "UPDATE campaign_runs SET breaker_checked = true WHERE id = $1", run["id"]
+            )
+        share = run["systemic_count"] / results
+        if share > dispatch.breaker_share and run["status"] in (
+            RunStatus.SENDING,
+            RunStatus.DRAINING,
+        ):
+            async with self._pg().acquire() as conn:
+                codes = await conn.fetch(
+                    """SELECT status_code, count(*) AS n FROM campaign_run_recipients
+                       WHERE run_id = $1 AND status_code = ANY($2::int[])
+                       GROUP BY status_code ORDER BY n DESC LIMIT 3""",
+                    run["id"],
+                    sorted(SYSTEMIC_CODES),
+                )
+            top = ", ".join(f"{c['status_code']}×{c['n']}" for c in codes)
+            await self.control(
+                run["id"],
+                "pause",
+                f"circuit breaker: {share:.0%} of the first {results} results "
+                f"are systemic failures ({top})",
+            )
+
+    async def _training(self, run: asyncpg.Record) -> None:
+        secret = self.runtime.config.dispatch.training_secret.get_secret_value()
+        source_ref = hmac.new(secret.encode(), str(run["id"]).encode(), hashlib.sha256).hexdigest()
+        async with self._pg().acquire() as conn:
+            await conn.execute(
+                """INSERT INTO ai_training_logs (source_ref, company_id, channel, sent_count,
+                       success_count, fail_count, spam_blocked, metrics_updated_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+                   ON CONFLICT (source_ref) DO UPDATE SET sent_count = EXCLUDED.sent_count,
+                       success_count = EXCLUDED.success_count,
+                       fail_count = EXCLUDED.fail_count, spam_blocked = EXCLUDED.spam_blocked,
+                       metrics_updated_at = now()""",
+                source_ref,
+                run["company_id"],
+                run["message_type"],
+                run["sent_count"],
+                run["success_count"],
+                run["fail_count"],
+                run["spam_count"],
+            )
+
+    # ---- status -------------------------------------------------------------------------
+    def _snapshot(self, rows: list[asyncpg.Record], holding: dict[str, asyncpg.Record]) -> None:
+        self.holders = {
+            group: {
+                "company": row["company_id"],
+                "run_id": str(row["id"]),
+                "since": row["group_since"].isoformat() if row["group_since"] else None,
+            }
+            for group, row in holding.items()
+        }
+        self.status_runs = [
+            {
+                "run_id": str(r["id"]),
+                "company": r["company_id"],
+                "status": r["status"],
+                "reason": r["status_reason"],
+                "line_group": r["line_group"],
+                "target": r["target_count"],
+                "inserted": r["inserted_count"],
+                "success": r["success_count"],
+                "fail": r["fail_count"],
+                "pending": max(0, r["inserted_count"] - r["success_count"] - r["fail_count"]),
+                "queued_at": r["queued_at"].isoformat() if r["queued_at"] else None,
+            }
+            for r in sorted(rows, key=lambda r: r["queued_at"])
+            if r["status"] != RunStatus.CANCELLED
+        ]
+
+    async def show(self, run_id: uuid.UUID) -> dict[str, Any] | None:
+        async with self._pg().acquire() as conn:
+            return await show(conn, run_id)

@@ -1,0 +1,120 @@
+"""Korean sending rules checked before anything reaches an agent table.
+
+Per recipient: a valid mobile number, not a duplicate within the run, not opted
+out (advertising runs), within the byte limit of its type counted in EUC-KR
+(CP949), and an image for MMS. Per run: an advertising run must start with
+``(광고)`` and carry a free opt-out number (080…), and may only be sent 08:00-21:00
+KST. Every skip has a reason and is counted; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, time
+from enum import StrEnum
+
+from config.clock import KST
+from config.names import is_mobile, normalise_phone
+
+SMS_MAX_BYTES = 90
+LMS_MAX_BYTES = 2000
+AD_PREFIX = "(광고)"
+AD_WINDOW = (time(8, 0), time(21, 0))
+_OPT_OUT = re.compile(r"080[- ]?[0-9]{3,4}[- ]?[0-9]{4}")
+
+
+class SkipReason(StrEnum):
+    INVALID_NUMBER = "invalid_number"
+    DUPLICATE = "duplicate"
+    OPTED_OUT = "opted_out"
+    TOO_LONG = "too_long"
+    MMS_WITHOUT_IMAGE = "mms_without_image"
+
+
+class MessageType(StrEnum):
+    SMS = "SMS"
+    LMS = "LMS"
+    MMS = "MMS"
+
+    @property
+    def agent_code(self) -> str:
+        return {"SMS": "S", "LMS": "L", "MMS": "M"}[self.value]
+
+
+class RunRejected(ValueError):
+    """A run that must not be sent at all; the message names the field and the fix."""
+
+
+def byte_length(text: str) -> int:
+    """Length as the carriers count it: EUC-KR/CP949, 2 bytes per Hangul syllable.
+    A character CP949 cannot encode counts as 2 bytes (it will be sent as such)."""
+    total = 0
+    for ch in text:
+        try:
+            total += len(ch.encode("cp949"))
+        except UnicodeEncodeError:
+            total += 2
+    return total
+
+
+def check_ad_run(is_ad: bool, sample_text: str) -> None:
+    """Raise RunRejected when an advertising run breaks the law's form."""
+    if not is_ad:
+        return
+    if not sample_text.lstrip().startswith(AD_PREFIX):
+        raise RunRejected(
+            f"advertising message must start with {AD_PREFIX!r}; fix: prefix the text, or send "
+            "without --ad if it is not an advertisement"
+        )
+    if not _OPT_OUT.search(sample_text):
+        raise RunRejected(
+            "advertising message must carry a free opt-out number (080-…); fix: add e.g. "
+            "'무료거부 080-123-4567' to the text"
+        )
+
+
+def in_ad_window(moment: datetime) -> bool:
+    local = moment.astimezone(KST).time()
+    return AD_WINDOW[0] <= local < AD_WINDOW[1]
+
+
+def next_ad_window_start(moment: datetime) -> datetime:
+    """The next 08:00 KST at or after `moment` (for a held run)."""
+    local = moment.astimezone(KST)
+    start = local.replace(hour=8, minute=0, second=0, microsecond=0)
+    if local >= start:
+        from datetime import timedelta
+
+        start += timedelta(days=1)
+    return start
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    phone_norm: str
+    skip: SkipReason | None
+
+
+def check_recipient(
+    phone: str,
+    text: str,
+    subject: str | None,
+    attachments: list[str] | None,
+    message_type: MessageType,
+    opted_out: bool,
+) -> Verdict:
+    """Every per-recipient guard except duplicates (those need the whole run)."""
+    digits = normalise_phone(phone)
+    if not is_mobile(digits):
+        return Verdict(digits, SkipReason.INVALID_NUMBER)
+    if opted_out:
+        return Verdict(digits, SkipReason.OPTED_OUT)
+    limit = SMS_MAX_BYTES if message_type == MessageType.SMS else LMS_MAX_BYTES
+    if byte_length(text) > limit:
+        return Verdict(digits, SkipReason.TOO_LONG)
+    if message_type == MessageType.MMS and not any(
+        a.lower().endswith((".jpg", ".jpeg")) for a in attachments or []
+    ):
+        return Verdict(digits, SkipReason.MMS_WITHOUT_IMAGE)
+    return Verdict(digits, None)

@@ -1,0 +1,255 @@
+"""What the dispatcher does to the agent tables: insert, find, pull back, move, read results.
+
+Every row carries the run id in ``app_etc1`` and the company in ``app_etc2``;
+within a run the recipient's number (``dest_no``) is its key, so after a crash
+the rows already inserted are found by (run, number) and never inserted twice.
+A batch goes into each agent table as one multi-row INSERT whose VALUES hold
+``NOW()`` for ``sendreq_time`` (the MySQL server's clock, KST session): drivers
+fall back to one statement per row when VALUES holds anything but placeholders,
+so the statement is built here instead of with ``executemany``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import aiomysql
+
+from config.names import add_months, checked_table, log_table
+
+# Rows per multi-row INSERT: large enough to amortise the round trip, small enough
+# to stay far below max_allowed_packet with 2000-byte LMS texts.
+INSERT_CHUNK = 500
+# Numbers per IN (…) list.
+LOOKUP_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    dest_no: str
+    call_back: str
+    text: str
+    msg_type: str
+    subject: str | None
+    file_name: str | None
+    run_id: str
+    company_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    dest_no: str
+    status_code: int
+    mob_company: str | None
+    result_at: datetime | None  # aware (the agent writes UTC)
+    table: str
+
+
+def log_tables_since(table: str, since: date, until: date) -> list[str]:
+    """The monthly log tables of `table` from the month of `since` to that of `until`."""
+    names = []
+    month = date(since.year, since.month, 1)
+    while month <= until:
+        names.append(log_table(table, month))
+        month = add_months(month, 1)
+    return names
+
+
+async def insert_rows(conn: aiomysql.Connection, table: str, rows: Sequence[AgentRow]) -> int:
+    """Insert `rows` into one agent table; one statement per INSERT_CHUNK rows."""
+    table = checked_table(table)
+    total = 0
+    for start in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[start : start + INSERT_CHUNK]
+        values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,NOW(),100,'1')"] * len(chunk))
+        params: list[Any] = []
+        for r in chunk:
+            params += [
+                r.dest_no,
+                r.call_back,
+                r.text,
+                r.msg_type,
+                r.subject,
+                r.file_name,
+                r.run_id,
+                r.company_id,
+            ]
+        async with conn.cursor() as cur:
+            await cur.execute(
+                f"INSERT INTO `{table}` (dest_no, call_back, msg_contents, msg_type, title_str,"
+                f" file_name1, app_etc1, app_etc2, sendreq_time, status_code, rsv1)"
+                f" VALUES {values}",
+                params,
+            )
+            total += cur.rowcount
+    return total
+
+
+async def present(
+    conn: aiomysql.Connection, tables: Sequence[str], run_id: str, numbers: Sequence[str]
+) -> dict[str, str]:
+    """Which of `numbers` already have a row of this run, and in which table."""
+    found: dict[str, str] = {}
+    existing = await existing_tables(conn, tables)
+    for start in range(0, len(numbers), LOOKUP_CHUNK):
+        chunk = list(numbers[start : start + LOOKUP_CHUNK])
+        marks = ",".join(["%s"] * len(chunk))
+        for table in existing:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    f"SELECT dest_no FROM `{checked_table(table)}`"
+                    f" WHERE app_etc1 = %s AND dest_no IN ({marks})",
+                    [run_id, *chunk],
+                )
+                for (dest,) in await cur.fetchall():
+                    found[dest] = table
+    return found
+
+
+async def existing_tables(conn: aiomysql.Connection, tables: Sequence[str]) -> list[str]:
+    async with conn.cursor() as cur:
+        await cur.execute("SHOW TABLES LIKE 'SMSQ\\_SEND%'")
+        have = {row[0] for row in await cur.fetchall()}
+    return [t for t in tables if t in have]
+
+
+async def pull_back(conn: aiomysql.Connection, tables: Sequence[str], run_id: str) -> list[str]:
+    """Delete the run's rows no agent has picked up; return their numbers.
+
+    The rows are locked first (agents claim with SKIP LOCKED, so none is taken
+    halfway), then deleted, per table in one transaction.
+    """
+    numbers: list[str] = []
+    for name in tables:
+        table = checked_table(name)
+        async with conn.cursor() as cur:
+            await conn.begin()
+            try:
+                await cur.execute(
+                    f"SELECT seqno, dest_no FROM `{table}` WHERE app_etc1 = %s AND rsv1 = '1'"
+                    " FOR UPDATE",
+                    (run_id,),
+                )
+                rows = await cur.fetchall()
+                for start in range(0, len(rows), LOOKUP_CHUNK):
+                    ids = ",".join(str(int(r[0])) for r in rows[start : start + LOOKUP_CHUNK])
+                    await cur.execute(f"DELETE FROM `{table}` WHERE seqno IN ({ids})")
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+        numbers += [r[1] for r in rows]
+    return numbers
+
+
+async def move_waiting(
+    conn: aiomysql.Connection, source: str, targets: Sequence[str], limit: int = 50_000
+) -> int:
+    """Move rows waiting in `source` (a dead agent) to `targets`, round-robin, in one
+    transaction: a row is never in both tables and never in neither."""
+    source = checked_table(source)
+    columns = (
+        "dest_no, call_back, msg_contents, msg_type, title_str, msg_instm, sendreq_time,"
+        " status_code, rsv1, file_name1, file_name2, file_name3, file_name4, file_name5,"
+        " bill_id, app_etc1, app_etc2, sender_code"
+    )
+    async with conn.cursor() as cur:
+        await conn.begin()
+        try:
+            await cur.execute(
+                f"SELECT seqno FROM `{source}` WHERE rsv1 = '1' ORDER BY seqno LIMIT %s FOR UPDATE",
+                (limit,),
+            )
+            ids = [int(r[0]) for r in await cur.fetchall()]
+            for index, target in enumerate(targets):
+                share = ids[index :: len(targets)]
+                for start in range(0, len(share), LOOKUP_CHUNK):
+                    chunk = ",".join(map(str, share[start : start + LOOKUP_CHUNK]))
+                    await cur.execute(
+                        f"INSERT INTO `{checked_table(target)}` ({columns})"
+                        f" SELECT {columns} FROM `{source}` WHERE seqno IN ({chunk})"
+                    )
+            for start in range(0, len(ids), LOOKUP_CHUNK):
+                chunk = ",".join(map(str, ids[start : start + LOOKUP_CHUNK]))
+                await cur.execute(f"DELETE FROM `{source}` WHERE seqno IN ({chunk})")
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+    return len(ids)
+
+
+async def waiting_counts(conn: aiomysql.Connection, tables: Sequence[str]) -> dict[str, int]:
+    """Rows with rsv1 = '1' per table (the backlog the bound applies to)."""
+    if not tables:
+        return {}
+    union = " UNION ALL ".join(
+        f"SELECT '{checked_table(t)}', COUNT(*) FROM `{t}` WHERE rsv1 = '1'" for t in tables
+    )
+    async with conn.cursor() as cur:
+        await cur.execute(union)
+        return {name: int(count) for name, count in await cur.fetchall()}
+
+
+async def run_waiting(conn: aiomysql.Connection, tables: Sequence[str], run_id: str) -> int:
+    """The run's rows no agent has picked up yet, across `tables`."""
+    union = " UNION ALL ".join(
+        f"SELECT COUNT(*) AS c FROM `{checked_table(t)}` WHERE app_etc1 = %s AND rsv1 = '1'"
+        for t in tables
+    )
+    async with conn.cursor() as cur:
+        await cur.execute(f"SELECT COALESCE(SUM(c), 0) FROM ({union}) AS w", [run_id] * len(tables))
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def read_results(
+    conn: aiomysql.Connection,
+    live: Sequence[str],
+    logs: Sequence[str],
+    run_id: str,
+    since: dict[str, datetime | None],
+) -> tuple[list[Result], int]:
+    """New results of a run and its rows in flight.
+
+    Live tables: rows with a result not yet moved (rsv1 4) and the count picked
+    up (rsv1 2-4). Log tables: rows whose result time is at or after the
+    table's watermark in `since` (None: from the beginning). One statement per
+    table, whatever the run's size.
+    """
+    results: list[Result] = []
+    in_flight = 0
+    for table in live:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                f"SELECT dest_no, status_code, mob_company, repmsg_recvtm, rsv1"
+                f" FROM `{checked_table(table)}` WHERE app_etc1 = %s AND rsv1 IN ('2','3','4')",
+                (run_id,),
+            )
+            for dest, code, company, at, rsv1 in await cur.fetchall():
+                if rsv1 == "4":
+                    results.append(Result(dest, int(code), company, _utc(at), table))
+                else:
+                    in_flight += 1
+    for table in logs:
+        mark = since.get(table)
+        query = (
+            f"SELECT dest_no, status_code, mob_company, repmsg_recvtm"
+            f" FROM `{checked_table(table)}` WHERE app_etc1 = %s"
+        )
+        params: list[Any] = [run_id]
+        if mark is not None:
+            query += " AND repmsg_recvtm >= %s"
+            params.append(mark.replace(tzinfo=None))
+        async with conn.cursor() as cur:
+            await cur.execute(query, params)
+            for dest, code, company, at in await cur.fetchall():
+                results.append(Result(dest, int(code), company, _utc(at), table))
+    return results, in_flight
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
