@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-# Where simulated admin ports start; each DIR gets its own block of 20.
+# Where simulated admin ports start; each DIR gets its own block of 20. The blocks stay
+# below 32768, where Linux's ephemeral ports (outgoing connections) begin.
 _PORT_FLOOR = 20_000
-_PORT_BLOCKS = 2_000
+_PORT_BLOCKS = 600
 
 
 def _fingerprint(directory: Path) -> str:

@@ -282,18 +282,33 @@ class Dispatcher:
         ready = [r for r in queued if r["scheduled_at"] is None or r["scheduled_at"] <= now]
         if not ready:
             return
-        active = Counter(r["company_id"] for r in holding.values())
-        position: Counter[str] = Counter()
+        # First in, first out, fair across companies: the company served least recently
+        # goes first (a company that never got a group before everyone else), and each
+        # company's own runs keep their order.
+        companies = sorted({r["company_id"] for r in ready})
+        async with self._pg().acquire() as conn:
+            served = {
+                r["company_id"]: r["last"]
+                for r in await conn.fetch(
+                    """SELECT company_id, max(group_since) AS last FROM campaign_runs
+                       WHERE node_id = $1 AND company_id = ANY($2::text[])
+                       AND group_since IS NOT NULL GROUP BY company_id""",
+                    self.node_id,
+                    companies,
+                )
+            }
+        never = datetime.min.replace(tzinfo=UTC)
+        pending = sorted(ready, key=lambda r: r["queued_at"])
         ranked = []
-        for row in sorted(ready, key=lambda r: r["queued_at"]):
-            # First in, first out, fair across companies: a company's n-th waiting run
-            # ranks behind every other company's earlier ones.
-            rank = active[row["company_id"]] + position[row["company_id"]]
-            position[row["company_id"]] += 1
-            ranked.append((rank, row["queued_at"], row))
+        while pending:
+            row = min(pending, key=lambda r: (served.get(r["company_id"]) or never, r["queued_at"]))
+            pending.remove(row)
+            ranked.append(row)
+            # Within this pass, a company that would be served now goes to the back.
+            served[row["company_id"]] = now + timedelta(microseconds=len(ranked))
         assignments = await self._assignments()
         bulk = {g.name for g in self.bulk_groups()}
-        for _, _, row in sorted(ranked, key=lambda x: (x[0], x[1])):
+        for row in ranked:
             if row["is_ad"] and not in_ad_window(now):
                 await self._set_status(
                     row["id"], RunStatus.HELD, "advertising is sent 08:00-21:00 KST only"

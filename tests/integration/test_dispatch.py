@@ -1,0 +1,362 @@
+"""Dispatch against the simulators: leases, fairness, exactly once, failover, guards."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from config.clock import KST
+from simulators.harness import SimulatedNode, wait_for
+from tests.integration.helpers import mysql
+
+GROUPS = {"bulk-1": [1, 2, 3], "bulk-2": [4, 5, 6], "bulk-3": [7, 8, 9]}
+
+
+def fast_dispatch(text: str) -> str:
+    text = re.sub(r"latency_s = \[[0-9., ]+\]", "latency_s = [0.2, 0.5]", text)
+    text = text.replace("log_move_delay_s = 2.0", "log_move_delay_s = 0.3")
+    text = text.replace("rate_per_s = 100", "rate_per_s = 1000")
+    text = text.replace(
+        "[dispatch]\n",
+        "[dispatch]\npoll_interval_s = 0.5\nresult_sync_interval_s = 0.5\nbatch_size = 2000\n",
+        1,
+    )
+    text = text.replace(
+        "[supervision]\ncheck_interval_s = 2.0",
+        "[supervision]\ncheck_interval_s = 1.0\nstuck_after_s = 5.0",
+    )
+    return text
+
+
+@pytest.fixture
+def node(node_dir: Path) -> Iterator[SimulatedNode]:
+    sim = SimulatedNode(node_dir, overrides=fast_dispatch)
+    sim.db_init()
+    sim.start_sim()
+    sim.start_daemon()
+    try:
+        yield sim
+    finally:
+        sim.close()
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("phone,text\n" + "".join(f"{p},{t}\n" for p, t in rows), encoding="utf-8")
+    return path
+
+
+def send(
+    node: SimulatedNode,
+    company: str,
+    rows: list[tuple[str, str]],
+    *extra: str,
+    callback: str = "0212345678",
+) -> str:
+    csv = write_csv(node.dir / f"{company}-{uuid.uuid4().hex[:6]}.csv", rows)
+    out = node.ctl(
+        "send", "--company", company, "--callback", callback, "--csv", str(csv), "--json", *extra
+    ).stdout
+    run_id: str = json.loads(out)["run_id"]
+    return run_id
+
+
+def show(node: SimulatedNode, run_id: str) -> dict[str, object]:
+    result: dict[str, object] = json.loads(node.ctl("run", "show", run_id, "--json").stdout)
+    return result
+
+
+def numbers(prefix: str, count: int) -> list[tuple[str, str]]:
+    return [(f"010{prefix}{i:06d}", f"한줄로 안내 {i}") for i in range(count)]
+
+
+def agent_rows(run_id: str) -> dict[str, int]:
+    """Rows of a run per table, live and log tables alike, counted in one statement."""
+    conn = mysql()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW TABLES LIKE 'SMSQ\\_SEND\\_%'")
+            tables = [
+                r[0]
+                for r in cur.fetchall()
+                if r[0].split("_")[2].isdigit() and int(r[0].split("_")[2]) <= 11
+            ]
+            union = " UNION ALL ".join(
+                f"SELECT '{t}' AS tbl, dest_no FROM `{t}` WHERE app_etc1 = %s" for t in tables
+            )
+            cur.execute(
+                f"SELECT tbl, COUNT(*), COUNT(DISTINCT dest_no) FROM ({union}) AS a"
+                " GROUP BY tbl WITH ROLLUP",
+                [run_id] * len(tables),
+            )
+            out = {}
+            for tbl, count, distinct in cur.fetchall():
+                out[tbl or "total"] = int(count)
+                if tbl is None:
+                    out["distinct"] = int(distinct)
+            return out
+    finally:
+        conn.close()
+
+
+def finished(node: SimulatedNode, run_id: str, timeout_s: float = 120) -> dict[str, object]:
+    return wait_for(
+        lambda: (info := show(node, run_id))["status"] == "completed" and info,  # type: ignore[no-any-return]
+        timeout_s,
+        f"run {run_id} to complete",
+        interval_s=0.5,
+    )
+
+
+def test_four_companies_share_three_groups_one_run_each(node: SimulatedNode) -> None:
+    runs = {c: send(node, c, numbers(f"{i}1", 20_000)) for i, c in enumerate("ABCD")}
+    violations: list[str] = []
+    saw_three_and_one_waiting = threading.Event()
+    stop = threading.Event()
+
+    def watch() -> None:
+        conn = mysql()
+        try:
+            with conn.cursor() as cur:
+                while not stop.is_set():
+                    for group, agents in GROUPS.items():
+                        union = " UNION ALL ".join(
+                            f"SELECT DISTINCT app_etc1 FROM SMSQ_SEND_{a} WHERE rsv1 = '1'"
+                            for a in agents
+                        )
+                        cur.execute(f"SELECT COUNT(DISTINCT app_etc1) FROM ({union}) AS w")
+                        holders = cur.fetchone()[0]  # type: ignore[index]
+                        if holders > 1:
+                            violations.append(f"{group}: {holders} runs waiting at once")
+                    time.sleep(0.1)
+        finally:
+            conn.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+
+        def three_one() -> bool:
+            status = node.status()
+            held = [g for g in status["line_groups"] if g["holder"]]
+            queued = [r for r in status["runs"] if r["status"] == "queued"]
+            if len(held) == 3 and len(queued) == 1:
+                saw_three_and_one_waiting.set()
+            return saw_three_and_one_waiting.is_set()
+
+        wait_for(three_one, 30, "three runs sending and one waiting", interval_s=0.2)
+        infos = {c: finished(node, r, 180) for c, r in runs.items()}
+    finally:
+        stop.set()
+        watcher.join()
+    assert not violations, violations[:5]
+    for company, run_id in runs.items():
+        info = infos[company]
+        group = str(info["line_group"])
+        rows = agent_rows(run_id)
+        tables = {t for t in rows if t.startswith("SMSQ_SEND_")}
+        assert {"_".join(t.split("_")[:3]) for t in tables} <= {
+            f"SMSQ_SEND_{a}" for a in GROUPS[group]
+        }, (company, group, tables)
+        assert rows["total"] == rows["distinct"] == info["inserted"] == 20_000
+
+
+def test_fairness_across_companies(node: SimulatedNode) -> None:
+    import asyncio
+
+    from daemon.schema import connect_pg
+
+    config_id = node.status()["node"]["id"]
+
+    async def assign() -> None:
+        conn = await connect_pg(__import__("config").load_config(node.config_path))
+        try:
+            for company in ("A", "B"):
+                await conn.execute(
+                    "INSERT INTO line_group_assignments VALUES ($1, 'company', $2, 'bulk-1')"
+                    " ON CONFLICT DO NOTHING",
+                    config_id,
+                    company,
+                )
+        finally:
+            await conn.close()
+
+    asyncio.run(assign())
+    # A's first run holds the group long enough for everything below to queue behind it.
+    a_runs = [send(node, "A", numbers(f"5{i}", 40_000 if i == 0 else 300)) for i in range(10)]
+    assert show(node, a_runs[0])["status"] in ("sending", "draining")
+    b_run = send(node, "B", numbers("60", 300))
+    finished(node, b_run, 120)
+    b_started = show(node, b_run)["started_at"]
+    second = show(node, a_runs[1])
+    assert second["started_at"] is None or str(second["started_at"]) > str(b_started)
+    for run_id in a_runs:
+        node.ctl("run", "cancel", run_id, check=False)
+
+
+def test_exactly_once_through_ten_kill_9s(node: SimulatedNode) -> None:
+    text = node.config_path.read_text()
+    node.stop_daemon()
+    # Slow the handoff down: small batches, a small backlog bound, slower agents.
+    text = text.replace("batch_size = 2000", "batch_size = 300")
+    text = text.replace("backlog_bound = 10000", "backlog_bound = 400")
+    node.config_path.write_text(text)
+    node.start_daemon()
+    run_id = send(node, "K", numbers("70", 20_000))
+    rng = random.Random(4)
+    kills = 0
+    while kills < 10:
+        time.sleep(rng.uniform(0.3, 1.5))
+        info = show(node, run_id)
+        if info["status"] != "sending" and kills:
+            break
+        node.stop_daemon(signal.SIGKILL)
+        kills += 1
+        node.start_daemon()
+    assert kills >= 5, "the handoff finished before enough kills landed"
+    info = finished(node, run_id, 240)
+    rows = agent_rows(run_id)
+    assert rows["total"] == rows["distinct"] == info["inserted"] == 20_000
+
+
+def test_guards_and_ad_rules(node: SimulatedNode) -> None:
+    import asyncio
+
+    from daemon.schema import connect_pg
+
+    config = __import__("config").load_config(node.config_path)
+
+    async def opt_out() -> None:
+        conn = await connect_pg(config)
+        try:
+            await conn.execute(
+                "INSERT INTO unsubscribes (company_id, phone, source)"
+                " VALUES ('G', '01088880002', 'test')"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(opt_out())
+    ad = "(광고) 한줄로 세일 무료거부 080-123-4567"
+    rows = [
+        ("01088880001", ad),
+        ("0212345678", ad),
+        ("01088880001", ad),
+        ("01088880002", ad),
+        ("01088880003", ad + " 가" * 60),
+        ("010-8888-0004", ad),
+    ]
+    node.sim_ctl("clock", "set", datetime(2026, 11, 27, 12, 0, tzinfo=KST).isoformat())
+    try:
+        run_id = send(node, "G", rows, "--ad")
+        info = finished(node, run_id, 60)
+    finally:
+        node.sim_ctl("clock", "reset")
+    assert info["skipped"] == {"invalid_number": 1, "duplicate": 1, "opted_out": 1, "too_long": 1}
+    assert info["inserted"] == 2 and info["target"] == 6
+    bad = node.ctl(
+        "send",
+        "--company",
+        "G",
+        "--callback",
+        "0212345678",
+        "--phones",
+        str(write_csv(node.dir / "p.txt", [])),
+        "--message",
+        "세일 안내",
+        "--ad",
+        check=False,
+    )
+    assert bad.returncode == 1 and "(광고)" in bad.stderr and bad.stdout == ""
+
+
+def test_ad_run_at_night_waits_for_eight(node: SimulatedNode) -> None:
+    node.sim_ctl("clock", "set", datetime(2026, 11, 27, 22, 0, tzinfo=KST).isoformat())
+    try:
+        run_id = (
+            send(node, "N", numbers("81", 50), "--ad")
+            if False
+            else send(
+                node,
+                "N",
+                [(p, "(광고) 밤 세일 무료거부 0801234567") for p, _ in numbers("81", 50)],
+                "--ad",
+            )
+        )
+        wait_for(lambda: show(node, run_id)["status"] == "held", 10, "held")
+        time.sleep(1.5)
+        assert agent_rows(run_id).get("total", 0) == 0
+        node.sim_ctl("clock", "set", datetime(2026, 11, 28, 8, 0, 5, tzinfo=KST).isoformat())
+        info = finished(node, run_id, 60)
+        assert info["inserted"] == 50
+    finally:
+        node.sim_ctl("clock", "reset")
+
+
+def test_unregistered_sender_trips_the_breaker(node: SimulatedNode) -> None:
+    text = node.config_path.read_text()
+    node.stop_daemon()
+    node.config_path.write_text(text.replace("backlog_bound = 10000", "backlog_bound = 100"))
+    node.start_daemon()
+    run_id = send(node, "X", numbers("90", 3000), callback="0299999999")
+    info = wait_for(
+        lambda: (i := show(node, run_id))["status"] == "paused" and i,
+        60,
+        "the breaker to pause the run",
+    )
+    assert "circuit breaker" in str(info["reason"]) and "9008" in str(info["reason"])
+    assert int(info["inserted"]) < 3000  # the rest was never sent
+
+
+def test_hung_agent_rows_move_to_the_others(node: SimulatedNode) -> None:
+    text = node.config_path.read_text()
+    node.stop_daemon()
+    node.config_path.write_text(text.replace("rate_per_s = 1000", "rate_per_s = 200"))
+    node.sim_ctl("agent", "1", "ok")
+    node.start_daemon()
+    run_id = send(node, "H", numbers("95", 6000))
+    wait_for(lambda: show(node, run_id)["line_group"] is not None, 10, "a group")
+    group = str(show(node, run_id)["line_group"])
+    first = GROUPS[group][0]
+    node.sim_ctl("agent", str(first), "hang")
+    hung_at = time.monotonic()
+    try:
+
+        def moved_off() -> bool:
+            conn = mysql()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        f"SELECT COUNT(*) FROM SMSQ_SEND_{first} WHERE rsv1 = '1'"
+                        " AND app_etc1 = %s",
+                        (run_id,),
+                    )
+                    return cur.fetchone()[0] == 0  # type: ignore[index,no-any-return]
+            finally:
+                conn.close()
+
+        wait_for(moved_off, 30, "the hung agent's rows to move")
+        assert time.monotonic() - hung_at <= 30
+    finally:
+        node.sim_ctl("agent", str(first), "ok")
+    info = finished(node, run_id, 120)
+    rows = agent_rows(run_id)
+    assert rows["total"] == rows["distinct"] == info["inserted"] == 6000
+    # Back in service: the next run of that group reaches the recovered agent again.
+    wait_for(
+        lambda: next(a for a in node.status()["agents"] if a["number"] == first)["state"] == "ok",
+        20,
+        "the agent to be ok",
+    )
+    again = send(node, "H", numbers("96", 3000))
+    info = finished(node, again, 120)
+    assert any(t.startswith(f"SMSQ_SEND_{first}") for t in agent_rows(again))
