@@ -3,13 +3,15 @@
 An agent is alive when its admin port accepts a TCP connection (the vendor's
 admin protocol is undocumented, so a connect is all we rely on). Its backlog
 comes from its MySQL table in one statement for all agents. An agent whose
-oldest due row is older than ``supervision.stuck_after_s`` is ``stalled``.
+oldest due row has not moved for ``supervision.stuck_after_s`` is ``stalled`` (it does
+not consume); a busy agent working through a long queue is not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -91,6 +93,9 @@ class AgentMonitor:
             for a in config.agents
         }
         self._conn: aiomysql.Connection | None = None
+        # Per agent: the oldest due row's seqno and when it was first seen there. An agent
+        # that consumes moves that row on; one that does not leaves it in place.
+        self._head: dict[int, tuple[int, float]] = {}
 
     async def run(self, health: Health) -> None:
         try:
@@ -123,11 +128,7 @@ class AgentMonitor:
             backlog = backlogs.get(agent.number)
             if not reachable:
                 state = AgentState.UNREACHABLE
-            elif (
-                backlog is not None
-                and backlog.oldest_due_s is not None
-                and backlog.oldest_due_s > config.supervision.stuck_after_s
-            ):
+            elif backlog is not None and self._not_consuming(agent.number, backlog):
                 state = AgentState.STALLED
             elif backlog is None:
                 state = AgentState.UNKNOWN
@@ -142,6 +143,18 @@ class AgentMonitor:
             return
         down = [str(s.number) for s in self.statuses.values() if s.state != AgentState.OK]
         health.running(f"agents not ok: {', '.join(down)}" if down else "")
+
+    def _not_consuming(self, number: int, backlog: Backlog) -> bool:
+        """True when the same due row has headed the queue for stuck_after_s."""
+        if backlog.first_due is None:
+            self._head.pop(number, None)
+            return False
+        now = time.monotonic()
+        head = self._head.get(number)
+        if head is None or head[0] != backlog.first_due:
+            self._head[number] = (backlog.first_due, now)
+            return False
+        return now - head[1] > self.runtime.config.supervision.stuck_after_s
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None

@@ -22,7 +22,7 @@ import hmac
 import json
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,6 +66,10 @@ class RunState:
     reconcile: bool = True
     lease_lost: bool = False
     watermarks: dict[str, datetime | None] | None = None
+    prepared: bool = False
+    prepared_upto: int = 0
+    prepared_event: asyncio.Event = field(default_factory=asyncio.Event)
+    prepare_task: asyncio.Task[None] | None = None
 
 
 class Dispatcher:
@@ -86,6 +90,7 @@ class Dispatcher:
         self.moved: Counter[int] = Counter()
         self.leases: GroupLeases | None = None
         self.mysql: aiomysql.Pool | None = None
+        self.load_data = True
         self.status_runs: list[dict[str, Any]] = []
         self.holders: dict[str, dict[str, Any]] = {}
 
@@ -124,7 +129,9 @@ class Dispatcher:
         client = self.redis.require()
         dispatch = self.runtime.config.dispatch
         self.leases = GroupLeases(client, self.node_id, dispatch.lease_ttl_s)
-        self.mysql = await agent_tables.create_pool(self.runtime.config.mysql, maxsize=8)
+        self.mysql = await agent_tables.create_pool(
+            self.runtime.config.mysql, maxsize=8, local_infile=True
+        )
         listener = await pool.acquire()
         background: list[asyncio.Task[None]] = []
         try:
@@ -166,12 +173,12 @@ class Dispatcher:
         self.wake.set()
 
     async def _stop_handoffs(self) -> None:
-        tasks = [s.task for s in self.runs.values() if s.task is not None]
+        tasks = [t for s in self.runs.values() for t in (s.task, s.prepare_task) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for state in self.runs.values():
-            state.task = None
+            state.task = state.prepare_task = None
 
     def _pg(self) -> asyncpg.Pool:
         return self.postgres.require()
@@ -402,8 +409,12 @@ class Dispatcher:
             run = await conn.fetchrow("SELECT * FROM campaign_runs WHERE id = $1", state.id)
         if run is None or run["status"] != RunStatus.SENDING or not run["line_group"]:
             return True
-        if not run["prepared"]:
-            await self._prepare(run)
+        state.prepared = run["prepared"]
+        state.prepared_upto = run["prepared_upto"]
+        if not state.prepared and (state.prepare_task is None or state.prepare_task.done()):
+            state.prepare_task = asyncio.create_task(
+                self._prepare(run, state), name=f"prepare-{state.id}"
+            )
         group = run["line_group"]
         dispatch = self.runtime.config.dispatch
         while True:
@@ -420,8 +431,6 @@ class Dispatcher:
                     )
                 if current != RunStatus.SENDING:
                     return True
-                if state.reconcile:
-                    await self._reconcile(state, run)
                 healthy = self.healthy(group)
                 if not healthy:
                     inserted = -1
@@ -429,6 +438,14 @@ class Dispatcher:
                     inserted = await self._insert_batch(
                         state, run, healthy, dispatch.batch_size, dispatch.backlog_bound
                     )
+            if inserted == 0 and not state.prepared:
+                # Caught up with the guard pass: wait for it to check more recipients.
+                if state.prepare_task is not None and state.prepare_task.done():
+                    state.prepare_task.result()  # re-raise a failed guard pass
+                state.prepared_event.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.prepared_event.wait(), 1.0)
+                continue
             if inserted == 0:
                 await self._set_status(state.id, RunStatus.DRAINING, None)
                 log.info("run fully inserted; draining", run=str(state.id), group=group)
@@ -437,11 +454,28 @@ class Dispatcher:
             if inserted < 0:
                 await asyncio.sleep(0.5)  # every agent full (or down): wait for room
 
-    async def _prepare(self, run: asyncpg.Record) -> None:
-        """The guard pass: mark every recipient that must not be sent, with its reason."""
+    async def _prepare(self, run: asyncpg.Record, state: RunState) -> None:
+        """The guard pass, streamed ahead of the handoff in ``seq`` order.
+
+        Every recipient that must not be sent is marked with its reason (only such
+        exceptions, and numbers that needed normalising, are written). Duplicates are
+        found with a set of the numbers seen so far, so the first occurrence wins; after
+        a restart the set is rebuilt from the recipients already checked. Progress is
+        ``prepared_upto``; the handoff never passes it.
+        """
         run_id = run["id"]
         message_type = MessageType(run["message_type"])
-        last = 0
+        last = run["prepared_upto"]
+        seen: set[str] = set()
+        async with self._pg().acquire() as conn:
+            if last:
+                rows = await conn.fetch(
+                    """SELECT coalesce(phone_norm, phone) AS number FROM campaign_run_recipients
+                       WHERE run_id = $1 AND seq <= $2 AND state <> 'skipped'""",
+                    run_id,
+                    last,
+                )
+                seen = {r["number"] for r in rows}
         while True:
             async with self._pg().acquire() as conn:
                 page = await conn.fetch(
@@ -465,6 +499,7 @@ class Dispatcher:
                     )
                     opted = {r["phone"] for r in rows}
                 seqs, norms, reasons = [], [], []
+                counts: Counter[str] = Counter()
                 for r in page:
                     digits = normalise_phone(r["phone"])
                     verdict = check_recipient(
@@ -475,107 +510,84 @@ class Dispatcher:
                         message_type,
                         digits in opted,
                     )
+                    skip = verdict.skip.value if verdict.skip else None
+                    if skip is None:
+                        if verdict.phone_norm in seen:
+                            skip = "duplicate"
+                        else:
+                            seen.add(verdict.phone_norm)
+                    if skip is None and verdict.phone_norm == r["phone"]:
+                        continue
+                    if skip is not None:
+                        counts[skip] += 1
                     seqs.append(r["seq"])
                     norms.append(verdict.phone_norm)
-                    reasons.append(verdict.skip.value if verdict.skip else None)
-                await conn.execute(
-                    """UPDATE campaign_run_recipients r SET phone_norm = u.norm,
-                           state = CASE WHEN u.reason IS NULL THEN r.state ELSE 'skipped' END,
-                           skip_reason = u.reason
-                       FROM unnest($2::int[], $3::text[], $4::text[]) AS u(seq, norm, reason)
-                       WHERE r.run_id = $1 AND r.seq = u.seq AND r.state = 'pending'""",
-                    run_id,
-                    seqs,
-                    norms,
-                    reasons,
-                )
-                last = page[-1]["seq"]
-        async with self._pg().acquire() as conn, conn.transaction():
-            await conn.execute(
-                """UPDATE campaign_run_recipients r SET state = 'skipped', skip_reason = 'duplicate'
-                   FROM (SELECT seq, row_number() OVER (PARTITION BY phone_norm ORDER BY seq) AS n
-                         FROM campaign_run_recipients WHERE run_id = $1 AND state = 'pending') d
-                   WHERE r.run_id = $1 AND r.seq = d.seq AND d.n > 1""",
-                run_id,
+                    reasons.append(skip)
+                async with conn.transaction():
+                    if seqs:
+                        await conn.execute(
+                            """UPDATE campaign_run_recipients r SET phone_norm = u.norm,
+                                   state = CASE WHEN u.reason IS NULL THEN r.state
+                                                ELSE 'skipped' END,
+                                   skip_reason = u.reason
+                               FROM unnest($2::int[], $3::text[], $4::text[])
+                                   AS u(seq, norm, reason)
+                               WHERE r.run_id = $1 AND r.seq = u.seq""",
+                            run_id,
+                            seqs,
+                            norms,
+                            reasons,
+                        )
+                    last = page[-1]["seq"]
+                    await conn.execute(
+                        """UPDATE campaign_runs SET prepared_upto = $2,
+                               skipped = (SELECT coalesce(jsonb_object_agg(k, v), '{}'::jsonb)
+                                          FROM (SELECT k, sum(v::int) AS v FROM (
+                                                  SELECT key AS k, value AS v
+                                                  FROM jsonb_each_text(skipped)
+                                                  UNION ALL
+                                                  SELECT key, value
+                                                  FROM jsonb_each_text($3::jsonb)) a
+                                                GROUP BY k) b)
+                           WHERE id = $1""",
+                        run_id,
+                        last,
+                        json.dumps(counts),
+                    )
+            state.prepared_upto = last
+            state.prepared_event.set()
+        async with self._pg().acquire() as conn:
+            skipped = await conn.fetchval(
+                "UPDATE campaign_runs SET prepared = true WHERE id = $1 RETURNING skipped", run_id
             )
-            counts = await conn.fetch(
-                """SELECT skip_reason, count(*) AS n FROM campaign_run_recipients
-                   WHERE run_id = $1 AND state = 'skipped' GROUP BY skip_reason""",
-                run_id,
-            )
-            skipped = {r["skip_reason"]: r["n"] for r in counts}
-            await conn.execute(
-                "UPDATE campaign_runs SET prepared = true, skipped = $2::jsonb WHERE id = $1",
-                run_id,
-                json.dumps(skipped),
-            )
+        state.prepared = True
+        state.prepared_event.set()
         log.info("run checked", run=str(run_id), skipped=skipped)
 
-    async def _reconcile(self, state: RunState, run: asyncpg.Record) -> None:
-        """Find rows of the unconfirmed window in the agent tables before inserting more."""
-        dispatch = self.runtime.config.dispatch
-        async with self._pg().acquire() as conn:
-            window = await conn.fetch(
-                """SELECT seq, phone_norm FROM campaign_run_recipients
-                   WHERE run_id = $1 AND state = 'pending' AND seq > $2
-                   ORDER BY seq LIMIT $3""",
-                state.id,
-                run["next_seq"],
-                dispatch.batch_size,
-            )
-        if window:
-            group_tables = self.tables(run["line_group"])
-            today = self.runtime.clock.now_kst().date()
-            started = (run["started_at"] or datetime.now(UTC)).astimezone(UTC).date()
-            every = [
-                *group_tables,
-                *(lt for t in group_tables for lt in handoff.log_tables_since(t, started, today)),
-            ]
-            async with self._mysql().acquire() as mconn:
-                found = await handoff.present(
-                    mconn, every, str(state.id), [r["phone_norm"] for r in window]
-                )
-            if found:
-                seq_of = {r["phone_norm"]: r["seq"] for r in window}
-                seqs = [seq_of[n] for n in found]
-                agents = [self._agent_of(found[n]) for n in found]
-                async with self._pg().acquire() as conn, conn.transaction():
-                    changed = await conn.fetchval(
-                        """WITH u AS (
-                               UPDATE campaign_run_recipients r SET state = 'inserted',
-                                   agent = v.agent
-                               FROM unnest($2::int[], $3::int[]) AS v(seq, agent)
-                               WHERE r.run_id = $1 AND r.seq = v.seq AND r.state = 'pending'
-                               RETURNING 1)
-                           SELECT count(*) FROM u""",
-                        state.id,
-                        seqs,
-                        agents,
-                    )
-                    await conn.execute(
-                        "UPDATE campaign_runs SET inserted_count = inserted_count + $2"
-                        " WHERE id = $1",
-                        state.id,
-                        changed,
-                    )
-                log.info(
-                    "reconciled rows inserted before the last checkpoint",
-                    run=str(state.id),
-                    rows=changed,
-                )
-        state.reconcile = False
-
-    def _agent_of(self, table: str) -> int:
-        base = "_".join(table.split("_")[:3])
-        for agent in self.runtime.config.agents:
-            if agent.table == base:
-                return agent.number
-        return 0
+    async def _already_there(
+        self, state: RunState, run: asyncpg.Record, numbers: list[str]
+    ) -> set[str]:
+        """Which numbers of a window are already in the group's agent or log tables."""
+        group_tables = self.tables(run["line_group"])
+        today = self.runtime.clock.now_kst().date()
+        started = (run["started_at"] or datetime.now(UTC)).astimezone(UTC).date()
+        every = [
+            *group_tables,
+            *(lt for t in group_tables for lt in handoff.log_tables_since(t, started, today)),
+        ]
+        async with self._mysql().acquire() as mconn:
+            return set(await handoff.present(mconn, every, str(state.id), numbers))
 
     async def _insert_batch(
         self, state: RunState, run: asyncpg.Record, healthy: list[int], batch_size: int, bound: int
     ) -> int:
-        """Insert one batch; 0 when nothing is left, -1 when no agent has room."""
+        """Insert one batch; 0 when nothing is left, -1 when no agent has room.
+
+        The checkpoint is the run's ``next_seq``: every recipient at or below it that
+        was not skipped is in an agent table. A window that may already be there (after
+        a crash, or below ``verify_until`` after a pull-back) is looked up by number
+        first, and only the missing rows are inserted.
+        """
         config = self.runtime.config
         tables = {n: config.agent(n).table for n in healthy}
         async with self._mysql().acquire() as mconn:
@@ -583,32 +595,46 @@ class Dispatcher:
         room = {n: max(0, bound - waiting.get(t, 0)) for n, t in tables.items()}
         capacity = min(batch_size, sum(room.values()))
         async with self._pg().acquire() as conn:
-            next_seq = await conn.fetchval(
-                "SELECT next_seq FROM campaign_runs WHERE id = $1", state.id
+            marks = await conn.fetchrow(
+                "SELECT next_seq, verify_until FROM campaign_runs WHERE id = $1", state.id
             )
+            assert marks is not None
             page = await conn.fetch(
-                """SELECT seq, phone_norm, message_text, subject, attachments
+                """SELECT seq, coalesce(phone_norm, phone) AS number, message_text, subject,
+                          attachments
                    FROM campaign_run_recipients WHERE run_id = $1 AND state = 'pending'
-                   AND seq > $2 ORDER BY seq LIMIT $3""",
+                   AND seq > $2 AND ($4 OR seq <= $5) ORDER BY seq LIMIT $3""",
                 state.id,
-                next_seq,
+                marks["next_seq"],
                 max(capacity, 1),
+                state.prepared,
+                state.prepared_upto,
             )
         if not page:
             return 0
         if capacity == 0:
             return -1
+        found: set[str] = set()
+        if state.reconcile or page[0]["seq"] <= marks["verify_until"]:
+            found = await self._already_there(state, run, [r["number"] for r in page])
+            if found:
+                log.info(
+                    "rows found in the agent tables before inserting",
+                    run=str(state.id),
+                    rows=len(found),
+                )
         msg_type = MessageType(run["message_type"]).agent_code
         plan: dict[int, list[AgentRow]] = {n: [] for n in tables}
-        seq_agent: list[tuple[int, int]] = []
         for r in page:
+            if r["number"] in found:
+                continue
             # Spread evenly: the agent with the most room left takes the next row.
             number = max(room, key=lambda n: (room[n], -n))
             room[number] -= 1
             attachments = r["attachments"] or []
             plan[number].append(
                 AgentRow(
-                    r["phone_norm"],
+                    r["number"],
                     run["callback_number"],
                     r["message_text"],
                     msg_type,
@@ -618,21 +644,17 @@ class Dispatcher:
                     run["company_id"],
                 )
             )
-            seq_agent.append((r["seq"], number))
         state.reconcile = True  # until the checkpoint below commits
-        async with self._mysql().acquire() as mconn:
-            for number, rows in plan.items():
-                if rows and not state.lease_lost:
-                    await handoff.insert_rows(mconn, tables[number], rows)
-        async with self._pg().acquire() as conn, conn.transaction():
-            await conn.execute(
-                """UPDATE campaign_run_recipients r SET state = 'inserted', agent = v.agent
-                   FROM unnest($2::int[], $3::int[]) AS v(seq, agent)
-                   WHERE r.run_id = $1 AND r.seq = v.seq""",
-                state.id,
-                [s for s, _ in seq_agent],
-                [a for _, a in seq_agent],
-            )
+        if state.lease_lost:
+            return -1
+
+        async def write(number: int, rows: list[AgentRow]) -> None:
+            async with self._mysql().acquire() as mconn:
+                await self._write_rows(mconn, tables[number], rows)
+
+        # One connection per agent table: the server loads them in parallel.
+        await asyncio.gather(*(write(n, rows) for n, rows in plan.items() if rows))
+        async with self._pg().acquire() as conn:
             await conn.execute(
                 """UPDATE campaign_runs SET next_seq = greatest(next_seq, $2),
                        inserted_count = inserted_count + $3, updated_at = now()
@@ -643,6 +665,20 @@ class Dispatcher:
             )
         state.reconcile = False
         return len(page)
+
+    async def _write_rows(
+        self, conn: aiomysql.Connection, table: str, rows: list[AgentRow]
+    ) -> None:
+        """LOAD DATA LOCAL where the server permits it (several times faster), else
+        multi-row INSERTs. Either way one statement per table and batch: all or none."""
+        if self.load_data:
+            try:
+                await handoff.load_rows(conn, table, rows)
+                return
+            except handoff.LoadDataRefused as exc:
+                self.load_data = False
+                log.warning("LOAD DATA LOCAL refused; using multi-row INSERT", error=str(exc))
+        await handoff.insert_rows(conn, table, rows)
 
     # ---- operator controls --------------------------------------------------------------
     async def control(
@@ -684,33 +720,41 @@ class Dispatcher:
                         mconn, self.tables(run["line_group"]), str(run_id)
                     )
             async with self._pg().acquire() as conn, conn.transaction():
-                changed = await conn.fetchval(
-                    """WITH u AS (UPDATE campaign_run_recipients SET state = 'pending',
-                                      agent = NULL
-                                  WHERE run_id = $1 AND phone_norm = ANY($2::text[])
-                                      AND state = 'inserted' RETURNING seq)
-                       SELECT count(*) FROM u""",
+                first = await conn.fetchval(
+                    """SELECT min(seq) FROM campaign_run_recipients WHERE run_id = $1
+                       AND state = 'pending' AND coalesce(phone_norm, phone) = ANY($2::text[])""",
                     run_id,
                     pulled,
                 )
-                first = await conn.fetchval(
-                    "SELECT min(seq) FROM campaign_run_recipients WHERE run_id = $1"
-                    " AND state = 'pending'",
-                    run_id,
-                )
+                # Rewind the checkpoint to the first pulled row; everything after it is
+                # verified by number before it is inserted again, so rows the agents had
+                # already taken are never sent twice.
+                rewound = 0
+                if first is not None:
+                    rewound = await conn.fetchval(
+                        """SELECT count(*) FROM campaign_run_recipients WHERE run_id = $1
+                           AND state = 'pending' AND seq >= $2 AND seq <= $3""",
+                        run_id,
+                        first,
+                        run["next_seq"],
+                    )
                 gone = await conn.fetchval(
                     """UPDATE campaign_runs SET inserted_count = inserted_count - $2,
-                           next_seq = least(next_seq, coalesce($3 - 1, next_seq)),
+                           verify_until = CASE WHEN $3::int IS NULL THEN verify_until
+                                               ELSE greatest(verify_until, next_seq) END,
+                           next_seq = CASE WHEN $3::int IS NULL THEN next_seq
+                                           ELSE least(next_seq, $3::int - 1) END,
                            status = $4, status_reason = $5, updated_at = now(),
                            completed_at = CASE WHEN $4 = 'cancelled' THEN now()
                                                ELSE completed_at END
                        WHERE id = $1 RETURNING inserted_count""",
                     run_id,
-                    changed,
+                    rewound,
                     first,
                     target.value,
                     reason,
                 )
+                changed = len(pulled)
             if run["line_group"] and run["status"] in HOLDS_GROUP:
                 assert self.leases is not None
                 await self.leases.release(run["line_group"], str(run_id))
@@ -839,7 +883,8 @@ class Dispatcher:
                            status_code = u.code, mob_company = u.company, delivered_at = u.at
                        FROM unnest($2::text[], $3::int[], $4::text[], $5::timestamptz[])
                            AS u(phone, code, company, at)
-                       WHERE r.run_id = $1 AND r.phone_norm = u.phone AND r.state = 'inserted'
+                       WHERE r.run_id = $1 AND coalesce(r.phone_norm, r.phone) = u.phone
+                       AND r.state = 'pending'
                        RETURNING r.status_code""",
                     run["id"],
                     [r.dest_no for r in results],

@@ -187,6 +187,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "implicit insert state: checkpoint by sequence, verify windows after pull-backs",
+        """
+        ALTER TABLE campaign_runs
+            ADD COLUMN IF NOT EXISTS verify_until integer NOT NULL DEFAULT 0;
+        -- A recipient's number as the agent tables know it: normalised only when it differs.
+        CREATE INDEX IF NOT EXISTS campaign_run_recipients_number
+            ON campaign_run_recipients (run_id, (coalesce(phone_norm, phone)));
+        """,
+    ),
+    Migration(
+        5,
+        "guard pass streamed ahead of the handoff",
+        """
+        ALTER TABLE campaign_runs
+            ADD COLUMN IF NOT EXISTS prepared_upto integer NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 

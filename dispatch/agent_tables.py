@@ -198,6 +198,7 @@ class Backlog:
     due: int  # waiting rows whose sendreq_time has come
     oldest_due_s: int | None  # age of the oldest due waiting row
     in_flight: int  # rsv1 2-4: picked up, result not yet moved to the log table
+    first_due: int | None = None  # seqno of the oldest due waiting row
 
 
 async def read_backlogs(conn: aiomysql.Connection, tables: dict[int, str]) -> dict[int, Backlog]:
@@ -210,7 +211,8 @@ async def read_backlogs(conn: aiomysql.Connection, tables: dict[int, str]) -> di
         " COALESCE(SUM(rsv1 = '1' AND sendreq_time <= NOW()), 0),"
         " TIMESTAMPDIFF(SECOND, MIN(CASE WHEN rsv1 = '1' AND sendreq_time <= NOW()"
         " THEN sendreq_time END), NOW()),"
-        " COALESCE(SUM(rsv1 IN ('2', '3', '4')), 0)"
+        " COALESCE(SUM(rsv1 IN ('2', '3', '4')), 0),"
+        " MIN(CASE WHEN rsv1 = '1' AND sendreq_time <= NOW() THEN seqno END)"
         f" FROM `{checked_table(table)}`"
         for number, table in tables.items()
     ]
@@ -219,7 +221,11 @@ async def read_backlogs(conn: aiomysql.Connection, tables: dict[int, str]) -> di
         rows = await cur.fetchall()
     return {
         int(agent): Backlog(
-            int(waiting), int(due), None if oldest is None else int(oldest), int(flight)
+            int(waiting),
+            int(due),
+            None if oldest is None else int(oldest),
+            int(flight),
+            None if first is None else int(first),
         )
-        for agent, waiting, due, oldest, flight in rows
+        for agent, waiting, due, oldest, flight, first in rows
     }

@@ -49,6 +49,10 @@ class RunRejected(ValueError):
 def byte_length(text: str) -> int:
     """Length as the carriers count it: EUC-KR/CP949, 2 bytes per Hangul syllable.
     A character CP949 cannot encode counts as 2 bytes (it will be sent as such)."""
+    try:
+        return len(text.encode("cp949"))
+    except UnicodeEncodeError:
+        pass
     total = 0
     for ch in text:
         try:

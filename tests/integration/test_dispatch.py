@@ -360,3 +360,33 @@ def test_hung_agent_rows_move_to_the_others(node: SimulatedNode) -> None:
     again = send(node, "H", numbers("96", 3000))
     info = finished(node, again, 120)
     assert any(t.startswith(f"SMSQ_SEND_{first}") for t in agent_rows(again))
+
+
+@pytest.mark.outage
+def test_database_and_redis_restarts_mid_run_still_exactly_once(node: SimulatedNode) -> None:
+    from tests import services
+
+    text = node.config_path.read_text()
+    node.stop_daemon()
+    text = text.replace("rate_per_s = 1000", "rate_per_s = 150")
+    text = text.replace("backlog_bound = 10000", "backlog_bound = 500")
+    text = text.replace("batch_size = 2000", "batch_size = 250")
+    node.config_path.write_text(text)
+    node.stop_sim()
+    node.start_sim()
+    node.start_daemon()
+    run_id = send(node, "R", numbers("97", 12_000))
+    for service in ("mariadb", "postgres", "redis"):
+        wait_for(
+            lambda: show(node, run_id)["status"] in ("sending", "draining"),
+            60,
+            "the run to be sending",
+        )
+        time.sleep(1.0)
+        services.stop(service)
+        time.sleep(2.0)
+        services.start(service)
+    info = finished(node, run_id, 300)
+    rows = agent_rows(run_id)
+    assert rows["total"] == rows["distinct"] == info["inserted"] == 12_000
+    assert info["success"] + info["fail"] == 12_000
