@@ -124,7 +124,10 @@ class Dispatcher:
 
     # ---- component ----------------------------------------------------------------------
     async def run(self, health: Health) -> None:
-        await asyncio.wait_for(self.postgres.ready.wait(), None)
+        try:
+            await asyncio.wait_for(self.postgres.ready.wait(), 10)
+        except TimeoutError as exc:
+            raise DependencyDown("postgres unreachable") from exc
         pool = self.postgres.require()
         client = self.redis.require()
         dispatch = self.runtime.config.dispatch
@@ -988,6 +991,15 @@ class Dispatcher:
             )
 
     # ---- status -------------------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Re-read the runs for the status view (one query); keep the last view on failure."""
+        with contextlib.suppress(*ERRORS, DependencyDown):
+            rows = await asyncio.wait_for(self._runs(), 2.0)
+            holding = {
+                r["line_group"]: r for r in rows if r["status"] in HOLDS_GROUP and r["line_group"]
+            }
+            self._snapshot(rows, holding)
+
     def _snapshot(self, rows: list[asyncpg.Record], holding: dict[str, asyncpg.Record]) -> None:
         self.holders = {
             group: {

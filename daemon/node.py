@@ -253,6 +253,7 @@ class Node:
             return Response.error(404, f"no agent {parts[2]}")
 
     async def handle_status(self, request: Request) -> Response:
+        await self.dispatcher.refresh()
         return Response.json(self.snapshot())
 
     async def handle_metrics(self, request: Request) -> Response:

@@ -44,16 +44,40 @@ def send_to_test_phones(node: SimulatedNode) -> str:
                 cur.execute(
                     "INSERT INTO SMSQ_SEND_10 (dest_no, call_back, msg_contents, msg_type,"
                     " sendreq_time, app_etc1) VALUES (%s, %s, %s, 'S', NOW(), %s)",
-                    (modem["phone"], "15886000", f"한줄로 데모 메시지 ({modem['carrier']})", tag),
+                    (
+                        modem["phone"],
+                        "15886000",
+                        f"한줄로 데모 메시지 ({modem['carrier']}) {tag}",
+                        tag,
+                    ),
                 )
     finally:
         conn.close()
     return tag
 
 
-def _inbox(node: SimulatedNode, carrier: str) -> list[dict[str, object]]:
-    messages: list[dict[str, object]] = json.loads(node.sim_ctl("inbox", carrier, "--json").stdout)
-    return messages
+def _receipt(node: SimulatedNode, carrier: str, tag: str) -> dict[str, object] | None:
+    """The daemon's durable receipt of the demo text on `carrier`'s phone, if any yet."""
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> dict[str, object] | None:
+        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="test")
+        try:
+            row = await conn.fetchrow(
+                """SELECT sender, text, received_at, via FROM modem_receipts
+                   WHERE node_id = $1 AND carrier = $2 AND text LIKE $3
+                   ORDER BY id DESC LIMIT 1""",
+                node.status_config()["node"]["id"],
+                carrier,
+                f"%{tag}%",
+            )
+            return dict(row) if row else None
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
 
 
 def main() -> int:
@@ -74,15 +98,39 @@ def main() -> int:
             lambda s: all(v == "running" for v in s.values()), 30, "every component running"
         )
         say("sending one text to each test phone through the test agent (SMSQ_SEND_10)")
-        send_to_test_phones(node)
+        tag = send_to_test_phones(node)
         started = time.monotonic()
         for carrier in ("SKT", "KT", "LGU"):
-            inbox = wait_for(partial(_inbox, node, carrier), 30, f"the {carrier} handset")
-            last = inbox[-1]
-            say(
-                f"{carrier} handset received after {time.monotonic() - started:.1f}s: "
-                f"{last['text']!r} from {last['sender']}"
+            receipt = wait_for(
+                partial(_receipt, node, carrier, tag), 40, f"the {carrier} phone's receipt"
             )
+            say(
+                f"{carrier} phone: {receipt['text']!r} from {receipt['sender']}, recorded by "
+                f"the daemon via {receipt['via']} ({time.monotonic() - started:.1f}s after "
+                "sending)"
+            )
+        say("sending a sample campaign: 1,000 recipients (2 invalid, 1 duplicate) for acme")
+        csv = node.dir / "sample-campaign.csv"
+        rows = [f"0107{i:07d},[한줄로] 고객님 {i}번 주문이 발송되었습니다" for i in range(997)]
+        rows += ["0212345678,landline", "12345,garbage", "01070000001,duplicate"]
+        csv.write_text("phone,text\n" + "\n".join(rows) + "\n", encoding="utf-8")
+        sent = node.ctl(
+            "send",
+            "--company",
+            "acme",
+            "--callback",
+            "0212345678",
+            "--csv",
+            str(csv),
+            "--wait",
+            "--json",
+            timeout=300,
+        )
+        run = json.loads(sent.stdout)
+        say(
+            f"campaign {run['run_id'][:8]} on {run['line_group']}: {run['status']}, "
+            f"{run['success']} delivered, {run['fail']} failed, skipped {run['skipped']}"
+        )
         print(node.ctl("status").stdout)
         if args.keep:
             say(f"left running: hanjulloctl status --config {node.config_path}")
