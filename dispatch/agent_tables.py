@@ -137,37 +137,29 @@ def months_ahead(today: date, count: int = 3) -> list[date]:
     return [add_months(today, i) for i in range(count)]
 
 
+def _session(section: MySQLSection) -> dict[str, Any]:
+    """Connection arguments shared by single connections and pools: KST, autocommit."""
+    return {
+        "host": section.host,
+        "port": section.port,
+        "user": section.user,
+        "password": section.password.get_secret_value(),
+        "db": section.database,
+        "charset": "utf8mb4",
+        "autocommit": True,
+        "connect_timeout": section.connect_timeout_s,
+        "init_command": KST_SESSION,
+    }
+
+
 async def connect(section: MySQLSection, **extra: Any) -> aiomysql.Connection:
     """One MySQL connection in KST with autocommit on."""
-    return await aiomysql.connect(
-        host=section.host,
-        port=section.port,
-        user=section.user,
-        password=section.password.get_secret_value(),
-        db=section.database,
-        charset="utf8mb4",
-        autocommit=True,
-        connect_timeout=section.connect_timeout_s,
-        init_command=KST_SESSION,
-        **extra,
-    )
+    return await aiomysql.connect(**_session(section), **extra)
 
 
 async def create_pool(section: MySQLSection, maxsize: int = 4, **extra: Any) -> aiomysql.Pool:
     return await aiomysql.create_pool(
-        host=section.host,
-        port=section.port,
-        user=section.user,
-        password=section.password.get_secret_value(),
-        db=section.database,
-        charset="utf8mb4",
-        autocommit=True,
-        connect_timeout=section.connect_timeout_s,
-        init_command=KST_SESSION,
-        minsize=0,
-        maxsize=maxsize,
-        pool_recycle=300,
-        **extra,
+        **_session(section), minsize=0, maxsize=maxsize, pool_recycle=300, **extra
     )
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import serial_asyncio_fast
 import structlog
@@ -23,7 +22,6 @@ from drivers.at import ATError, ATProtocol, PortClosed, Reply
 from drivers.base import (
     Identity,
     ModemHealth,
-    Received,
     Registration,
     SimState,
     TestPhoneDriver,
@@ -79,17 +77,13 @@ class ATPhone(TestPhoneDriver):
         partial_timeout_s: float = 120.0,
         opener: Opener = open_serial,
     ) -> None:
+        super().__init__(partial_timeout_s)
         self.device = device
         self.command_timeout_s = command_timeout_s
         self.opener = opener
-        self.reassembler = pdu.Reassembler(partial_timeout_s)
         self._transport: asyncio.Transport | None = None
         self._protocol: ATProtocol | None = None
         self._indices: asyncio.Queue[int] = asyncio.Queue()
-        self._out: asyncio.Queue[Received] = asyncio.Queue()
-        # Index -> hex of every part read and not yet deleted (avoids reading it twice).
-        self._known: dict[int, str] = {}
-        self._part_home: dict[int, tuple[int, str, str]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     @property
@@ -130,8 +124,7 @@ class ATPhone(TestPhoneDriver):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(protocol.lost.wait(), self.command_timeout_s)
         self._protocol = None
-        self._known.clear()
-        self._part_home.clear()
+        self.stored.clear()
 
     async def command(self, command: str, expect: tuple[str, ...] = ()) -> Reply:
         return await self.protocol.engine.command(command, self.command_timeout_s, expect)
@@ -183,9 +176,9 @@ class ATPhone(TestPhoneDriver):
             try:
                 index = await asyncio.wait_for(self._indices.get(), EXPIRE_CHECK_S)
             except TimeoutError:
-                self._expire()
+                self.stored.expire()
                 continue
-            if index in self._known:
+            if self.stored.knows(index):
                 continue
             try:
                 reply = await self.command(f"AT+CMGR={index}", ("+CMGR:",))
@@ -202,11 +195,11 @@ class ATPhone(TestPhoneDriver):
         found = 0
         for header, hex_pdu in _pdu_lines(reply, "+CMGL:"):
             index = int(header.split(",")[0])
-            if self._known.get(index) == hex_pdu:
+            if self.stored.knows(index, hex_pdu):
                 continue
             self._take(index, hex_pdu, "sweep")
             found += 1
-        self._expire()
+        self.stored.expire()
         return found
 
     def _take(self, index: int, hex_pdu: str, via: str) -> None:
@@ -214,38 +207,18 @@ class ATPhone(TestPhoneDriver):
             part = pdu.decode(hex_pdu)
         except PduError as exc:
             log.warning("undecodable PDU left on the modem", index=index, error=str(exc))
-            self._known[index] = hex_pdu
+            self.stored.add(index, hex_pdu, None, via)
             return
-        self._known[index] = hex_pdu
         if not isinstance(part, pdu.Deliver):
             log.info("status report received", index=index)
+            self.stored.add(index, hex_pdu, None, via)
             return
-        self._part_home[id(part)] = (index, hex_pdu, via)
-        for message in self.reassembler.add(part, time.monotonic()):
-            self._emit(message)
-
-    def _expire(self) -> None:
-        for message in self.reassembler.expire(time.monotonic()):
-            self._emit(message)
-
-    def _emit(self, message: pdu.Message) -> None:
-        homes = [self._part_home.pop(id(p)) for p in message.parts]
-        via = "cmti" if all(h[2] == "cmti" for h in homes) else "sweep"
-        self._out.put_nowait(
-            Received(message, tuple(h[0] for h in homes), tuple(h[1] for h in homes), via)
-        )
-
-    async def received(self) -> AsyncIterator[Received]:
-        while True:
-            yield await self._out.get()
-
-    async def next_received(self) -> Received:
-        return await self._out.get()
+        self.stored.add(index, hex_pdu, part, via)
 
     async def delete(self, indices: tuple[int, ...]) -> None:
         for index in indices:
             await self.command(f"AT+CMGD={index}")
-            self._known.pop(index, None)
+            self.stored.forget(index)
 
 
 def _pdu_lines(reply: Reply, prefix: str) -> list[tuple[str, str]]:

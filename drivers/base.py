@@ -10,10 +10,13 @@ caller records a receipt durably first, then deletes it.
 from __future__ import annotations
 
 import abc
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+from drivers import pdu
 from drivers.pdu import Message
 
 
@@ -84,10 +87,70 @@ class Received:
     via: str  # "cmti" (notified) or "sweep" (found by listing the storage)
 
 
+class StoredMessages:
+    """What a driver has read from the modem's storage and not yet deleted.
+
+    Parts are joined by the codec's reassembler in any order; each complete (or
+    expired, partial) message comes out of :meth:`next` with the storage indices of
+    its parts. Both drivers use this one bookkeeping.
+    """
+
+    def __init__(self, partial_timeout_s: float) -> None:
+        self.reassembler = pdu.Reassembler(partial_timeout_s)
+        self._known: dict[int, str] = {}
+        self._homes: dict[int, tuple[int, str, str]] = {}
+        self._out: asyncio.Queue[Received] = asyncio.Queue()
+
+    def knows(self, index: int, raw: str | None = None) -> bool:
+        """True when `index` was read (and, given `raw`, still holds that PDU)."""
+        return index in self._known and (raw is None or self._known[index] == raw)
+
+    def add(self, index: int, raw: str, part: pdu.Deliver | None, via: str) -> None:
+        """Record a stored PDU; `part` is None for one that is kept but not surfaced."""
+        self._known[index] = raw
+        if part is None:
+            return
+        self._homes[id(part)] = (index, raw, via)
+        for message in self.reassembler.add(part, time.monotonic()):
+            self._emit(message)
+
+    def expire(self) -> None:
+        for message in self.reassembler.expire(time.monotonic()):
+            self._emit(message)
+
+    def _emit(self, message: pdu.Message) -> None:
+        homes = [self._homes.pop(id(p)) for p in message.parts]
+        via = "cmti" if all(h[2] == "cmti" for h in homes) else "sweep"
+        self._out.put_nowait(
+            Received(message, tuple(h[0] for h in homes), tuple(h[1] for h in homes), via)
+        )
+
+    def forget(self, index: int) -> None:
+        self._known.pop(index, None)
+
+    def clear(self) -> None:
+        self._known.clear()
+        self._homes.clear()
+
+    async def next(self) -> Received:
+        return await self._out.get()
+
+
 class TestPhoneDriver(abc.ABC):
     """One modem with one test SIM."""
 
     __test__ = False  # not a pytest class, whatever its name
+
+    def __init__(self, partial_timeout_s: float) -> None:
+        self.stored = StoredMessages(partial_timeout_s)
+
+    async def received(self) -> AsyncIterator[Received]:
+        """Messages as they arrive: notified ones at once, the rest at the next sweep."""
+        while True:
+            yield await self.stored.next()
+
+    async def next_received(self) -> Received:
+        return await self.stored.next()
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -101,10 +164,6 @@ class TestPhoneDriver(abc.ABC):
 
     @abc.abstractmethod
     async def health(self) -> ModemHealth: ...
-
-    @abc.abstractmethod
-    def received(self) -> AsyncIterator[Received]:
-        """Messages as they arrive: notified ones at once, the rest at the next sweep."""
 
     @abc.abstractmethod
     async def sweep(self) -> int:

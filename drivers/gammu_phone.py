@@ -16,8 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +29,6 @@ from drivers.at import CommandTimeout, PortClosed
 from drivers.base import (
     Identity,
     ModemHealth,
-    Received,
     Registration,
     SimState,
     TestPhoneDriver,
@@ -101,16 +99,13 @@ class GammuPhone(TestPhoneDriver):
         partial_timeout_s: float = 120.0,
         connect_timeout_s: float = 30.0,
     ) -> None:
+        super().__init__(partial_timeout_s)
         self.device = device
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self.reassembler = pdu.Reassembler(partial_timeout_s)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._sm: Any = None
-        self._out: asyncio.Queue[Received] = asyncio.Queue()
         self._locations: asyncio.Queue[int] = asyncio.Queue()
-        self._known: dict[int, str] = {}
-        self._part_home: dict[int, tuple[int, str, str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._lost = False
         self.consecutive_timeouts = 0
@@ -188,8 +183,7 @@ class GammuPhone(TestPhoneDriver):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(terminate, self.command_timeout_s * 2)
             executor.shutdown(wait=False, cancel_futures=True)
-        self._known.clear()
-        self._part_home.clear()
+        self.stored.clear()
 
     async def _pump(self) -> None:
         while True:
@@ -256,9 +250,9 @@ class GammuPhone(TestPhoneDriver):
             try:
                 location = await asyncio.wait_for(self._locations.get(), 1.0)
             except TimeoutError:
-                self._expire()
+                self.stored.expire()
                 continue
-            if location in self._known:
+            if self.stored.knows(location):
                 continue
             try:
                 messages = await self._call(self._sm.GetSMS, 0, location)
@@ -291,10 +285,10 @@ class GammuPhone(TestPhoneDriver):
             start = False
             for sms in batch:
                 location = int(sms["Location"])
-                if location not in self._known:
+                if not self.stored.knows(location):
                     self._take(location, sms, "sweep")
                     found += 1
-        self._expire()
+        self.stored.expire()
         return found
 
     def _take(self, location: int, sms: dict[str, Any], via: str) -> None:
@@ -303,35 +297,14 @@ class GammuPhone(TestPhoneDriver):
             hex_pdu = raw.hex().upper() if isinstance(raw, bytes) else str(raw)
         except (gammu.GSMError, TypeError, ValueError):
             hex_pdu = ""
-        self._known[location] = hex_pdu
         try:
-            part = part_from_gammu(sms)
+            part: pdu.Deliver | None = part_from_gammu(sms)
         except (PduError, KeyError, TypeError, IndexError) as exc:
             log.warning("gammu message not understood", location=location, error=str(exc))
-            return
-        self._part_home[id(part)] = (location, hex_pdu, via)
-        for message in self.reassembler.add(part, time.monotonic()):
-            self._emit(message)
-
-    def _expire(self) -> None:
-        for message in self.reassembler.expire(time.monotonic()):
-            self._emit(message)
-
-    def _emit(self, message: pdu.Message) -> None:
-        homes = [self._part_home.pop(id(p)) for p in message.parts]
-        via = "cmti" if all(h[2] == "cmti" for h in homes) else "sweep"
-        self._out.put_nowait(
-            Received(message, tuple(h[0] for h in homes), tuple(h[1] for h in homes), via)
-        )
-
-    async def received(self) -> AsyncIterator[Received]:
-        while True:
-            yield await self._out.get()
-
-    async def next_received(self) -> Received:
-        return await self._out.get()
+            part = None
+        self.stored.add(location, hex_pdu, part, via)
 
     async def delete(self, indices: tuple[int, ...]) -> None:
         for location in indices:
             await self._call(self._sm.DeleteSMS, 0, location)
-            self._known.pop(location, None)
+            self.stored.forget(location)

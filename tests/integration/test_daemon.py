@@ -40,6 +40,7 @@ def test_ready_quickly_and_status_lists_the_node(sim_node: SimulatedNode) -> Non
         "redis",
         "agent-monitor",
         "scheduler",
+        "dispatcher",
         "modem:SKT",
         "modem:KT",
         "modem:LGU",
@@ -148,7 +149,7 @@ def test_with_the_simulator_every_component_runs(sim_node: SimulatedNode) -> Non
     states = sim_node.wait_components(
         lambda s: all(v == "running" for v in s.values()), 20, "every component running"
     )
-    assert len(states) == 8
+    assert len(states) == 9  # 5 services, the dispatcher and 3 modem managers
     status = wait_for(
         lambda: (s := sim_node.status()) and all(a["state"] == "ok" for a in s["agents"]) and s,
         10,
