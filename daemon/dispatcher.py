@@ -53,6 +53,8 @@ PREPARE_PAGE = 5000
 # strictly in result order).
 RESULT_SLACK = timedelta(seconds=10)
 ERRORS = (*MYSQL_ERRORS, *PG_ERRORS, *REDIS_ERRORS)
+# Results per UPDATE; a burst is applied in parallel chunks on separate connections.
+SYNC_CHUNK = 25_000
 
 
 @dataclass(slots=True)
@@ -875,43 +877,26 @@ class Dispatcher:
                 mconn,
                 [lt for t in group_tables for lt in handoff.log_tables_since(t, started, today)],
             )
-            results, in_flight = await handoff.read_results(
-                mconn, group_tables, logs, str(run["id"]), state.watermarks
-            )
-        changed: list[asyncpg.Record] = []
-        if results:
-            async with self._pg().acquire() as conn, conn.transaction():
-                changed = await conn.fetch(
-                    """UPDATE campaign_run_recipients r SET state = 'final',
-                           status_code = u.code, mob_company = u.company, delivered_at = u.at
-                       FROM unnest($2::text[], $3::int[], $4::text[], $5::timestamptz[])
-                           AS u(phone, code, company, at)
-                       WHERE r.run_id = $1 AND coalesce(r.phone_norm, r.phone) = u.phone
-                       AND r.state = 'pending'
-                       RETURNING r.status_code""",
-                    run["id"],
-                    [r.dest_no for r in results],
-                    [r.status_code for r in results],
-                    [r.mob_company for r in results],
-                    [r.result_at for r in results],
+
+        async def read(live: list[str], log_tables: list[str]) -> tuple[list[handoff.Result], int]:
+            async with self._mysql().acquire() as mconn:
+                return await handoff.read_results(
+                    mconn, live, log_tables, str(run["id"]), state.watermarks or {}
                 )
-                codes = [c["status_code"] for c in changed]
-                success = sum(1 for c in codes if c in SUCCESS_CODES)
-                await conn.execute(
-                    """UPDATE campaign_runs SET success_count = success_count + $2,
-                           fail_count = fail_count + $3, spam_count = spam_count + $4,
-                           systemic_count = systemic_count + $5, updated_at = now()
-                       WHERE id = $1""",
-                    run["id"],
-                    success,
-                    len(codes) - success,
-                    sum(1 for c in codes if c in SPAM_CODES),
-                    sum(1 for c in codes if c in SYSTEMIC_CODES),
-                )
-            for table in logs:
-                times = [r.result_at for r in results if r.table == table and r.result_at]
-                if times:
-                    state.watermarks[table] = max(times) - RESULT_SLACK
+
+        # One connection per table: a large burst of results is read in parallel.
+        parts = await asyncio.gather(
+            *(read([t], []) for t in group_tables), *(read([], [lt]) for lt in logs)
+        )
+        results = [r for found, _ in parts for r in found]
+        in_flight = sum(flight for _, flight in parts)
+        chunks = [results[i : i + SYNC_CHUNK] for i in range(0, len(results), SYNC_CHUNK)]
+        applied = await asyncio.gather(*(self._apply_results(run["id"], c) for c in chunks))
+        changed = sum(applied)
+        for table in logs:
+            times = [r.result_at for r in results if r.table == table and r.result_at]
+            if times:
+                state.watermarks[table] = max(times) - RESULT_SLACK
         async with self._pg().acquire() as conn:
             fresh = await conn.fetchrow(
                 """UPDATE campaign_runs SET sent_count = success_count + fail_count + $2
@@ -937,7 +922,39 @@ class Dispatcher:
                 success=fresh["success_count"],
                 fail=fresh["fail_count"],
             )
-        return len(changed)
+        return changed
+
+    async def _apply_results(self, run_id: uuid.UUID, results: list[handoff.Result]) -> int:
+        """Record one chunk of results and bump the run's counters, in one transaction."""
+        async with self._pg().acquire() as conn, conn.transaction():
+            changed = await conn.fetch(
+                """UPDATE campaign_run_recipients r SET state = 'final',
+                       status_code = u.code, mob_company = u.company, delivered_at = u.at
+                   FROM unnest($2::text[], $3::int[], $4::text[], $5::timestamptz[])
+                       AS u(phone, code, company, at)
+                   WHERE r.run_id = $1 AND coalesce(r.phone_norm, r.phone) = u.phone
+                   AND r.state = 'pending'
+                   RETURNING r.status_code""",
+                run_id,
+                [r.dest_no for r in results],
+                [r.status_code for r in results],
+                [r.mob_company for r in results],
+                [r.result_at for r in results],
+            )
+            codes = [c["status_code"] for c in changed]
+            success = sum(1 for c in codes if c in SUCCESS_CODES)
+            await conn.execute(
+                """UPDATE campaign_runs SET success_count = success_count + $2,
+                       fail_count = fail_count + $3, spam_count = spam_count + $4,
+                       systemic_count = systemic_count + $5, updated_at = now()
+                   WHERE id = $1""",
+                run_id,
+                success,
+                len(codes) - success,
+                sum(1 for c in codes if c in SPAM_CODES),
+                sum(1 for c in codes if c in SYSTEMIC_CODES),
+            )
+        return len(codes)
 
     async def _breaker(self, run: asyncpg.Record) -> None:
         dispatch = self.runtime.config.dispatch
