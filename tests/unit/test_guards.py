@@ -1,0 +1,78 @@
+"""Korean sending rules, as pure functions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from config.clock import KST
+from dispatch.guards import (
+    MessageType,
+    RunRejected,
+    SkipReason,
+    byte_length,
+    check_ad_run,
+    check_recipient,
+    in_ad_window,
+    next_ad_window_start,
+)
+
+
+def test_byte_length_counts_hangul_as_two() -> None:
+    assert byte_length("abc") == 3
+    assert byte_length("한줄로") == 6
+    assert byte_length("😀") == 2  # not in CP949: counted as two bytes, never dropped
+
+
+@pytest.mark.parametrize(
+    ("phone", "text", "kind", "attachments", "opted", "reason"),
+    [
+        ("0212345678", "hi", MessageType.SMS, None, False, SkipReason.INVALID_NUMBER),
+        ("010-1234-5678", "hi", MessageType.SMS, None, True, SkipReason.OPTED_OUT),
+        ("01012345678", "가" * 46, MessageType.SMS, None, False, SkipReason.TOO_LONG),
+        ("01012345678", "가" * 45, MessageType.SMS, None, False, None),
+        ("01012345678", "가" * 1001, MessageType.LMS, None, False, SkipReason.TOO_LONG),
+        ("01012345678", "사진", MessageType.MMS, ["a.png"], False, SkipReason.MMS_WITHOUT_IMAGE),
+        ("01012345678", "사진", MessageType.MMS, ["a.JPG"], False, None),
+    ],
+)
+def test_recipient_guards(
+    phone: str,
+    text: str,
+    kind: MessageType,
+    attachments: list[str] | None,
+    opted: bool,
+    reason: SkipReason | None,
+) -> None:
+    verdict = check_recipient(phone, text, None, attachments, kind, opted)
+    assert verdict.skip == reason
+
+
+def test_normalised_number_is_kept() -> None:
+    assert (
+        check_recipient("+82 10-1234-5678", "hi", None, None, MessageType.SMS, False).phone_norm
+        == "01012345678"
+    )
+
+
+def test_ad_form_rules() -> None:
+    check_ad_run(True, "(광고) 세일 무료거부 080-123-4567")
+    check_ad_run(False, "세일")
+    with pytest.raises(RunRejected, match="광고"):
+        check_ad_run(True, "세일 무료거부 0801234567")
+    with pytest.raises(RunRejected, match="080"):
+        check_ad_run(True, "(광고) 세일")
+
+
+def test_ad_window() -> None:
+    assert in_ad_window(datetime(2026, 11, 27, 8, 0, tzinfo=KST))
+    assert in_ad_window(datetime(2026, 11, 27, 20, 59, tzinfo=KST))
+    assert not in_ad_window(datetime(2026, 11, 27, 21, 0, tzinfo=KST))
+    assert not in_ad_window(datetime(2026, 11, 27, 7, 59, tzinfo=KST))
+    assert next_ad_window_start(datetime(2026, 11, 27, 22, 0, tzinfo=KST)) == datetime(
+        2026, 11, 28, 8, 0, tzinfo=KST
+    )
+    assert next_ad_window_start(datetime(2026, 11, 27, 3, 0, tzinfo=KST)) == datetime(
+        2026, 11, 27, 8, 0, tzinfo=KST
+    )
