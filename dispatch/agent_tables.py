@@ -9,6 +9,8 @@ UTC, production's in KST, and ``sendreq_time`` is always the DB's own KST now.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date
 from enum import IntEnum, StrEnum
@@ -161,6 +163,20 @@ async def create_pool(section: MySQLSection, maxsize: int = 4, **extra: Any) -> 
     return await aiomysql.create_pool(
         **_session(section), minsize=0, maxsize=maxsize, pool_recycle=300, **extra
     )
+
+
+@contextlib.asynccontextmanager
+async def transaction(conn: aiomysql.Connection) -> AsyncIterator[aiomysql.Cursor]:
+    """BEGIN … COMMIT on an autocommit connection; ROLLBACK on any exception."""
+    await conn.begin()
+    try:
+        async with conn.cursor() as cur:
+            yield cur
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await conn.rollback()
+        raise
+    await conn.commit()
 
 
 async def ensure_tables(conn: aiomysql.Connection, tables: list[str], today: date) -> list[str]:

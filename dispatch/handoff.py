@@ -19,6 +19,7 @@ from typing import Any
 import aiomysql
 
 from config.names import add_months, checked_table, log_table
+from dispatch.agent_tables import transaction
 
 # Rows per multi-row INSERT: large enough to amortise the round trip, small enough
 # to stay below the default max_allowed_packet (16 MB) even with 2000-byte LMS texts.
@@ -202,22 +203,16 @@ async def pull_back(conn: aiomysql.Connection, tables: Sequence[str], run_id: st
     numbers: list[str] = []
     for name in tables:
         table = checked_table(name)
-        async with conn.cursor() as cur:
-            await conn.begin()
-            try:
-                await cur.execute(
-                    f"SELECT seqno, dest_no FROM `{table}` WHERE app_etc1 = %s AND rsv1 = '1'"
-                    " FOR UPDATE",
-                    (run_id,),
-                )
-                rows = await cur.fetchall()
-                for start in range(0, len(rows), LOOKUP_CHUNK):
-                    ids = ",".join(str(int(r[0])) for r in rows[start : start + LOOKUP_CHUNK])
-                    await cur.execute(f"DELETE FROM `{table}` WHERE seqno IN ({ids})")
-                await conn.commit()
-            except BaseException:
-                await conn.rollback()
-                raise
+        async with transaction(conn) as cur:
+            await cur.execute(
+                f"SELECT seqno, dest_no FROM `{table}` WHERE app_etc1 = %s AND rsv1 = '1'"
+                " FOR UPDATE",
+                (run_id,),
+            )
+            rows = await cur.fetchall()
+            for start in range(0, len(rows), LOOKUP_CHUNK):
+                ids = ",".join(str(int(r[0])) for r in rows[start : start + LOOKUP_CHUNK])
+                await cur.execute(f"DELETE FROM `{table}` WHERE seqno IN ({ids})")
         numbers += [r[1] for r in rows]
     return numbers
 
@@ -233,29 +228,23 @@ async def move_waiting(
         " status_code, rsv1, file_name1, file_name2, file_name3, file_name4, file_name5,"
         " bill_id, app_etc1, app_etc2, sender_code"
     )
-    async with conn.cursor() as cur:
-        await conn.begin()
-        try:
-            await cur.execute(
-                f"SELECT seqno FROM `{source}` WHERE rsv1 = '1' ORDER BY seqno LIMIT %s FOR UPDATE",
-                (limit,),
-            )
-            ids = [int(r[0]) for r in await cur.fetchall()]
-            for index, target in enumerate(targets):
-                share = ids[index :: len(targets)]
-                for start in range(0, len(share), LOOKUP_CHUNK):
-                    chunk = ",".join(map(str, share[start : start + LOOKUP_CHUNK]))
-                    await cur.execute(
-                        f"INSERT INTO `{checked_table(target)}` ({columns})"
-                        f" SELECT {columns} FROM `{source}` WHERE seqno IN ({chunk})"
-                    )
-            for start in range(0, len(ids), LOOKUP_CHUNK):
-                chunk = ",".join(map(str, ids[start : start + LOOKUP_CHUNK]))
-                await cur.execute(f"DELETE FROM `{source}` WHERE seqno IN ({chunk})")
-            await conn.commit()
-        except BaseException:
-            await conn.rollback()
-            raise
+    async with transaction(conn) as cur:
+        await cur.execute(
+            f"SELECT seqno FROM `{source}` WHERE rsv1 = '1' ORDER BY seqno LIMIT %s FOR UPDATE",
+            (limit,),
+        )
+        ids = [int(r[0]) for r in await cur.fetchall()]
+        for index, target in enumerate(targets):
+            share = ids[index :: len(targets)]
+            for start in range(0, len(share), LOOKUP_CHUNK):
+                chunk = ",".join(map(str, share[start : start + LOOKUP_CHUNK]))
+                await cur.execute(
+                    f"INSERT INTO `{checked_table(target)}` ({columns})"
+                    f" SELECT {columns} FROM `{source}` WHERE seqno IN ({chunk})"
+                )
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            chunk = ",".join(map(str, ids[start : start + LOOKUP_CHUNK]))
+            await cur.execute(f"DELETE FROM `{source}` WHERE seqno IN ({chunk})")
     return len(ids)
 
 

@@ -572,18 +572,7 @@ def _join(parts: list[Deliver], complete: bool, missing: tuple[int, ...] = ()) -
     first = parts[0]
     if first.is_wap_push:
         if not complete:
-            return Message(
-                Kind.MMS_NOTIFICATION,
-                first.sender,
-                "",
-                first.timestamp,
-                first.encoding,
-                first.concat,
-                tuple(parts),
-                False,
-                None,
-                missing,
-            )
+            return _undecoded(parts, missing)
         note = wap.decode_push(b"".join(p.data for p in parts))
         sender = note.sender.split("/TYPE=")[0] if note.sender else first.sender
         return Message(
@@ -677,20 +666,26 @@ class Reassembler:
         return len(self._pending)
 
 
+def _undecoded(parts: list[Deliver], missing: tuple[int, ...]) -> Message:
+    """A message kept although its text cannot be given (parts missing or undecodable)."""
+    first = min(parts, key=lambda p: p.concat.seq if p.concat else 0)
+    kind = Kind.MMS_NOTIFICATION if first.is_wap_push else Kind.SMS
+    return Message(
+        kind,
+        first.sender,
+        "",
+        first.timestamp,
+        first.encoding,
+        first.concat,
+        tuple(parts),
+        False,
+        None,
+        missing,
+    )
+
+
 def _safe_join(parts: list[Deliver], complete: bool, missing: tuple[int, ...] = ()) -> Message:
     try:
         return _join(parts, complete, missing)
     except PduError:
-        first = min(parts, key=lambda p: p.concat.seq if p.concat else 0)
-        return Message(
-            Kind.MMS_NOTIFICATION if first.is_wap_push else Kind.SMS,
-            first.sender,
-            "",
-            first.timestamp,
-            first.encoding,
-            first.concat,
-            tuple(parts),
-            False,
-            None,
-            missing,
-        )
+        return _undecoded(parts, missing)

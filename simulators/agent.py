@@ -223,27 +223,20 @@ class SimAgent:
         allowed = self._allowance()
         if allowed < 1:
             return
-        async with conn.cursor() as cur:
-            await conn.begin()
-            try:
+        async with agent_tables.transaction(conn) as cur:
+            await cur.execute(
+                f"SELECT seqno, dest_no, call_back, msg_contents, msg_type, title_str,"
+                f" file_name1, file_name2, file_name3, file_name4, file_name5"
+                f" FROM `{self.table}` WHERE rsv1 = '1' AND sendreq_time <= NOW()"
+                f" ORDER BY seqno LIMIT %s FOR UPDATE SKIP LOCKED",
+                (allowed,),
+            )
+            rows = await cur.fetchall()
+            if rows:
                 await cur.execute(
-                    f"SELECT seqno, dest_no, call_back, msg_contents, msg_type, title_str,"
-                    f" file_name1, file_name2, file_name3, file_name4, file_name5"
-                    f" FROM `{self.table}` WHERE rsv1 = '1' AND sendreq_time <= NOW()"
-                    f" ORDER BY seqno LIMIT %s FOR UPDATE SKIP LOCKED",
-                    (allowed,),
+                    f"UPDATE `{self.table}` SET rsv1 = '2' WHERE seqno IN "
+                    f"({','.join(str(int(r[0])) for r in rows)})"
                 )
-                rows = await cur.fetchall()
-                if rows:
-                    await cur.execute(
-                        f"UPDATE `{self.table}` SET rsv1 = '2' WHERE seqno IN "
-                        f"({','.join(str(int(r[0])) for r in rows)})"
-                    )
-                await conn.commit()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await conn.rollback()
-                raise
         if not rows:
             return
         self._tokens -= len(rows)
@@ -341,22 +334,15 @@ class SimAgent:
         values = _MOVE_COLUMNS.format(rsv1="'5'")
         for start in range(0, len(seqnos), BATCH):
             chunk = ",".join(str(int(s)) for s in seqnos[start : start + BATCH])
-            async with conn.cursor() as cur:
-                await conn.begin()
-                try:
-                    await cur.execute(
-                        f"INSERT INTO `{target}` ({columns}) SELECT {values} FROM `{self.table}`"
-                        f" WHERE seqno IN ({chunk}) AND rsv1 = '4'"
-                    )
-                    await cur.execute(
-                        f"DELETE FROM `{self.table}` WHERE seqno IN ({chunk}) AND rsv1 = '4'"
-                    )
-                    moved = cur.rowcount
-                    await conn.commit()
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        await conn.rollback()
-                    raise
+            async with agent_tables.transaction(conn) as cur:
+                await cur.execute(
+                    f"INSERT INTO `{target}` ({columns}) SELECT {values} FROM `{self.table}`"
+                    f" WHERE seqno IN ({chunk}) AND rsv1 = '4'"
+                )
+                await cur.execute(
+                    f"DELETE FROM `{self.table}` WHERE seqno IN ({chunk}) AND rsv1 = '4'"
+                )
+                moved = cur.rowcount
             self.counters.moved += moved
 
     async def _ensure_tables(self, conn: aiomysql.Connection) -> None:
