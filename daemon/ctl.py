@@ -256,10 +256,15 @@ def cmd_db_init(args: argparse.Namespace) -> int:
 
     config = _config(args)
     today: date = NodeClock(config.clock.file).now_kst().date()
+    import asyncpg
+    import pymysql
+
     try:
         report = asyncio.run(init_storage(config, today))
     except OSError as exc:
         raise CtlError(f"cannot reach a database: {exc}") from exc
+    except (asyncpg.PostgresError, pymysql.err.MySQLError) as exc:
+        raise CtlError(f"storage bootstrap failed: {exc}; fix the cause and run it again") from exc
     if args.json:
         print(
             json.dumps(

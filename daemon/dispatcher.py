@@ -588,10 +588,10 @@ class Dispatcher:
     ) -> int:
         """Insert one batch; 0 when nothing is left, -1 when no agent has room.
 
-        The checkpoint is the run's ``next_seq``: every recipient at or below it that
-        was not skipped is in an agent table. A window that may already be there (after
-        a crash, or below ``verify_until`` after a pull-back) is looked up by number
-        first, and only the missing rows are inserted.
+        The checkpoint is the run's ``next_seq``: every recipient at or below it that is
+        neither skipped nor pulled back is in an agent table. Pulled-back recipients
+        (state ``pulled``) are inserted first. After a crash, the first batch is looked
+        up by number before inserting, and only the missing rows are inserted.
         """
         config = self.runtime.config
         tables = {n: config.agent(n).table for n in healthy}
@@ -600,27 +600,36 @@ class Dispatcher:
         room = {n: max(0, bound - waiting.get(t, 0)) for n, t in tables.items()}
         capacity = min(batch_size, sum(room.values()))
         async with self._pg().acquire() as conn:
-            marks = await conn.fetchrow(
-                "SELECT next_seq, verify_until FROM campaign_runs WHERE id = $1", state.id
-            )
-            assert marks is not None
+            # Rows pulled back (pause, night hold, breaker) go first, then the next ones.
             page = await conn.fetch(
                 """SELECT seq, coalesce(phone_norm, phone) AS number, message_text, subject,
-                          attachments
-                   FROM campaign_run_recipients WHERE run_id = $1 AND state = 'pending'
-                   AND seq > $2 AND ($4 OR seq <= $5) ORDER BY seq LIMIT $3""",
+                          attachments, true AS pulled
+                   FROM campaign_run_recipients WHERE run_id = $1 AND state = 'pulled'
+                   ORDER BY seq LIMIT $2""",
                 state.id,
-                marks["next_seq"],
                 max(capacity, 1),
-                state.prepared,
-                state.prepared_upto,
             )
+            if not page:
+                next_seq = await conn.fetchval(
+                    "SELECT next_seq FROM campaign_runs WHERE id = $1", state.id
+                )
+                page = await conn.fetch(
+                    """SELECT seq, coalesce(phone_norm, phone) AS number, message_text, subject,
+                              attachments, false AS pulled
+                       FROM campaign_run_recipients WHERE run_id = $1 AND state = 'pending'
+                       AND seq > $2 AND ($4 OR seq <= $5) ORDER BY seq LIMIT $3""",
+                    state.id,
+                    next_seq,
+                    max(capacity, 1),
+                    state.prepared,
+                    state.prepared_upto,
+                )
         if not page:
             return 0
         if capacity == 0:
             return -1
         found: set[str] = set()
-        if state.reconcile or page[0]["seq"] <= marks["verify_until"]:
+        if state.reconcile:
             found = await self._already_there(state, run, [r["number"] for r in page])
             if found:
                 log.info(
@@ -659,13 +668,24 @@ class Dispatcher:
 
         # One connection per agent table: the server loads them in parallel.
         await asyncio.gather(*(write(n, rows) for n, rows in plan.items() if rows))
-        async with self._pg().acquire() as conn:
+        async with self._pg().acquire() as conn, conn.transaction():
+            if page[0]["pulled"]:
+                await conn.execute(
+                    """UPDATE campaign_run_recipients SET state = 'pending'
+                       WHERE run_id = $1 AND seq = ANY($2::int[]) AND state = 'pulled'""",
+                    state.id,
+                    [r["seq"] for r in page],
+                )
+            else:
+                await conn.execute(
+                    "UPDATE campaign_runs SET next_seq = greatest(next_seq, $2) WHERE id = $1",
+                    state.id,
+                    page[-1]["seq"],
+                )
             await conn.execute(
-                """UPDATE campaign_runs SET next_seq = greatest(next_seq, $2),
-                       inserted_count = inserted_count + $3, updated_at = now()
-                   WHERE id = $1""",
+                """UPDATE campaign_runs SET inserted_count = inserted_count + $2,
+                       updated_at = now() WHERE id = $1""",
                 state.id,
-                page[-1]["seq"],
                 len(page),
             )
         state.reconcile = False
@@ -694,7 +714,6 @@ class Dispatcher:
             run = await conn.fetchrow("SELECT * FROM campaign_runs WHERE id = $1", run_id)
         if run is None or run["node_id"] != self.node_id:
             raise KeyError(f"no run {run_id} on this node")
-        state = self._state(run)
         if action == "resume":
             if run["status"] not in (RunStatus.PAUSED, RunStatus.HELD):
                 return {"run_id": str(run_id), "status": run["status"], "resumed": False}
@@ -711,13 +730,11 @@ class Dispatcher:
                 "stopped": 0,
                 "already_gone": run["inserted_count"],
             }
-        task = state.task
-        if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        state.task = None
+        # The run lock is held by the handoff for each batch: taking it waits for the batch
+        # in flight to be inserted and checkpointed; the handoff then sees the new status
+        # and stops by itself (cancelling it mid-batch would lose that checkpoint).
         async with self.locks[run_id]:
+            await self._set_status(run_id, target, reason)
             pulled: list[str] = []
             if run["line_group"]:
                 async with self._mysql().acquire() as mconn:
@@ -725,41 +742,28 @@ class Dispatcher:
                         mconn, self.tables(run["line_group"]), str(run_id)
                     )
             async with self._pg().acquire() as conn, conn.transaction():
-                first = await conn.fetchval(
-                    """SELECT min(seq) FROM campaign_run_recipients WHERE run_id = $1
-                       AND state = 'pending' AND coalesce(phone_norm, phone) = ANY($2::text[])""",
+                # Pulled rows are re-inserted first when the run resumes; nothing else is
+                # touched, so what the agents had already taken is never sent again.
+                changed = await conn.fetchval(
+                    """WITH u AS (UPDATE campaign_run_recipients SET state = 'pulled'
+                                  WHERE run_id = $1 AND state = 'pending'
+                                  AND coalesce(phone_norm, phone) = ANY($2::text[])
+                                  RETURNING 1)
+                       SELECT count(*) FROM u""",
                     run_id,
                     pulled,
                 )
-                # Rewind the checkpoint to the first pulled row; everything after it is
-                # verified by number before it is inserted again, so rows the agents had
-                # already taken are never sent twice.
-                rewound = 0
-                if first is not None:
-                    rewound = await conn.fetchval(
-                        """SELECT count(*) FROM campaign_run_recipients WHERE run_id = $1
-                           AND state = 'pending' AND seq >= $2 AND seq <= $3""",
-                        run_id,
-                        first,
-                        run["next_seq"],
-                    )
                 gone = await conn.fetchval(
                     """UPDATE campaign_runs SET inserted_count = inserted_count - $2,
-                           verify_until = CASE WHEN $3::int IS NULL THEN verify_until
-                                               ELSE greatest(verify_until, next_seq) END,
-                           next_seq = CASE WHEN $3::int IS NULL THEN next_seq
-                                           ELSE least(next_seq, $3::int - 1) END,
-                           status = $4, status_reason = $5, updated_at = now(),
-                           completed_at = CASE WHEN $4 = 'cancelled' THEN now()
+                           status = $3, status_reason = $4, updated_at = now(),
+                           completed_at = CASE WHEN $3 = 'cancelled' THEN now()
                                                ELSE completed_at END
                        WHERE id = $1 RETURNING inserted_count""",
                     run_id,
-                    rewound,
-                    first,
+                    changed,
                     target.value,
                     reason,
                 )
-                changed = len(pulled)
             if run["line_group"] and run["status"] in HOLDS_GROUP:
                 assert self.leases is not None
                 await self.leases.release(run["line_group"], str(run_id))

@@ -89,7 +89,7 @@ async def mark_deleted(pool: asyncpg.Pool, receipt_id: int) -> None:
 async def prune(pool: asyncpg.Pool, node_id: str, retention: timedelta) -> int:
     async with pool.acquire() as conn:
         result = await conn.execute(
-            "DELETE FROM modem_receipts WHERE node_id = $1 AND received_at < now() - $2"
+            "DELETE FROM modem_receipts WHERE node_id = $1 AND received_at < now() - $2::interval"
             " AND deleted_from_modem",
             node_id,
             retention,

@@ -206,6 +206,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             ADD COLUMN IF NOT EXISTS prepared_upto integer NOT NULL DEFAULT 0;
         """,
     ),
+    Migration(
+        6,
+        "recipients pulled back from the agent tables",
+        """
+        ALTER TABLE campaign_run_recipients
+            DROP CONSTRAINT IF EXISTS campaign_run_recipients_state_check;
+        -- 'inserted' (schema 3) is what 'pending' at or below the checkpoint means now.
+        UPDATE campaign_run_recipients SET state = 'pending' WHERE state = 'inserted';
+        ALTER TABLE campaign_run_recipients ADD CONSTRAINT campaign_run_recipients_state_check
+            CHECK (state IN ('pending', 'skipped', 'pulled', 'final'));
+        CREATE INDEX IF NOT EXISTS campaign_run_recipients_pulled
+            ON campaign_run_recipients (run_id, seq) WHERE state = 'pulled';
+        """,
+    ),
 )
 
 

@@ -390,3 +390,30 @@ def test_database_and_redis_restarts_mid_run_still_exactly_once(node: SimulatedN
     rows = agent_rows(run_id)
     assert rows["total"] == rows["distinct"] == info["inserted"] == 12_000
     assert info["success"] + info["fail"] == 12_000
+
+
+def test_pause_resume_and_cancel(node: SimulatedNode) -> None:
+    text = node.config_path.read_text()
+    node.stop_daemon()
+    text = text.replace("rate_per_s = 1000", "rate_per_s = 100")
+    node.config_path.write_text(text.replace("backlog_bound = 10000", "backlog_bound = 500"))
+    node.stop_sim()
+    node.start_sim()
+    node.start_daemon()
+    run_id = send(node, "P", numbers("98", 4000))
+    wait_for(lambda: int(show(node, run_id)["inserted"]) > 0, 20, "rows inserted")
+    paused = json.loads(node.ctl("run", "pause", run_id, "--json").stdout)
+    assert paused["status"] == "paused" and paused["stopped"] > 0
+    rows = agent_rows(run_id)
+    # Nothing of the run waits any more; what had gone stays counted as inserted.
+    assert rows.get("total", 0) == paused["already_gone"] == show(node, run_id)["inserted"]
+    resumed = json.loads(node.ctl("run", "resume", run_id, "--json").stdout)
+    assert resumed["resumed"] is True
+    info = finished(node, run_id, 180)
+    rows = agent_rows(run_id)
+    assert rows["total"] == rows["distinct"] == info["inserted"] == 4000
+    other = send(node, "P", numbers("99", 3000))
+    wait_for(lambda: int(show(node, other)["inserted"]) > 0, 20, "rows inserted")
+    cancelled = json.loads(node.ctl("run", "cancel", other, "--json").stdout)
+    assert cancelled["status"] == "cancelled"
+    assert agent_rows(other).get("total", 0) == cancelled["already_gone"]

@@ -247,3 +247,21 @@ async def test_gammu_driver_survives_unplug_and_replug(tmp_path: Path, kt_modem:
             assert len(await managed.rows(text)) == 1
     finally:
         await stop(tasks)
+
+
+async def test_receipts_are_pruned_after_the_retention(managed: Managed) -> None:
+    managed.send("old enough to go")
+    await until(lambda: managed.manager.status.receipts >= 1, 5, "the receipt")
+    assert managed.manager.postgres is not None
+    pool = managed.manager.postgres.require()
+    node = managed.config.node.id
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE modem_receipts SET received_at = now() - interval '40 days'"
+            " WHERE node_id = $1 AND text = 'old enough to go'",
+            node,
+        )
+    from datetime import timedelta as days
+
+    assert await receipts.prune(pool, node, days(days=30)) == 1
+    assert await managed.rows("old enough to go") == []
