@@ -39,6 +39,25 @@ class AgentRow:
     run_id: str
     company_id: str
 
+    def values(self) -> tuple[str | None, ...]:
+        """In the order of ROW_COLUMNS."""
+        return (
+            self.dest_no,
+            self.call_back,
+            self.text,
+            self.msg_type,
+            self.subject,
+            self.file_name,
+            self.run_id,
+            self.company_id,
+        )
+
+
+# The agent-table columns an AgentRow fills, in AgentRow.values() order.
+ROW_COLUMNS = (
+    "dest_no, call_back, msg_contents, msg_type, title_str, file_name1, app_etc1, app_etc2"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Result:
@@ -97,29 +116,13 @@ async def load_rows(conn: aiomysql.Connection, table: str, rows: Sequence[AgentR
     try:
         with handle:
             for r in rows:
-                handle.write(
-                    "\t".join(
-                        _tsv(v)
-                        for v in (
-                            r.dest_no,
-                            r.call_back,
-                            r.text,
-                            r.msg_type,
-                            r.subject,
-                            r.file_name,
-                            r.run_id,
-                            r.company_id,
-                        )
-                    )
-                    + "\n"
-                )
+                handle.write("\t".join(_tsv(v) for v in r.values()) + "\n")
         async with conn.cursor() as cur:
             try:
                 await cur.execute(
                     f"LOAD DATA LOCAL INFILE %s INTO TABLE `{table}` CHARACTER SET utf8mb4"
                     " FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n'"
-                    " (dest_no, call_back, msg_contents, msg_type, title_str, file_name1,"
-                    " app_etc1, app_etc2) SET sendreq_time = NOW(), status_code = 100,"
+                    f" ({ROW_COLUMNS}) SET sendreq_time = NOW(), status_code = 100,"
                     " rsv1 = '1'",
                     (handle.name,),
                 )
@@ -145,20 +148,10 @@ async def insert_rows(conn: aiomysql.Connection, table: str, rows: Sequence[Agen
         values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,NOW(),100,'1')"] * len(chunk))
         params: list[Any] = []
         for r in chunk:
-            params += [
-                r.dest_no,
-                r.call_back,
-                r.text,
-                r.msg_type,
-                r.subject,
-                r.file_name,
-                r.run_id,
-                r.company_id,
-            ]
+            params += r.values()
         async with conn.cursor() as cur:
             await cur.execute(
-                f"INSERT INTO `{table}` (dest_no, call_back, msg_contents, msg_type, title_str,"
-                f" file_name1, app_etc1, app_etc2, sendreq_time, status_code, rsv1)"
+                f"INSERT INTO `{table}` ({ROW_COLUMNS}, sendreq_time, status_code, rsv1)"
                 f" VALUES {values}",
                 params,
             )
