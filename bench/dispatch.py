@@ -20,52 +20,34 @@ import time
 import uuid
 from datetime import date
 from pathlib import Path
-from typing import Any
-
-import pymysql
 
 # This file is named like the `dispatch` package; its own folder must not shadow it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
 from config.model import MySQLSection  # noqa: E402
 from dispatch import agent_tables  # noqa: E402
-from simulators.harness import SimulatedNode  # noqa: E402
+from simulators.harness import SimulatedNode, mysql  # noqa: E402
 
 
-def psycopg_connect() -> Any:
-    """A synchronous PostgreSQL connection through asyncpg's event loop-free twin: the
-    stdlib has none, so use the one the daemon uses, in a private loop."""
+async def wait_inserted(run_id: str, started: float, limit_s: float = 900.0) -> None:
+    """Poll PostgreSQL directly until every recipient is inserted (a CLI process per
+    poll would blur the timing)."""
     import asyncpg
 
-    loop = asyncio.new_event_loop()
-    conn = loop.run_until_complete(
-        asyncpg.connect(host="127.0.0.1", user="postgres", database="test")
-    )
-
-    class _Cursor:
-        def __enter__(self) -> _Cursor:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            return None
-
-        def execute(self, query: str, params: tuple[Any, ...]) -> None:
-            self.row = loop.run_until_complete(
-                conn.fetchrow(query.replace("%s", "$1"), uuid.UUID(params[0]))
+    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="test")
+    try:
+        while True:
+            row = await conn.fetchrow(
+                "SELECT inserted_count, target_count FROM campaign_runs WHERE id = $1",
+                uuid.UUID(run_id),
             )
-
-        def fetchone(self) -> tuple[Any, ...]:
-            return tuple(self.row)
-
-    class _Conn:
-        def cursor(self) -> _Cursor:
-            return _Cursor()
-
-        def close(self) -> None:
-            loop.run_until_complete(conn.close())
-            loop.close()
-
-    return _Conn()
+            if row is not None and row["inserted_count"] == row["target_count"]:
+                return
+            if time.monotonic() - started > limit_s:
+                raise TimeoutError(f"the run was not inserted within {limit_s:.0f} s")
+            await asyncio.sleep(0.02)
+    finally:
+        await conn.close()
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -97,15 +79,7 @@ def load_data_baseline(rows: list[tuple[str, str]], run_id: str) -> float:
                 for phone, text in rows[index::3]:
                     handle.write(f"{phone}\t0212345678\t{text}\tS\t{run_id}\tbench\n")
             files.append((n, path))
-        conn = pymysql.connect(
-            host="127.0.0.1",
-            user="root",
-            password="",
-            database="test",
-            local_infile=True,
-            autocommit=True,
-            init_command="SET time_zone = '+09:00'",
-        )
+        conn = mysql(local_infile=True)
         started = time.monotonic()
         with conn.cursor() as cur:
             for n, path in files:
@@ -157,23 +131,7 @@ def main() -> int:
         returned = time.monotonic()
         run_id = json.loads(out)["run_id"]
 
-        # Poll PostgreSQL directly: a CLI process per poll would blur the timing.
-        conn = psycopg_connect()
-        try:
-            while True:
-                with conn.cursor() as cur:
-                    cur.execute(
-                        "SELECT inserted_count, target_count FROM campaign_runs WHERE id = %s",
-                        (run_id,),
-                    )
-                    done, target = cur.fetchone()
-                if done == target:
-                    break
-                if time.monotonic() - returned > 900:
-                    raise TimeoutError("the run was not inserted within 900 s")
-                time.sleep(0.02)
-        finally:
-            conn.close()
+        asyncio.run(wait_inserted(run_id, returned))
         elapsed = time.monotonic() - returned
         assert node.daemon is not None
         rss = peak_rss_mb(node.daemon.pid)

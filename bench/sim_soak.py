@@ -20,18 +20,7 @@ from pathlib import Path
 
 import pymysql
 
-from simulators.harness import SimulatedNode, wait_for
-
-
-def connect() -> pymysql.connections.Connection:  # type: ignore[type-arg]
-    return pymysql.connect(
-        host="127.0.0.1",
-        user="root",
-        password="",
-        database="test",
-        autocommit=True,
-        init_command="SET time_zone = '+09:00'",
-    )
+from simulators.harness import SimulatedNode, mysql, wait_for
 
 
 def cpu_seconds(pid: int) -> float:
@@ -78,7 +67,7 @@ def main() -> int:
         node.db_init()
         node.start_sim()
         assert node.sim is not None
-        conn = connect()
+        conn = mysql()
         cur = conn.cursor()
         start_cpu, start = cpu_seconds(node.sim.pid), time.monotonic()
         inserted = 0

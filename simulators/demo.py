@@ -16,9 +16,7 @@ import uuid
 from functools import partial
 from pathlib import Path
 
-import pymysql
-
-from simulators.harness import SimulatedNode, wait_for
+from simulators.harness import SimulatedNode, mysql, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,14 +28,7 @@ def say(text: str) -> None:
 def send_to_test_phones(node: SimulatedNode) -> str:
     config = node.status_config()
     tag = "demo-" + uuid.uuid4().hex[:8]
-    conn = pymysql.connect(
-        host="127.0.0.1",
-        user="root",
-        password="",
-        database="test",
-        autocommit=True,
-        init_command="SET time_zone = '+09:00'",
-    )
+    conn = mysql()
     try:
         with conn.cursor() as cur:
             for modem in config["modems"]:

@@ -31,6 +31,22 @@ def command(name: str) -> list[str]:
     return [str(path)]
 
 
+def mysql(**extra: Any) -> Any:
+    """A blocking MySQL connection to the local test database, in KST, autocommit
+    (for tests, benches and the demo; the daemon and simulator use aiomysql)."""
+    import pymysql
+
+    return pymysql.connect(
+        host="127.0.0.1",
+        user="root",
+        password="",
+        database="test",
+        autocommit=True,
+        init_command="SET time_zone = '+09:00'",
+        **extra,
+    )
+
+
 def wait_for(
     predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05
 ) -> Any:

@@ -10,6 +10,8 @@ from typing import Any
 import pymysql
 import serial
 
+from simulators.harness import mysql
+
 FINAL = (b"\r\nOK\r\n", b"ERROR\r\n", b"ERROR: ")
 
 
@@ -33,17 +35,6 @@ def serial_port(path: str) -> Iterator[serial.Serial]:
         yield port
     finally:
         port.close()
-
-
-def mysql() -> pymysql.connections.Connection:  # type: ignore[type-arg]
-    return pymysql.connect(
-        host="127.0.0.1",
-        user="root",
-        password="",
-        database="test",
-        autocommit=True,
-        init_command="SET time_zone = '+09:00'",
-    )
 
 
 def insert_rows(table: str, rows: list[dict[str, Any]]) -> None:

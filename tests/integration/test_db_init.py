@@ -7,11 +7,10 @@ import json
 from datetime import date
 
 import asyncpg
-import pymysql
 
 from config.names import add_months
 from daemon.schema import latest_version
-from simulators.harness import SimulatedNode
+from simulators.harness import SimulatedNode, mysql
 
 
 def test_db_init_is_idempotent_and_versioned(sim_node: SimulatedNode) -> None:
@@ -32,7 +31,7 @@ def test_db_init_is_idempotent_and_versioned(sim_node: SimulatedNode) -> None:
 
 
 def test_log_tables_for_three_months_and_kst_sessions(sim_node: SimulatedNode) -> None:
-    conn = pymysql.connect(host="127.0.0.1", user="root", password="", database="test")
+    conn = mysql()
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW TABLES LIKE 'SMSQ\\_SEND\\_7%'")
