@@ -41,7 +41,7 @@ from dispatch.agent_tables import SPAM_CODES, SUCCESS_CODES
 from dispatch.guards import MessageType, check_recipient, in_ad_window
 from dispatch.handoff import AgentRow
 from dispatch.leases import GroupLeases
-from dispatch.runs import HOLDS_GROUP, NOTIFY_CHANNEL, RunStatus, show
+from dispatch.runs import ACTIVE, HOLDS_GROUP, NOTIFY_CHANNEL, RunStatus, show
 
 log = structlog.get_logger("dispatcher")
 
@@ -89,7 +89,6 @@ class Dispatcher:
         self.locks: defaultdict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.drained: set[int] = set()
         self.down: dict[int, str] = {}
-        self.moved: Counter[int] = Counter()
         self.leases: GroupLeases | None = None
         self.mysql: aiomysql.Pool | None = None
         self.load_data = True
@@ -201,18 +200,8 @@ class Dispatcher:
                           fail_count, target_count, status_reason
                    FROM campaign_runs WHERE node_id = $1 AND status = ANY($2::text[])""",
                 self.node_id,
-                [
-                    s.value
-                    for s in (
-                        RunStatus.QUEUED,
-                        RunStatus.SENDING,
-                        RunStatus.DRAINING,
-                        RunStatus.RESULTS,
-                        RunStatus.HELD,
-                        RunStatus.PAUSED,
-                        RunStatus.CANCELLED,
-                    )
-                ],
+                # Cancelled runs too: their rows in flight still bring results.
+                [s.value for s in (*ACTIVE, RunStatus.CANCELLED)],
             )
 
     # ---- restore and grants -------------------------------------------------------------
@@ -844,7 +833,6 @@ class Dispatcher:
                         conn, self.runtime.config.agent(number).table, targets
                     )
                 if moved:
-                    self.moved[number] += moved
                     log.warning("rows moved off a down agent", agent=number, rows=moved, to=healthy)
 
     async def _sync_loop(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -36,6 +37,7 @@ class PostgresKeeper:
         self.runtime = runtime
         self.pool: asyncpg.Pool | None = None
         self.ready = asyncio.Event()
+        self.schema_ok = False
 
     def require(self) -> asyncpg.Pool:
         if self.pool is None or not self.ready.is_set():
@@ -63,18 +65,8 @@ class PostgresKeeper:
         assert self.pool is not None
         config = self.runtime.config
         async with self.pool.acquire(timeout=config.postgres.connect_timeout_s) as conn:
-            versions = (
-                await conn.fetch("SELECT version FROM hanjullo_schema_versions")
-                if await conn.fetchval("SELECT to_regclass('hanjullo_schema_versions') IS NOT NULL")
-                else []
-            )
-            have = max((row["version"] for row in versions), default=0)
-            if have < schema.latest_version():
-                self.ready.clear()
-                health.degraded(
-                    f"schema version {have}, this daemon needs {schema.latest_version()}; "
-                    "run `hanjulloctl db init`"
-                )
+            # The schema is checked until it is current, not on every heartbeat.
+            if not self.schema_ok and not await self._check_schema(conn, health):
                 return
             await conn.execute(
                 """INSERT INTO hanjullo_nodes (node_id, name, version, started_at, last_seen)
@@ -90,6 +82,23 @@ class PostgresKeeper:
             )
         self.ready.set()
         health.running()
+
+    async def _check_schema(self, conn: asyncpg.Connection | Any, health: Health) -> bool:
+        exists = await conn.fetchval("SELECT to_regclass('hanjullo_schema_versions') IS NOT NULL")
+        have = (
+            await conn.fetchval("SELECT max(version) FROM hanjullo_schema_versions")
+            if exists
+            else None
+        ) or 0
+        if have < schema.latest_version():
+            self.ready.clear()
+            health.degraded(
+                f"schema version {have}, this daemon needs {schema.latest_version()}; "
+                "run `hanjulloctl db init`"
+            )
+            return False
+        self.schema_ok = True
+        return True
 
     async def _drop_pool(self) -> None:
         pool, self.pool = self.pool, None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -259,15 +259,3 @@ class ATProtocol(asyncio.Protocol):
             raise PortClosed("port is closed")
         log.debug("tx", data=data)
         self.transport.write(data)
-
-
-async def wait_or_lost(protocol: ATProtocol, awaitable: Awaitable[object]) -> None:
-    """Helper for callers that must stop when the port goes away."""
-    lost = asyncio.ensure_future(protocol.lost.wait())
-    work = asyncio.ensure_future(awaitable)
-    try:
-        await asyncio.wait({lost, work}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        lost.cancel()
-        if not work.done():
-            work.cancel()
