@@ -27,7 +27,7 @@ from config.model import (
     SpamTestSection,
     SupervisionSection,
 )
-from config.names import Carrier, GroupType
+from config.names import Carrier, GroupType, is_callback_number
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +248,15 @@ def _timing_problems(raw: dict[str, Any]) -> list[Problem]:
                     "spam_tests.timeout_s",
                     spam.timeout_s,
                     f"must be longer than spam_tests.grace_min_s ({spam.grace_min_s})",
+                )
+            )
+        if spam.canary_interval_s > 0 and not is_callback_number(spam.canary_callback):
+            problems.append(
+                Problem(
+                    "spam_tests.canary_callback",
+                    spam.canary_callback,
+                    "canaries need a registered sender number; "
+                    'fix: e.g. canary_callback = "0212345678", or canary_interval_s = 0',
                 )
             )
     supervision = _valid_section(raw.get("supervision"), SupervisionSection)

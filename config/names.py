@@ -84,6 +84,12 @@ def is_mobile(digits: str) -> bool:
     return _MOBILE.fullmatch(digits) is not None
 
 
+def is_callback_number(raw: str) -> bool:
+    """A plausible sender number: 8-12 digits once normalised (02-1234-5678, 1588-6000,
+    010…). Whether the carriers know it is theirs to say (9008)."""
+    return 8 <= len(normalise_phone(raw)) <= 12 and any(ch.isdigit() for ch in raw)
+
+
 def message_hash(text: str) -> str:
     """The matching key of a message text: SHA-256 of the text with all whitespace
     removed, first 16 hex digits (the web service's rule)."""

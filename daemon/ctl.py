@@ -336,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each capability adds its subcommands: (subparsers, common parent) -> None.
 def _extensions() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
-    from daemon import ctl_pdu, ctl_runs
+    from daemon import ctl_pdu, ctl_runs, ctl_spam
 
-    return [ctl_pdu.register, ctl_runs.register]
+    return [ctl_pdu.register, ctl_runs.register, ctl_spam.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import contextlib
 import glob
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -48,6 +49,8 @@ HISTORY = 500
 # Reopen attempts before a reset, and resets before waiting for re-enumeration.
 REOPENS_BEFORE_RESET = 1
 RESETS_BEFORE_REPLUG_WAIT = 1
+# Seconds after the first sweep before its messages count as recorded.
+SWEEP_SETTLE_S = 2.0
 
 
 class ModemState(StrEnum):
@@ -111,6 +114,11 @@ class ModemManager:
         self.history: deque[Transition] = deque(maxlen=HISTORY)
         self.driver: TestPhoneDriver | None = None
         self.receipt_event = asyncio.Event()
+        # Called with each newly recorded receipt's id (the spam-test engine wakes on it).
+        self.receipt_listeners: list[Callable[[int], None]] = []
+        # When this process first saw the modem ready, and when it first read its storage.
+        self.first_ready_at: datetime | None = None
+        self.first_sweep_at: datetime | None = None
         self._health: Health | None = None
         self._failures = 0
 
@@ -120,6 +128,8 @@ class ModemManager:
             now = datetime.now(UTC)
             self.status.state, self.status.reason, self.status.since = state, reason, now
             self.history.append(Transition(state, reason, now))
+            if state == ModemState.READY and self.first_ready_at is None:
+                self.first_ready_at = now
             log.info("modem state", modem=self.modem.label, state=state.value, reason=reason)
         if self._health is not None:
             if state == ModemState.READY:
@@ -144,6 +154,18 @@ class ModemManager:
         if state_at_start is None:
             return False
         return state_at_start == ModemState.READY and (end is not None or self.ready)
+
+    def watched_since(self, start: datetime) -> bool:
+        """True when a message that reached the phone at any time since `start` would have
+        been seen: the modem is ready now and has been since this process first saw it
+        ready (or since `start`, if later), and its storage has been read once. While the
+        daemon itself was down, messages wait in the modem's storage for the first sweep.
+        """
+        if self.first_ready_at is None or self.first_sweep_at is None:
+            return False
+        if (datetime.now(UTC) - self.first_sweep_at).total_seconds() < SWEEP_SETTLE_S:
+            return False  # what the first sweep surfaced may still be being recorded
+        return self.ready_throughout(max(start, self.first_ready_at))
 
     # ---- main loop ----------------------------------------------------------------------
     async def run(self, health: Health) -> None:
@@ -213,6 +235,8 @@ class ModemManager:
             self._failures = 0
             if state != ModemState.MISCONFIGURED and loop.time() >= next_sweep:
                 await driver.sweep()
+                if self.first_sweep_at is None:
+                    self.first_sweep_at = datetime.now(UTC)
                 next_sweep = loop.time() + phones.sweep_interval_s
             await asyncio.sleep(phones.health_interval_s)
 
@@ -300,6 +324,8 @@ class ModemManager:
         self.status.last_receipt_at = datetime.now(UTC)
         self.receipt_event.set()
         self.receipt_event = asyncio.Event()
+        for listener in self.receipt_listeners:
+            listener(recorded.id)
         log.info(
             "receipt recorded",
             modem=self.modem.label,

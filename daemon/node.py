@@ -31,6 +31,7 @@ from daemon.housekeeping import Housekeeping
 from daemon.http import Request, Response, UnixHTTPServer
 from daemon.modems import ModemManager
 from daemon.runtime import Runtime, diff_sections
+from daemon.spamtests import SpamTestEngine
 from daemon.stores import PostgresKeeper, RedisKeeper
 from daemon.supervisor import Component, ComponentState, DependencyDown, Health, Supervisor
 from daemon.systemd import Notifier, watchdog_interval_s
@@ -57,6 +58,7 @@ class StatusServer:
                 ("GET", "/v1/runs/*"): node.handle_run_show,
                 ("POST", "/v1/runs/*"): node.handle_run_control,
                 ("POST", "/v1/agents/*"): node.handle_agent_control,
+                ("POST", "/v1/spam-tests/*"): node.handle_spam_test_control,
             },
             mode=section.mode,
             group=section.group,
@@ -145,6 +147,7 @@ class Node:
         self.housekeeping.add_job("prune-receipts", self._prune_receipts, hour=3, minute=30)
         self.dispatcher = Dispatcher(runtime, self.postgres, self.redis, self.agents)
         self.housekeeping.add_job("prune-runs", self._prune_runs, hour=4, minute=10)
+        self.spam_tests = SpamTestEngine(runtime, self.postgres, self.agents, self.modems)
         components: list[Component] = [
             self.status_server,
             self.postgres,
@@ -152,6 +155,7 @@ class Node:
             self.agents,
             self.housekeeping,
             self.dispatcher,
+            self.spam_tests,
             *self.modems,
         ]
         for component in components:
@@ -186,7 +190,7 @@ class Node:
             ],
             "modems": [m.as_json() for m in self.modems],
             "runs": self.dispatcher.status_runs,
-            "spam_tests": {"queue": [], "active": [], "grace_s": {}},
+            "spam_tests": self.spam_tests.snapshot(),
         }
 
     async def _prune_receipts(self) -> None:
@@ -251,6 +255,21 @@ class Node:
             return Response.json(self.dispatcher.drain(int(parts[2]), parts[3] == "drain"))
         except KeyError:
             return Response.error(404, f"no agent {parts[2]}")
+
+    async def handle_spam_test_control(self, request: Request) -> Response:
+        parts = request.path.strip("/").split("/")
+        try:
+            test_id = uuid.UUID(parts[2])
+        except (IndexError, ValueError):
+            test_id = None
+        if test_id is None or len(parts) != 4 or parts[3] != "cancel":
+            return Response.error(400, "expected POST /v1/spam-tests/<uuid>/cancel")
+        try:
+            return Response.json(await self.spam_tests.cancel(test_id))
+        except KeyError as exc:
+            return Response.error(404, str(exc.args[0]))
+        except DependencyDown as exc:
+            return Response.error(503, str(exc))
 
     async def handle_status(self, request: Request) -> Response:
         await self.dispatcher.refresh()

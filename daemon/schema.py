@@ -220,6 +220,78 @@ MIGRATIONS: tuple[Migration, ...] = (
             ON campaign_run_recipients (run_id, seq) WHERE state = 'pulled';
         """,
     ),
+    Migration(
+        7,
+        "spam-filter tests, their per-carrier results and receipt matching",
+        """
+        CREATE TABLE IF NOT EXISTS spam_filter_tests (
+            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+            node_id text NOT NULL,
+            company_id text,
+            user_id text,
+            callback_number text NOT NULL,
+            message_content_sms text,
+            message_content_lms text,
+            message_subject text,
+            message_hash text,
+            spam_check_number text,
+            source text NOT NULL DEFAULT 'manual'
+                CHECK (source IN ('manual', 'auto_ai', 'canary')),
+            variant_id text,
+            batch_id uuid,
+            run_id uuid,
+            target_modem text,
+            status text NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'active', 'completed', 'cancelled')),
+            overall text
+                CHECK (overall IN ('pass', 'blocked', 'failed', 'device_error', 'timeout')),
+            status_reason text,
+            started_at timestamptz,
+            completed_at timestamptz,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            CHECK (message_content_sms IS NOT NULL OR message_content_lms IS NOT NULL),
+            CHECK (message_content_lms IS NULL OR message_subject IS NOT NULL)
+        );
+        CREATE INDEX IF NOT EXISTS spam_filter_tests_node_status
+            ON spam_filter_tests (node_id, status, created_at);
+        CREATE INDEX IF NOT EXISTS spam_filter_tests_batch ON spam_filter_tests (batch_id);
+        CREATE TABLE IF NOT EXISTS spam_filter_test_results (
+            id bigserial PRIMARY KEY,
+            test_id uuid NOT NULL REFERENCES spam_filter_tests (id) ON DELETE CASCADE,
+            carrier text NOT NULL CHECK (carrier IN ('SKT', 'KT', 'LGU')),
+            message_type text NOT NULL CHECK (message_type IN ('SMS', 'LMS')),
+            phone text,
+            modem text,
+            sms_table text,
+            sms_msgkey bigint,
+            message_hash text,
+            received boolean NOT NULL DEFAULT false,
+            received_at timestamptz,
+            receipt_id bigint,
+            result text
+                CHECK (result IN ('pass', 'blocked', 'failed', 'timeout', 'device_error')),
+            status_code integer,
+            inserted_at timestamptz,
+            success_seen_at timestamptz,
+            receipt_delay_s double precision,
+            late boolean NOT NULL DEFAULT false,
+            late_receipt_id bigint,
+            late_delay_s double precision,
+            detail text,
+            decided_at timestamptz,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (test_id, carrier, message_type)
+        );
+        CREATE INDEX IF NOT EXISTS spam_filter_test_results_late
+            ON spam_filter_test_results (modem, decided_at) WHERE NOT received;
+        -- How each receipt was attributed: test, late, unmatched (NULL: not looked at yet).
+        ALTER TABLE modem_receipts ADD COLUMN IF NOT EXISTS match text;
+        CREATE INDEX IF NOT EXISTS modem_receipts_unmatched
+            ON modem_receipts (node_id, id) WHERE match IS NULL;
+        ALTER TABLE ai_training_logs
+            ADD COLUMN IF NOT EXISTS spam_test_blocked integer NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 

@@ -1,0 +1,214 @@
+"""`hanjulloctl spam-test`: queue a spam-filter test (or a batch), wait, show, cancel.
+
+Queuing writes ``spam_filter_tests`` through the same contract as the web
+service, so it works while the daemon is down; ``--wait`` and ``show`` read
+PostgreSQL; ``cancel`` goes through the daemon, which pulls back rows no agent
+has taken and frees the phones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import string
+import sys
+import time
+import uuid
+from typing import Any
+
+from daemon.schema import connect_pg
+from dispatch.spamtests import CARRIERS, SpamTestRejected, TestSpec, create_tests, dumps, show
+
+DONE = ("completed", "cancelled")
+
+
+def _ctl() -> Any:
+    from daemon import ctl
+
+    return ctl
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise _ctl().CtlError(f"{value!r} is not a {what} (a UUID)") from exc
+
+
+def _fetch(args: argparse.Namespace, ident: uuid.UUID) -> list[dict[str, Any]]:
+    config = _ctl()._config(args)
+
+    async def read() -> list[dict[str, Any]]:
+        conn = await connect_pg(config)
+        try:
+            return await show(conn, ident)
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def _specs(args: argparse.Namespace) -> list[TestSpec]:
+    ctl = _ctl()
+    config = ctl._config(args)
+    messages: list[str] = args.message or []
+    if not messages:
+        raise ctl.CtlError("give the text with --message TEXT (repeat it for a batch)")
+    if args.lms and not args.subject:
+        raise ctl.CtlError("--lms needs --subject S")
+    if len(messages) > len(string.ascii_uppercase):
+        raise ctl.CtlError(f"at most {len(string.ascii_uppercase)} variants per batch")
+    run_id = _uuid(args.run, "run id") if args.run else None
+    batch = len(messages) > 1
+    return [
+        TestSpec(
+            node_id=config.node.id,
+            callback=args.callback,
+            sms_text=None if args.lms else text,
+            lms_text=text if args.lms else None,
+            subject=args.subject if args.lms else None,
+            company_id=args.company,
+            user_id=args.user,
+            source=args.source,
+            variant=(string.ascii_uppercase[i] if batch else args.variant),
+            run_id=run_id,
+        )
+        for i, text in enumerate(messages)
+    ]
+
+
+def cmd_spam_test(args: argparse.Namespace) -> int:
+    ctl = _ctl()
+    words: list[str] = args.words
+    if words:
+        if words[0] not in ("cancel", "show") or len(words) != 2:
+            raise ctl.CtlError(
+                "usage: spam-test cancel ID | spam-test show ID | spam-test --callback …"
+            )
+        ident = _uuid(words[1], "test or batch id")
+        if words[0] == "cancel":
+            from daemon.ctl_runs import post
+
+            result = post(ctl._socket_path(args), f"/v1/spam-tests/{ident}/cancel")
+            print(dumps(result) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
+            return 0
+        reports = _fetch(args, ident)
+        if not reports:
+            raise ctl.CtlError(f"no spam test or batch {ident}")
+        print(_as_json(reports, ident) if args.json else render(reports))
+        return 0
+    if not args.callback:
+        raise ctl.CtlError("--callback NUMBER is required to queue a test")
+    specs = _specs(args)
+    config = ctl._config(args)
+
+    async def store() -> tuple[list[uuid.UUID], uuid.UUID | None]:
+        conn = await connect_pg(config)
+        try:
+            return await create_tests(conn, specs, batch=len(specs) > 1)
+        finally:
+            await conn.close()
+
+    try:
+        ids, batch_id = asyncio.run(store())
+    except SpamTestRejected as exc:
+        raise ctl.CtlError(f"spam test rejected, nothing was queued: {exc}") from exc
+    ident = batch_id or ids[0]
+    if not args.wait:
+        if args.json:
+            print(
+                dumps({"batch_id": str(batch_id), "test_ids": [str(i) for i in ids]})
+                if batch_id
+                else dumps({"test_id": str(ids[0])})
+            )
+        else:
+            print(ident)
+        return 0
+    reports = wait(args, ident, len(ids))
+    print(_as_json(reports, batch_id) if args.json else render(reports))
+    if any(r["status"] == "cancelled" for r in reports):
+        print("hanjulloctl: cancelled before a verdict", file=sys.stderr)
+        return 1
+    return 0
+
+
+def wait(args: argparse.Namespace, ident: uuid.UUID, count: int) -> list[dict[str, Any]]:
+    """Poll until every test has a verdict (or was cancelled); progress on stderr."""
+    deadline = time.monotonic() + args.timeout
+    tty = sys.stderr.isatty()
+    last = ""
+    while True:
+        reports = _fetch(args, ident)
+        done = [r for r in reports if r["status"] in DONE]
+        line = f"{len(done)}/{count} tests judged; " + ", ".join(
+            f"{r['test_id'][:8]} {r['status']}" for r in reports if r["status"] not in DONE
+        )
+        if line != last:
+            print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
+            last = line
+        if len(done) == count:
+            if tty:
+                print(file=sys.stderr)
+            return reports
+        if time.monotonic() > deadline:
+            raise _ctl().CtlError(
+                f"no verdict after {args.timeout:.0f}s; the test is still "
+                f"{reports[0]['status'] if reports else 'unknown'} (see hanjulloctl status)"
+            )
+        time.sleep(0.25)
+
+
+def _as_json(reports: list[dict[str, Any]], batch_id: uuid.UUID | None) -> str:
+    if len(reports) == 1 and reports[0]["batch_id"] is None:
+        return dumps(reports[0])
+    return dumps({"batch_id": str(batch_id or reports[0]["batch_id"]), "tests": reports})
+
+
+def render(reports: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in reports:
+        head = f"test {r['test_id']}"
+        if r["variant"]:
+            head += f"  variant {r['variant']}"
+        if r["company"]:
+            head += f"  company {r['company']}"
+        lines.append(f"{head}  {r['status']}")
+        for carrier in CARRIERS:
+            c = r["carriers"].get(carrier)
+            if c is None:
+                continue
+            delay = c["receipt_delay_s"]
+            lines.append(
+                f"  {carrier:<4} {c['verdict'] or '(waiting)':<13} "
+                f"code {c['status_code'] if c['status_code'] is not None else '-':<5} "
+                f"receipt {f'{delay:.1f}s' if delay is not None else '-':<7}"
+                + (" LATE receipt" if c.get("late") else "")
+                + (f"  ({c['detail']})" if c.get("detail") and c["verdict"] != "pass" else "")
+            )
+        lines.append(f"  overall {r['overall'] or '(undecided)'}")
+    return "\n".join(lines)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "spam-test",
+        parents=[common],
+        help="test a text on the carrier test phones; cancel ID; show ID",
+        description="Queue a spam-filter test (repeat --message for a batch of variants A, "
+        "B, C …), or `spam-test cancel ID`, or `spam-test show ID|BATCH_ID`.",
+    )
+    p.add_argument("words", nargs="*", metavar="cancel|show ID")
+    p.add_argument("--callback", help="the sender number the test is sent from")
+    p.add_argument("--message", action="append", help="the text (repeat for a batch)")
+    p.add_argument("--lms", action="store_true", help="test as an LMS (needs --subject)")
+    p.add_argument("--subject")
+    p.add_argument("--company")
+    p.add_argument("--user")
+    p.add_argument("--variant")
+    p.add_argument("--run", help="the campaign run this test belongs to (ai_training_logs)")
+    p.add_argument("--source", choices=["manual", "auto_ai"], default="manual")
+    p.add_argument("--wait", action="store_true", help="wait for the verdicts")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--socket")
+    p.set_defaults(func=cmd_spam_test)
