@@ -1,0 +1,289 @@
+"""Spam-filter tests against the simulators: verdicts, device errors, restarts, canaries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from simulators.harness import SimulatedNode, wait_for
+from tests.integration.conftest import fast_network
+from tests.integration.helpers import mysql
+
+CALLBACK = "0212345678"
+
+
+def fast_spam(text: str) -> str:
+    text = fast_network(text)
+    return text.replace(
+        "[spam_tests]\ngrace_initial_s = 25.0\n",
+        "[spam_tests]\ngrace_initial_s = 4.0\ngrace_min_s = 1.0\ntimeout_s = 20.0\n"
+        "poll_interval_s = 0.2\n",
+    )
+
+
+def start(directory: Path, overrides: Any = fast_spam) -> SimulatedNode:
+    node = SimulatedNode(directory, overrides=overrides)
+    node.db_init()
+    node.start_sim()
+    node.start_daemon()
+    wanted = ("spam-tests", "modem:SKT", "modem:KT", "modem:LGU")
+    node.wait_components(
+        lambda states: all(states.get(n) == "running" for n in wanted), 30, "phones ready"
+    )
+    return node
+
+
+@pytest.fixture
+def node(node_dir: Path) -> Iterator[SimulatedNode]:
+    sim = start(node_dir)
+    try:
+        yield sim
+    finally:
+        sim.close()
+
+
+def spam_test(node: SimulatedNode, *args: str, wait: bool = True) -> dict[str, Any]:
+    argv = ["spam-test", "--callback", CALLBACK, *args, "--json"]
+    if wait:
+        argv += ["--wait", "--timeout", "90"]
+    out = node.ctl(*argv, timeout=120)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def verdicts(report: dict[str, Any]) -> dict[str, str]:
+    return {c: v["verdict"] for c, v in report["carriers"].items()}
+
+
+def fetch(sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    async def run() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="test")
+        try:
+            return [tuple(r) for r in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def show(node: SimulatedNode, test_id: str) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads(node.ctl("spam-test", "show", test_id, "--json").stdout)
+    return report
+
+
+def completed(node: SimulatedNode, test_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    report: dict[str, Any] = wait_for(
+        lambda: (r := show(node, test_id))["status"] == "completed" and r,
+        timeout_s,
+        f"spam test {test_id} to complete",
+        interval_s=0.25,
+    )
+    return report
+
+
+def results(test_id: str) -> dict[str, dict[str, Any]]:
+    rows = fetch(
+        """SELECT r.carrier, r.result, r.status_code, r.decided_at, r.received_at,
+                  r.late, r.detail, t.started_at, t.completed_at
+           FROM spam_filter_test_results r JOIN spam_filter_tests t ON t.id = r.test_id
+           WHERE r.test_id = $1::uuid""",
+        test_id,
+    )
+    keys = (
+        "result",
+        "status_code",
+        "decided_at",
+        "received_at",
+        "late",
+        "detail",
+        "started_at",
+        "completed_at",
+    )
+    return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
+
+
+def agent_rows(test_id: str) -> int:
+    """Rows of a test in the test agent's live and log tables, counted in one statement."""
+    conn = mysql()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW TABLES LIKE 'SMSQ\\_SEND\\_10%'")
+            tables = [r[0] for r in cur.fetchall()]
+            union = " UNION ALL ".join(
+                f"SELECT seqno FROM `{t}` WHERE app_etc1 = %s" for t in tables
+            )
+            cur.execute(f"SELECT COUNT(*) FROM ({union}) AS a", [test_id] * len(tables))
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def handset_copies(test_id: str) -> dict[str, int]:
+    """Messages of a test each phone's modem received (from the receipts recorded)."""
+    rows = fetch(
+        "SELECT modem, count(*) FROM modem_receipts WHERE test_id = $1::uuid GROUP BY modem",
+        test_id,
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def test_a_word_kt_blocks_is_blocked_on_kt_only(node: SimulatedNode) -> None:
+    node.sim_ctl("rules", "KT", "--block-keyword", "무료")
+    report = spam_test(node, "--message", "한줄로 무료 체험 안내", "--company", "acme")
+    assert verdicts(report) == {"SKT": "pass", "KT": "blocked", "LGU": "pass"}
+    assert report["overall"] == "blocked"
+    assert report["carriers"]["KT"]["status_code"] == 6
+    assert report["carriers"]["SKT"]["receipt_delay_s"] is not None
+    assert report["carriers"]["KT"]["receipt_delay_s"] is None
+    # The same verdicts in the web service's table and in the status.
+    rows = results(report["test_id"])
+    assert {c: r["result"] for c, r in rows.items()} == verdicts(report)
+    recent = node.status()["spam_tests"]["recent"]
+    assert recent[0]["test_id"] == report["test_id"] and recent[0]["overall"] == "blocked"
+    # The human form: one line per carrier and the overall verdict; exit 0.
+    text = node.ctl("spam-test", "show", report["test_id"]).stdout
+    assert "KT   blocked" in text and "overall blocked" in text
+
+
+def test_an_unplugged_modem_is_a_device_error_never_blocked(node: SimulatedNode) -> None:
+    node.sim_ctl("rules", "KT", "--block-keyword", "무료")
+    node.sim_ctl("network", "LGU", "--latency", "3", "3.5")
+    queued = spam_test(node, "--message", "무료 상담 예약", wait=False)
+    node.sim_ctl("modem", "LGU", "unplug")
+    report = completed(node, queued["test_id"])
+    assert verdicts(report) == {"SKT": "pass", "KT": "blocked", "LGU": "device_error"}
+    assert report["overall"] == "blocked"
+    # The message the network held reaches the phone after the replug: a late receipt,
+    # recorded against the test, and the verdict stays device_error.
+    node.sim_ctl("modem", "LGU", "replug")
+    wait_for(lambda: results(queued["test_id"])["LGU"]["late"], 30, "the late LGU receipt")
+    assert results(queued["test_id"])["LGU"]["result"] == "device_error"
+
+    # Unplugged before the test starts: device_error at once, nothing sent to it.
+    node.sim_ctl("modem", "LGU", "unplug")
+    wait_for(
+        lambda: {m["name"]: m["state"] for m in node.status()["modems"]}["LGU"] != "ready",
+        20,
+        "LGU not ready",
+    )
+    report = spam_test(node, "--message", "가을 신상품 안내")
+    assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "device_error"}
+    rows = results(report["test_id"])
+    assert rows["LGU"]["decided_at"] <= rows["LGU"]["started_at"]  # decided as it started
+    assert "LGU" in rows["LGU"]["detail"]
+    assert agent_rows(report["test_id"]) == 2
+
+
+def test_an_unknown_sender_fails_everywhere_with_9008(node: SimulatedNode) -> None:
+    out = node.ctl(
+        "spam-test",
+        "--callback",
+        "0299998888",
+        "--message",
+        "안녕하세요",
+        "--wait",
+        "--json",
+        timeout=120,
+    )
+    report = json.loads(out.stdout)
+    assert verdicts(report) == {"SKT": "failed", "KT": "failed", "LGU": "failed"}
+    assert {c["status_code"] for c in report["carriers"].values()} == {9008}
+    assert report["overall"] == "failed"
+
+
+def test_an_lms_passes_through_mms_notifications(node: SimulatedNode) -> None:
+    body = "한" * 300  # 600 bytes in EUC-KR
+    report = spam_test(node, "--lms", "--subject", "가을 정기 세일", "--message", body)
+    assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+    assert report["message_type"] == "LMS"
+    kinds = fetch(
+        "SELECT DISTINCT kind FROM modem_receipts WHERE test_id = $1::uuid", report["test_id"]
+    )
+    assert kinds == [("mms-notification",)]
+
+
+def test_a_killed_daemon_resumes_the_test_without_sending_again(node: SimulatedNode) -> None:
+    node.sim_ctl("rules", "KT", "--block-keyword", "무료")
+    node.sim_ctl("network", "SKT", "--latency", "2", "2.5")
+    queued = spam_test(node, "--message", "무료 시식회 초대", wait=False)
+    test_id = queued["test_id"]
+    wait_for(lambda: agent_rows(test_id) == 3, 20, "the test's rows in the agent table")
+    node.stop_daemon(signal.SIGKILL)
+    node.start_daemon()
+    report = completed(node, test_id)
+    assert verdicts(report) == {"SKT": "pass", "KT": "blocked", "LGU": "pass"}
+    assert agent_rows(test_id) == 3
+    assert handset_copies(test_id) == {"SKT": 1, "LGU": 1}
+    decisions = [
+        d
+        for d in json.loads(node.sim_ctl("status", "--json").stdout)["network"]["decisions"]
+        if d["ref"].startswith("SMSQ_SEND_10")
+    ]
+    assert len([d for d in decisions if d["carrier"] == "KT" and d["blocked"]]) == 1
+
+
+def test_queued_tests_complete_at_their_last_receipt(node_dir: Path) -> None:
+    node = start(
+        node_dir,
+        overrides=lambda t: fast_spam(t).replace("grace_initial_s = 4.0", "grace_initial_s = 25.0"),
+    )
+    try:
+        for carrier, low, high in (
+            ("SKT", "1.8", "2.2"),
+            ("KT", "12.5", "13.5"),
+            ("LGU", "3.8", "4.2"),
+        ):
+            node.sim_ctl("network", carrier, "--latency", low, high)
+        ids = [
+            spam_test(node, "--message", f"정기 점검 안내 {i}", "--company", f"co{i}", wait=False)[
+                "test_id"
+            ]
+            for i in range(3)
+        ]
+        for test_id in ids:
+            report = completed(node, test_id, 90)
+            assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+            rows = results(test_id)
+            last_receipt = max(r["received_at"] for r in rows.values())
+            # Done at the last receipt: nobody waited out the 25 s grace.
+            assert (rows["KT"]["completed_at"] - last_receipt).total_seconds() < 2.0
+            assert 11.0 < report["carriers"]["KT"]["receipt_delay_s"] < 16.0
+    finally:
+        node.close()
+
+
+def test_a_missed_canary_flags_the_phone(node_dir: Path) -> None:
+    def canaries(text: str) -> str:
+        return fast_spam(text).replace(
+            "poll_interval_s = 0.2\n",
+            'poll_interval_s = 0.2\ncanary_interval_s = 2.0\ncanary_callback = "0212345678"\n',
+        )
+
+    node = start(node_dir, overrides=canaries)
+    try:
+        node.sim_ctl("rules", "KT", "--block-keyword", "canary")
+
+        def phone(name: str) -> dict[str, Any]:
+            phones = node.status()["spam_tests"]["phones"]
+            return next(p for p in phones if p["modem"] == name)
+
+        wait_for(lambda: phone("KT")["flagged"], 60, "the KT phone flagged")
+        assert phone("KT")["last_canary"]["verdict"] == "blocked"
+        assert not phone("SKT")["flagged"]
+        report = spam_test(node, "--message", "주말 특가 안내")
+        assert verdicts(report) == {"SKT": "pass", "KT": "device_error", "LGU": "pass"}
+        assert "canary" in report["carriers"]["KT"]["detail"]
+        # Once it passes a canary again, its verdicts count again.
+        node.sim_ctl("rules", "KT", "--clear")
+        wait_for(lambda: not phone("KT")["flagged"], 60, "the KT phone unflagged")
+        report = spam_test(node, "--message", "주말 특가 안내 2")
+        assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+    finally:
+        node.close()
