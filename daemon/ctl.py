@@ -165,17 +165,38 @@ def render_status(snap: dict[str, Any]) -> str:
             ),
         ]
     spam = snap.get("spam_tests") or {}
-    if spam.get("active") or spam.get("queue") or spam.get("recent"):
+    tests = spam.get("active", []) + spam.get("queue", []) + spam.get("recent", [])
+    if tests:
+
+        def cell(test: dict[str, Any], carrier: str) -> str | None:
+            entry = test.get("carriers", {}).get(carrier)
+            if entry is None:
+                return None
+            verdict = entry.get("verdict") or "waiting"
+            return verdict + (" (late)" if entry.get("late") else "")
+
         rows = [
             [
                 t.get("test_id", "")[:8],
-                t.get("status"),
+                t.get("company") or t.get("source"),
+                t.get("status", "queued"),
                 t.get("overall"),
-                *(t.get("carriers", {}).get(c, {}).get("verdict") for c in ("SKT", "KT", "LGU")),
+                *(cell(t, c) for c in ("SKT", "KT", "LGU")),
+                t.get("elapsed_s", t.get("waiting_s")),
             ]
-            for t in (spam.get("active", []) + spam.get("queue", []) + spam.get("recent", []))
+            for t in tests
         ]
-        parts += ["", table(["spam test", "status", "overall", "SKT", "KT", "LGU"], rows)]
+        parts += [
+            "",
+            table(["spam test", "company", "status", "overall", "SKT", "KT", "LGU", "s"], rows),
+        ]
+    if spam.get("grace_s"):
+        grace = "  ".join(f"{c} {g:.1f}s" for c, g in spam["grace_s"].items())
+        flagged = [p["modem"] for p in spam.get("phones", []) if p.get("flagged")]
+        parts.append(
+            f"spam-test grace: {grace}"
+            + (f"; phones that missed their canary: {', '.join(flagged)}" if flagged else "")
+        )
     return "\n".join(parts)
 
 

@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 from daemon.schema import connect_pg
-from dispatch.spamtests import CARRIERS, SpamTestRejected, TestSpec, create_tests, dumps, show
+from dispatch.spamtests import CARRIERS, SpamTestRejected, SpamTestSpec, create_tests, dumps, show
 
 DONE = ("completed", "cancelled")
 
@@ -48,7 +48,7 @@ def _fetch(args: argparse.Namespace, ident: uuid.UUID) -> list[dict[str, Any]]:
     return asyncio.run(read())
 
 
-def _specs(args: argparse.Namespace) -> list[TestSpec]:
+def _specs(args: argparse.Namespace) -> list[SpamTestSpec]:
     ctl = _ctl()
     config = ctl._config(args)
     messages: list[str] = args.message or []
@@ -61,7 +61,7 @@ def _specs(args: argparse.Namespace) -> list[TestSpec]:
     run_id = _uuid(args.run, "run id") if args.run else None
     batch = len(messages) > 1
     return [
-        TestSpec(
+        SpamTestSpec(
             node_id=config.node.id,
             callback=args.callback,
             sms_text=None if args.lms else text,

@@ -51,7 +51,7 @@ from dispatch.spamtests import (
     Decision,
     Row,
     SlotFacts,
-    TestSpec,
+    SpamTestSpec,
     TestStatus,
     Verdict,
     create_tests,
@@ -944,7 +944,7 @@ class SpamTestEngine:
                 continue
             self._canary_due[label] = loop.time() + section.canary_interval_s
             specs.append(
-                TestSpec(
+                SpamTestSpec(
                     node_id=self.node_id,
                     callback=section.canary_callback,
                     sms_text=f"{section.canary_text} {uuid.uuid4().hex[:8]}",

@@ -69,7 +69,7 @@ def overall(verdicts: Iterable[str | None]) -> Verdict | None:
 
 # ---- intake ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class TestSpec:
+class SpamTestSpec:
     node_id: str
     callback: str
     sms_text: str | None = None
@@ -105,9 +105,12 @@ class TestSpec:
 
 
 async def create_tests(
-    conn: Any, specs: Sequence[TestSpec], batch: bool = False
+    conn: Any, specs: Sequence[SpamTestSpec], batch: bool = False
 ) -> tuple[list[uuid.UUID], uuid.UUID | None]:
-    """Queue the tests in one transaction (a batch shares one batch_id); NOTIFY the daemon."""
+    """Queue the tests in one transaction (a batch shares one batch_id); NOTIFY the daemon.
+
+    ``created_at`` is the clock time of each insert, not the transaction's, so the
+    tests of a batch keep their order in the first-in-first-out queue."""
     for spec in specs:
         spec.check()
     batch_id = uuid.uuid4() if batch else None
@@ -119,8 +122,9 @@ async def create_tests(
             test_id = await conn.fetchval(
                 """INSERT INTO spam_filter_tests (node_id, company_id, user_id, callback_number,
                        message_content_sms, message_content_lms, message_subject, message_hash,
-                       source, variant_id, batch_id, run_id, target_modem)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                       source, variant_id, batch_id, run_id, target_modem, created_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                           clock_timestamp())
                    RETURNING id""",
                 spec.node_id,
                 spec.company_id,

@@ -111,6 +111,14 @@ def test_impossible_timings(raw: dict[str, Any]) -> None:
     assert any(p.startswith("supervision.check_interval_s = -1") for p in found)
 
 
+def test_canaries_need_a_sender_number(raw: dict[str, Any]) -> None:
+    raw["spam_tests"]["canary_interval_s"] = 600
+    found = problems(raw)
+    assert any(p.startswith("spam_tests.canary_callback") for p in found), found
+    raw["spam_tests"]["canary_callback"] = "12"
+    assert any(p.startswith("spam_tests.canary_callback = '12'") for p in problems(raw))
+
+
 def test_every_problem_is_reported_at_once(raw: dict[str, Any]) -> None:
     broken = copy.deepcopy(raw)
     broken["agents"][0]["table"] = "SMSQ_SEND_1; DROP TABLE x"

@@ -1,0 +1,167 @@
+"""The spam-test rules on their own: verdicts, overall ranking, grace, queue order, intake."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from config.model import SpamTestSection
+from dispatch.spamtests import (
+    SlotFacts,
+    SpamTestRejected,
+    SpamTestSpec,
+    Verdict,
+    decide,
+    fair_order,
+    grace_for,
+    overall,
+    report,
+)
+
+T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+SECTION = SpamTestSection(grace_initial_s=25, grace_min_s=6, grace_max_s=45, timeout_s=60)
+
+
+def facts(
+    received: bool = False, code: int | None = None, seen_after_s: float | None = None
+) -> SlotFacts:
+    success = code in (6, 1000)
+    seen = T0 + timedelta(seconds=seen_after_s) if seen_after_s is not None else None
+    return SlotFacts(T0, received, code, success, seen)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_a_receipt_is_a_pass_even_if_the_modem_blipped() -> None:
+    decision = decide(facts(received=True), at(1), 20, 60, watched=False)
+    assert decision is not None and decision.verdict == Verdict.PASS
+
+
+def test_a_failure_code_fails_at_once_and_keeps_the_code() -> None:
+    decision = decide(facts(code=9008), at(0.5), 20, 60, watched=True)
+    assert decision is not None and decision.verdict == Verdict.FAILED
+    assert "9008" in decision.detail
+
+
+def test_blocked_only_after_the_grace_and_only_when_watched() -> None:
+    assert decide(facts(code=6, seen_after_s=1), at(20.9), 20, 60, watched=True) is None
+    blocked = decide(facts(code=6, seen_after_s=1), at(21), 20, 60, watched=True)
+    assert blocked is not None and blocked.verdict == Verdict.BLOCKED
+    unwatched = decide(facts(code=6, seen_after_s=1), at(21), 20, 60, watched=False)
+    assert unwatched is not None and unwatched.verdict == Verdict.DEVICE_ERROR
+
+
+def test_no_agent_result_is_a_timeout_or_a_device_error() -> None:
+    assert decide(facts(), at(59), 20, 60, watched=True) is None
+    timeout = decide(facts(), at(60), 20, 60, watched=True)
+    assert timeout is not None and timeout.verdict == Verdict.TIMEOUT
+    unwatched = decide(facts(), at(60), 20, 60, watched=False)
+    assert unwatched is not None and unwatched.verdict == Verdict.DEVICE_ERROR
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "expected"),
+    [
+        (["pass", "pass", "pass"], "pass"),
+        (["pass", "blocked", "failed"], "blocked"),
+        (["timeout", "failed", "device_error"], "failed"),
+        (["timeout", "device_error", "pass"], "device_error"),
+        (["timeout", "pass", "pass"], "timeout"),
+        (["pass", None, "pass"], None),
+    ],
+)
+def test_overall_ranks_blocked_failed_device_error_timeout(
+    verdicts: list[str | None], expected: str | None
+) -> None:
+    assert overall(verdicts) == expected
+
+
+def test_grace_starts_at_the_initial_value_and_follows_observed_delays() -> None:
+    assert grace_for([1.0, 2.0], SECTION) == 25
+    kt = [11.0, 12.5, 13.0, 13.8, 14.2, 12.1, 14.6]
+    grace = grace_for(kt, SECTION)
+    assert 15.6 <= grace < 25  # above every observed receipt, below the initial guess
+    fast = grace_for([1.0, 1.2, 1.5, 1.1, 0.9], SECTION)
+    assert fast == 6  # the floor
+    slow = grace_for([42.0] * 10, SECTION)
+    assert slow == 45  # the ceiling
+
+
+def test_a_late_receipt_widens_the_grace() -> None:
+    samples = [2.0, 2.5, 3.0, 2.2, 2.8, 2.4]
+    before = grace_for(samples, SECTION)
+    after = grace_for([*samples, before + 3.0], SECTION)
+    assert after > before + 3.0
+
+
+def _queued(company: str | None, minute: int) -> dict[str, Any]:
+    return {"id": uuid.uuid4(), "company_id": company, "created_at": at(minute * 60)}
+
+
+def test_queue_is_fifo_with_companies_taking_turns() -> None:
+    tests = [_queued("a", 0), _queued("a", 1), _queued("a", 2), _queued("b", 3), _queued("c", 4)]
+    order = [t["company_id"] for t in fair_order(tests, {})]
+    assert order == ["a", "b", "c", "a", "a"]
+    # A company served a moment ago waits behind one not served for longer.
+    served = {"a": at(10_000), "b": at(5_000)}
+    order = [t["company_id"] for t in fair_order(tests, served)]
+    assert order == ["c", "b", "a", "a", "a"]
+    within = [t["created_at"] for t in fair_order(tests, {}) if t["company_id"] == "a"]
+    assert within == sorted(within)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (SpamTestSpec("n", "12", sms_text="hi"), "sender number"),
+        (SpamTestSpec("n", "0212345678"), "needs an SMS text"),
+        (SpamTestSpec("n", "0212345678", sms_text="   "), "empty"),
+        (SpamTestSpec("n", "0212345678", sms_text="가" * 46), "over 90"),
+        (SpamTestSpec("n", "0212345678", lms_text="본문"), "subject"),
+        (SpamTestSpec("n", "0212345678", lms_text="가" * 1001, subject="s"), "over 2000"),
+    ],
+)
+def test_bad_tests_are_rejected_with_a_reason(spec: SpamTestSpec, message: str) -> None:
+    with pytest.raises(SpamTestRejected, match=message):
+        spec.check()
+
+
+def test_a_report_always_names_all_three_carriers() -> None:
+    test = {
+        "id": uuid.uuid4(),
+        "status": "active",
+        "overall": None,
+        "company_id": "acme",
+        "source": "manual",
+        "variant_id": None,
+        "batch_id": None,
+        "message_content_sms": "안녕",
+        "created_at": T0,
+        "started_at": T0,
+        "completed_at": None,
+        "status_reason": None,
+    }
+    row = {
+        "carrier": "KT",
+        "modem": "KT",
+        "result": "pass",
+        "status_code": 6,
+        "receipt_delay_s": 13.21,
+        "late": False,
+        "late_delay_s": None,
+        "detail": None,
+    }
+    shown = report(test, [row])
+    assert set(shown["carriers"]) == {"SKT", "KT", "LGU"}
+    assert shown["carriers"]["KT"] == {
+        "verdict": "pass",
+        "status_code": 6,
+        "receipt_delay_s": 13.21,
+        "modem": "KT",
+    }
+    assert shown["carriers"]["SKT"]["verdict"] is None
