@@ -17,6 +17,9 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block the event loop: a receiver that stops reading fills its queue
+            # (net.unix.max_dgram_qlen, 10 by default) and a blocking send would hang us.
+            self._sock.setblocking(False)
 
     @property
     def enabled(self) -> bool:
@@ -26,7 +29,7 @@ class Notifier:
         if self._sock is None:
             return
         target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
-        # systemd went away (or a test closed its socket): nothing to tell.
+        # systemd went away, is not reading, or a test closed its socket: nothing to tell.
         with contextlib.suppress(OSError):
             self._sock.sendto("\n".join(fields).encode(), target)
 
