@@ -203,7 +203,7 @@ class SpamTestSection(_Section):
     grace_max_s: Seconds = 45.0
     timeout_s: Seconds = 60.0
     # How often the engine looks at agent results and deadlines while tests are active.
-    poll_interval_s: Seconds = 0.5
+    poll_interval_s: Seconds = 0.25
     # Recent receipt delays per carrier that the grace is computed from.
     grace_samples: int = Field(default=50, ge=5)
     canary_interval_s: float = Field(default=0.0, ge=0)

@@ -70,6 +70,8 @@ RECEIPT_BATCH = 200
 LATE_HORIZON = timedelta(days=1)
 # Poll interval while no test is active (queue and canaries only).
 IDLE_POLL_S = 2.0
+# How long after the start queued tests wait for modems still opening for the first time.
+STARTUP_WAIT_S = 30.0
 RECENT = 10
 
 
@@ -158,6 +160,7 @@ class SpamTestEngine:
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._rr = 0
         self._canary_due: dict[str, float] = {}
+        self._started = 0.0
         for manager in modems:
             manager.receipt_listeners.append(self._on_receipt)
 
@@ -210,6 +213,7 @@ class SpamTestEngine:
         except TimeoutError as exc:
             raise DependencyDown("postgres unreachable") from exc
         pool = self.postgres.require()
+        self._started = asyncio.get_running_loop().time()
         self.mysql = await agent_tables.create_pool(self.runtime.config.mysql, maxsize=3)
         listener = await pool.acquire()
         try:
@@ -398,11 +402,22 @@ class SpamTestEngine:
             if free:
                 floor = datetime.min.replace(tzinfo=UTC)
                 plan[carrier] = min(free, key=lambda label: self.freed_at.get(label, floor))
-            elif usable:
+            elif usable or any(self._opening(label) for label in labels):
                 return None
             else:
                 plan[carrier] = None
         return plan
+
+    def _opening(self, label: str) -> bool:
+        """A modem still in its first open after the daemon started: worth waiting for
+        (up to STARTUP_WAIT_S), rather than calling its carrier a device error."""
+        manager = self.modems.get(label)
+        loop = asyncio.get_running_loop()
+        return (
+            manager is not None
+            and not manager.settled
+            and loop.time() - self._started < STARTUP_WAIT_S
+        )
 
     def _unusable_reason(self, carrier: str, pinned: str | None) -> str:
         labels = [pinned] if pinned else [m.label for m in self._modem_configs(carrier)]
@@ -519,20 +534,21 @@ class SpamTestEngine:
             source=test.source,
             phones={s.carrier: s.modem for s in test.slots},
         )
-        await self._ensure_sent(test)
+        await self._ensure_sent(test, fresh=True)
         return True
 
-    async def _ensure_sent(self, test: ActiveTest) -> None:
+    async def _ensure_sent(self, test: ActiveTest, fresh: bool = False) -> None:
         """Write the test's rows that are not in the agent tables yet, in one transaction.
 
         A row without a recorded sequence number may have been committed to MySQL just
-        before a crash: it is looked for (live and log tables) and adopted, never sent
+        before a crash (or a lost connection): unless the test was started just now
+        (`fresh`), it is looked for in the live and log tables and adopted, never sent
         twice."""
         unsent = [s for s in test.slots if s.sendable and s.seqno is None and s.result is None]
         if not unsent:
             return
         async with self._my().acquire() as conn:
-            for slot in list(unsent):
+            for slot in [] if fresh else list(unsent):
                 found = await self._find_row(conn, test, slot)
                 if found is not None:
                     slot.seqno = found

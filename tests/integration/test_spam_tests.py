@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from config.names import message_hash
 from simulators.harness import SimulatedNode, wait_for
 from tests.integration.conftest import fast_network
 from tests.integration.helpers import mysql
@@ -285,5 +286,53 @@ def test_a_missed_canary_flags_the_phone(node_dir: Path) -> None:
         wait_for(lambda: not phone("KT")["flagged"], 60, "the KT phone unflagged")
         report = spam_test(node, "--message", "주말 특가 안내 2")
         assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+    finally:
+        node.close()
+
+
+def test_a_row_written_just_before_a_crash_is_adopted_not_sent_again(node_dir: Path) -> None:
+    """The daemon died after the MySQL commit of a test's rows but before it recorded
+    them: the next daemon finds the row in the agent table instead of sending again."""
+    node = SimulatedNode(node_dir, overrides=fast_spam)
+    try:
+        node.db_init()
+        node.start_sim()
+        config = node.status_config()
+        text = "재시작 확인 메시지"
+        test_id = str(
+            fetch(
+                """INSERT INTO spam_filter_tests (node_id, callback_number, message_content_sms,
+                       status, started_at) VALUES ($1, $2, $3, 'active', now()) RETURNING id""",
+                config["node"]["id"],
+                CALLBACK,
+                text,
+            )[0][0]
+        )
+        phones = {m["carrier"]: m["phone"] for m in config["modems"]}
+        for carrier, phone in phones.items():
+            fetch(
+                """INSERT INTO spam_filter_test_results (test_id, carrier, message_type, phone,
+                       modem, sms_table, message_hash)
+                   VALUES ($1::uuid, $2, 'SMS', $3, $2, 'SMSQ_SEND_10', $4)""",
+                test_id,
+                carrier,
+                phone,
+                message_hash(text),
+            )
+        conn = mysql()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "INSERT INTO SMSQ_SEND_10 (dest_no, call_back, msg_contents, msg_type,"
+                    " sendreq_time, app_etc1) VALUES (%s, %s, %s, 'S', NOW(), %s)",
+                    (phones["SKT"], CALLBACK, text, test_id),
+                )
+        finally:
+            conn.close()
+        node.start_daemon()
+        report = completed(node, test_id)
+        assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+        assert agent_rows(test_id) == 3
+        assert handset_copies(test_id) == {"SKT": 1, "KT": 1, "LGU": 1}
     finally:
         node.close()
