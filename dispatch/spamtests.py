@@ -201,7 +201,7 @@ def grace_for(samples: Sequence[float], section: SpamTestSection) -> float:
     """Seconds to wait after the agent's success before calling a message blocked.
 
     Built from the receipt delays (success → receipt) recently observed on this
-    carrier: the 95th percentile plus a margin, never below the slowest recent
+    carrier: the 95th percentile plus max(1 s, 5 %), never below the slowest recent
     receipt plus one second, within [grace_min_s, grace_max_s]. With fewer than
     MIN_SAMPLES observations it is grace_initial_s.
     """
@@ -209,7 +209,7 @@ def grace_for(samples: Sequence[float], section: SpamTestSection) -> float:
         return section.grace_initial_s
     ordered = sorted(samples)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    grace = max(p95 + max(2.0, 0.1 * p95), ordered[-1] + 1.0)
+    grace = max(p95 + max(1.0, 0.05 * p95), ordered[-1] + 1.0)
     return round(min(section.grace_max_s, max(section.grace_min_s, grace)), 2)
 
 

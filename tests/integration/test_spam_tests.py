@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import signal
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,9 +140,19 @@ def handset_copies(test_id: str) -> dict[str, int]:
 
 def test_a_word_kt_blocks_is_blocked_on_kt_only(node: SimulatedNode) -> None:
     node.sim_ctl("rules", "KT", "--block-keyword", "무료")
-    report = spam_test(node, "--message", "한줄로 무료 체험 안내", "--company", "acme")
+    run_id = str(uuid.uuid4())
+    report = spam_test(
+        node, "--message", "한줄로 무료 체험 안내", "--company", "acme", "--run", run_id
+    )
     assert verdicts(report) == {"SKT": "pass", "KT": "blocked", "LGU": "pass"}
     assert report["overall"] == "blocked"
+    # The run the test belongs to gets the blocked count, under its untraceable reference.
+    secret = node.status_config()["dispatch"]["training_secret"].encode()
+    reference = hmac.new(secret, run_id.encode(), hashlib.sha256).hexdigest()
+    blocked = fetch(
+        "SELECT spam_test_blocked FROM ai_training_logs WHERE source_ref = $1", reference
+    )
+    assert blocked == [(1,)]
     assert report["carriers"]["KT"]["status_code"] == 6
     assert report["carriers"]["SKT"]["receipt_delay_s"] is not None
     assert report["carriers"]["KT"]["receipt_delay_s"] is None

@@ -88,7 +88,7 @@ def test_grace_starts_at_the_initial_value_and_follows_observed_delays() -> None
     assert 15.6 <= grace < 25  # above every observed receipt, below the initial guess
     fast = grace_for([1.0, 1.2, 1.5, 1.1, 0.9], SECTION)
     assert fast == 6  # the floor
-    slow = grace_for([42.0] * 10, SECTION)
+    slow = grace_for([44.5] * 10, SECTION)
     assert slow == 45  # the ceiling
 
 
