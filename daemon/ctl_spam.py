@@ -186,7 +186,7 @@ def render(reports: list[dict[str, Any]]) -> str:
                 + (f"  ({c['detail']})" if c.get("detail") and c["verdict"] != "pass" else "")
             )
         lines.append(f"  overall {r['overall'] or '(undecided)'}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
