@@ -836,10 +836,22 @@ class Dispatcher:
                     log.warning("rows moved off a down agent", agent=number, rows=moved, to=healthy)
 
     async def _sync_loop(self) -> None:
+        failing = ""
         while True:
             await asyncio.sleep(self.runtime.config.dispatch.result_sync_interval_s)
-            with contextlib.suppress(*ERRORS, DependencyDown):
+            try:
                 await self.sync_once()
+            except (*ERRORS, DependencyDown) as exc:
+                # Retried every interval; said once per distinct error, not every cycle.
+                if str(exc) != failing:
+                    log.warning(
+                        "result sync failed; retrying", error=f"{type(exc).__name__}: {exc}"
+                    )
+                failing = str(exc)
+            else:
+                if failing:
+                    log.info("result sync recovered")
+                failing = ""
 
     async def sync_once(self) -> int:
         """One incremental result sync over every run that may still get results."""

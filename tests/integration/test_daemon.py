@@ -149,7 +149,7 @@ def test_with_the_simulator_every_component_runs(sim_node: SimulatedNode) -> Non
     states = sim_node.wait_components(
         lambda s: all(v == "running" for v in s.values()), 20, "every component running"
     )
-    assert len(states) == 9  # 5 services, the dispatcher and 3 modem managers
+    assert len(states) == 10  # 5 services, dispatcher, spam-test engine, 3 modem managers
     status = wait_for(
         lambda: (s := sim_node.status()) and all(a["state"] == "ok" for a in s["agents"]) and s,
         10,
