@@ -593,7 +593,7 @@ class Dispatcher:
             page = await conn.fetch(
                 """SELECT seq, coalesce(phone_norm, phone) AS number, message_text, subject,
                           attachments, true AS pulled
-                   FROM campaign_run_recipients WHERE run_id = $1 AND state = 'pulled'
+                   FROM campaign_run_recipients WHERE run_id = $1 AND is_pulled
                    ORDER BY seq LIMIT $2""",
                 state.id,
                 max(capacity, 1),
@@ -660,8 +660,8 @@ class Dispatcher:
         async with self._pg().acquire() as conn, conn.transaction():
             if page[0]["pulled"]:
                 await conn.execute(
-                    """UPDATE campaign_run_recipients SET state = 'pending'
-                       WHERE run_id = $1 AND seq = ANY($2::int[]) AND state = 'pulled'""",
+                    """UPDATE campaign_run_recipients SET state = 'pending', is_pulled = false
+                       WHERE run_id = $1 AND seq = ANY($2::int[]) AND is_pulled""",
                     state.id,
                     [r["seq"] for r in page],
                 )
@@ -734,7 +734,8 @@ class Dispatcher:
                 # Pulled rows are re-inserted first when the run resumes; nothing else is
                 # touched, so what the agents had already taken is never sent again.
                 changed = await conn.fetchval(
-                    """WITH u AS (UPDATE campaign_run_recipients SET state = 'pulled'
+                    """WITH u AS (UPDATE campaign_run_recipients
+                                  SET state = 'pulled', is_pulled = true
                                   WHERE run_id = $1 AND state = 'pending'
                                   AND coalesce(phone_norm, phone) = ANY($2::text[])
                                   RETURNING 1)
