@@ -5,12 +5,17 @@ admin protocol is undocumented, so a connect is all we rely on). Its backlog
 comes from its MySQL table in one statement for all agents. An agent whose
 oldest due row has not moved for ``supervision.stuck_after_s`` is ``stalled`` (it does
 not consume); a busy agent working through a long queue is not.
+
+An agent that is down (unreachable or stalled) and has a ``restart_command`` gets
+it run (e.g. ``systemctl restart qtmsg@3``), at most once per
+``supervision.restart_min_interval_s``; the outcome is in its status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +24,7 @@ from typing import Any
 
 import aiomysql
 import pymysql.err
+import structlog
 
 from daemon.runtime import Runtime
 from daemon.supervisor import Health
@@ -26,6 +32,10 @@ from dispatch import agent_tables
 from dispatch.agent_tables import Backlog
 
 MYSQL_ERRORS = (OSError, pymysql.err.MySQLError, TimeoutError)
+# Seconds a restart command may run before it is killed.
+RESTART_TIMEOUT_S = 60.0
+
+log = structlog.get_logger("agents")
 
 
 class AgentState(StrEnum):
@@ -45,6 +55,7 @@ class AgentStatus:
     reachable: bool | None
     backlog: Backlog | None
     checked_at: datetime | None
+    restart: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +70,7 @@ class AgentStatus:
             "oldest_waiting_s": None if self.backlog is None else self.backlog.oldest_due_s,
             "in_flight": None if self.backlog is None else self.backlog.in_flight,
             "checked_at": None if self.checked_at is None else self.checked_at.isoformat(),
+            "restart": self.restart,
         }
 
 
@@ -96,6 +108,10 @@ class AgentMonitor:
         # Per agent: the oldest due row's seqno and when it was first seen there. An agent
         # that consumes moves that row on; one that does not leaves it in place.
         self._head: dict[int, tuple[int, float]] = {}
+        # Per agent: the last restart command run (monotonic start, and what it did).
+        self._restarted_at: dict[int, float] = {}
+        self.restarts: dict[int, dict[str, Any]] = {}
+        self._restart_tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, health: Health) -> None:
         try:
@@ -104,6 +120,9 @@ class AgentMonitor:
                 await asyncio.sleep(self.runtime.config.supervision.check_interval_s)
         finally:
             self._close()
+            for task in self._restart_tasks:
+                task.cancel()
+            await asyncio.gather(*self._restart_tasks, return_exceptions=True)
 
     async def check_once(self, health: Health) -> None:
         config = self.runtime.config
@@ -135,14 +154,69 @@ class AgentMonitor:
             else:
                 state = AgentState.OK
             old = self.statuses[agent.number]
+            if state in (AgentState.UNREACHABLE, AgentState.STALLED) and agent.restart_command:
+                self._maybe_restart(agent.number, agent.restart_command, state)
             self.statuses[agent.number] = AgentStatus(
-                agent.number, agent.table, old.group, agent.admin, state, reachable, backlog, now
+                agent.number,
+                agent.table,
+                old.group,
+                agent.admin,
+                state,
+                reachable,
+                backlog,
+                now,
+                self.restarts.get(agent.number),
             )
         if mysql_error:
             health.degraded(mysql_error)
             return
         down = [str(s.number) for s in self.statuses.values() if s.state != AgentState.OK]
         health.running(f"agents not ok: {', '.join(down)}" if down else "")
+
+    def _maybe_restart(self, number: int, command: str, state: AgentState) -> None:
+        interval = self.runtime.config.supervision.restart_min_interval_s
+        last = self._restarted_at.get(number)
+        if last is not None and time.monotonic() - last < interval:
+            return
+        self._restarted_at[number] = time.monotonic()
+        task = asyncio.create_task(self._restart(number, command, state), name=f"restart-{number}")
+        self._restart_tasks.add(task)
+        task.add_done_callback(self._restart_tasks.discard)
+
+    async def _restart(self, number: int, command: str, state: AgentState) -> None:
+        record: dict[str, Any] = {
+            "command": command,
+            "reason": state.value,
+            "at": datetime.now(UTC).isoformat(),
+            "result": "running",
+            "count": self.restarts.get(number, {}).get("count", 0) + 1,
+        }
+        self.restarts[number] = record
+        log.warning("restarting agent", agent=number, reason=state.value, command=command)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *shlex.split(command),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        except OSError as exc:
+            record["result"] = f"could not run: {exc}"
+            log.error("agent restart command could not run", agent=number, error=str(exc))
+            return
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(), RESTART_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            record["result"] = f"killed after {RESTART_TIMEOUT_S:.0f}s"
+            log.error("agent restart command timed out", agent=number)
+            return
+        tail = output.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        record["result"] = f"exit {proc.returncode}" + (f": {tail[0][:200]}" if tail[0] else "")
+        (log.info if proc.returncode == 0 else log.error)(
+            "agent restart command finished", agent=number, result=record["result"]
+        )
 
     def _not_consuming(self, number: int, backlog: Backlog) -> bool:
         """True when the same due row has headed the queue for stuck_after_s."""

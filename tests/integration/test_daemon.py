@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,3 +193,49 @@ def test_watchdog_pings_when_systemd_asks_for_them(sim_node: SimulatedNode) -> N
         "three watchdog pings",
     )
     assert any(m.startswith("STATUS=") or "\nSTATUS=" in m for _, m in sim_node.notify.messages)
+
+
+def test_a_down_agent_is_restarted_by_its_command_at_most_once_per_interval(
+    node_dir: Path,
+) -> None:
+    sim = Path(sys.executable).parent / "hanjullo-sim"
+    config = node_dir.resolve() / "node.toml"
+
+    def restartable(text: str) -> str:
+        text = text.replace(
+            "number = 3\n",
+            f'number = 3\nrestart_command = "{sim} ctl --config {config} agent 3 ok"\n',
+            1,
+        )
+        return text.replace(
+            "[supervision]\ncheck_interval_s = 2.0",
+            "[supervision]\ncheck_interval_s = 0.5\nrestart_min_interval_s = 60.0",
+        )
+
+    node = SimulatedNode(node_dir, overrides=restartable)
+    try:
+        node.db_init()
+        node.start_sim()
+        node.start_daemon()
+
+        def agent3() -> dict[str, Any]:
+            return next(a for a in node.status()["agents"] if a["number"] == 3)
+
+        wait_for(lambda: agent3()["state"] == "ok", 20, "agent 3 ok")
+        node.sim_ctl("agent", "3", "stop")
+        restarted = wait_for(
+            lambda: (a := agent3())["state"] == "ok" and a["restart"] and a,
+            30,
+            "agent 3 restarted by its command",
+        )
+        assert restarted["restart"]["result"].startswith("exit 0")
+        assert restarted["restart"]["reason"] == "unreachable"
+        assert restarted["restart"]["count"] == 1
+        # Down again within the interval: not restarted again, and the status says so.
+        node.sim_ctl("agent", "3", "stop")
+        wait_for(lambda: agent3()["state"] == "unreachable", 10, "agent 3 down again")
+        time.sleep(3.0)  # six checks
+        again = agent3()
+        assert again["state"] == "unreachable" and again["restart"]["count"] == 1
+    finally:
+        node.close()
