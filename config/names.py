@@ -66,6 +66,8 @@ def normalise_phone(raw: str) -> str:
     Returns the cleaned digits even when they are not a valid mobile number; use
     :func:`is_mobile` to check.
     """
+    if raw.isascii() and raw.isdigit() and raw.startswith("0"):
+        return raw  # already domestic digits: the common case, kept cheap
     digits = "".join(ch for ch in raw if ch in "0123456789")
     if raw.strip().startswith("+82") or (digits.startswith("82") and len(digits) >= 10):
         national = digits[2:].lstrip("0")

@@ -10,7 +10,11 @@ Handoff streams pending recipients in ``seq`` order (keyset pages, bounded
 memory), spreads them over the group's healthy agents within each agent's
 backlog bound, inserts them, then checkpoints in PostgreSQL. Anything between
 the last checkpoint and the agent tables (a crash, a lost connection) is
-reconciled by looking the numbers up in the agent tables before inserting.
+reconciled by looking the numbers up in the agent tables before inserting: the
+highest seq ever written ahead of its checkpoint is recorded first
+(``verify_until``), so the window is known whatever the batch sizes. While one
+batch is being written the next is planned (read, checked, spread, written to
+its LOAD DATA files); only one batch is ever in flight past the checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
+import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -52,6 +58,8 @@ PREPARE_PAGE = 5000
 # Log-table rows are re-read this far behind the newest result seen (moves are not
 # strictly in result order).
 RESULT_SLACK = timedelta(seconds=10)
+# Seconds between COUNTs of an agent table's waiting rows while a run inserts.
+WAITING_RECOUNT_S = 2.0
 ERRORS = (*MYSQL_ERRORS, *PG_ERRORS, *REDIS_ERRORS)
 # Results per UPDATE; a burst is applied in parallel chunks on separate connections.
 SYNC_CHUNK = 25_000
@@ -72,6 +80,32 @@ class RunState:
     prepared_upto: int = 0
     prepared_event: asyncio.Event = field(default_factory=asyncio.Event)
     prepare_task: asyncio.Task[None] | None = None
+    # Waiting rows per agent table as last counted plus what this run inserted since: an
+    # upper bound while agents consume (re-counted every WAITING_RECOUNT_S, or sooner
+    # when it leaves no room), so a batch does not cost a COUNT over the whole backlog.
+    waiting: dict[str, int] = field(default_factory=dict)
+    counted_at: float = 0.0
+    # The highest seq ever written ahead of its checkpoint (campaign_runs.verify_until):
+    # recipients between the checkpoint and it are looked up before they are inserted.
+    verify_until: int = 0
+
+
+@dataclass(slots=True)
+class Batch:
+    """One batch of a run, planned per agent table, not yet written."""
+
+    healthy: list[int]
+    size: int  # recipients of the page, including those found already inserted
+    last_seq: int
+    pulled_seqs: list[int] | None  # a page of pulled-back recipients
+    plan: dict[str, list[AgentRow]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # LOAD DATA files per table
+
+    def discard(self) -> None:
+        for path in self.files.values():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.files.clear()
 
 
 class Dispatcher:
@@ -405,48 +439,98 @@ class Dispatcher:
             return True
         state.prepared = run["prepared"]
         state.prepared_upto = run["prepared_upto"]
+        state.verify_until = run["verify_until"]
         if not state.prepared and (state.prepare_task is None or state.prepare_task.done()):
             state.prepare_task = asyncio.create_task(
                 self._prepare(run, state), name=f"prepare-{state.id}"
             )
         group = run["line_group"]
         dispatch = self.runtime.config.dispatch
-        while True:
-            if state.lease_lost:
-                log.warning("lease lost: inserting stopped", run=str(state.id), group=group)
-                return True
-            if run["is_ad"] and not in_ad_window(self.runtime.clock.now()):
-                self.wake.set()
-                return True
-            async with self.locks[state.id]:
-                async with self._pg().acquire() as conn:
-                    current = await conn.fetchval(
-                        "SELECT status FROM campaign_runs WHERE id = $1", state.id
-                    )
-                if current != RunStatus.SENDING:
+        ahead: Batch | None = None  # planned while the previous batch was being written
+        try:
+            while True:
+                if state.lease_lost:
+                    log.warning("lease lost: inserting stopped", run=str(state.id), group=group)
                     return True
-                healthy = self.healthy(group)
-                if not healthy:
-                    inserted = -1
-                else:
-                    inserted = await self._insert_batch(
-                        state, run, healthy, dispatch.batch_size, dispatch.backlog_bound
-                    )
-            if inserted == 0 and not state.prepared:
-                # Caught up with the guard pass: wait for it to check more recipients.
-                if state.prepare_task is not None and state.prepare_task.done():
-                    state.prepare_task.result()  # re-raise a failed guard pass
-                state.prepared_event.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(state.prepared_event.wait(), 1.0)
-                continue
-            if inserted == 0:
-                await self._set_status(state.id, RunStatus.DRAINING, None)
-                log.info("run fully inserted; draining", run=str(state.id), group=group)
-                self.wake.set()
-                return True
-            if inserted < 0:
-                await asyncio.sleep(0.5)  # every agent full (or down): wait for room
+                if run["is_ad"] and not in_ad_window(self.runtime.clock.now()):
+                    self.wake.set()
+                    return True
+                async with self.locks[state.id]:
+                    async with self._pg().acquire() as conn:
+                        current = await conn.fetchval(
+                            "SELECT status FROM campaign_runs WHERE id = $1", state.id
+                        )
+                    if current != RunStatus.SENDING:
+                        return True
+                    healthy = self.healthy(group)
+                    batch: Batch | int
+                    if not healthy:
+                        batch = -1
+                    elif ahead is not None and ahead.healthy == healthy:
+                        batch = ahead
+                    else:
+                        batch = await self._next_batch(
+                            state, run, healthy, dispatch.batch_size, dispatch.backlog_bound
+                        )
+                    if ahead is not None and batch is not ahead:
+                        ahead.discard()
+                    ahead = None
+                    if isinstance(batch, int):
+                        inserted = batch
+                    else:
+                        inserted, ahead = await self._commit_and_plan(state, run, batch)
+                if inserted == 0 and not state.prepared:
+                    # Caught up with the guard pass: wait for it to check more recipients.
+                    if state.prepare_task is not None and state.prepare_task.done():
+                        state.prepare_task.result()  # re-raise a failed guard pass
+                    state.prepared_event.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(state.prepared_event.wait(), 1.0)
+                    continue
+                if inserted == 0:
+                    await self._set_status(state.id, RunStatus.DRAINING, None)
+                    log.info("run fully inserted; draining", run=str(state.id), group=group)
+                    self.wake.set()
+                    return True
+                if inserted < 0:
+                    await asyncio.sleep(0.5)  # every agent full (or down): wait for room
+        finally:
+            if ahead is not None:
+                ahead.discard()
+
+    async def _commit_and_plan(
+        self, state: RunState, run: asyncpg.Record, batch: Batch
+    ) -> tuple[int, Batch | None]:
+        """Write `batch` and, while the servers load it, plan the one after it.
+
+        Only one batch is ever being written without its checkpoint, so a crash
+        leaves at most one batch for the next start to look up."""
+        dispatch = self.runtime.config.dispatch
+        commit = asyncio.create_task(self._commit_batch(state, batch))
+        ahead: Batch | None = None
+        try:
+            if batch.pulled_seqs is None and (
+                state.prepared or batch.last_seq < state.prepared_upto
+            ):
+                planned = await self._next_batch(
+                    state,
+                    run,
+                    batch.healthy,
+                    dispatch.batch_size,
+                    dispatch.backlog_bound,
+                    after=batch.last_seq,
+                )
+                ahead = planned if isinstance(planned, Batch) else None
+        except BaseException:
+            await asyncio.gather(commit, return_exceptions=True)
+            raise
+        try:
+            inserted = await commit
+        except BaseException:
+            if ahead is not None:
+                ahead.discard()
+            raise
+        return inserted, ahead
 
     async def _prepare(self, run: asyncpg.Record, state: RunState) -> None:
         """The guard pass, streamed ahead of the handoff in ``seq`` order.
@@ -572,43 +656,62 @@ class Dispatcher:
         async with self._mysql().acquire() as mconn:
             return set(await handoff.present(mconn, every, str(state.id), numbers))
 
-    async def _insert_batch(
-        self, state: RunState, run: asyncpg.Record, healthy: list[int], batch_size: int, bound: int
-    ) -> int:
-        """Insert one batch; 0 when nothing is left, -1 when no agent has room.
+    async def _next_batch(
+        self,
+        state: RunState,
+        run: asyncpg.Record,
+        healthy: list[int],
+        batch_size: int,
+        bound: int,
+        after: int | None = None,
+    ) -> Batch | int:
+        """The next batch, planned and (with LOAD DATA) written to files; 0 when nothing
+        is left, -1 when no agent has room.
 
         The checkpoint is the run's ``next_seq``: every recipient at or below it that is
         neither skipped nor pulled back is in an agent table. Pulled-back recipients
-        (state ``pulled``) are inserted first. After a crash, the first batch is looked
-        up by number before inserting, and only the missing rows are inserted.
+        (``is_pulled``) go first. After a crash or a failed batch, the next batch is
+        looked up by number before inserting, and only the missing rows are inserted.
+        `after`: plan the batch that follows one still being written (its last seq).
         """
         config = self.runtime.config
         tables = {n: config.agent(n).table for n in healthy}
-        async with self._mysql().acquire() as mconn:
-            waiting = await handoff.waiting_counts(mconn, list(tables.values()))
-        room = {n: max(0, bound - waiting.get(t, 0)) for n, t in tables.items()}
+
+        def room_by(waiting: dict[str, int]) -> dict[int, int]:
+            return {n: max(0, bound - waiting.get(t, bound)) for n, t in tables.items()}
+
+        room = room_by(state.waiting)
+        stale = time.monotonic() - state.counted_at > WAITING_RECOUNT_S
+        if after is None and (stale or sum(room.values()) < batch_size):
+            async with self._mysql().acquire() as mconn:
+                state.waiting = await handoff.waiting_counts(mconn, list(tables.values()))
+            state.counted_at = time.monotonic()
+            room = room_by(state.waiting)
         capacity = min(batch_size, sum(room.values()))
+        page: list[asyncpg.Record] = []
         async with self._pg().acquire() as conn:
-            # Rows pulled back (pause, night hold, breaker) go first, then the next ones.
-            page = await conn.fetch(
-                """SELECT seq, coalesce(phone_norm, phone) AS number, message_text, subject,
-                          attachments, true AS pulled
-                   FROM campaign_run_recipients WHERE run_id = $1 AND is_pulled
-                   ORDER BY seq LIMIT $2""",
-                state.id,
-                max(capacity, 1),
-            )
-            if not page:
-                next_seq = await conn.fetchval(
-                    "SELECT next_seq FROM campaign_runs WHERE id = $1", state.id
+            if after is None:
+                # Rows pulled back (pause, night hold, breaker) go first, then the next ones.
+                page = await conn.fetch(
+                    """SELECT seq, coalesce(phone_norm, phone) AS number, message_text,
+                              subject, attachments, true AS pulled
+                       FROM campaign_run_recipients WHERE run_id = $1 AND is_pulled
+                       ORDER BY seq LIMIT $2""",
+                    state.id,
+                    max(capacity, 1),
                 )
+                if not page:
+                    after = await conn.fetchval(
+                        "SELECT next_seq FROM campaign_runs WHERE id = $1", state.id
+                    )
+            if not page:
                 page = await conn.fetch(
                     """SELECT seq, coalesce(phone_norm, phone) AS number, message_text, subject,
                               attachments, false AS pulled
                        FROM campaign_run_recipients WHERE run_id = $1 AND state = 'pending'
                        AND seq > $2 AND ($4 OR seq <= $5) ORDER BY seq LIMIT $3""",
                     state.id,
-                    next_seq,
+                    after,
                     max(capacity, 1),
                     state.prepared,
                     state.prepared_upto,
@@ -618,7 +721,8 @@ class Dispatcher:
         if capacity == 0:
             return -1
         found: set[str] = set()
-        if state.reconcile:
+        pulled = bool(page[0]["pulled"])
+        if state.reconcile or pulled or page[0]["seq"] <= state.verify_until:
             found = await self._already_there(state, run, [r["number"] for r in page])
             if found:
                 log.info(
@@ -627,72 +731,104 @@ class Dispatcher:
                     rows=len(found),
                 )
         msg_type = MessageType(run["message_type"]).agent_code
-        plan: dict[int, list[AgentRow]] = {n: [] for n in tables}
-        for r in page:
-            if r["number"] in found:
-                continue
-            # Spread evenly: the agent with the most room left takes the next row.
-            number = max(room, key=lambda n: (room[n], -n))
-            room[number] -= 1
-            attachments = r["attachments"] or []
-            plan[number].append(
-                AgentRow(
-                    r["number"],
-                    run["callback_number"],
-                    r["message_text"],
-                    msg_type,
-                    r["subject"],
-                    attachments[0] if attachments else None,
-                    str(state.id),
-                    run["company_id"],
-                )
+        callback, run_ref, company = run["callback_number"], str(state.id), run["company_id"]
+        rows = [
+            AgentRow(
+                r["number"],
+                callback,
+                r["message_text"],
+                msg_type,
+                r["subject"],
+                r["attachments"][0] if r["attachments"] else None,
+                run_ref,
+                company,
             )
-        state.reconcile = True  # until the checkpoint below commits
+            for r in page
+            if r["number"] not in found
+        ]
+        # Spread evenly: the agents with the most room left take the most rows.
+        batch = Batch(
+            healthy=list(healthy),
+            size=len(page),
+            last_seq=page[-1]["seq"],
+            pulled_seqs=[r["seq"] for r in page] if pulled else None,
+        )
+        start = 0
+        for number, count in handoff.spread(room, len(rows)).items():
+            if count:
+                table = tables[number]
+                batch.plan[table] = rows[start : start + count]
+                state.waiting[table] = state.waiting.get(table, 0) + count
+                if self.load_data:
+                    batch.files[table] = handoff.write_tsv(batch.plan[table])
+            start += count
+        return batch
+
+    async def _commit_batch(self, state: RunState, batch: Batch) -> int:
+        """Write a planned batch (one statement per agent table, in parallel) and move
+        the checkpoint past it. Returns its size, or -1 when the lease was lost."""
         if state.lease_lost:
+            batch.discard()
             return -1
+        if batch.pulled_seqs is None and batch.last_seq > state.verify_until:
+            # Recorded before writing: after a crash, everything up to here is looked up.
+            async with self._pg().acquire() as conn:
+                await conn.execute(
+                    "UPDATE campaign_runs SET verify_until = greatest(verify_until, $2)"
+                    " WHERE id = $1",
+                    state.id,
+                    batch.last_seq,
+                )
+            state.verify_until = batch.last_seq
 
-        async def write(number: int, rows: list[AgentRow]) -> None:
+        async def write(table: str) -> None:
             async with self._mysql().acquire() as mconn:
-                await self._write_rows(mconn, tables[number], rows)
+                await self._write_rows(mconn, table, batch)
 
-        # One connection per agent table: the server loads them in parallel.
-        await asyncio.gather(*(write(n, rows) for n, rows in plan.items() if rows))
-        async with self._pg().acquire() as conn, conn.transaction():
-            if page[0]["pulled"]:
+        try:
+            # One connection per agent table: the server loads them in parallel.
+            await asyncio.gather(*(write(table) for table in batch.plan))
+            async with self._pg().acquire() as conn, conn.transaction():
+                if batch.pulled_seqs is not None:
+                    await conn.execute(
+                        """UPDATE campaign_run_recipients SET state = 'pending',
+                               is_pulled = false
+                           WHERE run_id = $1 AND seq = ANY($2::int[]) AND is_pulled""",
+                        state.id,
+                        batch.pulled_seqs,
+                    )
+                else:
+                    await conn.execute(
+                        "UPDATE campaign_runs SET next_seq = greatest(next_seq, $2) WHERE id = $1",
+                        state.id,
+                        batch.last_seq,
+                    )
                 await conn.execute(
-                    """UPDATE campaign_run_recipients SET state = 'pending', is_pulled = false
-                       WHERE run_id = $1 AND seq = ANY($2::int[]) AND is_pulled""",
+                    """UPDATE campaign_runs SET inserted_count = inserted_count + $2,
+                           updated_at = now() WHERE id = $1""",
                     state.id,
-                    [r["seq"] for r in page],
+                    batch.size,
                 )
-            else:
-                await conn.execute(
-                    "UPDATE campaign_runs SET next_seq = greatest(next_seq, $2) WHERE id = $1",
-                    state.id,
-                    page[-1]["seq"],
-                )
-            await conn.execute(
-                """UPDATE campaign_runs SET inserted_count = inserted_count + $2,
-                       updated_at = now() WHERE id = $1""",
-                state.id,
-                len(page),
-            )
+        except BaseException:
+            state.reconcile = True  # the next batch is looked up before it is inserted
+            raise
+        finally:
+            batch.discard()
         state.reconcile = False
-        return len(page)
+        return batch.size
 
-    async def _write_rows(
-        self, conn: aiomysql.Connection, table: str, rows: list[AgentRow]
-    ) -> None:
+    async def _write_rows(self, conn: aiomysql.Connection, table: str, batch: Batch) -> None:
         """LOAD DATA LOCAL where the server permits it (several times faster), else
         multi-row INSERTs. Either way one statement per table and batch: all or none."""
-        if self.load_data:
+        path = batch.files.get(table)
+        if self.load_data and path is not None:
             try:
-                await handoff.load_rows(conn, table, rows)
+                await handoff.load_file(conn, table, path)
                 return
             except handoff.LoadDataRefused as exc:
                 self.load_data = False
                 log.warning("LOAD DATA LOCAL refused; using multi-row INSERT", error=str(exc))
-        await handoff.insert_rows(conn, table, rows)
+        await handoff.insert_rows(conn, table, batch.plan[table])
 
     # ---- operator controls --------------------------------------------------------------
     async def control(

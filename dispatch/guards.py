@@ -115,7 +115,8 @@ def check_recipient(
     if opted_out:
         return Verdict(digits, SkipReason.OPTED_OUT)
     limit = SMS_MAX_BYTES if message_type == MessageType.SMS else LMS_MAX_BYTES
-    if byte_length(text) > limit:
+    # No character takes more than 2 bytes, so a short text needs no encoding.
+    if len(text) * 2 > limit and byte_length(text) > limit:
         return Verdict(digits, SkipReason.TOO_LONG)
     if message_type == MessageType.MMS and not any(
         a.lower().endswith((".jpg", ".jpeg")) for a in attachments or []

@@ -11,12 +11,15 @@ so the statement is built here instead of with ``executemany``.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import aiomysql
+import pymysql.err
 
 from config.names import add_months, checked_table, log_table
 from dispatch.agent_tables import transaction
@@ -82,20 +85,96 @@ class LoadDataRefused(Exception):
     """The server (or the connection) does not allow LOAD DATA LOCAL INFILE."""
 
 
+def spread(room: dict[int, int], count: int) -> dict[int, int]:
+    """How many of `count` rows each agent takes so the room left ends as even as it
+    can: the agents with the most room are filled down to the next one's level, and so
+    on (ties: the lower number first). Never more than an agent's room."""
+    take = dict.fromkeys(room, 0)
+    left = min(count, sum(max(0, r) for r in room.values()))
+    while left > 0:
+        free = {n: room[n] - take[n] for n in sorted(room) if room[n] - take[n] > 0}
+        top = max(free.values())
+        tops = [n for n, v in free.items() if v == top]
+        below = max((v for v in free.values() if v < top), default=0)
+        step = min(top - below, max(1, left // len(tops)))
+        for number in tops:
+            given = min(step, left)
+            take[number] += given
+            left -= given
+            if left == 0:
+                break
+    return take
+
+
 # Server answers meaning "LOAD DATA LOCAL is disabled here".
 _LOAD_DATA_REFUSED = (1148, 3948, 1227, 2068)
+
+
+# LOAD DATA's escapes (ESCAPED BY '\\'), applied in one pass.
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\0": "\\0"})
 
 
 def _tsv(value: str | None) -> str:
     if value is None:
         return "\\N"
-    return (
-        value.replace("\\", "\\\\")
-        .replace("\t", "\\t")
-        .replace("\n", "\\n")
-        .replace("\r", "\\r")
-        .replace("\0", "\\0")
+    return value.translate(_TSV_ESCAPES)
+
+
+def tsv_lines(rows: Sequence[AgentRow]) -> str:
+    """The rows as LOAD DATA lines, in ROW_COLUMNS order.
+
+    The number and the text differ per row and are escaped per row; the other
+    fields repeat through a batch (callback, type, run, company, mostly subject
+    and file), so each distinct value is escaped once."""
+    memo: dict[str | None, str] = {}
+
+    def once(value: str | None) -> str:
+        escaped = memo.get(value)
+        if escaped is None:
+            escaped = memo[value] = _tsv(value)
+        return escaped
+
+    return "".join(
+        [
+            f"{_tsv(r.dest_no)}\t{once(r.call_back)}\t{_tsv(r.text)}\t{once(r.msg_type)}\t"
+            f"{once(r.subject)}\t{once(r.file_name)}\t{once(r.run_id)}\t{once(r.company_id)}\n"
+            for r in rows
+        ]
     )
+
+
+def write_tsv(rows: Sequence[AgentRow]) -> str:
+    """The rows in a temporary LOAD DATA file; returns its path (the caller removes it)."""
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed here, removed by the caller
+        "w", encoding="utf-8", suffix=".tsv", delete=False
+    )
+    with handle:
+        handle.write(tsv_lines(rows))
+    return handle.name
+
+
+async def load_file(conn: aiomysql.Connection, table: str, path: str) -> int:
+    """One LOAD DATA LOCAL INFILE statement (atomic, like one INSERT) of a file from
+    :func:`write_tsv`. Raises LoadDataRefused when the server does not permit it."""
+    table = checked_table(table)
+    async with conn.cursor() as cur:
+        try:
+            await cur.execute(
+                f"LOAD DATA LOCAL INFILE %s INTO TABLE `{table}` CHARACTER SET utf8mb4"
+                " FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n'"
+                f" ({ROW_COLUMNS}) SET sendreq_time = NOW(), status_code = 100,"
+                " rsv1 = '1'",
+                (path,),
+            )
+        except (
+            pymysql.err.OperationalError,
+            pymysql.err.InternalError,
+            pymysql.err.ProgrammingError,
+        ) as exc:
+            if exc.args and exc.args[0] in _LOAD_DATA_REFUSED:
+                raise LoadDataRefused(str(exc)) from exc
+            raise
+        return int(cur.rowcount)
 
 
 async def load_rows(conn: aiomysql.Connection, table: str, rows: Sequence[AgentRow]) -> int:
@@ -104,39 +183,11 @@ async def load_rows(conn: aiomysql.Connection, table: str, rows: Sequence[AgentR
     Raises LoadDataRefused when the server does not permit it; the caller falls back
     to :func:`insert_rows`.
     """
-    import os
-    import tempfile
-
-    import pymysql.err
-
-    table = checked_table(table)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, removed in finally
-        "w", encoding="utf-8", suffix=".tsv", delete=False
-    )
+    path = write_tsv(rows)
     try:
-        with handle:
-            for r in rows:
-                handle.write("\t".join(_tsv(v) for v in r.values()) + "\n")
-        async with conn.cursor() as cur:
-            try:
-                await cur.execute(
-                    f"LOAD DATA LOCAL INFILE %s INTO TABLE `{table}` CHARACTER SET utf8mb4"
-                    " FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n'"
-                    f" ({ROW_COLUMNS}) SET sendreq_time = NOW(), status_code = 100,"
-                    " rsv1 = '1'",
-                    (handle.name,),
-                )
-            except (
-                pymysql.err.OperationalError,
-                pymysql.err.InternalError,
-                pymysql.err.ProgrammingError,
-            ) as exc:
-                if exc.args and exc.args[0] in _LOAD_DATA_REFUSED:
-                    raise LoadDataRefused(str(exc)) from exc
-                raise
-            return int(cur.rowcount)
+        return await load_file(conn, table, path)
     finally:
-        os.unlink(handle.name)
+        os.unlink(path)
 
 
 async def insert_rows(conn: aiomysql.Connection, table: str, rows: Sequence[AgentRow]) -> int:
