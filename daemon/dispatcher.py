@@ -722,7 +722,9 @@ class Dispatcher:
             return -1
         found: set[str] = set()
         pulled = bool(page[0]["pulled"])
-        if state.reconcile or pulled or page[0]["seq"] <= state.verify_until:
+        # Before verify_until existed, a restart looked up its first batch.
+        legacy = state.reconcile and state.verify_until == 0 and (after or 0) > 0
+        if legacy or pulled or page[0]["seq"] <= state.verify_until:
             found = await self._already_there(state, run, [r["number"] for r in page])
             if found:
                 log.info(
