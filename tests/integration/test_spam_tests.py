@@ -349,3 +349,26 @@ def test_a_row_written_just_before_a_crash_is_adopted_not_sent_again(node_dir: P
         assert handset_copies(test_id) == {"SKT": 1, "KT": 1, "LGU": 1}
     finally:
         node.close()
+
+
+def test_cancel_pulls_back_what_no_agent_took_and_frees_the_phones(node: SimulatedNode) -> None:
+    node.sim_ctl("agent", "10", "stop")
+    queued = spam_test(node, "--message", "취소될 메시지", wait=False)
+    test_id = queued["test_id"]
+    wait_for(lambda: agent_rows(test_id) == 3, 20, "the test's rows waiting for the agent")
+    cancelled = json.loads(node.ctl("spam-test", "cancel", test_id, "--json").stdout)
+    assert cancelled == {
+        "test_id": test_id,
+        "status": "cancelled",
+        "stopped": 3,
+        "already_sent": 0,
+    }
+    assert agent_rows(test_id) == 0
+    assert show(node, test_id)["status"] == "cancelled"
+    assert all(p["busy_with"] is None for p in node.status()["spam_tests"]["phones"])
+    # Cancelling again changes nothing and says so.
+    again = json.loads(node.ctl("spam-test", "cancel", test_id, "--json").stdout)
+    assert again["status"] == "cancelled" and again["stopped"] == 0
+    node.sim_ctl("agent", "10", "ok")
+    report = spam_test(node, "--message", "다음 메시지")
+    assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
