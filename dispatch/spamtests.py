@@ -203,11 +203,14 @@ def grace_for(samples: Sequence[float], section: SpamTestSection) -> float:
     Built from the receipt delays (success → receipt) recently observed on this
     carrier: the 95th percentile plus max(1 s, 5 %), never below the slowest recent
     receipt plus one second, within [grace_min_s, grace_max_s]. With fewer than
-    MIN_SAMPLES observations it is grace_initial_s.
+    MIN_SAMPLES observations it is grace_initial_s, or the slowest of them plus one
+    second if that is longer (a late receipt widens the grace at once).
     """
-    if len(samples) < MIN_SAMPLES:
-        return section.grace_initial_s
     ordered = sorted(samples)
+    if len(ordered) < MIN_SAMPLES:
+        # Too few to estimate a percentile, but never shorter than a receipt already seen.
+        floor = ordered[-1] + 1.0 if ordered else 0.0
+        return round(min(section.grace_max_s, max(section.grace_initial_s, floor)), 2)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     grace = max(p95 + max(1.0, 0.05 * p95), ordered[-1] + 1.0)
     return round(min(section.grace_max_s, max(section.grace_min_s, grace)), 2)

@@ -372,3 +372,24 @@ def test_cancel_pulls_back_what_no_agent_took_and_frees_the_phones(node: Simulat
     node.sim_ctl("agent", "10", "ok")
     report = spam_test(node, "--message", "다음 메시지")
     assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+
+
+def test_a_receipt_after_blocked_is_late_and_widens_the_grace(node_dir: Path) -> None:
+    node = start(
+        node_dir,
+        overrides=lambda t: fast_spam(t).replace("grace_initial_s = 4.0", "grace_initial_s = 2.0"),
+    )
+    try:
+        node.sim_ctl("network", "KT", "--latency", "4.0", "4.2")
+        first = spam_test(node, "--message", "늦게 도착하는 안내")
+        assert verdicts(first)["KT"] == "blocked"  # a 2 s grace for a 4 s carrier
+        wait_for(lambda: results(first["test_id"])["KT"]["late"], 20, "the late KT receipt")
+        assert show(node, first["test_id"])["carriers"]["KT"]["late"] is True
+        spam = node.status()["spam_tests"]
+        recent = next(t for t in spam["recent"] if t["test_id"] == first["test_id"])
+        assert recent["carriers"]["KT"]["late"] is True
+        assert spam["grace_s"]["KT"] > 4.0
+        second = spam_test(node, "--message", "두번째 안내")
+        assert verdicts(second) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+    finally:
+        node.close()

@@ -97,6 +97,8 @@ def test_a_late_receipt_widens_the_grace() -> None:
     before = grace_for(samples, SECTION)
     after = grace_for([*samples, before + 3.0], SECTION)
     assert after > before + 3.0
+    # Even before there are enough receipts for a percentile.
+    assert grace_for([30.0], SECTION) == 31.0
 
 
 def _queued(company: str | None, minute: int) -> dict[str, Any]:
