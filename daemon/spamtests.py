@@ -36,7 +36,7 @@ import structlog
 
 from config.logs import mask_phones
 from config.model import ModemConfig
-from config.names import GroupType, checked_table, message_hash, normalise_phone
+from config.names import GroupType, checked_table
 from daemon.agents import MYSQL_ERRORS, AgentMonitor, AgentState
 from daemon.modems import ModemManager
 from daemon.runtime import Runtime
@@ -44,11 +44,11 @@ from daemon.stores import PG_ERRORS, PostgresKeeper
 from daemon.supervisor import DependencyDown, Health
 from dispatch import agent_tables, handoff
 from dispatch.agent_tables import PENDING_CODES, SUCCESS_CODES, MsgType, transaction
-from dispatch.guards import byte_length
 from dispatch.spamtests import (
     CARRIERS,
     NOTIFY_CHANNEL,
     Decision,
+    Expected,
     Row,
     SlotFacts,
     SpamTestSpec,
@@ -56,6 +56,7 @@ from dispatch.spamtests import (
     Verdict,
     create_tests,
     decide,
+    expected_hash,
     fair_order,
     grace_for,
     overall,
@@ -85,7 +86,7 @@ class Slot:
     modem: str | None
     phone: str | None
     table: str | None
-    match_hash: str
+    expected: Expected
     seqno: int | None = None
     inserted_at: datetime | None = None
     agent_code: int | None = None
@@ -120,12 +121,6 @@ class ActiveTest:
         text = self.sms_text if mtype == "SMS" else self.lms_text
         assert text is not None
         return text
-
-
-def match_hash(mtype: str, text: str, subject: str | None) -> str:
-    """What a receipt's text_hash is for this message: an SMS hashes its text, an
-    MMS notification (how an LMS reaches a handset) its subject."""
-    return message_hash(text if mtype == "SMS" else (subject or ""))
 
 
 def source_ref(secret: str, run_id: uuid.UUID) -> str:
@@ -273,7 +268,13 @@ class SpamTestEngine:
                         r["modem"],
                         r["phone"],
                         r["sms_table"],
-                        r["message_hash"],
+                        Expected.of(
+                            r["message_type"],
+                            row["callback_number"],
+                            r["message_hash"],
+                            row["message_subject"],
+                            row["message_content_lms"],
+                        ),
                         r["sms_msgkey"],
                         r["inserted_at"],
                         r["status_code"],
@@ -487,7 +488,7 @@ class SpamTestEngine:
                         label if reason is None else None,
                         config.phone if config else None,
                         table if reason is None else None,
-                        match_hash(mtype, test.text_for(mtype), test.subject),
+                        expected_hash(mtype, test.text_for(mtype), test.subject),
                         reason,
                     )
                 )
@@ -518,7 +519,8 @@ class SpamTestEngine:
                     Verdict.DEVICE_ERROR.value if reason else None,
                     reason,
                 )
-                slot = Slot(result_id, carrier, mtype, label, phone, tbl, mhash)
+                expected = Expected.of(mtype, test.callback, mhash, test.subject, test.lms_text)
+                slot = Slot(result_id, carrier, mtype, label, phone, tbl, expected)
                 if reason:
                     slot.result, slot.detail = Verdict.DEVICE_ERROR.value, reason
                 test.slots.append(slot)
@@ -664,18 +666,6 @@ class SpamTestEngine:
                 )
 
     # ---- receipts -----------------------------------------------------------------------
-    def _slot_matches(self, test: ActiveTest, slot: Slot, receipt: Row) -> bool:
-        if receipt["sender"] != normalise_phone(test.callback):
-            return False
-        if receipt["text_hash"] != slot.match_hash:
-            return False
-        if slot.mtype == "SMS":
-            return bool(receipt["kind"] == "sms" and receipt["complete"])
-        if receipt["kind"] != "mms-notification" or receipt["subject"] != test.subject:
-            return False
-        size = receipt["mms_size"]
-        return size is None or size >= byte_length(test.text_for("LMS"))
-
     async def _attribute_receipts(self) -> None:
         async with self._pg().acquire() as conn:
             receipts = await conn.fetch(
@@ -699,7 +689,7 @@ class SpamTestEngine:
             if slot.modem == modem and (holder == test.id or slot.result is not None)
         ]
         for test, slot in candidates:
-            if not self._slot_matches(test, slot, receipt) or slot.received_at is not None:
+            if not slot.expected.matches(receipt) or slot.received_at is not None:
                 continue
             if slot.result is None:
                 slot.received_at = receipt["received_at"]
@@ -743,33 +733,26 @@ class SpamTestEngine:
             self.node_id,
         )
         for row in rows:
-            ghost = ActiveTest(
-                row["test_id"],
-                None,
-                "",
-                row["callback_number"],
-                None,
-                row["message_content_lms"],
-                row["message_subject"],
-                None,
-                None,
-                None,
-                datetime.now(UTC),
-                datetime.now(UTC),
-            )
-            slot = Slot(
-                row["id"],
-                row["carrier"],
+            expected = Expected.of(
                 row["message_type"],
-                modem,
-                None,
-                None,
+                row["callback_number"],
                 row["message_hash"],
-                inserted_at=row["inserted_at"],
-                success_seen_at=row["success_seen_at"],
-                result=row["result"],
+                row["message_subject"],
+                row["message_content_lms"],
             )
-            if self._slot_matches(ghost, slot, receipt):
+            if expected.matches(receipt):
+                slot = Slot(
+                    row["id"],
+                    row["carrier"],
+                    row["message_type"],
+                    modem,
+                    None,
+                    None,
+                    expected,
+                    inserted_at=row["inserted_at"],
+                    success_seen_at=row["success_seen_at"],
+                    result=row["result"],
+                )
                 await self._late(conn, receipt, row["id"], row["test_id"], slot)
                 return
         await self._mark(conn, receipt["id"], "unmatched", None)

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from config.model import SpamTestSection
-from config.names import is_callback_number, message_hash
+from config.names import is_callback_number, message_hash, normalise_phone
 from dispatch.guards import LMS_MAX_BYTES, SMS_MAX_BYTES, byte_length
 
 NOTIFY_CHANNEL = "hanjullo_spam_tests"
@@ -143,6 +143,43 @@ async def create_tests(
             ids.append(test_id)
         await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     return ids, batch_id
+
+
+# ---- receipt matching -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What a receipt must be to belong to one carrier × message type of a test."""
+
+    mtype: str  # SMS | LMS
+    sender: str  # normalised
+    text_hash: str  # an SMS: its text's; an LMS: its subject's (how the MMS notification shows)
+    subject: str | None = None
+    min_size: int = 0  # an LMS body's bytes: a notification stating less is not it
+
+    @classmethod
+    def of(
+        cls, mtype: str, callback: str, text_hash: str, subject: str | None, body: str | None
+    ) -> Expected:
+        if mtype == "SMS":
+            return cls(mtype, normalise_phone(callback), text_hash)
+        return cls(mtype, normalise_phone(callback), text_hash, subject, byte_length(body or ""))
+
+    def matches(self, receipt: Row) -> bool:
+        """`receipt`: a modem_receipts row (sender normalised when it was recorded)."""
+        if receipt["sender"] != self.sender or receipt["text_hash"] != self.text_hash:
+            return False
+        if self.mtype == "SMS":
+            # A multi-part text whose parts never all arrived is not the test's text.
+            return bool(receipt["kind"] == "sms" and receipt["complete"])
+        if receipt["kind"] != "mms-notification" or receipt["subject"] != self.subject:
+            return False
+        size = receipt["mms_size"]
+        return size is None or size >= self.min_size
+
+
+def expected_hash(mtype: str, text: str, subject: str | None) -> str:
+    """The text_hash a receipt of this message carries."""
+    return message_hash(text if mtype == "SMS" else (subject or ""))
 
 
 # ---- verdict rules --------------------------------------------------------------------------

@@ -393,3 +393,27 @@ def test_a_receipt_after_blocked_is_late_and_widens_the_grace(node_dir: Path) ->
         assert verdicts(second) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
     finally:
         node.close()
+
+
+def test_a_batch_of_variants_is_queued_and_reported_together(node: SimulatedNode) -> None:
+    node.sim_ctl("rules", "KT", "--block-keyword", "무료")
+    out = node.ctl(
+        "spam-test",
+        "--callback",
+        CALLBACK,
+        "--company",
+        "acme",
+        "--message",
+        "가을 신상품 안내",
+        "--message",
+        "가을 신상품 무료 안내",
+        "--wait",
+        "--json",
+        timeout=120,
+    )
+    batch = json.loads(out.stdout)
+    assert [t["variant"] for t in batch["tests"]] == ["A", "B"]
+    assert [t["overall"] for t in batch["tests"]] == ["pass", "blocked"]
+    shown = json.loads(node.ctl("spam-test", "show", batch["batch_id"], "--json").stdout)
+    assert shown["batch_id"] == batch["batch_id"]
+    assert [t["test_id"] for t in shown["tests"]] == [t["test_id"] for t in batch["tests"]]

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from config.model import SpamTestSection
+from config.names import message_hash
 from dispatch.spamtests import (
+    Expected,
     SlotFacts,
     SpamTestRejected,
     SpamTestSpec,
@@ -167,3 +169,38 @@ def test_a_report_always_names_all_three_carriers() -> None:
         "modem": "KT",
     }
     assert shown["carriers"]["SKT"]["verdict"] is None
+
+
+def receipt(**fields: Any) -> dict[str, Any]:
+    base = {
+        "sender": "0212345678",
+        "text_hash": message_hash("가을 세일 안내"),
+        "kind": "sms",
+        "complete": True,
+        "subject": None,
+        "mms_size": None,
+    }
+    return {**base, **fields}
+
+
+def test_an_sms_matches_on_normalised_sender_and_whitespace_free_hash() -> None:
+    expected = Expected.of("SMS", "+82 2-1234-5678", message_hash("가을  세일\n안내"), None, None)
+    assert expected.matches(receipt())
+    assert not expected.matches(receipt(sender="0299998888"))
+    assert not expected.matches(receipt(text_hash=message_hash("겨울 세일 안내")))
+    # A multi-part text with parts missing is never the test's text.
+    assert not expected.matches(receipt(complete=False))
+    assert not expected.matches(receipt(kind="mms-notification"))
+
+
+def test_an_lms_matches_a_notification_with_its_subject_and_a_plausible_size() -> None:
+    body = "한" * 300  # 600 bytes in EUC-KR
+    expected = Expected.of("LMS", "0212345678", message_hash("정기 세일"), "정기 세일", body)
+    notification = receipt(
+        kind="mms-notification", text_hash=message_hash("정기 세일"), subject="정기 세일"
+    )
+    assert expected.matches({**notification, "mms_size": 1100})
+    assert expected.matches({**notification, "mms_size": None})  # size unknown
+    assert not expected.matches({**notification, "mms_size": 120})  # too small to be it
+    assert not expected.matches({**notification, "subject": "다른 제목"})
+    assert not expected.matches({**notification, "kind": "sms"})
