@@ -195,10 +195,18 @@ class Node:
 
     async def _prune_receipts(self) -> None:
         retention = timedelta(days=self.runtime.config.phones.receipt_retention_days)
-        pruned = await receipts.prune(
-            self.postgres.require(), self.runtime.config.node.id, retention
-        )
-        log.info("receipts pruned", count=pruned)
+        pool = self.postgres.require()
+        pruned = await receipts.prune(pool, self.runtime.config.node.id, retention)
+        # Canaries are the daemon's own tests; their verdicts live as long as receipts.
+        async with pool.acquire() as conn:
+            canaries = await conn.execute(
+                """DELETE FROM spam_filter_tests WHERE node_id = $1 AND source = 'canary'
+                   AND status IN ('completed', 'cancelled')
+                   AND completed_at < now() - $2::interval""",
+                self.runtime.config.node.id,
+                retention,
+            )
+        log.info("receipts pruned", count=pruned, canaries=canaries)
 
     def _holder(self, group: str) -> dict[str, Any] | None:
         held = self.dispatcher.holders.get(group)

@@ -1,4 +1,4 @@
-"""Nightly housekeeping: finished runs' per-recipient bookkeeping is pruned after the horizon."""
+"""Nightly housekeeping: finished runs' recipients and old canaries are pruned."""
 
 from __future__ import annotations
 
@@ -43,11 +43,27 @@ async def test_finished_runs_are_pruned_after_the_horizon_and_nothing_else(
     finally:
         await conn.close()
 
+    conn = await schema.connect_pg(config)
+    try:
+        canaries = [
+            await conn.fetchval(
+                f"""INSERT INTO spam_filter_tests (node_id, callback_number, message_content_sms,
+                       source, target_modem, status, overall, completed_at)
+                   VALUES ($1, '0212345678', 'hanjullo canary', 'canary', 'KT', 'completed',
+                           'pass', now() - interval '{age}') RETURNING id""",
+                config.node.id,
+            )
+            for age in ("40 days", "1 day")
+        ]
+    finally:
+        await conn.close()
+
     node = Node(Runtime.create(config))
     keeper = asyncio.create_task(node.postgres.run(Health("postgres")))
     try:
         await asyncio.wait_for(node.postgres.ready.wait(), 10)
         await node._prune_runs()
+        await node._prune_receipts()
     finally:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
@@ -60,6 +76,9 @@ async def test_finished_runs_are_pruned_after_the_horizon_and_nothing_else(
             )
             for name, run_id in runs.items()
         }
+        kept_canaries = await conn.fetchval(
+            "SELECT count(*) FROM spam_filter_tests WHERE id = ANY($1::uuid[])", canaries
+        )
         kept_runs = await conn.fetchval(
             "SELECT count(*) FROM campaign_runs WHERE id = ANY($1::uuid[])", list(runs.values())
         )
@@ -68,3 +87,5 @@ async def test_finished_runs_are_pruned_after_the_horizon_and_nothing_else(
     # The run's own row (its counters, for the web service) stays; its recipients go.
     assert left == {"old_done": 0, "recent_done": 50, "old_sending": 50}
     assert kept_runs == 3
+    # Canaries older than the receipt retention (30 days) go; recent ones stay.
+    assert kept_canaries == 1
