@@ -130,6 +130,29 @@ class _SnapshotCollector(Collector):
         for m in snap["modems"]:
             ready.add_metric([m["name"], m["carrier"]], 1.0 if m["state"] == "ready" else 0.0)
         yield ready
+        spam = snap["spam_tests"]
+        tests = GaugeMetricFamily(
+            "hanjullo_spam_tests", "Spam-filter tests queued or active", labels=["state"]
+        )
+        tests.add_metric(["queued"], len(spam["queue"]))
+        tests.add_metric(["active"], len(spam["active"]))
+        yield tests
+        grace = GaugeMetricFamily(
+            "hanjullo_spam_grace_seconds",
+            "Grace before a carrier is called blocked",
+            labels=["carrier"],
+        )
+        for carrier, seconds in spam["grace_s"].items():
+            grace.add_metric([carrier], seconds)
+        yield grace
+        flagged = GaugeMetricFamily(
+            "hanjullo_spam_phone_flagged",
+            "1 while the test phone's last canary was missed",
+            labels=["modem", "carrier"],
+        )
+        for phone in spam["phones"]:
+            flagged.add_metric([phone["modem"], phone["carrier"]], 1.0 if phone["flagged"] else 0.0)
+        yield flagged
 
 
 class Node:

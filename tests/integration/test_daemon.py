@@ -78,6 +78,8 @@ def test_status_cli_table_and_metrics(sim_node: SimulatedNode) -> None:
     assert 'hanjullo_component_state{component="postgres",state="running"}' in metrics
     assert "hanjullo_agent_reachable" in metrics
     assert "hanjullo_modem_ready" in metrics
+    assert 'hanjullo_spam_tests{state="queued"} 0.0' in metrics
+    assert 'hanjullo_spam_grace_seconds{carrier="KT"} 25.0' in metrics
 
 
 def test_sigterm_exits_zero_quickly_and_removes_socket(sim_node: SimulatedNode) -> None:
