@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import os
 import time
@@ -47,7 +45,7 @@ from dispatch.agent_tables import SPAM_CODES, SUCCESS_CODES
 from dispatch.guards import MessageType, check_recipient, in_ad_window
 from dispatch.handoff import AgentRow
 from dispatch.leases import GroupLeases
-from dispatch.runs import ACTIVE, HOLDS_GROUP, NOTIFY_CHANNEL, RunStatus, show
+from dispatch.runs import ACTIVE, HOLDS_GROUP, NOTIFY_CHANNEL, RunStatus, show, source_ref
 
 log = structlog.get_logger("dispatcher")
 
@@ -1131,7 +1129,6 @@ class Dispatcher:
 
     async def _training(self, run: asyncpg.Record) -> None:
         secret = self.runtime.config.dispatch.training_secret.get_secret_value()
-        source_ref = hmac.new(secret.encode(), str(run["id"]).encode(), hashlib.sha256).hexdigest()
         async with self._pg().acquire() as conn:
             await conn.execute(
                 """INSERT INTO ai_training_logs (source_ref, company_id, channel, sent_count,
@@ -1141,7 +1138,7 @@ class Dispatcher:
                        success_count = EXCLUDED.success_count,
                        fail_count = EXCLUDED.fail_count, spam_blocked = EXCLUDED.spam_blocked,
                        metrics_updated_at = now()""",
-                source_ref,
+                source_ref(secret, run["id"]),
                 run["company_id"],
                 run["message_type"],
                 run["sent_count"],

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -44,6 +42,7 @@ from daemon.stores import PG_ERRORS, PostgresKeeper
 from daemon.supervisor import DependencyDown, Health
 from dispatch import agent_tables, handoff
 from dispatch.agent_tables import PENDING_CODES, SUCCESS_CODES, MsgType, transaction
+from dispatch.runs import source_ref
 from dispatch.spamtests import (
     CARRIERS,
     NOTIFY_CHANNEL,
@@ -121,10 +120,6 @@ class ActiveTest:
         text = self.sms_text if mtype == "SMS" else self.lms_text
         assert text is not None
         return text
-
-
-def source_ref(secret: str, run_id: uuid.UUID) -> str:
-    return hmac.new(secret.encode(), str(run_id).encode(), hashlib.sha256).hexdigest()
 
 
 class SpamTestEngine:
@@ -216,13 +211,14 @@ class SpamTestEngine:
             await self.restore()
             health.running()
             while True:
+                # Cleared before the pass: a receipt recorded during it wakes the next one.
+                self.wake.clear()
                 try:
                     async with self.lock:
                         await self.tick()
                     health.running()
-                except ERRORS as exc:
+                except (*ERRORS, DependencyDown) as exc:
                     health.degraded(f"{type(exc).__name__}: {exc}")
-                self.wake.clear()
                 interval = self.section.poll_interval_s if self.active else IDLE_POLL_S
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), interval)
@@ -368,13 +364,28 @@ class SpamTestEngine:
 
     # ---- the loop -----------------------------------------------------------------------
     async def tick(self) -> None:
+        """One pass. Each step runs even if an earlier one failed (MySQL down must not
+        stop receipts, which need only PostgreSQL, from settling verdicts); the first
+        failure is raised at the end."""
+        failures: list[BaseException] = []
+        for step in (
+            self._send_pending,
+            self._attribute_receipts,
+            self._poll_agents,
+            self._decide_all,
+            self._queue_canaries,
+            self._start_queued,
+        ):
+            try:
+                await step()
+            except (*ERRORS, DependencyDown) as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    async def _send_pending(self) -> None:
         for test in list(self.active.values()):
             await self._ensure_sent(test)
-        await self._attribute_receipts()
-        await self._poll_agents()
-        await self._decide_all()
-        await self._queue_canaries()
-        await self._start_queued()
 
     # ---- starting -----------------------------------------------------------------------
     def _plan(self, test: Row) -> dict[str, str | None] | None:

@@ -9,6 +9,8 @@ See docs/dispatch.md.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import Iterable, Iterator
@@ -152,3 +154,9 @@ async def show(conn: asyncpg.Connection | Any, run_id: uuid.UUID) -> dict[str, A
         "started_at": row["started_at"].isoformat() if row["started_at"] else None,
         "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
     }
+
+
+def source_ref(secret: str, run_id: uuid.UUID) -> str:
+    """A run's key in ai_training_logs: HMAC-SHA256(secret, run id), so a training row
+    cannot be traced back to its run without the node's secret."""
+    return hmac.new(secret.encode(), str(run_id).encode(), hashlib.sha256).hexdigest()

@@ -17,6 +17,7 @@ import pytest
 
 from config.names import message_hash
 from simulators.harness import SimulatedNode, wait_for
+from tests import services
 from tests.integration.conftest import fast_network
 from tests.integration.helpers import mysql
 
@@ -32,14 +33,18 @@ def fast_spam(text: str) -> str:
     )
 
 
-def start(directory: Path, overrides: Any = fast_spam) -> SimulatedNode:
-    node = SimulatedNode(directory, overrides=overrides)
+def start(directory: Path, overrides: Any = fast_spam, phones: int = 1) -> SimulatedNode:
+    node = SimulatedNode(directory, phones_per_carrier=phones, overrides=overrides)
     node.db_init()
     node.start_sim()
     node.start_daemon()
-    wanted = ("spam-tests", "modem:SKT", "modem:KT", "modem:LGU")
     node.wait_components(
-        lambda states: all(states.get(n) == "running" for n in wanted), 30, "phones ready"
+        lambda states: (
+            all(v == "running" for k, v in states.items() if k.startswith("modem:"))
+            and states.get("spam-tests") == "running"
+        ),
+        30,
+        "phones ready",
     )
     return node
 
@@ -417,3 +422,33 @@ def test_a_batch_of_variants_is_queued_and_reported_together(node: SimulatedNode
     shown = json.loads(node.ctl("spam-test", "show", batch["batch_id"], "--json").stdout)
     assert shown["batch_id"] == batch["batch_id"]
     assert [t["test_id"] for t in shown["tests"]] == [t["test_id"] for t in batch["tests"]]
+
+
+def test_receipts_settle_verdicts_while_mariadb_is_down(node_dir: Path) -> None:
+    """The agents took a test's rows, then MariaDB went away while another test could not
+    be written: the phones still prove the first test's `pass`, and the second is written
+    once MariaDB is back, exactly once."""
+    node = start(node_dir, phones=2)
+    try:
+        for carrier in ("SKT", "KT", "LGU"):
+            node.sim_ctl("network", carrier, "--latency", "3", "3.5")
+        first = spam_test(node, "--message", "점검 중 도착 확인", wait=False)["test_id"]
+        wait_for(lambda: agent_rows(first) == 3, 20, "the rows in the agent table")
+        wait_for(
+            lambda: all(c["status_code"] == 6 for c in show(node, first)["carriers"].values()),
+            20,
+            "the agent's results",
+        )
+        services.stop("mariadb")
+        try:
+            second = spam_test(node, "--message", "점검 후 보낼 안내", wait=False)["test_id"]
+            report = completed(node, first, 30)
+            assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+            assert show(node, second)["status"] == "active"
+        finally:
+            services.start("mariadb")
+        report = completed(node, second, 60)
+        assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+        assert agent_rows(second) == 3
+    finally:
+        node.close()
