@@ -43,7 +43,7 @@ from daemon.supervisor import DependencyDown, Health
 from dispatch import agent_tables, handoff
 from dispatch.agent_tables import SPAM_CODES, SUCCESS_CODES
 from dispatch.guards import MessageType, check_recipient, in_ad_window
-from dispatch.handoff import AgentRow
+from dispatch.handoff import RowValues
 from dispatch.leases import GroupLeases
 from dispatch.runs import ACTIVE, HOLDS_GROUP, NOTIFY_CHANNEL, RunStatus, show, source_ref
 
@@ -96,7 +96,7 @@ class Batch:
     size: int  # recipients of the page, including those found already inserted
     last_seq: int
     pulled_seqs: list[int] | None  # a page of pulled-back recipients
-    plan: dict[str, list[AgentRow]] = field(default_factory=dict)
+    plan: dict[str, list[RowValues]] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # LOAD DATA files per table
 
     def discard(self) -> None:
@@ -732,8 +732,8 @@ class Dispatcher:
                 )
         msg_type = MessageType(run["message_type"]).agent_code
         callback, run_ref, company = run["callback_number"], str(state.id), run["company_id"]
-        rows = [
-            AgentRow(
+        rows: list[RowValues] = [
+            (
                 r["number"],
                 callback,
                 r["message_text"],

@@ -31,6 +31,11 @@ INSERT_CHUNK = 2000
 LOOKUP_CHUNK = 1000
 
 
+# One row's values in ROW_COLUMNS order; an AgentRow is one, and so is a plain tuple
+# (the handoff builds plain tuples: hundreds of thousands of them per run).
+RowValues = tuple[str, str, str, str, str | None, str | None, str, str]
+
+
 class AgentRow(NamedTuple):
     """One row for an agent table, in ROW_COLUMNS order (a tuple: cheap to build in
     the hundreds of thousands)."""
@@ -116,7 +121,7 @@ def _tsv(value: str | None) -> str:
     return value
 
 
-def tsv_lines(rows: Sequence[AgentRow]) -> str:
+def tsv_lines(rows: Sequence[RowValues]) -> str:
     """The rows as LOAD DATA lines, in ROW_COLUMNS order.
 
     The number and the text differ per row and are escaped per row; the other
@@ -132,14 +137,14 @@ def tsv_lines(rows: Sequence[AgentRow]) -> str:
 
     return "".join(
         [
-            f"{_tsv(r.dest_no)}\t{once(r.call_back)}\t{_tsv(r.text)}\t{once(r.msg_type)}\t"
-            f"{once(r.subject)}\t{once(r.file_name)}\t{once(r.run_id)}\t{once(r.company_id)}\n"
-            for r in rows
+            f"{_tsv(number)}\t{once(callback)}\t{_tsv(text)}\t{once(msg_type)}\t"
+            f"{once(subject)}\t{once(file)}\t{once(run)}\t{once(company)}\n"
+            for number, callback, text, msg_type, subject, file, run, company in rows
         ]
     )
 
 
-def write_tsv(rows: Sequence[AgentRow]) -> str:
+def write_tsv(rows: Sequence[RowValues]) -> str:
     """The rows in a temporary LOAD DATA file; returns its path (the caller removes it)."""
     handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed here, removed by the caller
         "w", encoding="utf-8", suffix=".tsv", delete=False
@@ -173,7 +178,7 @@ async def load_file(conn: aiomysql.Connection, table: str, path: str) -> int:
         return int(cur.rowcount)
 
 
-async def load_rows(conn: aiomysql.Connection, table: str, rows: Sequence[AgentRow]) -> int:
+async def load_rows(conn: aiomysql.Connection, table: str, rows: Sequence[RowValues]) -> int:
     """Insert `rows` with one LOAD DATA LOCAL INFILE statement (atomic, like one INSERT).
 
     Raises LoadDataRefused when the server does not permit it; the caller falls back
@@ -186,7 +191,7 @@ async def load_rows(conn: aiomysql.Connection, table: str, rows: Sequence[AgentR
         os.unlink(path)
 
 
-async def insert_rows(conn: aiomysql.Connection, table: str, rows: Sequence[AgentRow]) -> int:
+async def insert_rows(conn: aiomysql.Connection, table: str, rows: Sequence[RowValues]) -> int:
     """Insert `rows` into one agent table; one statement per INSERT_CHUNK rows."""
     table = checked_table(table)
     total = 0
@@ -195,7 +200,7 @@ async def insert_rows(conn: aiomysql.Connection, table: str, rows: Sequence[Agen
         values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,NOW(),100,'1')"] * len(chunk))
         params: list[Any] = []
         for r in chunk:
-            params += r.values()
+            params += r
         async with conn.cursor() as cur:
             await cur.execute(
                 f"INSERT INTO `{table}` ({ROW_COLUMNS}, sendreq_time, status_code, rsv1)"
