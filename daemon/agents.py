@@ -45,6 +45,26 @@ class AgentState(StrEnum):
     STALLED = "stalled"
 
 
+@dataclass(slots=True)
+class RestartRecord:
+    """The last restart command run for an agent, and what came of it."""
+
+    command: str
+    reason: str
+    at: datetime
+    count: int
+    result: str = "running"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "reason": self.reason,
+            "at": self.at.isoformat(),
+            "result": self.result,
+            "count": self.count,
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class AgentStatus:
     number: int
@@ -55,7 +75,7 @@ class AgentStatus:
     reachable: bool | None
     backlog: Backlog | None
     checked_at: datetime | None
-    restart: dict[str, Any] | None = None
+    restart: RestartRecord | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -70,7 +90,7 @@ class AgentStatus:
             "oldest_waiting_s": None if self.backlog is None else self.backlog.oldest_due_s,
             "in_flight": None if self.backlog is None else self.backlog.in_flight,
             "checked_at": None if self.checked_at is None else self.checked_at.isoformat(),
-            "restart": self.restart,
+            "restart": None if self.restart is None else self.restart.as_json(),
         }
 
 
@@ -110,7 +130,7 @@ class AgentMonitor:
         self._head: dict[int, tuple[int, float]] = {}
         # Per agent: the last restart command run (monotonic start, and what it did).
         self._restarted_at: dict[int, float] = {}
-        self.restarts: dict[int, dict[str, Any]] = {}
+        self.restarts: dict[int, RestartRecord] = {}
         self._restart_tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, health: Health) -> None:
@@ -184,13 +204,10 @@ class AgentMonitor:
         task.add_done_callback(self._restart_tasks.discard)
 
     async def _restart(self, number: int, command: str, state: AgentState) -> None:
-        record: dict[str, Any] = {
-            "command": command,
-            "reason": state.value,
-            "at": datetime.now(UTC).isoformat(),
-            "result": "running",
-            "count": self.restarts.get(number, {}).get("count", 0) + 1,
-        }
+        previous = self.restarts.get(number)
+        record = RestartRecord(
+            command, state.value, datetime.now(UTC), (previous.count if previous else 0) + 1
+        )
         self.restarts[number] = record
         log.warning("restarting agent", agent=number, reason=state.value, command=command)
         try:
@@ -201,7 +218,7 @@ class AgentMonitor:
                 stderr=asyncio.subprocess.STDOUT,
             )
         except OSError as exc:
-            record["result"] = f"could not run: {exc}"
+            record.result = f"could not run: {exc}"
             log.error("agent restart command could not run", agent=number, error=str(exc))
             return
         try:
@@ -209,13 +226,13 @@ class AgentMonitor:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            record["result"] = f"killed after {RESTART_TIMEOUT_S:.0f}s"
+            record.result = f"killed after {RESTART_TIMEOUT_S:.0f}s"
             log.error("agent restart command timed out", agent=number)
             return
         tail = output.decode(errors="replace").strip().splitlines()[-1:] or [""]
-        record["result"] = f"exit {proc.returncode}" + (f": {tail[0][:200]}" if tail[0] else "")
+        record.result = f"exit {proc.returncode}" + (f": {tail[0][:200]}" if tail[0] else "")
         (log.info if proc.returncode == 0 else log.error)(
-            "agent restart command finished", agent=number, result=record["result"]
+            "agent restart command finished", agent=number, result=record.result
         )
 
     def _not_consuming(self, number: int, backlog: Backlog) -> bool:
