@@ -71,7 +71,6 @@ class RunState:
     company: str
     group: str | None = None
     task: asyncio.Task[None] | None = None
-    reconcile: bool = True
     lease_lost: bool = False
     watermarks: dict[str, datetime | None] | None = None
     prepared: bool = False
@@ -157,53 +156,42 @@ class Dispatcher:
 
     # ---- component ----------------------------------------------------------------------
     async def run(self, health: Health) -> None:
-        try:
-            await asyncio.wait_for(self.postgres.ready.wait(), 10)
-        except TimeoutError as exc:
-            raise DependencyDown("postgres unreachable") from exc
-        pool = self.postgres.require()
+        await self.postgres.wait_ready()
         client = self.redis.require()
         dispatch = self.runtime.config.dispatch
         self.leases = GroupLeases(client, self.node_id, dispatch.lease_ttl_s)
         self.mysql = await agent_tables.create_pool(
             self.runtime.config.mysql, maxsize=8, local_infile=True
         )
-        listener = await pool.acquire()
         background: list[asyncio.Task[None]] = []
         try:
-            await listener.add_listener(NOTIFY_CHANNEL, self._notified)
-            await self.restore()
-            background = [
-                asyncio.create_task(self._renew_loop(), name="lease-renewal"),
-                asyncio.create_task(self._sync_loop(), name="result-sync"),
-                asyncio.create_task(self._failover_loop(), name="agent-failover"),
-            ]
-            health.running()
-            while True:
-                for task in background:
-                    if task.done() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
-                try:
-                    await self.tick()
-                    health.running()
-                except ERRORS as exc:
-                    health.degraded(f"{type(exc).__name__}: {exc}")
-                self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), dispatch.poll_interval_s)
+            async with self.postgres.listening(NOTIFY_CHANNEL, self._notified):
+                await self.restore()
+                background += [
+                    asyncio.create_task(self._renew_loop(), name="lease-renewal"),
+                    asyncio.create_task(self._sync_loop(), name="result-sync"),
+                    asyncio.create_task(self._failover_loop(), name="agent-failover"),
+                ]
+                health.running()
+                while True:
+                    for task in background:
+                        if task.done() and task.exception() is not None:
+                            raise task.exception()  # type: ignore[misc]
+                    try:
+                        await self.tick()
+                        health.running()
+                    except ERRORS as exc:
+                        health.degraded(f"{type(exc).__name__}: {exc}")
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), dispatch.poll_interval_s)
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._stop_handoffs()
-            with contextlib.suppress(Exception):
-                await listener.remove_listener(NOTIFY_CHANNEL, self._notified)
-            with contextlib.suppress(Exception):
-                await pool.release(listener)
-            if self.mysql is not None:
-                self.mysql.close()
-                await self.mysql.wait_closed()
-                self.mysql = None
+            await agent_tables.close_pool(self.mysql)
+            self.mysql = None
 
     def _notified(self, *_: object) -> None:
         self.wake.set()
@@ -365,7 +353,7 @@ class Dispatcher:
                     if granted:
                         holding[group] = row
                         state = self._state(row)
-                        state.group, state.reconcile, state.lease_lost = group, True, False
+                        state.group, state.lease_lost = group, False
                         log.info(
                             "group granted",
                             run=str(row["id"]),
@@ -415,7 +403,7 @@ class Dispatcher:
             except asyncio.CancelledError:
                 raise
             except ERRORS as exc:
-                state.reconcile = True
+                # What this batch may have written is up to verify_until: looked up next time.
                 log.warning(
                     "handoff interrupted; will reconcile and continue",
                     run=str(state.id),
@@ -424,7 +412,6 @@ class Dispatcher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except DependencyDown as exc:
-                state.reconcile = True
                 log.warning("handoff waiting for a dependency", run=str(state.id), error=str(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -720,8 +707,8 @@ class Dispatcher:
             return -1
         found: set[str] = set()
         pulled = bool(page[0]["pulled"])
-        # Before verify_until existed, a restart looked up its first batch.
-        legacy = state.reconcile and state.verify_until == 0 and (after or 0) > 0
+        # A run checkpointed before verify_until existed: its first batch is looked up.
+        legacy = state.verify_until == 0 and (after or 0) > 0
         if legacy or pulled or page[0]["seq"] <= state.verify_until:
             found = await self._already_there(state, run, [r["number"] for r in page])
             if found:
@@ -809,12 +796,8 @@ class Dispatcher:
                     state.id,
                     batch.size,
                 )
-        except BaseException:
-            state.reconcile = True  # the next batch is looked up before it is inserted
-            raise
         finally:
             batch.discard()
-        state.reconcile = False
         return batch.size
 
     async def _write_rows(self, conn: aiomysql.Connection, table: str, batch: Batch) -> None:

@@ -113,7 +113,6 @@ class ModemManager:
         self.status = ModemStatus()
         self.history: deque[Transition] = deque(maxlen=HISTORY)
         self.driver: TestPhoneDriver | None = None
-        self.receipt_event = asyncio.Event()
         # Called with each newly recorded receipt's id (the spam-test engine wakes on it).
         self.receipt_listeners: list[Callable[[int], None]] = []
         # When this process first saw the modem ready, and when it first read its storage.
@@ -326,8 +325,6 @@ class ModemManager:
             await receipts.mark_deleted(self.postgres.require(), recorded.id)
         self.status.receipts += 1
         self.status.last_receipt_at = datetime.now(UTC)
-        self.receipt_event.set()
-        self.receipt_event = asyncio.Event()
         for listener in self.receipt_listeners:
             listener(recorded.id)
         log.info(

@@ -198,39 +198,28 @@ class SpamTestEngine:
         self.wake.set()
 
     async def run(self, health: Health) -> None:
-        try:
-            await asyncio.wait_for(self.postgres.ready.wait(), 10)
-        except TimeoutError as exc:
-            raise DependencyDown("postgres unreachable") from exc
-        pool = self.postgres.require()
+        await self.postgres.wait_ready()
         self._started = asyncio.get_running_loop().time()
         self.mysql = await agent_tables.create_pool(self.runtime.config.mysql, maxsize=3)
-        listener = await pool.acquire()
         try:
-            await listener.add_listener(NOTIFY_CHANNEL, self._notified)
-            await self.restore()
-            health.running()
-            while True:
-                # Cleared before the pass: a receipt recorded during it wakes the next one.
-                self.wake.clear()
-                try:
-                    async with self.lock:
-                        await self.tick()
-                    health.running()
-                except (*ERRORS, DependencyDown) as exc:
-                    health.degraded(f"{type(exc).__name__}: {exc}")
-                interval = self.section.poll_interval_s if self.active else IDLE_POLL_S
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), interval)
+            async with self.postgres.listening(NOTIFY_CHANNEL, self._notified):
+                await self.restore()
+                health.running()
+                while True:
+                    # Cleared before the pass: a receipt recorded during it wakes the next one.
+                    self.wake.clear()
+                    try:
+                        async with self.lock:
+                            await self.tick()
+                        health.running()
+                    except (*ERRORS, DependencyDown) as exc:
+                        health.degraded(f"{type(exc).__name__}: {exc}")
+                    interval = self.section.poll_interval_s if self.active else IDLE_POLL_S
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), interval)
         finally:
-            with contextlib.suppress(Exception):
-                await listener.remove_listener(NOTIFY_CHANNEL, self._notified)
-            with contextlib.suppress(Exception):
-                await pool.release(listener)
-            if self.mysql is not None:
-                self.mysql.close()
-                await self.mysql.wait_closed()
-                self.mysql = None
+            await agent_tables.close_pool(self.mysql)
+            self.mysql = None
 
     def _pg(self) -> asyncpg.Pool:
         return self.postgres.require()

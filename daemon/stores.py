@@ -10,8 +10,10 @@ while the store is unreachable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +45,28 @@ class PostgresKeeper:
         if self.pool is None or not self.ready.is_set():
             raise DependencyDown("postgres unreachable")
         return self.pool
+
+    async def wait_ready(self, timeout_s: float = 10.0) -> asyncpg.Pool:
+        """The pool once PostgreSQL is reachable; DependencyDown after `timeout_s`."""
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout_s)
+        except TimeoutError as exc:
+            raise DependencyDown("postgres unreachable") from exc
+        return self.require()
+
+    @contextlib.asynccontextmanager
+    async def listening(self, channel: str, callback: Callable[..., None]) -> AsyncIterator[None]:
+        """LISTEN on `channel` for the duration, on a connection of its own."""
+        pool = self.require()
+        conn = await pool.acquire()
+        try:
+            await conn.add_listener(channel, callback)
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(channel, callback)
+            with contextlib.suppress(Exception):
+                await pool.release(conn)
 
     async def run(self, health: Health) -> None:
         config = self.runtime.config

@@ -165,6 +165,12 @@ async def create_pool(section: MySQLSection, maxsize: int = 4, **extra: Any) -> 
     )
 
 
+async def close_pool(pool: aiomysql.Pool | None) -> None:
+    if pool is not None:
+        pool.close()
+        await pool.wait_closed()
+
+
 @contextlib.asynccontextmanager
 async def transaction(conn: aiomysql.Connection) -> AsyncIterator[aiomysql.Cursor]:
     """BEGIN … COMMIT on an autocommit connection; ROLLBACK on any exception."""
