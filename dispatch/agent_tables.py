@@ -21,7 +21,9 @@ import aiomysql
 from config.model import MySQLSection
 from config.names import add_months, checked_table, log_table
 
-KST_SESSION = "SET time_zone = '+09:00'"
+# Every session: KST, and room for the packed result lists the result sync reads
+# (handoff._read_log_results), set once per connection instead of once per query.
+SESSION_INIT = "SET time_zone = '+09:00', group_concat_max_len = 67108864"
 
 # Columns written by the application when it queues a message, in insert order.
 INSERT_COLUMNS = (
@@ -150,7 +152,7 @@ def _session(section: MySQLSection) -> dict[str, Any]:
         "charset": "utf8mb4",
         "autocommit": True,
         "connect_timeout": section.connect_timeout_s,
-        "init_command": KST_SESSION,
+        "init_command": SESSION_INIT,
     }
 
 

@@ -382,7 +382,6 @@ async def _read_log_results(
     results: list[Result] = []
     times: dict[str, datetime | None] = {"": None}
     async with conn.cursor() as cur:
-        await cur.execute("SET SESSION group_concat_max_len = 67108864")
         await cur.execute(query, params)
         for (packed,) in await cur.fetchall():
             for record in packed.split(_RECORD):
