@@ -25,7 +25,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import aiomysql
@@ -151,6 +151,7 @@ class SpamTestEngine:
         self._rr = 0
         self._canary_due: dict[str, float] = {}
         self._started = 0.0
+        self._log_table_cache: dict[tuple[str, date], list[str]] = {}
         for manager in modems:
             manager.receipt_listeners.append(self._on_receipt)
 
@@ -472,7 +473,7 @@ class SpamTestEngine:
         test = self._active_from(row)
         types = [t for t, text in (("SMS", test.sms_text), ("LMS", test.lms_text)) if text]
         table = self._pick_table()
-        pending: list[tuple[str, str, str | None, str | None, str | None, str, str | None]] = []
+        slots: list[Slot] = []
         for carrier, label in plan.items():
             config = next((m for m in self.runtime.config.modems if m.label == label), None)
             for mtype in types:
@@ -481,17 +482,19 @@ class SpamTestEngine:
                     reason = self._unusable_reason(carrier, row["target_modem"])
                 elif table is None:
                     reason = "no test line group configured"
-                pending.append(
-                    (
-                        carrier,
-                        mtype,
-                        label if reason is None else None,
-                        config.phone if config else None,
-                        table if reason is None else None,
-                        expected_hash(mtype, test.text_for(mtype), test.subject),
-                        reason,
-                    )
+                text_hash = expected_hash(mtype, test.text_for(mtype), test.subject)
+                slot = Slot(
+                    0,  # the result row's id, once inserted below
+                    carrier,
+                    mtype,
+                    label if reason is None else None,
+                    config.phone if config else None,
+                    table if reason is None else None,
+                    Expected.of(mtype, test.callback, text_hash, test.subject, test.lms_text),
                 )
+                if reason:
+                    slot.result, slot.detail = Verdict.DEVICE_ERROR.value, reason
+                slots.append(slot)
         async with self._pg().acquire() as conn, conn.transaction():
             started_at = await conn.fetchval(
                 """UPDATE spam_filter_tests SET status = 'active', started_at = now()
@@ -501,29 +504,24 @@ class SpamTestEngine:
             if started_at is None:
                 return False  # cancelled meanwhile
             test.started_at = started_at
-            for carrier, mtype, label, phone, tbl, mhash, reason in pending:
-                result_id = await conn.fetchval(
+            for slot in slots:
+                slot.result_id = await conn.fetchval(
                     """INSERT INTO spam_filter_test_results (test_id, carrier, message_type,
                            phone, modem, sms_table, message_hash, result, detail, decided_at)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
                                CASE WHEN $8::text IS NULL THEN NULL ELSE now() END)
-                       ON CONFLICT (test_id, carrier, message_type) DO NOTHING
                        RETURNING id""",
                     test.id,
-                    carrier,
-                    mtype,
-                    phone,
-                    label,
-                    tbl,
-                    mhash,
-                    Verdict.DEVICE_ERROR.value if reason else None,
-                    reason,
+                    slot.carrier,
+                    slot.mtype,
+                    slot.phone,
+                    slot.modem,
+                    slot.table,
+                    slot.expected.text_hash,
+                    slot.result,
+                    slot.detail,
                 )
-                expected = Expected.of(mtype, test.callback, mhash, test.subject, test.lms_text)
-                slot = Slot(result_id, carrier, mtype, label, phone, tbl, expected)
-                if reason:
-                    slot.result, slot.detail = Verdict.DEVICE_ERROR.value, reason
-                test.slots.append(slot)
+        test.slots = slots
         for slot in test.slots:
             if slot.result is None and slot.modem is not None:
                 self.busy[slot.modem] = test.id
@@ -590,16 +588,25 @@ class SpamTestEngine:
                 ],
             )
 
+    async def _log_tables(self, conn: aiomysql.Connection, table: str) -> list[str]:
+        """The test table's log tables of this month and the last that exist; looked up
+        once a day, not on every pass (housekeeping creates them months ahead)."""
+        today = datetime.now(UTC).date()
+        key = (table, today)
+        if key not in self._log_table_cache:
+            names = handoff.log_tables_since(table, today - timedelta(days=31), today)
+            found = await handoff.existing_tables(conn, names)
+            self._log_table_cache = {
+                k: v for k, v in self._log_table_cache.items() if k[1] == today
+            }
+            self._log_table_cache[key] = found
+        return self._log_table_cache[key]
+
     async def _find_row(
         self, conn: aiomysql.Connection, test: ActiveTest, slot: Slot
     ) -> int | None:
         assert slot.table is not None
-        today = datetime.now(UTC).date()
-        names = [
-            slot.table,
-            *handoff.log_tables_since(slot.table, today - timedelta(days=31), today),
-        ]
-        for name in await handoff.existing_tables(conn, names):
+        for name in [slot.table, *await self._log_tables(conn, slot.table)]:
             async with conn.cursor() as cur:
                 await cur.execute(
                     f"SELECT seqno FROM `{checked_table(name)}`"
@@ -626,16 +633,12 @@ class SpamTestEngine:
         if not waiting:
             return
         seen: list[Slot] = []
-        today = datetime.now(UTC).date()
         tests = [str(t) for t in self.active]
         marks = ",".join(["%s"] * len(tests))
         async with self._my().acquire() as conn:
             for table, by_seq in waiting.items():
                 ids = ",".join(str(int(n)) for n in by_seq)
-                logs = await handoff.existing_tables(
-                    conn,
-                    handoff.log_tables_since(table, today - timedelta(days=31), today),
-                )
+                logs = await self._log_tables(conn, table)
                 union = " UNION ALL ".join(
                     [
                         f"SELECT seqno, status_code, rsv1 FROM `{checked_table(table)}`"
