@@ -9,7 +9,6 @@ the daemon's socket, because pulling rows back must not race its inserts.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import http.client
 import json
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from config.clock import KST
-from daemon.schema import connect_pg
+from daemon.schema import run_with_pg
 from dispatch.guards import MessageType, RunRejected
 from dispatch.runs import Recipient, RunSpec, create_run
 from dispatch.runs import show as show_run
@@ -83,15 +82,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         scheduled_at=scheduled,
     )
 
-    async def store() -> uuid.UUID:
-        conn = await connect_pg(config)
-        try:
-            return await create_run(conn, spec, _recipients(args))
-        finally:
-            await conn.close()
-
     try:
-        run_id = asyncio.run(store())
+        run_id = run_with_pg(config, lambda conn: create_run(conn, spec, _recipients(args)))
     except RunRejected as exc:
         raise ctl.CtlError(f"run rejected, nothing was sent: {exc}") from exc
     except FileNotFoundError as exc:
@@ -107,16 +99,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace, run_id: uuid.UUID) -> dict[str, Any] | None:
-    config = _ctl()._config(args)
-
-    async def read() -> dict[str, Any] | None:
-        conn = await connect_pg(config)
-        try:
-            return await show_run(conn, run_id)
-        finally:
-            await conn.close()
-
-    return asyncio.run(read())
+    return run_with_pg(_ctl()._config(args), lambda conn: show_run(conn, run_id))
 
 
 def wait_for_run(args: argparse.Namespace, run_id: uuid.UUID) -> dict[str, Any]:

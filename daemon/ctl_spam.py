@@ -16,10 +16,12 @@ import time
 import uuid
 from typing import Any
 
-from daemon.schema import connect_pg
+from daemon.schema import run_with_pg
 from dispatch.spamtests import CARRIERS, SpamTestRejected, SpamTestSpec, create_tests, dumps, show
 
 DONE = ("completed", "cancelled")
+# How often --wait looks at the verdicts.
+POLL_S = 0.25
 
 
 def _ctl() -> Any:
@@ -36,16 +38,7 @@ def _uuid(value: str, what: str) -> uuid.UUID:
 
 
 def _fetch(args: argparse.Namespace, ident: uuid.UUID) -> list[dict[str, Any]]:
-    config = _ctl()._config(args)
-
-    async def read() -> list[dict[str, Any]]:
-        conn = await connect_pg(config)
-        try:
-            return await show(conn, ident)
-        finally:
-            await conn.close()
-
-    return asyncio.run(read())
+    return run_with_pg(_ctl()._config(args), lambda conn: show(conn, ident))
 
 
 def _specs(args: argparse.Namespace) -> list[SpamTestSpec]:
@@ -102,15 +95,10 @@ def cmd_spam_test(args: argparse.Namespace) -> int:
     specs = _specs(args)
     config = ctl._config(args)
 
-    async def store() -> tuple[list[uuid.UUID], uuid.UUID | None]:
-        conn = await connect_pg(config)
-        try:
-            return await create_tests(conn, specs, batch=len(specs) > 1)
-        finally:
-            await conn.close()
-
     try:
-        ids, batch_id = asyncio.run(store())
+        ids, batch_id = run_with_pg(
+            config, lambda conn: create_tests(conn, specs, batch=len(specs) > 1)
+        )
     except SpamTestRejected as exc:
         raise ctl.CtlError(f"spam test rejected, nothing was queued: {exc}") from exc
     ident = batch_id or ids[0]
@@ -133,29 +121,34 @@ def cmd_spam_test(args: argparse.Namespace) -> int:
 
 
 def wait(args: argparse.Namespace, ident: uuid.UUID, count: int) -> list[dict[str, Any]]:
-    """Poll until every test has a verdict (or was cancelled); progress on stderr."""
-    deadline = time.monotonic() + args.timeout
+    """Poll until every test has a verdict (or was cancelled); progress on stderr. One
+    connection for the whole wait."""
     tty = sys.stderr.isatty()
-    last = ""
-    while True:
-        reports = _fetch(args, ident)
-        done = [r for r in reports if r["status"] in DONE]
-        line = f"{len(done)}/{count} tests judged; " + ", ".join(
-            f"{r['test_id'][:8]} {r['status']}" for r in reports if r["status"] not in DONE
-        )
-        if line != last:
-            print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
-            last = line
-        if len(done) == count:
-            if tty:
-                print(file=sys.stderr)
-            return reports
-        if time.monotonic() > deadline:
-            raise _ctl().CtlError(
-                f"no verdict after {args.timeout:.0f}s; the test is still "
-                f"{reports[0]['status'] if reports else 'unknown'} (see hanjulloctl status)"
+
+    async def poll(conn: Any) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + args.timeout
+        last = ""
+        while True:
+            reports = await show(conn, ident)
+            done = [r for r in reports if r["status"] in DONE]
+            line = f"{len(done)}/{count} tests judged; " + ", ".join(
+                f"{r['test_id'][:8]} {r['status']}" for r in reports if r["status"] not in DONE
             )
-        time.sleep(0.25)
+            if line != last:
+                print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
+                last = line
+            if len(done) == count:
+                if tty:
+                    print(file=sys.stderr)
+                return reports
+            if time.monotonic() > deadline:
+                raise _ctl().CtlError(
+                    f"no verdict after {args.timeout:.0f}s; the test is still "
+                    f"{reports[0]['status'] if reports else 'unknown'} (see hanjulloctl status)"
+                )
+            await asyncio.sleep(POLL_S)
+
+    return run_with_pg(_ctl()._config(args), poll)
 
 
 def _as_json(reports: list[dict[str, Any]], batch_id: uuid.UUID | None) -> str:

@@ -9,13 +9,18 @@ created only when missing, so the node can share a database with it.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
+from typing import TypeVar
 
 import asyncpg
 
 from config.model import NodeConfig
 from dispatch import agent_tables
+
+T = TypeVar("T")
 
 # Any fixed 64-bit number; it only has to be the same for every `db init`.
 _MIGRATION_LOCK = 0x48414E4A554C4C4F  # "HANJULLO"
@@ -326,6 +331,19 @@ async def connect_pg(config: NodeConfig) -> asyncpg.Connection:
         database=section.database,
         timeout=section.connect_timeout_s,
     )
+
+
+def run_with_pg(config: NodeConfig, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """For the command-line tools: `work` on one fresh connection, closed afterwards."""
+
+    async def main() -> T:
+        conn = await connect_pg(config)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(main())
 
 
 async def create_pg_pool(config: NodeConfig, max_size: int = 5) -> asyncpg.Pool:
