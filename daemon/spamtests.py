@@ -558,10 +558,9 @@ class SpamTestEngine:
             async with transaction(conn) as cur:
                 for slot in unsent:
                     assert slot.table is not None and slot.phone is not None
-                    await cur.execute(
-                        f"INSERT INTO `{checked_table(slot.table)}`"
-                        f" ({handoff.ROW_COLUMNS}, sendreq_time, status_code, rsv1)"
-                        " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,NOW(),100,'1')",
+                    slot.seqno = await handoff.insert_row(
+                        cur,
+                        slot.table,
                         handoff.AgentRow(
                             slot.phone,
                             test.callback,
@@ -571,9 +570,8 @@ class SpamTestEngine:
                             None,
                             str(test.id),
                             test.company or ("canary" if test.source == "canary" else ""),
-                        ).values(),
+                        ),
                     )
-                    slot.seqno = int(cur.lastrowid)
         now = datetime.now(UTC)
         for slot in unsent:
             slot.inserted_at = now

@@ -11,7 +11,6 @@ so the statement is built here instead of with ``executemany``.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,12 +48,8 @@ class AgentRow(NamedTuple):
     run_id: str
     company_id: str
 
-    def values(self) -> tuple[str | None, ...]:
-        """In the order of ROW_COLUMNS."""
-        return tuple(self)
 
-
-# The agent-table columns an AgentRow fills, in AgentRow.values() order.
+# The agent-table columns an AgentRow fills, in its field order.
 ROW_COLUMNS = (
     "dest_no, call_back, msg_contents, msg_type, title_str, file_name1, app_etc1, app_etc2"
 )
@@ -178,37 +173,33 @@ async def load_file(conn: aiomysql.Connection, table: str, path: str) -> int:
         return int(cur.rowcount)
 
 
-async def load_rows(conn: aiomysql.Connection, table: str, rows: Sequence[RowValues]) -> int:
-    """Insert `rows` with one LOAD DATA LOCAL INFILE statement (atomic, like one INSERT).
-
-    Raises LoadDataRefused when the server does not permit it; the caller falls back
-    to :func:`insert_rows`.
-    """
-    path = write_tsv(rows)
-    try:
-        return await load_file(conn, table, path)
-    finally:
-        os.unlink(path)
+def _insert_sql(table: str, rows: int) -> str:
+    """A multi-row INSERT of `rows` RowValues; sendreq_time is the server's NOW()."""
+    values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,NOW(),100,'1')"] * rows)
+    return (
+        f"INSERT INTO `{checked_table(table)}` ({ROW_COLUMNS}, sendreq_time, status_code, rsv1)"
+        f" VALUES {values}"
+    )
 
 
 async def insert_rows(conn: aiomysql.Connection, table: str, rows: Sequence[RowValues]) -> int:
     """Insert `rows` into one agent table; one statement per INSERT_CHUNK rows."""
-    table = checked_table(table)
     total = 0
     for start in range(0, len(rows), INSERT_CHUNK):
         chunk = rows[start : start + INSERT_CHUNK]
-        values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,NOW(),100,'1')"] * len(chunk))
         params: list[Any] = []
         for r in chunk:
             params += r
         async with conn.cursor() as cur:
-            await cur.execute(
-                f"INSERT INTO `{table}` ({ROW_COLUMNS}, sendreq_time, status_code, rsv1)"
-                f" VALUES {values}",
-                params,
-            )
+            await cur.execute(_insert_sql(table, len(chunk)), params)
             total += cur.rowcount
     return total
+
+
+async def insert_row(cur: aiomysql.Cursor, table: str, row: RowValues) -> int:
+    """Insert one row (inside the caller's transaction); returns its seqno."""
+    await cur.execute(_insert_sql(table, 1), row)
+    return int(cur.lastrowid)
 
 
 async def present(

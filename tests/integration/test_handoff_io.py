@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import date
 
@@ -31,7 +32,11 @@ async def test_load_data_and_insert_write_the_same_rows() -> None:
             )
             for i, text in enumerate(TEXTS)
         ]
-        assert await handoff.load_rows(conn, "SMSQ_SEND_98", rows) == len(rows)
+        path = handoff.write_tsv(rows)  # as the dispatcher does: file first, then load
+        try:
+            assert await handoff.load_file(conn, "SMSQ_SEND_98", path) == len(rows)
+        finally:
+            os.unlink(path)
         assert await handoff.insert_rows(conn, "SMSQ_SEND_97", rows) == len(rows)
         written = {}
         for table in tables:
