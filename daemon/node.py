@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -83,76 +83,83 @@ class _SnapshotCollector(Collector):
 
     def collect(self) -> Any:
         snap = self.snapshot()
-        labels = {"node": snap["node"]["id"]}
-        up = GaugeMetricFamily(
-            "hanjullo_uptime_seconds", "Seconds since the daemon started", labels=["node"]
+        node = snap["node"]["id"]
+        yield gauge(
+            "hanjullo_uptime_seconds",
+            "Seconds since the daemon started",
+            ["node"],
+            [([node], snap["node"]["uptime_s"])],
         )
-        up.add_metric([labels["node"]], snap["node"]["uptime_s"])
-        yield up
-        comp = GaugeMetricFamily(
+        yield gauge(
             "hanjullo_component_state",
             "1 for the state each component is in",
-            labels=["component", "state"],
+            ["component", "state"],
+            [
+                ([c["name"], state.value], flag(c["state"] == state))
+                for c in snap["components"]
+                for state in ComponentState
+            ],
         )
-        for c in snap["components"]:
-            for state in ComponentState:
-                comp.add_metric([c["name"], state.value], 1.0 if c["state"] == state else 0.0)
-        yield comp
-        reach = GaugeMetricFamily(
-            "hanjullo_agent_reachable",
-            "1 when the agent's admin port accepts connections",
-            labels=["agent", "group"],
-        )
-        waiting = GaugeMetricFamily(
-            "hanjullo_agent_waiting_rows", "Rows with rsv1=1", labels=["agent", "group"]
-        )
-        oldest = GaugeMetricFamily(
-            "hanjullo_agent_oldest_waiting_seconds",
-            "Age of the oldest due waiting row",
-            labels=["agent", "group"],
-        )
-        for a in snap["agents"]:
-            key = [str(a["number"]), a["group"]]
-            if a["reachable"] is not None:
-                reach.add_metric(key, 1.0 if a["reachable"] else 0.0)
-            if a["waiting"] is not None:
-                waiting.add_metric(key, a["waiting"])
-            if a["oldest_waiting_s"] is not None:
-                oldest.add_metric(key, a["oldest_waiting_s"])
-        yield reach
-        yield waiting
-        yield oldest
-        ready = GaugeMetricFamily(
+        agents = [([str(a["number"]), a["group"]], a) for a in snap["agents"]]
+        for name, doc, field, value in (
+            (
+                "hanjullo_agent_reachable",
+                "1 when the agent's admin port accepts connections",
+                "reachable",
+                flag,
+            ),
+            ("hanjullo_agent_waiting_rows", "Rows with rsv1=1", "waiting", float),
+            (
+                "hanjullo_agent_oldest_waiting_seconds",
+                "Age of the oldest due waiting row",
+                "oldest_waiting_s",
+                float,
+            ),
+        ):
+            yield gauge(
+                name,
+                doc,
+                ["agent", "group"],
+                [(key, value(a[field])) for key, a in agents if a[field] is not None],
+            )
+        yield gauge(
             "hanjullo_modem_ready",
             "1 while the test phone's modem is ready",
-            labels=["modem", "carrier"],
+            ["modem", "carrier"],
+            [([m["name"], m["carrier"]], flag(m["state"] == "ready")) for m in snap["modems"]],
         )
-        for m in snap["modems"]:
-            ready.add_metric([m["name"], m["carrier"]], 1.0 if m["state"] == "ready" else 0.0)
-        yield ready
         spam = snap["spam_tests"]
-        tests = GaugeMetricFamily(
-            "hanjullo_spam_tests", "Spam-filter tests queued or active", labels=["state"]
+        yield gauge(
+            "hanjullo_spam_tests",
+            "Spam-filter tests queued or active",
+            ["state"],
+            [(["queued"], len(spam["queue"])), (["active"], len(spam["active"]))],
         )
-        tests.add_metric(["queued"], len(spam["queue"]))
-        tests.add_metric(["active"], len(spam["active"]))
-        yield tests
-        grace = GaugeMetricFamily(
+        yield gauge(
             "hanjullo_spam_grace_seconds",
             "Grace before a carrier is called blocked",
-            labels=["carrier"],
+            ["carrier"],
+            [([carrier], seconds) for carrier, seconds in spam["grace_s"].items()],
         )
-        for carrier, seconds in spam["grace_s"].items():
-            grace.add_metric([carrier], seconds)
-        yield grace
-        flagged = GaugeMetricFamily(
+        yield gauge(
             "hanjullo_spam_phone_flagged",
             "1 while the test phone's last canary was missed",
-            labels=["modem", "carrier"],
+            ["modem", "carrier"],
+            [([p["modem"], p["carrier"]], flag(p["flagged"])) for p in spam["phones"]],
         )
-        for phone in spam["phones"]:
-            flagged.add_metric([phone["modem"], phone["carrier"]], 1.0 if phone["flagged"] else 0.0)
-        yield flagged
+
+
+def flag(value: object) -> float:
+    return 1.0 if value else 0.0
+
+
+def gauge(
+    name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]
+) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family
 
 
 class Node:
