@@ -46,7 +46,7 @@ import asyncpg
 # bench/dispatch.py is named like the `dispatch` package; this folder must not shadow it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from simulators.harness import SimulatedNode  # noqa: E402
+from simulators.harness import SimulatedNode, running_node  # noqa: E402
 
 CALLBACK = "0212345678"
 BLOCKED_WORD = "무료"
@@ -85,11 +85,6 @@ class Measured:
     last_receipt_at: datetime | None
     all_received: bool
     legs: list[Leg]
-
-
-def bench_config(text: str) -> str:
-    # The simulator's default delays and the node's default spam-test settings.
-    return text
 
 
 def submit(node: SimulatedNode, company: str, texts: list[str]) -> list[str]:
@@ -248,23 +243,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--warmup", type=int, default=6)
     args = parser.parse_args()
+    runs: dict[int, list[Measured]] = {}
     with tempfile.TemporaryDirectory(prefix="spamtest-bench-") as tmp:
-        one = SimulatedNode(Path(tmp) / "one", overrides=bench_config)
-        try:
-            one.db_init()
-            one.start_sim()
-            one.start_daemon()
-            single = asyncio.run(run_batch(one, "one phone per carrier", args.warmup))
-        finally:
-            one.close()
-        pool = SimulatedNode(Path(tmp) / "pool", phones_per_carrier=3, overrides=bench_config)
-        try:
-            pool.db_init()
-            pool.start_sim()
-            pool.start_daemon()
-            pooled = asyncio.run(run_batch(pool, "three phones per carrier", args.warmup))
-        finally:
-            pool.close()
+        for phones, label in ((1, "one phone per carrier"), (3, "three phones per carrier")):
+            # The simulator's default delays and the node's default spam-test settings.
+            with running_node(Path(tmp) / str(phones), phones_per_carrier=phones) as node:
+                runs[phones] = asyncio.run(run_batch(node, label, args.warmup))
+    single, pooled = runs[1], runs[3]
 
     engine_a = [(t.completed_at - t.created_at).total_seconds() for t in single]
     ref_a = [
