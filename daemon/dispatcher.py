@@ -42,6 +42,7 @@ from daemon.stores import PG_ERRORS, REDIS_ERRORS, PostgresKeeper, RedisKeeper
 from daemon.supervisor import DependencyDown, Health
 from dispatch import agent_tables, handoff
 from dispatch.agent_tables import SPAM_CODES, SUCCESS_CODES
+from dispatch.fairness import fair_order
 from dispatch.guards import MessageType, check_recipient, in_ad_window
 from dispatch.handoff import RowValues
 from dispatch.leases import GroupLeases
@@ -318,15 +319,7 @@ class Dispatcher:
                     companies,
                 )
             }
-        never = datetime.min.replace(tzinfo=UTC)
-        pending = sorted(ready, key=lambda r: r["queued_at"])
-        ranked = []
-        while pending:
-            row = min(pending, key=lambda r: (served.get(r["company_id"]) or never, r["queued_at"]))
-            pending.remove(row)
-            ranked.append(row)
-            # Within this pass, a company that would be served now goes to the back.
-            served[row["company_id"]] = now + timedelta(microseconds=len(ranked))
+        ranked = fair_order(ready, served, arrival="queued_at")
         assignments = await self._assignments()
         bulk = {g.name for g in self.bulk_groups()}
         for row in ranked:

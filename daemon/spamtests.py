@@ -42,13 +42,13 @@ from daemon.stores import PG_ERRORS, PostgresKeeper
 from daemon.supervisor import DependencyDown, Health
 from dispatch import agent_tables, handoff
 from dispatch.agent_tables import PENDING_CODES, SUCCESS_CODES, MsgType, transaction
+from dispatch.fairness import Row, fair_order
 from dispatch.runs import source_ref
 from dispatch.spamtests import (
     CARRIERS,
     NOTIFY_CHANNEL,
     Decision,
     Expected,
-    Row,
     SlotFacts,
     SpamTestSpec,
     TestStatus,
@@ -56,7 +56,6 @@ from dispatch.spamtests import (
     create_tests,
     decide,
     expected_hash,
-    fair_order,
     grace_for,
     overall,
 )
@@ -446,7 +445,7 @@ class SpamTestEngine:
                    ORDER BY created_at, id LIMIT 500""",
                 self.node_id,
             )
-        order = fair_order(queued, self.last_served)
+        order = fair_order(queued, self.last_served, arrival="created_at")
         started: set[uuid.UUID] = set()
         for test in order:
             plan = self._plan(test)

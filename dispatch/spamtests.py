@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -21,12 +21,12 @@ import asyncpg
 
 from config.model import SpamTestSection
 from config.names import is_callback_number, message_hash, normalise_phone
+from dispatch.fairness import Row
 from dispatch.guards import LMS_MAX_BYTES, SMS_MAX_BYTES, byte_length
 
 NOTIFY_CHANNEL = "hanjullo_spam_tests"
 CARRIERS = ("SKT", "KT", "LGU")
-# A row as asyncpg returns it (asyncpg.Record) or as a test builds it (a dict).
-Row = Mapping[str, Any] | asyncpg.Record
+
 # Below this many observed receipts a carrier's grace is the configured initial value.
 MIN_SAMPLES = 5
 
@@ -251,35 +251,6 @@ def grace_for(samples: Sequence[float], section: SpamTestSection) -> float:
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     grace = max(p95 + max(1.0, 0.05 * p95), ordered[-1] + 1.0)
     return round(min(section.grace_max_s, max(section.grace_min_s, grace)), 2)
-
-
-def fair_order(queued: Sequence[Row], last_served: Mapping[str | None, datetime]) -> list[Row]:
-    """Queued tests in the order they should start: the company served least recently
-    first (never served: first of all), its oldest test first; companies alternate."""
-    by_company: dict[str | None, list[Row]] = {}
-    for test in sorted(queued, key=lambda t: (t["created_at"], str(t["id"]))):
-        by_company.setdefault(test["company_id"], []).append(test)
-    served = dict(last_served)
-    order: list[Row] = []
-    floor = datetime.min
-    while by_company:
-
-        def key(company: str | None) -> tuple[bool, datetime, datetime]:
-            seen = served.get(company)
-            first = by_company[company][0]["created_at"]
-            return (
-                seen is not None,
-                (seen.replace(tzinfo=None) if seen else floor),
-                first.replace(tzinfo=None),
-            )
-
-        company = min(by_company, key=key)
-        test = by_company[company].pop(0)
-        order.append(test)
-        if not by_company[company]:
-            del by_company[company]
-        served[company] = datetime.max
-    return order
 
 
 # ---- reports --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 from config.model import SpamTestSection
 from config.names import message_hash
+from dispatch.fairness import fair_order
 from dispatch.spamtests import (
     Expected,
     SlotFacts,
@@ -17,7 +18,6 @@ from dispatch.spamtests import (
     SpamTestSpec,
     Verdict,
     decide,
-    fair_order,
     grace_for,
     overall,
     report,
@@ -109,13 +109,17 @@ def _queued(company: str | None, minute: int) -> dict[str, Any]:
 
 def test_queue_is_fifo_with_companies_taking_turns() -> None:
     tests = [_queued("a", 0), _queued("a", 1), _queued("a", 2), _queued("b", 3), _queued("c", 4)]
-    order = [t["company_id"] for t in fair_order(tests, {})]
+    order = [t["company_id"] for t in fair_order(tests, {}, arrival="created_at")]
     assert order == ["a", "b", "c", "a", "a"]
     # A company served a moment ago waits behind one not served for longer.
     served = {"a": at(10_000), "b": at(5_000)}
-    order = [t["company_id"] for t in fair_order(tests, served)]
+    order = [t["company_id"] for t in fair_order(tests, served, arrival="created_at")]
     assert order == ["c", "b", "a", "a", "a"]
-    within = [t["created_at"] for t in fair_order(tests, {}) if t["company_id"] == "a"]
+    within = [
+        t["created_at"]
+        for t in fair_order(tests, {}, arrival="created_at")
+        if t["company_id"] == "a"
+    ]
     assert within == sorted(within)
 
 
