@@ -117,8 +117,6 @@ class ModemManager:
         self.receipt_listeners: list[Callable[[int], None]] = []
         # When this process first saw the modem ready, and when it first read its storage.
         self.first_ready_at: datetime | None = None
-        # False until the first open attempt ended one way or the other.
-        self.settled = False
         self.first_sweep_at: datetime | None = None
         self._health: Health | None = None
         self._failures = 0
@@ -129,8 +127,6 @@ class ModemManager:
             now = datetime.now(UTC)
             self.status.state, self.status.reason, self.status.since = state, reason, now
             self.history.append(Transition(state, reason, now))
-            if state not in (ModemState.OPENING, ModemState.INITIALISING):
-                self.settled = True
             if state == ModemState.READY and self.first_ready_at is None:
                 self.first_ready_at = now
             log.info("modem state", modem=self.modem.label, state=state.value, reason=reason)
@@ -141,6 +137,13 @@ class ModemManager:
                 self._health.set(ComponentState.STARTING, reason)
             else:
                 self._health.degraded(f"{state.value}" + (f": {reason}" if reason else ""))
+
+    @property
+    def settled(self) -> bool:
+        """False until the first open attempt ended one way or the other."""
+        return any(
+            t.state not in (ModemState.OPENING, ModemState.INITIALISING) for t in self.history
+        )
 
     @property
     def ready(self) -> bool:

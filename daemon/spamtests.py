@@ -839,7 +839,6 @@ class SpamTestEngine:
                     since,
                     slot.received_at is not None,
                     slot.agent_code,
-                    slot.agent_code in SUCCESS_CODES,
                     slot.success_seen_at,
                 )
                 decision = decide(

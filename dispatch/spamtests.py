@@ -21,6 +21,7 @@ import asyncpg
 
 from config.model import SpamTestSection
 from config.names import is_callback_number, message_hash, normalise_phone
+from dispatch.agent_tables import is_success
 from dispatch.fairness import Row
 from dispatch.guards import LMS_MAX_BYTES, SMS_MAX_BYTES, byte_length
 
@@ -190,8 +191,11 @@ class SlotFacts:
     inserted_at: datetime
     received: bool
     agent_code: int | None  # a final code, None while the agent has not reported
-    agent_success: bool
     success_seen_at: datetime | None
+
+    @property
+    def agent_success(self) -> bool:
+        return self.agent_code is not None and is_success(self.agent_code)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,9 +30,8 @@ SECTION = SpamTestSection(grace_initial_s=25, grace_min_s=6, grace_max_s=45, tim
 def facts(
     received: bool = False, code: int | None = None, seen_after_s: float | None = None
 ) -> SlotFacts:
-    success = code in (6, 1000)
     seen = T0 + timedelta(seconds=seen_after_s) if seen_after_s is not None else None
-    return SlotFacts(T0, received, code, success, seen)
+    return SlotFacts(T0, received, code, seen)
 
 
 def at(seconds: float) -> datetime:
