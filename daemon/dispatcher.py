@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiomysql
@@ -43,7 +43,7 @@ from daemon.supervisor import DependencyDown, Health
 from dispatch import agent_tables, handoff
 from dispatch.agent_tables import SPAM_CODES, SUCCESS_CODES
 from dispatch.fairness import fair_order
-from dispatch.guards import MessageType, check_recipient, in_ad_window
+from dispatch.guards import MessageType, check_recipient, in_ad_window, next_ad_window_edge
 from dispatch.handoff import RowValues
 from dispatch.leases import GroupLeases
 from dispatch.runs import ACTIVE, HOLDS_GROUP, NOTIFY_CHANNEL, RunStatus, show, source_ref
@@ -184,8 +184,13 @@ class Dispatcher:
                     except ERRORS as exc:
                         health.degraded(f"{type(exc).__name__}: {exc}")
                     self.wake.clear()
+                    # Wake at 08:00 and 21:00 KST sharp, not up to a poll interval later.
+                    now = self.runtime.clock.now()
+                    until_edge = (next_ad_window_edge(now) - now).total_seconds()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), dispatch.poll_interval_s)
+                        await asyncio.wait_for(
+                            self.wake.wait(), min(dispatch.poll_interval_s, until_edge + 0.001)
+                        )
         finally:
             for task in background:
                 task.cancel()
@@ -364,11 +369,13 @@ class Dispatcher:
         async with self._pg().acquire() as conn:
             result = await conn.execute(
                 """UPDATE campaign_runs SET status = 'sending', line_group = $2,
-                       group_since = now(), started_at = coalesce(started_at, now()),
+                       group_since = now(), started_at = coalesce(started_at, $3),
                        status_reason = NULL, updated_at = now()
                    WHERE id = $1 AND status = 'queued'""",
                 run_id,
                 group,
+                # The node clock, like the agents': it starts the run's log-table window.
+                self.runtime.clock.now(),
             )
         return result.endswith(" 1")
 
@@ -625,14 +632,15 @@ class Dispatcher:
     ) -> set[str]:
         """Which numbers of a window are already in the group's agent or log tables."""
         group_tables = self.tables(run["line_group"])
-        today = self.runtime.clock.now_kst().date()
-        started = (run["started_at"] or datetime.now(UTC)).astimezone(UTC).date()
-        every = [
-            *group_tables,
-            *(lt for t in group_tables for lt in handoff.log_tables_since(t, started, today)),
-        ]
+        every = [*group_tables, *self._log_window(run, group_tables)]
         async with self._mysql().acquire() as mconn:
             return set(await handoff.present(mconn, every, str(state.id), numbers))
+
+    def _log_window(self, run: asyncpg.Record, tables: list[str]) -> list[str]:
+        """The log tables that can hold the run's rows: from the month its first row was
+        handed off (``started_at``, node clock) to the node clock's now."""
+        now = self.runtime.clock.now()
+        return agent_tables.log_tables_between(tables, run["started_at"] or now, now)
 
     async def _next_batch(
         self,
@@ -987,13 +995,8 @@ class Dispatcher:
         if state.watermarks is None:
             state.watermarks = {}
         group_tables = self.tables(run["line_group"])
-        today = self.runtime.clock.now_kst().date()
-        started = (run["started_at"] or datetime.now(UTC)).astimezone(UTC).date()
         async with self._mysql().acquire() as mconn:
-            logs = await handoff.existing_tables(
-                mconn,
-                [lt for t in group_tables for lt in handoff.log_tables_since(t, started, today)],
-            )
+            logs = await handoff.existing_tables(mconn, self._log_window(run, group_tables))
 
         async def read(live: list[str], log_tables: list[str]) -> tuple[list[handoff.Result], int]:
             async with self._mysql().acquire() as mconn:
@@ -1029,7 +1032,7 @@ class Dispatcher:
         horizon = timedelta(hours=self.runtime.config.dispatch.result_horizon_h)
         if fresh["status"] == RunStatus.RESULTS and (
             done >= fresh["inserted_count"]
-            or (fresh["started_at"] and datetime.now(UTC) - fresh["started_at"] > horizon)
+            or (fresh["started_at"] and self.runtime.clock.now() - fresh["started_at"] > horizon)
         ):
             reason = None if done >= fresh["inserted_count"] else "result horizon reached"
             await self._set_status(run["id"], RunStatus.COMPLETED, reason)

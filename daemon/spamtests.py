@@ -32,6 +32,7 @@ import aiomysql
 import asyncpg
 import structlog
 
+from config.clock import KST
 from config.logs import mask_phones
 from config.model import ModemConfig
 from config.names import GroupType, checked_table
@@ -72,6 +73,8 @@ IDLE_POLL_S = 2.0
 # How long after the start queued tests wait for modems still opening for the first time.
 STARTUP_WAIT_S = 30.0
 RECENT = 10
+# How far back a test's agent row is looked for in log tables: this month and the last.
+LOG_LOOKBACK = timedelta(days=31)
 
 
 @dataclass(slots=True)
@@ -586,12 +589,14 @@ class SpamTestEngine:
             )
 
     async def _log_tables(self, conn: aiomysql.Connection, table: str) -> list[str]:
-        """The test table's log tables of this month and the last that exist; looked up
-        once a day, not on every pass (housekeeping creates them months ahead)."""
-        today = datetime.now(UTC).date()
+        """The test table's log tables of this month and the last that exist (the node
+        clock's months, as the agents name them: docs/clock.md); looked up once per node
+        clock day, not on every pass (housekeeping creates them months ahead)."""
+        now = self.runtime.clock.now()
+        today = now.astimezone(KST).date()
         key = (table, today)
         if key not in self._log_table_cache:
-            names = handoff.log_tables_since(table, today - timedelta(days=31), today)
+            names = agent_tables.log_tables_between([table], now - LOG_LOOKBACK, now)
             found = await handoff.existing_tables(conn, names)
             self._log_table_cache = {
                 k: v for k, v in self._log_table_cache.items() if k[1] == today

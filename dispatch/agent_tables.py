@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from enum import IntEnum, StrEnum
 from typing import Any
 
 import aiomysql
 
+from config.clock import KST
 from config.model import MySQLSection
 from config.names import add_months, checked_table, log_table
 
@@ -134,6 +135,35 @@ def log_table_ddl(table: str, month: date) -> str:
         "  KEY idx_done (repmsg_recvtm)\n"
         ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
     )
+
+
+# An agent names the log table a row moves to by its own KST date at the moment of the
+# move (the simulated agents by the node clock). Its clock may differ from the node's by
+# a little (NTP, a host of its own): windows reach this far past both ends.
+AGENT_CLOCK_SKEW = timedelta(minutes=10)
+
+
+def log_months(since: datetime, until: datetime) -> list[date]:
+    """The months whose log tables can hold a row handed to an agent at `since` (node
+    clock) and moved by `until` (node clock, usually now), first of each month, oldest first.
+
+    The two ends are taken in either order: a node clock stepped back still finds
+    what was moved before the step. The one rule for the whole node (docs/clock.md).
+    """
+    low, high = sorted((since, until))
+    first = (low - AGENT_CLOCK_SKEW).astimezone(KST).date().replace(day=1)
+    last = (high + AGENT_CLOCK_SKEW).astimezone(KST).date()
+    months = []
+    while first <= last:
+        months.append(first)
+        first = add_months(first, 1)
+    return months
+
+
+def log_tables_between(tables: list[str], since: datetime, until: datetime) -> list[str]:
+    """The log tables of `tables` for :func:`log_months` (whether they exist or not)."""
+    months = log_months(since, until)
+    return [log_table(table, month) for table in tables for month in months]
 
 
 def months_ahead(today: date, count: int = 3) -> list[date]:

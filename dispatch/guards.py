@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 
 from config.clock import KST
@@ -88,10 +88,20 @@ def next_ad_window_start(moment: datetime) -> datetime:
     local = moment.astimezone(KST)
     start = local.replace(hour=8, minute=0, second=0, microsecond=0)
     if local >= start:
-        from datetime import timedelta
-
         start += timedelta(days=1)
     return start
+
+
+def next_ad_window_edge(moment: datetime) -> datetime:
+    """The next 08:00 or 21:00 KST strictly after `moment`: when advertising runs must
+    be resumed or held (the dispatcher wakes then instead of at its next poll)."""
+    local = moment.astimezone(KST)
+    edges = [
+        datetime.combine(local.date() + timedelta(days=day), edge, KST)
+        for day in (0, 1)
+        for edge in AD_WINDOW
+    ]
+    return min(e for e in edges if e > local)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import aiomysql
 import pymysql.err
 
-from config.names import add_months, checked_table, log_table
+from config.names import checked_table
 from dispatch.agent_tables import transaction
 
 # Rows per multi-row INSERT: large enough to amortise the round trip, small enough
@@ -62,16 +62,6 @@ class Result:
     mob_company: str | None
     result_at: datetime | None  # aware (the agent writes UTC)
     table: str
-
-
-def log_tables_since(table: str, since: date, until: date) -> list[str]:
-    """The monthly log tables of `table` from the month of `since` to that of `until`."""
-    names = []
-    month = date(since.year, since.month, 1)
-    while month <= until:
-        names.append(log_table(table, month))
-        month = add_months(month, 1)
-    return names
 
 
 class LoadDataRefused(Exception):

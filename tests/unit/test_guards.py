@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,6 +15,7 @@ from dispatch.guards import (
     check_ad_run,
     check_recipient,
     in_ad_window,
+    next_ad_window_edge,
     next_ad_window_start,
 )
 
@@ -76,3 +77,41 @@ def test_ad_window() -> None:
     assert next_ad_window_start(datetime(2026, 11, 27, 3, 0, tzinfo=KST)) == datetime(
         2026, 11, 27, 8, 0, tzinfo=KST
     )
+
+
+TICK = timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize(
+    ("moment", "allowed"),
+    [
+        (datetime(2026, 11, 27, 20, 59, 59, tzinfo=KST), True),
+        (datetime(2026, 11, 27, 21, 0, 0, tzinfo=KST) - TICK, True),
+        (datetime(2026, 11, 27, 21, 0, 0, tzinfo=KST), False),
+        (datetime(2026, 11, 28, 7, 59, 59, tzinfo=KST), False),
+        (datetime(2026, 11, 28, 8, 0, 0, tzinfo=KST) - TICK, False),
+        (datetime(2026, 11, 28, 8, 0, 0, tzinfo=KST), True),
+        # The same instants written in UTC: the window is KST whatever the zone given.
+        (datetime(2026, 11, 27, 11, 59, 59, tzinfo=UTC), True),
+        (datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC), False),
+        (datetime(2026, 11, 27, 22, 59, 59, tzinfo=UTC), False),
+        (datetime(2026, 11, 27, 23, 0, 0, tzinfo=UTC), True),
+    ],
+)
+def test_night_hold_boundaries(moment: datetime, allowed: bool) -> None:
+    assert in_ad_window(moment) is allowed
+
+
+@pytest.mark.parametrize(
+    ("moment", "edge"),
+    [
+        (datetime(2026, 11, 27, 20, 59, 59, tzinfo=KST), datetime(2026, 11, 27, 21, tzinfo=KST)),
+        (datetime(2026, 11, 27, 21, 0, 0, tzinfo=KST), datetime(2026, 11, 28, 8, tzinfo=KST)),
+        (datetime(2026, 11, 28, 7, 59, 59, tzinfo=KST), datetime(2026, 11, 28, 8, tzinfo=KST)),
+        (datetime(2026, 11, 28, 8, 0, 0, tzinfo=KST), datetime(2026, 11, 28, 21, tzinfo=KST)),
+        (datetime(2026, 11, 30, 23, 0, tzinfo=KST), datetime(2026, 12, 1, 8, tzinfo=KST)),
+    ],
+)
+def test_the_dispatcher_wakes_at_the_next_window_edge(moment: datetime, edge: datetime) -> None:
+    assert next_ad_window_edge(moment) == edge
+    assert in_ad_window(edge - TICK) is not in_ad_window(edge)
