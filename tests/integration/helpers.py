@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
 
+import asyncpg
 import pymysql
 import serial
 
-from simulators.harness import mysql
+from config.clock import KST
+from config.names import add_months
+from simulators.harness import SimulatedNode, mysql
 
 FINAL = (b"\r\nOK\r\n", b"ERROR\r\n", b"ERROR: ")
 
@@ -35,6 +42,19 @@ def serial_port(path: str) -> Iterator[serial.Serial]:
         yield port
     finally:
         port.close()
+
+
+def pg_fetch(sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows of one statement on the test PostgreSQL database, as tuples."""
+
+    async def run() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="test")
+        try:
+            return [tuple(r) for r in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
 
 
 def insert_rows(table: str, rows: list[dict[str, Any]]) -> None:
@@ -87,3 +107,45 @@ def existing_tables(prefix: str) -> list[str]:
             return [r[0] for r in cur.fetchall()]
     finally:
         conn.close()
+
+
+# ---- the node clock, relative to today ---------------------------------------------------
+# Tests never pin the node clock to a fixed date: the agents name log tables by the node
+# clock's month, and a fixed date drifts away from the real month (docs/clock.md).
+
+
+def kst_today(hour: int, minute: int = 0, second: int = 0) -> datetime:
+    """Today (KST, by the wall clock) at the given time of day: same month as now."""
+    return datetime.combine(datetime.now(KST).date(), dt_time(hour, minute, second), KST)
+
+
+def kst_month_end(hour: int, minute: int = 0, second: int = 0, months: int = 0) -> datetime:
+    """The last day of the current KST month (`months` later, or earlier when negative)
+    at the given time of day."""
+    first_of_next = add_months(datetime.now(KST).date(), months + 1)
+    return datetime.combine(first_of_next - timedelta(days=1), dt_time(hour, minute, second), KST)
+
+
+def kst_next_month_first(hour: int, minute: int = 0, second: int = 0) -> datetime:
+    """The 1st of the next KST month at the given time of day."""
+    first_of_next = add_months(datetime.now(KST).date(), 1)
+    return datetime.combine(first_of_next, dt_time(hour, minute, second), KST)
+
+
+def set_node_clock(node: SimulatedNode, moment: datetime) -> float:
+    """Move the node clock (daemon and simulator alike) to `moment`; return its offset from
+    the wall clock in seconds, so that node time = wall time + offset."""
+    reply = json.loads(node.sim_ctl("clock", "set", moment.isoformat(), "--json").stdout)
+    return float(reply["offset_s"])
+
+
+def pg_to_node_offset(offset: float) -> float:
+    """Seconds to add to a PostgreSQL ``now()`` timestamp to read it on the node clock whose
+    offset from this process's clock is `offset` (the two agree unless this process runs
+    under a faked wall clock, libfaketime, while the servers keep the real one)."""
+    (pg_now,) = pg_fetch("SELECT now()")[0]
+    return time.time() + offset - float(pg_now.timestamp())
+
+
+def month_of(moment: datetime) -> str:
+    return moment.astimezone(KST).strftime("%Y%m")

@@ -9,15 +9,22 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from config.clock import KST
 from simulators.harness import SimulatedNode, wait_for
-from tests.integration.helpers import mysql
+from tests.integration.helpers import (
+    kst_month_end,
+    kst_today,
+    month_of,
+    mysql,
+    pg_fetch,
+    pg_to_node_offset,
+    set_node_clock,
+)
 
 GROUPS = {"bulk-1": [1, 2, 3], "bulk-2": [4, 5, 6], "bulk-3": [7, 8, 9]}
 
@@ -38,9 +45,8 @@ def fast_dispatch(text: str) -> str:
     return text
 
 
-@pytest.fixture
-def node(node_dir: Path) -> Iterator[SimulatedNode]:
-    sim = SimulatedNode(node_dir, overrides=fast_dispatch)
+def started(directory: Path, overrides: Callable[[str], str]) -> Iterator[SimulatedNode]:
+    sim = SimulatedNode(directory, overrides=overrides)
     sim.db_init()
     sim.start_sim()
     sim.start_daemon()
@@ -48,6 +54,19 @@ def node(node_dir: Path) -> Iterator[SimulatedNode]:
         yield sim
     finally:
         sim.close()
+
+
+@pytest.fixture
+def node(node_dir: Path) -> Iterator[SimulatedNode]:
+    yield from started(node_dir, fast_dispatch)
+
+
+@pytest.fixture
+def paced_node(node_dir: Path) -> Iterator[SimulatedNode]:
+    """Agents at their configured 100 rows/s each: a run of thousands takes seconds."""
+    yield from started(
+        node_dir, lambda t: fast_dispatch(t).replace("rate_per_s = 1000", "rate_per_s = 100")
+    )
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -255,7 +274,7 @@ def test_guards_and_ad_rules(node: SimulatedNode) -> None:
         ("01088880003", ad + " 가" * 60),
         ("010-8888-0004", ad),
     ]
-    node.sim_ctl("clock", "set", datetime(2026, 11, 27, 12, 0, tzinfo=KST).isoformat())
+    set_node_clock(node, kst_today(12))  # daytime, in the real month (docs/clock.md)
     try:
         run_id = send(node, "G", rows, "--ad")
         info = finished(node, run_id, 60)
@@ -279,27 +298,71 @@ def test_guards_and_ad_rules(node: SimulatedNode) -> None:
     assert bad.returncode == 1 and "(광고)" in bad.stderr and bad.stdout == ""
 
 
-def test_ad_run_at_night_waits_for_eight(node: SimulatedNode) -> None:
-    node.sim_ctl("clock", "set", datetime(2026, 11, 27, 22, 0, tzinfo=KST).isoformat())
+def test_ad_run_before_eight_waits_until_eight_sharp(node: SimulatedNode) -> None:
+    eight = kst_today(8).timestamp()
+    offset = set_node_clock(node, kst_today(7, 59, 50))
+    pg_offset = pg_to_node_offset(offset)
     try:
-        run_id = (
-            send(node, "N", numbers("81", 50), "--ad")
-            if False
-            else send(
-                node,
-                "N",
-                [(p, "(광고) 밤 세일 무료거부 0801234567") for p, _ in numbers("81", 50)],
-                "--ad",
-            )
-        )
-        wait_for(lambda: show(node, run_id)["status"] == "held", 10, "held")
-        time.sleep(1.5)
+        text = "(광고) 아침 세일 무료거부 0801234567"
+        run_id = send(node, "N", [(p, text) for p, _ in numbers("81", 50)], "--ad")
+        wait_for(lambda: show(node, run_id)["status"] == "held", 8, "held")
         assert agent_rows(run_id).get("total", 0) == 0
-        node.sim_ctl("clock", "set", datetime(2026, 11, 28, 8, 0, 5, tzinfo=KST).isoformat())
+        assert time.time() + offset < eight, "the night ended before it could be observed"
         info = finished(node, run_id, 60)
         assert info["inserted"] == 50
+        granted = pg_fetch("SELECT group_since FROM campaign_runs WHERE id = $1::uuid", run_id)
+        node_granted = granted[0][0].timestamp() + pg_offset
+        # Not a moment before 08:00:00 by the node clock, and woken at 08:00, not much later.
+        assert eight <= node_granted < eight + 5
     finally:
         node.sim_ctl("clock", "reset")
+
+
+def test_ad_run_is_held_at_nine_sharp(paced_node: SimulatedNode) -> None:
+    node = paced_node
+    nine = kst_today(21).timestamp()
+    offset = set_node_clock(node, kst_today(20, 59, 48))
+    try:
+        text = "(광고) 저녁 세일 무료거부 0801234567"
+        run_id = send(node, "E", [(p, text) for p, _ in numbers("77", 10_000)], "--ad")
+        seen: list[tuple[float, str]] = []  # (node time, status)
+        while time.time() + offset < nine + 4:
+            (status,) = pg_fetch("SELECT status FROM campaign_runs WHERE id = $1::uuid", run_id)[0]
+            seen.append((time.time() + offset, status))
+            time.sleep(0.1)
+        before = {status for at, status in seen if at < nine}
+        after = {status for at, status in seen if at >= nine + 2}
+        assert before & {"sending", "draining"}, f"never sending before 21:00: {seen[:5]}"
+        assert "held" not in before  # 20:59:59 is still the evening
+        assert after == {"held"}
+        pulled = pg_fetch(
+            "SELECT count(*) FROM campaign_run_recipients WHERE run_id = $1::uuid AND is_pulled",
+            run_id,
+        )[0][0]
+        assert pulled > 0  # what the agents had not taken by 21:00 waits for the morning
+        assert agent_rows(run_id)["total"] + pulled == 10_000
+        node.ctl("run", "cancel", run_id)
+    finally:
+        node.sim_ctl("clock", "reset")
+
+
+def test_a_run_sent_at_midnight_on_the_last_day_is_counted_once(paced_node: SimulatedNode) -> None:
+    node = paced_node
+    # Last month's end: the node clock behind the wall clock's month, as on the 1st
+    # before 09:00 KST, when UTC still reads the last day.
+    start = kst_month_end(23, 59, 50, months=-1)
+    set_node_clock(node, start)
+    try:
+        run_id = send(node, "M", numbers("66", 6000))
+        info = finished(node, run_id, 120)
+    finally:
+        node.sim_ctl("clock", "reset")
+    rows = agent_rows(run_id)
+    this_month, next_month = month_of(start), month_of(start + timedelta(days=1))
+    assert sum(n for t, n in rows.items() if t.endswith(f"_{this_month}")) > 0
+    assert sum(n for t, n in rows.items() if t.endswith(f"_{next_month}")) > 0
+    assert rows["total"] == rows["distinct"] == info["inserted"] == 6000
+    assert info["success"] + info["fail"] == 6000 and info["pending"] == 0
 
 
 def test_unregistered_sender_trips_the_breaker(node: SimulatedNode) -> None:

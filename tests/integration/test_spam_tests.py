@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -12,14 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from config.names import message_hash
 from simulators.harness import SimulatedNode, wait_for
 from tests import services
 from tests.integration.conftest import fast_network
-from tests.integration.helpers import mysql
+from tests.integration.helpers import (
+    kst_next_month_first,
+    month_of,
+    mysql,
+    rows_by_tag,
+    set_node_clock,
+)
+from tests.integration.helpers import pg_fetch as fetch
 
 CALLBACK = "0212345678"
 
@@ -69,17 +74,6 @@ def spam_test(node: SimulatedNode, *args: str, wait: bool = True) -> dict[str, A
 
 def verdicts(report: dict[str, Any]) -> dict[str, str]:
     return {c: v["verdict"] for c, v in report["carriers"].items()}
-
-
-def fetch(sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    async def run() -> list[tuple[Any, ...]]:
-        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="test")
-        try:
-            return [tuple(r) for r in await conn.fetch(sql, *args)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(run())
 
 
 def show(node: SimulatedNode, test_id: str) -> dict[str, Any]:
@@ -308,6 +302,43 @@ def test_a_missed_canary_flags_the_phone(node_dir: Path) -> None:
         node.close()
 
 
+def write_crash_window(node: SimulatedNode, text: str) -> str:
+    """An active test whose SKT row reached the agent table (MySQL committed) while the
+    daemon that wrote it died before recording it in PostgreSQL; returns the test id."""
+    config = node.status_config()
+    test_id = str(
+        fetch(
+            """INSERT INTO spam_filter_tests (node_id, callback_number, message_content_sms,
+                   status, started_at) VALUES ($1, $2, $3, 'active', now()) RETURNING id""",
+            config["node"]["id"],
+            CALLBACK,
+            text,
+        )[0][0]
+    )
+    phones = {m["carrier"]: m["phone"] for m in config["modems"]}
+    for carrier, phone in phones.items():
+        fetch(
+            """INSERT INTO spam_filter_test_results (test_id, carrier, message_type, phone,
+                   modem, sms_table, message_hash)
+               VALUES ($1::uuid, $2, 'SMS', $3, $2, 'SMSQ_SEND_10', $4)""",
+            test_id,
+            carrier,
+            phone,
+            message_hash(text),
+        )
+    conn = mysql()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO SMSQ_SEND_10 (dest_no, call_back, msg_contents, msg_type,"
+                " sendreq_time, app_etc1) VALUES (%s, %s, %s, 'S', NOW(), %s)",
+                (phones["SKT"], CALLBACK, text, test_id),
+            )
+    finally:
+        conn.close()
+    return test_id
+
+
 def test_a_row_written_just_before_a_crash_is_adopted_not_sent_again(node_dir: Path) -> None:
     """The daemon died after the MySQL commit of a test's rows but before it recorded
     them: the next daemon finds the row in the agent table instead of sending again."""
@@ -315,44 +346,42 @@ def test_a_row_written_just_before_a_crash_is_adopted_not_sent_again(node_dir: P
     try:
         node.db_init()
         node.start_sim()
-        config = node.status_config()
-        text = "재시작 확인 메시지"
-        test_id = str(
-            fetch(
-                """INSERT INTO spam_filter_tests (node_id, callback_number, message_content_sms,
-                       status, started_at) VALUES ($1, $2, $3, 'active', now()) RETURNING id""",
-                config["node"]["id"],
-                CALLBACK,
-                text,
-            )[0][0]
-        )
-        phones = {m["carrier"]: m["phone"] for m in config["modems"]}
-        for carrier, phone in phones.items():
-            fetch(
-                """INSERT INTO spam_filter_test_results (test_id, carrier, message_type, phone,
-                       modem, sms_table, message_hash)
-                   VALUES ($1::uuid, $2, 'SMS', $3, $2, 'SMSQ_SEND_10', $4)""",
-                test_id,
-                carrier,
-                phone,
-                message_hash(text),
-            )
-        conn = mysql()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "INSERT INTO SMSQ_SEND_10 (dest_no, call_back, msg_contents, msg_type,"
-                    " sendreq_time, app_etc1) VALUES (%s, %s, %s, 'S', NOW(), %s)",
-                    (phones["SKT"], CALLBACK, text, test_id),
-                )
-        finally:
-            conn.close()
+        test_id = write_crash_window(node, "재시작 확인 메시지")
         node.start_daemon()
         report = completed(node, test_id)
         assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
         assert agent_rows(test_id) == 3
         assert handset_copies(test_id) == {"SKT": 1, "KT": 1, "LGU": 1}
     finally:
+        node.close()
+
+
+def test_a_row_moved_in_the_first_minute_of_a_month_is_found_after_a_restart(
+    node_dir: Path,
+) -> None:
+    """At 00:00:30 KST on the 1st (still the last day of the previous month in UTC) the
+    agent moves the test's row into the new month's log table; the restarted daemon finds
+    it there and does not send it again."""
+    node = SimulatedNode(node_dir, overrides=fast_spam)
+    try:
+        node.db_init()
+        node.start_sim()
+        first = kst_next_month_first(0, 0, 30)
+        set_node_clock(node, first)
+        test_id = write_crash_window(node, "월초 재시작 확인")
+        log_table = f"SMSQ_SEND_10_{month_of(first)}"
+        wait_for(
+            lambda: rows_by_tag(test_id, [log_table]),
+            20,
+            f"the agent to move the row into {log_table}",
+        )
+        node.start_daemon()
+        report = completed(node, test_id)
+        assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+        assert agent_rows(test_id) == 3
+        assert handset_copies(test_id) == {"SKT": 1, "KT": 1, "LGU": 1}
+    finally:
+        node.sim_ctl("clock", "reset", check=False)
         node.close()
 
 
