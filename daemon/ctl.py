@@ -267,7 +267,13 @@ def cmd_config_example(args: argparse.Namespace) -> int:
         return 0
     if args.dir is None:
         raise CtlError("--sim needs --dir DIR (where the simulated node keeps its files)")
-    print(sim_example(Path(args.dir), phones_per_carrier=args.phones_per_carrier))
+    try:
+        text = sim_example(
+            Path(args.dir), phones_per_carrier=args.phones_per_carrier, instance=args.instance
+        )
+    except ValueError as exc:
+        raise CtlError(f"--instance: {exc}") from exc
+    print(text)
     return 0
 
 
@@ -342,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--sim", action="store_true", help="a fully simulated node")
     example.add_argument("--dir", help="where the simulated node keeps its runtime files")
     example.add_argument("--phones-per-carrier", type=int, default=1, choices=range(1, 10))
+    example.add_argument(
+        "--instance",
+        type=int,
+        help="node N's own databases (PostgreSQL and MySQL node<N>, Redis db N), N = 1-15",
+    )
     example.set_defaults(func=cmd_config_example)
 
     db = sub.add_parser("db", parents=[common], help="storage")

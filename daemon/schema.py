@@ -10,6 +10,7 @@ created only when missing, so the node can share a database with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
@@ -406,8 +407,39 @@ class InitReport:
     mysql_created: list[str]
 
 
+async def _pg_database_created(config: NodeConfig) -> bool:
+    """Create the configured PostgreSQL database when the server lacks it."""
+    try:
+        conn = await connect_pg(config)
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    else:
+        await conn.close()
+        return False
+    section = config.postgres
+    admin = await asyncpg.connect(
+        host=section.host,
+        port=section.port,
+        user=section.user,
+        password=section.password.get_secret_value() or None,
+        database="postgres",
+        timeout=section.connect_timeout_s,
+    )
+    try:
+        # An identifier cannot be a parameter; quote_ident does the quoting server-side.
+        quoted = await admin.fetchval("SELECT quote_ident($1)", section.database)
+        with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+            await admin.execute(f"CREATE DATABASE {quoted}")
+    finally:
+        await admin.close()
+    return True
+
+
 async def init_storage(config: NodeConfig, today: date) -> InitReport:
-    """`hanjulloctl db init`: create or upgrade everything the node stores."""
+    """`hanjulloctl db init`: create or upgrade everything the node stores (the databases
+    themselves too, when the servers lack them)."""
+    await _pg_database_created(config)
+    await agent_tables.create_database(config.mysql)
     conn = await connect_pg(config)
     try:
         applied = await migrate_pg(conn)

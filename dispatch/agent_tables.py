@@ -191,6 +191,29 @@ async def connect(section: MySQLSection, **extra: Any) -> aiomysql.Connection:
     return await aiomysql.connect(**_session(section), **extra)
 
 
+async def create_database(section: MySQLSection) -> bool:
+    """Create the configured MySQL database when the server lacks it; True if created."""
+    args = _session(section)
+    del args["db"], args["init_command"]
+    conn = await aiomysql.connect(**args)
+    try:
+        async with conn.cursor() as cur:
+            await cur.execute(
+                "SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                (section.database,),
+            )
+            if await cur.fetchone() is not None:
+                return False
+            quoted = section.database.replace("`", "``")
+            await cur.execute(
+                f"CREATE DATABASE IF NOT EXISTS `{quoted}` CHARACTER SET utf8mb4"
+                " COLLATE utf8mb4_unicode_ci"
+            )
+            return True
+    finally:
+        conn.close()
+
+
 async def create_pool(section: MySQLSection, maxsize: int = 4, **extra: Any) -> aiomysql.Pool:
     return await aiomysql.create_pool(
         **_session(section), minsize=0, maxsize=maxsize, pool_recycle=300, **extra

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from config.example import instance_databases
+
 BIN = Path(sys.executable).parent
 
 
@@ -31,6 +33,19 @@ def command(name: str) -> list[str]:
     return [str(path)]
 
 
+def test_instance() -> int | None:
+    """The simulated-node instance this process's nodes use (``HANJULLO_TEST_INSTANCE``):
+    its own databases (`config.example.instance_databases`), so test runs of two checkouts
+    never share a schema. Unset: the machine's ``test`` databases."""
+    value = os.environ.get("HANJULLO_TEST_INSTANCE", "").strip()
+    return int(value) if value else None
+
+
+def test_database() -> str:
+    """The PostgreSQL and MySQL database of :func:`test_instance`."""
+    return instance_databases(test_instance())[0]
+
+
 def mysql(**extra: Any) -> Any:
     """A blocking MySQL connection to the local test database, in KST, autocommit
     (for tests, benches and the demo; the daemon and simulator use aiomysql)."""
@@ -40,7 +55,7 @@ def mysql(**extra: Any) -> Any:
         host="127.0.0.1",
         user="root",
         password="",
-        database="test",
+        database=test_database(),
         autocommit=True,
         init_command="SET time_zone = '+09:00'",
         **extra,
@@ -144,6 +159,7 @@ class SimulatedNode:
                 str(self.dir),
                 "--phones-per-carrier",
                 str(phones_per_carrier),
+                *([] if (instance := test_instance()) is None else ["--instance", str(instance)]),
             ],
             check=True,
             capture_output=True,
