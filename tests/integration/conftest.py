@@ -7,6 +7,7 @@ import pytest
 
 from simulators.harness import SimulatedNode
 from tests import services
+from tests.config_edits import settings
 from tests.integration.modem_fixtures import kt_modem  # noqa: F401 - a shared fixture
 
 pytestmark = pytest.mark.integration
@@ -30,14 +31,18 @@ def sim_node(node_dir: Path) -> Iterator[SimulatedNode]:
         node.close()
 
 
-def fast_network(text: str) -> str:
-    """Simulator settings for tests: quick carriers, quick log moves, small storage."""
-    import re
+# Simulator settings for tests: quick carriers, quick log moves, small storage.
+FAST_NETWORK = {
+    "simulator": {
+        "agents": {"log_move_delay_s": 0.3},
+        "modems": {"storage_capacity": 8},
+        "network": {carrier: {"latency_s": [0.2, 0.5]} for carrier in ("SKT", "KT", "LGU")},
+    }
+}
 
-    text = re.sub(r"latency_s = \[[0-9., ]+\]", "latency_s = [0.2, 0.5]", text)
-    text = text.replace("log_move_delay_s = 2.0", "log_move_delay_s = 0.3")
-    text = text.replace("storage_capacity = 30", "storage_capacity = 8")
-    return text
+
+def fast_network(text: str) -> str:
+    return settings(text, FAST_NETWORK)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import signal
 import threading
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from simulators.harness import SimulatedNode, wait_for
+from tests.config_edits import overrides
+from tests.integration.conftest import FAST_NETWORK
 from tests.integration.helpers import (
     kst_month_end,
     kst_today,
@@ -29,24 +30,17 @@ from tests.integration.helpers import (
 GROUPS = {"bulk-1": [1, 2, 3], "bulk-2": [4, 5, 6], "bulk-3": [7, 8, 9]}
 
 
-def fast_dispatch(text: str) -> str:
-    text = re.sub(r"latency_s = \[[0-9., ]+\]", "latency_s = [0.2, 0.5]", text)
-    text = text.replace("log_move_delay_s = 2.0", "log_move_delay_s = 0.3")
-    text = text.replace("rate_per_s = 100", "rate_per_s = 1000")
-    text = text.replace(
-        "[dispatch]\n",
-        "[dispatch]\npoll_interval_s = 0.5\nresult_sync_interval_s = 0.5\nbatch_size = 2000\n",
-        1,
-    )
-    text = text.replace(
-        "[supervision]\ncheck_interval_s = 2.0",
-        "[supervision]\ncheck_interval_s = 1.0\nstuck_after_s = 5.0",
-    )
-    return text
+# Quick agents and a quick dispatcher; each test adds what it needs on top.
+FAST_DISPATCH = {
+    "simulator": {"agents": {"rate_per_s": 1000}},
+    "dispatch": {"poll_interval_s": 0.5, "result_sync_interval_s": 0.5, "batch_size": 2000},
+    "supervision": {"check_interval_s": 1.0, "stuck_after_s": 5.0},
+}
+fast_dispatch = overrides(FAST_NETWORK, FAST_DISPATCH)
 
 
-def started(directory: Path, overrides: Callable[[str], str]) -> Iterator[SimulatedNode]:
-    sim = SimulatedNode(directory, overrides=overrides)
+def started(directory: Path, edit: Callable[[str], str]) -> Iterator[SimulatedNode]:
+    sim = SimulatedNode(directory, overrides=edit)
     sim.db_init()
     sim.start_sim()
     sim.start_daemon()
@@ -65,7 +59,7 @@ def node(node_dir: Path) -> Iterator[SimulatedNode]:
 def paced_node(node_dir: Path) -> Iterator[SimulatedNode]:
     """Agents at their configured 100 rows/s each: a run of thousands takes seconds."""
     yield from started(
-        node_dir, lambda t: fast_dispatch(t).replace("rate_per_s = 1000", "rate_per_s = 100")
+        node_dir, overrides(fast_dispatch, {"simulator": {"agents": {"rate_per_s": 100}}})
     )
 
 

@@ -7,7 +7,7 @@ import hmac
 import json
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import pytest
 from config.names import message_hash
 from simulators.harness import SimulatedNode, wait_for
 from tests import services
-from tests.integration.conftest import fast_network
+from tests.config_edits import overrides
+from tests.integration.conftest import FAST_NETWORK
 from tests.integration.helpers import (
     kst_next_month_first,
     month_of,
@@ -29,13 +30,19 @@ from tests.integration.helpers import pg_fetch as fetch
 CALLBACK = "0212345678"
 
 
-def fast_spam(text: str) -> str:
-    text = fast_network(text)
-    return text.replace(
-        "[spam_tests]\ngrace_initial_s = 25.0\n",
-        "[spam_tests]\ngrace_initial_s = 4.0\ngrace_min_s = 1.0\ntimeout_s = 20.0\n"
-        "poll_interval_s = 0.2\n",
-    )
+FAST_SPAM = {
+    "spam_tests": {
+        "grace_initial_s": 4.0,
+        "grace_min_s": 1.0,
+        "timeout_s": 20.0,
+        "poll_interval_s": 0.2,
+    }
+}
+fast_spam = overrides(FAST_NETWORK, FAST_SPAM)
+
+
+def with_grace(initial_s: float) -> Callable[[str], str]:
+    return overrides(fast_spam, {"spam_tests": {"grace_initial_s": initial_s}})
 
 
 def start(directory: Path, overrides: Any = fast_spam, phones: int = 1) -> SimulatedNode:
@@ -245,7 +252,7 @@ def test_a_killed_daemon_resumes_the_test_without_sending_again(node: SimulatedN
 def test_queued_tests_complete_at_their_last_receipt(node_dir: Path) -> None:
     node = start(
         node_dir,
-        overrides=lambda t: fast_spam(t).replace("grace_initial_s = 4.0", "grace_initial_s = 25.0"),
+        overrides=with_grace(25.0),
     )
     try:
         for carrier, low, high in (
@@ -273,11 +280,9 @@ def test_queued_tests_complete_at_their_last_receipt(node_dir: Path) -> None:
 
 
 def test_a_missed_canary_flags_the_phone(node_dir: Path) -> None:
-    def canaries(text: str) -> str:
-        return fast_spam(text).replace(
-            "poll_interval_s = 0.2\n",
-            'poll_interval_s = 0.2\ncanary_interval_s = 2.0\ncanary_callback = "0212345678"\n',
-        )
+    canaries = overrides(
+        fast_spam, {"spam_tests": {"canary_interval_s": 2.0, "canary_callback": "0212345678"}}
+    )
 
     node = start(node_dir, overrides=canaries)
     try:
@@ -411,7 +416,7 @@ def test_cancel_pulls_back_what_no_agent_took_and_frees_the_phones(node: Simulat
 def test_a_receipt_after_blocked_is_late_and_widens_the_grace(node_dir: Path) -> None:
     node = start(
         node_dir,
-        overrides=lambda t: fast_spam(t).replace("grace_initial_s = 4.0", "grace_initial_s = 2.0"),
+        overrides=with_grace(2.0),
     )
     try:
         node.sim_ctl("network", "KT", "--latency", "4.0", "4.2")
