@@ -22,6 +22,27 @@ class Carrier(StrEnum):
     LGU = "LGU"
 
 
+class MessageType(StrEnum):
+    """The one message-type vocabulary of the node: the web service's ``SMS|LMS|MMS``
+    (campaigns, spam tests), with the agent tables' one-letter ``msg_type`` derived."""
+
+    SMS = "SMS"
+    LMS = "LMS"
+    MMS = "MMS"
+
+    @property
+    def agent_code(self) -> str:
+        """The agent table's ``msg_type``: ``S``, ``L`` or ``M``."""
+        return self.value[0]
+
+    @classmethod
+    def from_agent_code(cls, code: str) -> MessageType:
+        for member in cls:
+            if member.agent_code == code:
+                return member
+        raise ValueError(f"not an agent msg_type: {code!r}")
+
+
 class GroupType(StrEnum):
     BULK = "bulk"
     TEST = "test"

@@ -45,6 +45,17 @@ class AgentState(StrEnum):
     STALLED = "stalled"
 
 
+# States in which an agent takes no work: its admin port refuses connections, or it has
+# stopped consuming. UNKNOWN (not checked yet, MySQL unreadable) is not down: nothing
+# is known against it.
+DOWN_STATES = frozenset({AgentState.UNREACHABLE, AgentState.STALLED})
+
+
+def agent_is_down(status: AgentStatus | None) -> bool:
+    """The one rule for "this agent must get no new rows" (failover, grants, spam tests)."""
+    return status is not None and status.state in DOWN_STATES
+
+
 @dataclass(slots=True)
 class RestartRecord:
     """The last restart command run for an agent, and what came of it."""
@@ -174,7 +185,7 @@ class AgentMonitor:
             else:
                 state = AgentState.OK
             old = self.statuses[agent.number]
-            if state in (AgentState.UNREACHABLE, AgentState.STALLED) and agent.restart_command:
+            if state in DOWN_STATES and agent.restart_command:
                 self._maybe_restart(agent.number, agent.restart_command, state)
             self.statuses[agent.number] = AgentStatus(
                 agent.number,

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from config.clock import KST
+from config.names import MessageType
 from daemon.schema import run_with_pg
-from dispatch.guards import MessageType, RunRejected
+from dispatch.guards import RunRejected
 from dispatch.runs import Recipient, RunSpec, create_run
 from dispatch.runs import show as show_run
 

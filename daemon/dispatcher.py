@@ -35,15 +35,15 @@ import asyncpg
 import structlog
 
 from config.model import LineGroupConfig
-from config.names import GroupType, normalise_phone
-from daemon.agents import MYSQL_ERRORS, AgentMonitor, AgentState
+from config.names import GroupType, MessageType, normalise_phone
+from daemon.agents import MYSQL_ERRORS, AgentMonitor, agent_is_down
 from daemon.runtime import Runtime
 from daemon.stores import PG_ERRORS, REDIS_ERRORS, PostgresKeeper, RedisKeeper
 from daemon.supervisor import DependencyDown, Health
 from dispatch import agent_tables, handoff
 from dispatch.agent_tables import SPAM_CODES, SUCCESS_CODES
 from dispatch.fairness import fair_order
-from dispatch.guards import MessageType, check_recipient, in_ad_window, next_ad_window_edge
+from dispatch.guards import check_recipient, in_ad_window, next_ad_window_edge
 from dispatch.handoff import RowValues
 from dispatch.leases import GroupLeases
 from dispatch.runs import ACTIVE, HOLDS_GROUP, NOTIFY_CHANNEL, RunStatus, show, source_ref
@@ -145,15 +145,13 @@ class Dispatcher:
         return [self.runtime.config.agent(n).table for n in self.group(group).agents]
 
     def healthy(self, group: str) -> list[int]:
-        out = []
-        for number in self.group(group).agents:
-            status = self.agents.statuses.get(number)
-            if number in self.drained or number in self.down:
-                continue
-            if status is not None and status.state in (AgentState.UNREACHABLE, AgentState.STALLED):
-                continue
-            out.append(number)
-        return out
+        return [
+            number
+            for number in self.group(group).agents
+            if number not in self.drained
+            and number not in self.down
+            and not agent_is_down(self.agents.statuses.get(number))
+        ]
 
     # ---- component ----------------------------------------------------------------------
     async def run(self, health: Health) -> None:
@@ -929,10 +927,7 @@ class Dispatcher:
             healthy = self.healthy(group.name)
             for number in group.agents:
                 status = self.agents.statuses.get(number)
-                dead = number in self.drained or (
-                    status is not None
-                    and status.state in (AgentState.UNREACHABLE, AgentState.STALLED)
-                )
+                dead = number in self.drained or agent_is_down(status)
                 if not dead:
                     if number in self.down:
                         log.info("agent rejoined", agent=number)

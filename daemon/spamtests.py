@@ -35,14 +35,14 @@ import structlog
 from config.clock import KST
 from config.logs import mask_phones
 from config.model import ModemConfig
-from config.names import GroupType, checked_table
-from daemon.agents import MYSQL_ERRORS, AgentMonitor, AgentState
+from config.names import GroupType, MessageType, checked_table
+from daemon.agents import MYSQL_ERRORS, AgentMonitor, agent_is_down
 from daemon.modems import ModemManager
 from daemon.runtime import Runtime
 from daemon.stores import PG_ERRORS, PostgresKeeper
 from daemon.supervisor import DependencyDown, Health
 from dispatch import agent_tables, handoff
-from dispatch.agent_tables import PENDING_CODES, SUCCESS_CODES, MsgType, transaction
+from dispatch.agent_tables import PENDING_CODES, SUCCESS_CODES, transaction
 from dispatch.fairness import Row, fair_order
 from dispatch.runs import source_ref
 from dispatch.spamtests import (
@@ -83,7 +83,7 @@ class Slot:
 
     result_id: int
     carrier: str
-    mtype: str  # SMS | LMS
+    mtype: MessageType  # SMS | LMS
     modem: str | None
     phone: str | None
     table: str | None
@@ -118,8 +118,8 @@ class ActiveTest:
     target_modem: str | None = None
     slots: list[Slot] = field(default_factory=list)
 
-    def text_for(self, mtype: str) -> str:
-        text = self.sms_text if mtype == "SMS" else self.lms_text
+    def text_for(self, mtype: MessageType) -> str:
+        text = self.sms_text if mtype == MessageType.SMS else self.lms_text
         assert text is not None
         return text
 
@@ -181,12 +181,9 @@ class SpamTestEngine:
         tables = self.test_tables()
         if not tables:
             return None
-        healthy = [
-            t
-            for n, t in tables
-            if (s := self.agents.statuses.get(n)) is None
-            or s.state not in (AgentState.UNREACHABLE, AgentState.STALLED)
-        ] or [t for _, t in tables]
+        healthy = [t for n, t in tables if not agent_is_down(self.agents.statuses.get(n))] or [
+            t for _, t in tables
+        ]
         self._rr += 1
         return healthy[self._rr % len(healthy)]
 
@@ -252,12 +249,12 @@ class SpamTestEngine:
                     slot = Slot(
                         r["id"],
                         r["carrier"],
-                        r["message_type"],
+                        MessageType(r["message_type"]),
                         r["modem"],
                         r["phone"],
                         r["sms_table"],
                         Expected.of(
-                            r["message_type"],
+                            MessageType(r["message_type"]),
                             row["callback_number"],
                             r["message_hash"],
                             row["message_subject"],
@@ -473,7 +470,11 @@ class SpamTestEngine:
 
     async def _start(self, row: Row, plan: Mapping[str, str | None]) -> bool:
         test = self._active_from(row)
-        types = [t for t, text in (("SMS", test.sms_text), ("LMS", test.lms_text)) if text]
+        types = [
+            t
+            for t, text in ((MessageType.SMS, test.sms_text), (MessageType.LMS, test.lms_text))
+            if text
+        ]
         table = self._pick_table()
         slots: list[Slot] = []
         for carrier, label in plan.items():
@@ -567,8 +568,8 @@ class SpamTestEngine:
                             slot.phone,
                             test.callback,
                             test.text_for(slot.mtype),
-                            MsgType.SMS if slot.mtype == "SMS" else MsgType.LMS,
-                            test.subject if slot.mtype == "LMS" else None,
+                            slot.mtype.agent_code,
+                            test.subject if slot.mtype == MessageType.LMS else None,
                             None,
                             str(test.id),
                             test.company or ("canary" if test.source == "canary" else ""),
@@ -613,7 +614,7 @@ class SpamTestEngine:
                 await cur.execute(
                     f"SELECT seqno FROM `{checked_table(name)}`"
                     " WHERE app_etc1 = %s AND dest_no = %s AND msg_type = %s LIMIT 1",
-                    (str(test.id), slot.phone, "S" if slot.mtype == "SMS" else "L"),
+                    (str(test.id), slot.phone, slot.mtype.agent_code),
                 )
                 row = await cur.fetchone()
                 if row is not None:
@@ -739,7 +740,7 @@ class SpamTestEngine:
         )
         for row in rows:
             expected = Expected.of(
-                row["message_type"],
+                MessageType(row["message_type"]),
                 row["callback_number"],
                 row["message_hash"],
                 row["message_subject"],
@@ -749,7 +750,7 @@ class SpamTestEngine:
                 slot = Slot(
                     row["id"],
                     row["carrier"],
-                    row["message_type"],
+                    MessageType(row["message_type"]),
                     modem,
                     None,
                     None,

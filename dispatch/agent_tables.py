@@ -50,12 +50,6 @@ class Rsv1(StrEnum):
     MOVED_TO_LOG = "5"
 
 
-class MsgType(StrEnum):
-    SMS = "S"
-    LMS = "L"
-    MMS = "M"
-
-
 class StatusCode(IntEnum):
     WAITING = 100
     PENDING = 104

@@ -15,7 +15,7 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 
 from config.clock import KST
-from config.names import is_mobile, normalise_phone
+from config.names import MessageType, is_mobile, normalise_phone
 
 SMS_MAX_BYTES = 90
 LMS_MAX_BYTES = 2000
@@ -30,16 +30,6 @@ class SkipReason(StrEnum):
     OPTED_OUT = "opted_out"
     TOO_LONG = "too_long"
     MMS_WITHOUT_IMAGE = "mms_without_image"
-
-
-class MessageType(StrEnum):
-    SMS = "SMS"
-    LMS = "LMS"
-    MMS = "MMS"
-
-    @property
-    def agent_code(self) -> str:
-        return {"SMS": "S", "LMS": "L", "MMS": "M"}[self.value]
 
 
 class RunRejected(ValueError):

@@ -21,7 +21,8 @@ from typing import Any
 
 import asyncpg
 
-from dispatch.guards import MessageType, RunRejected, check_ad_run
+from config.names import MessageType
+from dispatch.guards import RunRejected, check_ad_run
 
 NOTIFY_CHANNEL = "hanjullo_runs"
 

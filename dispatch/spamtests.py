@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from config.model import SpamTestSection
-from config.names import is_callback_number, message_hash, normalise_phone
+from config.names import MessageType, is_callback_number, message_hash, normalise_phone
 from dispatch.agent_tables import is_success
 from dispatch.fairness import Row
 from dispatch.guards import LMS_MAX_BYTES, SMS_MAX_BYTES, byte_length
@@ -151,7 +151,7 @@ async def create_tests(
 class Expected:
     """What a receipt must be to belong to one carrier × message type of a test."""
 
-    mtype: str  # SMS | LMS
+    mtype: MessageType  # SMS | LMS
     sender: str  # normalised
     text_hash: str  # an SMS: its text's; an LMS: its subject's (how the MMS notification shows)
     subject: str | None = None
@@ -159,9 +159,14 @@ class Expected:
 
     @classmethod
     def of(
-        cls, mtype: str, callback: str, text_hash: str, subject: str | None, body: str | None
+        cls,
+        mtype: MessageType,
+        callback: str,
+        text_hash: str,
+        subject: str | None,
+        body: str | None,
     ) -> Expected:
-        if mtype == "SMS":
+        if mtype == MessageType.SMS:
             return cls(mtype, normalise_phone(callback), text_hash)
         return cls(mtype, normalise_phone(callback), text_hash, subject, byte_length(body or ""))
 
@@ -169,7 +174,7 @@ class Expected:
         """`receipt`: a modem_receipts row (sender normalised when it was recorded)."""
         if receipt["sender"] != self.sender or receipt["text_hash"] != self.text_hash:
             return False
-        if self.mtype == "SMS":
+        if self.mtype == MessageType.SMS:
             # A multi-part text whose parts never all arrived is not the test's text.
             return bool(receipt["kind"] == "sms" and receipt["complete"])
         if receipt["kind"] != "mms-notification" or receipt["subject"] != self.subject:
@@ -178,9 +183,9 @@ class Expected:
         return size is None or size >= self.min_size
 
 
-def expected_hash(mtype: str, text: str, subject: str | None) -> str:
+def expected_hash(mtype: MessageType, text: str, subject: str | None) -> str:
     """The text_hash a receipt of this message carries."""
-    return message_hash(text if mtype == "SMS" else (subject or ""))
+    return message_hash(text if mtype == MessageType.SMS else (subject or ""))
 
 
 # ---- verdict rules --------------------------------------------------------------------------
@@ -303,7 +308,9 @@ def report(test: Row, results: Sequence[Row]) -> dict[str, Any]:
         "source": test["source"],
         "variant": test["variant_id"],
         "batch_id": str(test["batch_id"]) if test["batch_id"] else None,
-        "message_type": "LMS" if test["message_content_sms"] is None else "SMS",
+        "message_type": (
+            MessageType.LMS if test["message_content_sms"] is None else MessageType.SMS
+        ).value,
         "created_at": created.isoformat(),
         "started_at": test["started_at"].isoformat() if test["started_at"] else None,
         "completed_at": completed.isoformat() if completed else None,

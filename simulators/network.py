@@ -28,8 +28,7 @@ import structlog
 
 from config.clock import KST, NodeClock
 from config.model import CarrierNetworkConfig, NodeConfig
-from config.names import Carrier, international, is_mobile, normalise_phone
-from dispatch.agent_tables import MsgType
+from config.names import Carrier, MessageType, international, is_mobile, normalise_phone
 from drivers import pdu, wap
 from simulators.modem import SimModem
 
@@ -164,7 +163,7 @@ class CarrierNetwork:
         dest = normalise_phone(item.dest_no)
         modem = self.modems_by_phone.get(dest)
         carrier = Carrier(modem.carrier) if modem else carrier_of(dest)
-        success = 6 if item.msg_type == MsgType.SMS else 1000
+        success = 6 if item.msg_type == MessageType.SMS.agent_code else 1000
         report = self._rng.uniform(*self.config.simulator.agents.result_delay_s)
         company = MOB_COMPANY[carrier]
         if modem is None and self._rng.random() < 0.1:
@@ -176,7 +175,7 @@ class CarrierNetwork:
         hour = self.clock.now_kst().hour
         if item.text.lstrip().startswith(AD_PREFIX) and (hour >= 21 or hour < 8):
             return self._decide(item, modem, carrier, 9012, company, report)
-        if item.msg_type == MsgType.MMS and not any(item.files):
+        if item.msg_type == MessageType.MMS.agent_code and not any(item.files):
             return self._decide(item, modem, carrier, 9007, company, report)
         settings = self.settings[carrier]
         if modem is None and settings.failure_codes and self._rng.random() < settings.failure_rate:
@@ -227,7 +226,7 @@ class CarrierNetwork:
         now = self.clock.now_kst()
         smsc = self.config.simulator.modems.smsc
         reference = next(self._refs) & 0xFF
-        if msg_type in (MsgType.LMS, MsgType.MMS):
+        if msg_type in (MessageType.LMS.agent_code, MessageType.MMS.agent_code):
             body = text.encode("utf-8")
             number = next(self._refs)
             note = wap.MmsNotification(
