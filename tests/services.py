@@ -24,8 +24,15 @@ def _pg_version() -> str:
     return sorted(os.listdir("/etc/postgresql"))[-1]
 
 
+# The machine's servers always run on the real clock, also when the tests run under
+# libfaketime (tests/faked-clock.sh): they are not part of what is being tested.
+_REAL_CLOCK_ENV = {
+    k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")
+}
+
+
 def _run(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=60)
+    subprocess.run(args, check=True, capture_output=True, timeout=60, env=_REAL_CLOCK_ENV)
 
 
 def stop(name: str) -> None:
@@ -47,6 +54,7 @@ def stop(name: str) -> None:
             capture_output=True,
             timeout=30,
             check=False,
+            env=_REAL_CLOCK_ENV,
         )
     _wait(name, up=False)
 
