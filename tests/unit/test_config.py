@@ -12,7 +12,7 @@ import pytest
 from config import ConfigError, validate
 from config.example import sim_example, sim_node_id
 from config.names import checked_table, is_agent_table, log_table, normalise_phone
-from daemon.ctl import main as ctl
+from daemon.cli.main import main as ctl
 
 
 @pytest.fixture

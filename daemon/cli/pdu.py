@@ -68,7 +68,7 @@ def render(info: dict[str, Any]) -> str:
 
 
 def cmd_pdu_decode(args: argparse.Namespace) -> int:
-    from daemon.ctl import CtlError
+    from daemon.cli.main import CtlError
 
     try:
         info = describe(args.hex)

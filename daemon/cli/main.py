@@ -368,9 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each capability adds its subcommands: (subparsers, common parent) -> None.
 def _extensions() -> list[Callable[[Any, argparse.ArgumentParser], None]]:
-    from daemon import ctl_pdu, ctl_runs, ctl_spam
+    from daemon.cli import pdu, runs, spam
 
-    return [ctl_pdu.register, ctl_runs.register, ctl_spam.register]
+    return [pdu.register, runs.register, spam.register]
 
 
 def main(argv: list[str] | None = None) -> int:

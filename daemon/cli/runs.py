@@ -31,7 +31,7 @@ FINISHED = ("completed", "cancelled", "rejected")
 
 
 def _ctl() -> Any:
-    from daemon import ctl
+    from daemon.cli import main as ctl
 
     return ctl
 

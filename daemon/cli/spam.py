@@ -25,7 +25,7 @@ POLL_S = 0.25
 
 
 def _ctl() -> Any:
-    from daemon import ctl
+    from daemon.cli import main as ctl
 
     return ctl
 
@@ -80,7 +80,7 @@ def cmd_spam_test(args: argparse.Namespace) -> int:
             )
         ident = _uuid(words[1], "test or batch id")
         if words[0] == "cancel":
-            from daemon.ctl_runs import post
+            from daemon.cli.runs import post
 
             result = post(ctl._socket_path(args), f"/v1/spam-tests/{ident}/cancel")
             print(dumps(result) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
