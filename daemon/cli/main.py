@@ -44,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
-    except ConfigError as exc:
-        print(f"hanjulloctl: {exc}", file=sys.stderr)
-        return 1
-    except CtlError as exc:
+    except (ConfigError, CtlError) as exc:
         print(f"hanjulloctl: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
