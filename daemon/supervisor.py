@@ -148,14 +148,18 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
             backoff = min(backoff * 2, self.backoff_max_s)
 
-    async def stop(self, timeout_s: float) -> None:
-        """Cancel every component and wait up to `timeout_s` for them to clean up."""
+    async def stop(self, timeout_s: float) -> list[str]:
+        """Cancel every component and wait up to `timeout_s` for them to clean up; the
+        names of those that did not stop in time."""
         self._stopping.set()
         for task in self._tasks:
             task.cancel()
+        late: list[str] = []
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
             for task in pending:
                 log.error("component did not stop in time", component=task.get_name())
+                late.append(task.get_name())
         for _, health in self._components:
             health.set(ComponentState.STOPPED)
+        return late

@@ -9,7 +9,7 @@ and only then written back as TOML.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import tomli_w
@@ -42,6 +42,23 @@ def settings(text: str, changes: Mapping[str, Any]) -> str:
     """Merge nested `changes` (``{"dispatch": {"batch_size": 300}}``) into the TOML text."""
     raw = _merge(tomllib.loads(text), changes)
     validate(raw, "a test's configuration edit")
+    return tomli_w.dumps(raw)
+
+
+def invalid(text: str, key: Sequence[str | int], value: Any) -> str:
+    """Set one existing key to a value the model should refuse, *without* validating: for
+    tests of validation itself. `key` is a path (``("agents", 0, "table")``); a key the
+    example no longer has fails here instead of leaving the test checking nothing."""
+    raw = tomllib.loads(text)
+    parent: Any = raw
+    for step in key[:-1]:
+        parent = parent[step]
+    last = key[-1]
+    if isinstance(parent, dict) and last not in parent:
+        raise KeyError(f"the configuration has no {'.'.join(map(str, key))} to make invalid")
+    if isinstance(parent, list) and not isinstance(last, int):
+        raise KeyError(f"{'.'.join(map(str, key))}: {last!r} is not an index")
+    parent[last] = value
     return tomli_w.dumps(raw)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from simulators.harness import SimulatedNode, wait_for
+from tests.config_edits import edit, settings
 
 
 def test_ready_quickly_and_status_lists_the_node(sim_node: SimulatedNode) -> None:
@@ -105,8 +106,7 @@ def test_status_cli_explains_a_missing_daemon(sim_node: SimulatedNode) -> None:
 def test_sighup_reloads_safe_sections_and_names_the_rest(sim_node: SimulatedNode) -> None:
     sim_node.start_daemon()
     text = sim_node.config_path.read_text()
-    text = text.replace("check_interval_s = 2.0", "check_interval_s = 1.5")
-    text = text.replace("port = 3306", "port = 3307")
+    text = settings(text, {"supervision": {"check_interval_s": 1.5}, "mysql": {"port": 3307}})
     sim_node.config_path.write_text(text)
     assert sim_node.daemon is not None
     sim_node.daemon.send_signal(signal.SIGHUP)
@@ -203,18 +203,12 @@ def test_a_down_agent_is_restarted_by_its_command_at_most_once_per_interval(
     sim = Path(sys.executable).parent / "hanjullo-sim"
     config = node_dir.resolve() / "node.toml"
 
-    def restartable(text: str) -> str:
-        text = text.replace(
-            "number = 3\n",
-            f'number = 3\nrestart_command = "{sim} ctl --config {config} agent 3 ok"\n',
-            1,
-        )
-        return text.replace(
-            "[supervision]\ncheck_interval_s = 2.0",
-            "[supervision]\ncheck_interval_s = 0.5\nrestart_min_interval_s = 60.0",
-        )
+    def restartable(raw: dict[str, Any]) -> None:
+        agent = next(a for a in raw["agents"] if a["number"] == 3)
+        agent["restart_command"] = f"{sim} ctl --config {config} agent 3 ok"
+        raw["supervision"].update(check_interval_s=0.5, restart_min_interval_s=60.0)
 
-    node = SimulatedNode(node_dir, overrides=restartable)
+    node = SimulatedNode(node_dir, overrides=lambda text: edit(text, restartable))
     try:
         node.db_init()
         node.start_sim()

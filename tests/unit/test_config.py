@@ -12,7 +12,8 @@ import pytest
 from config import ConfigError, validate
 from config.example import sim_example, sim_node_id
 from config.names import checked_table, is_agent_table, log_table, normalise_phone
-from daemon.ctl import main as ctl
+from daemon.cli.main import main as ctl
+from tests.config_edits import invalid
 
 
 @pytest.fixture
@@ -165,13 +166,19 @@ def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     text = sim_example(tmp_path)
     path.write_text(text)
     assert ctl(["config", "check", "--config", str(path)]) == 0
-    path.write_text(text.replace('table = "SMSQ_SEND_1"', 'table = "SMSQ_SEND_1; DROP TABLE x"'))
+    path.write_text(invalid(text, ("agents", 0, "table"), "SMSQ_SEND_1; DROP TABLE x"))
     assert ctl(["--config", str(path), "config", "check"]) == 1
     out = capsys.readouterr().out
     assert "agents[0].table = 'SMSQ_SEND_1; DROP TABLE x'" in out
-    path.write_text(text.replace('table = "SMSQ_SEND_1"', 'table = "SMSQ_SEND_1\\n"'))
+    path.write_text(invalid(text, ("agents", 0, "table"), "SMSQ_SEND_1\n"))
     assert ctl(["config", "check", "--config", str(path)]) == 1
     assert "agents[0].table = 'SMSQ_SEND_1\\n'" in capsys.readouterr().out
+
+
+def test_an_invalid_edit_of_a_key_the_example_lacks_fails(tmp_path: Path) -> None:
+    # Otherwise a renamed key would leave the validation tests above checking nothing.
+    with pytest.raises(KeyError, match=r"agents\.0\.tabel"):
+        invalid(sim_example(tmp_path), ("agents", 0, "tabel"), "x")
 
 
 def test_config_check_on_missing_and_broken_files(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -22,9 +25,25 @@ def test_rules_match_keywords_urls_and_senders() -> None:
     assert rules.match("0212345678", "hello") == ""
 
 
-def test_recipient_carrier_is_deterministic() -> None:
-    assert carrier_of("01012345678") == carrier_of("01012345678")
-    assert {carrier_of(f"010{i:08d}") for i in range(50)} == {"SKT", "KT", "LGU"}
+def test_recipient_carrier_is_the_same_in_every_process() -> None:
+    # The simulator, a test and a bench each compute a recipient's carrier on their own and
+    # must agree; Python's str hash differs per process, so two hash seeds are tried.
+    numbers = [f"010{i:08d}" for i in range(50)]
+    script = (
+        "import sys; from simulators.network import carrier_of; "
+        "print(','.join(carrier_of(n) for n in sys.argv[1:]))"
+    )
+    here = [str(carrier_of(n)) for n in numbers]
+    for seed in ("1", "2"):
+        result = subprocess.run(
+            [sys.executable, "-c", script, *numbers],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert result.stdout.strip().split(",") == here, seed
+    assert set(here) == {"SKT", "KT", "LGU"}
 
 
 async def test_a_modem_fault_never_changes_the_reported_result(tmp_path: Path) -> None:

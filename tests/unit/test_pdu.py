@@ -201,7 +201,7 @@ def test_codec_decodes_what_python_gammu_encodes(text: str, sender: str, sixteen
 def test_pdu_decode_cli(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from daemon.ctl import main as ctl
+    from daemon.cli.main import main as ctl
 
     (raw,) = pdu.encode_deliver("0212345678", "안녕 한줄로", WHEN, "+821000000000")
     assert ctl(["pdu", "decode", raw.hex().upper(), "--json"]) == 0

@@ -69,9 +69,16 @@ async def test_backoff_is_capped_and_doubles() -> None:
 
 
 async def test_stop_interrupts_backoff() -> None:
-    sup = Supervisor(60, 60)
+    degraded = asyncio.Event()
+    sup = Supervisor(3600, 3600, on_change=lambda s: s.state == "degraded" and degraded.set())
     flaky = Flaky(10, RuntimeError("x"))
     sup.add(flaky)
     sup.start()
-    await asyncio.sleep(0)
-    await asyncio.wait_for(sup.stop(1), 2)
+    # The supervisor marks the crash and goes straight into its hour-long backoff.
+    await degraded.wait()
+    # Stop gives components 60 s, far less than the backoff: had it to sit the backoff
+    # out, the component would be named late.
+    assert await sup.stop(60) == []
+    assert flaky.attempts == 1
+    assert list(sup.backoffs["flaky"]) == [3600]
+    assert sup.statuses()[0].state == ComponentState.STOPPED

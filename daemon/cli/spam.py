@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+from daemon.cli.common import CtlError, Subparsers, node_config, post, socket_path
 from daemon.schema import run_with_pg
 from dispatch.spamtests import CARRIERS, SpamTestRejected, SpamTestSpec, create_tests, dumps, show
 
@@ -24,33 +25,26 @@ DONE = ("completed", "cancelled")
 POLL_S = 0.25
 
 
-def _ctl() -> Any:
-    from daemon import ctl
-
-    return ctl
-
-
 def _uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError as exc:
-        raise _ctl().CtlError(f"{value!r} is not a {what} (a UUID)") from exc
+        raise CtlError(f"{value!r} is not a {what} (a UUID)") from exc
 
 
 def _fetch(args: argparse.Namespace, ident: uuid.UUID) -> list[dict[str, Any]]:
-    return run_with_pg(_ctl()._config(args), lambda conn: show(conn, ident))
+    return run_with_pg(node_config(args), lambda conn: show(conn, ident))
 
 
 def _specs(args: argparse.Namespace) -> list[SpamTestSpec]:
-    ctl = _ctl()
-    config = ctl._config(args)
+    config = node_config(args)
     messages: list[str] = args.message or []
     if not messages:
-        raise ctl.CtlError("give the text with --message TEXT (repeat it for a batch)")
+        raise CtlError("give the text with --message TEXT (repeat it for a batch)")
     if args.lms and not args.subject:
-        raise ctl.CtlError("--lms needs --subject S")
+        raise CtlError("--lms needs --subject S")
     if len(messages) > len(string.ascii_uppercase):
-        raise ctl.CtlError(f"at most {len(string.ascii_uppercase)} variants per batch")
+        raise CtlError(f"at most {len(string.ascii_uppercase)} variants per batch")
     run_id = _uuid(args.run, "run id") if args.run else None
     batch = len(messages) > 1
     return [
@@ -71,36 +65,33 @@ def _specs(args: argparse.Namespace) -> list[SpamTestSpec]:
 
 
 def cmd_spam_test(args: argparse.Namespace) -> int:
-    ctl = _ctl()
     words: list[str] = args.words
     if words:
         if words[0] not in ("cancel", "show") or len(words) != 2:
-            raise ctl.CtlError(
+            raise CtlError(
                 "usage: spam-test cancel ID | spam-test show ID | spam-test --callback …"
             )
         ident = _uuid(words[1], "test or batch id")
         if words[0] == "cancel":
-            from daemon.ctl_runs import post
-
-            result = post(ctl._socket_path(args), f"/v1/spam-tests/{ident}/cancel")
+            result = post(socket_path(args), f"/v1/spam-tests/{ident}/cancel")
             print(dumps(result) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
             return 0
         reports = _fetch(args, ident)
         if not reports:
-            raise ctl.CtlError(f"no spam test or batch {ident}")
+            raise CtlError(f"no spam test or batch {ident}")
         print(_as_json(reports, ident) if args.json else render(reports))
         return 0
     if not args.callback:
-        raise ctl.CtlError("--callback NUMBER is required to queue a test")
+        raise CtlError("--callback NUMBER is required to queue a test")
     specs = _specs(args)
-    config = ctl._config(args)
+    config = node_config(args)
 
     try:
         ids, batch_id = run_with_pg(
             config, lambda conn: create_tests(conn, specs, batch=len(specs) > 1)
         )
     except SpamTestRejected as exc:
-        raise ctl.CtlError(f"spam test rejected, nothing was queued: {exc}") from exc
+        raise CtlError(f"spam test rejected, nothing was queued: {exc}") from exc
     ident = batch_id or ids[0]
     if not args.wait:
         if args.json:
@@ -142,13 +133,13 @@ def wait(args: argparse.Namespace, ident: uuid.UUID, count: int) -> list[dict[st
                     print(file=sys.stderr)
                 return reports
             if time.monotonic() > deadline:
-                raise _ctl().CtlError(
+                raise CtlError(
                     f"no verdict after {args.timeout:.0f}s; the test is still "
                     f"{reports[0]['status'] if reports else 'unknown'} (see hanjulloctl status)"
                 )
             await asyncio.sleep(POLL_S)
 
-    return run_with_pg(_ctl()._config(args), poll)
+    return run_with_pg(node_config(args), poll)
 
 
 def _as_json(reports: list[dict[str, Any]], batch_id: uuid.UUID | None) -> str:
@@ -182,7 +173,7 @@ def render(reports: list[dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "spam-test",
         parents=[common],

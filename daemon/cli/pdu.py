@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Any
 
+from daemon.cli.common import CtlError, Subparsers
 from drivers import pdu, wap
 from drivers.errors import PduError
 
@@ -68,8 +69,6 @@ def render(info: dict[str, Any]) -> str:
 
 
 def cmd_pdu_decode(args: argparse.Namespace) -> int:
-    from daemon.ctl import CtlError
-
     try:
         info = describe(args.hex)
     except PduError as exc:
@@ -78,7 +77,7 @@ def cmd_pdu_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     pdu_parser = sub.add_parser("pdu", parents=[common], help="decode PDUs (no config needed)")
     pdu_sub = pdu_parser.add_subparsers(dest="pdu_command", required=True)
     decode = pdu_sub.add_parser(

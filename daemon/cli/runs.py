@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import http.client
 import json
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 from config.clock import KST
 from config.names import MessageType
+from daemon.cli.common import CtlError, Subparsers, node_config, post, socket_path
 from daemon.schema import run_with_pg
 from dispatch.guards import RunRejected
 from dispatch.runs import Recipient, RunSpec, create_run
@@ -30,25 +30,19 @@ from dispatch.runs import show as show_run
 FINISHED = ("completed", "cancelled", "rejected")
 
 
-def _ctl() -> Any:
-    from daemon import ctl
-
-    return ctl
-
-
 def _recipients(args: argparse.Namespace) -> Iterator[Recipient]:
     if args.csv:
         with Path(args.csv).open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             fields = set(reader.fieldnames or [])
             if not {"phone", "text"} <= fields:
-                raise _ctl().CtlError(
+                raise CtlError(
                     f"{args.csv}: the header must name columns phone,text (optional subject); "
                     f"found {sorted(fields)}"
                 )
             for line, row in enumerate(reader, start=2):
                 if not row.get("phone") or row.get("text") is None:
-                    raise _ctl().CtlError(f"{args.csv}:{line}: phone and text are required")
+                    raise CtlError(f"{args.csv}:{line}: phone and text are required")
                 yield Recipient(
                     row["phone"].strip(), row["text"], (row.get("subject") or None) or args.subject
                 )
@@ -61,12 +55,11 @@ def _recipients(args: argparse.Namespace) -> Iterator[Recipient]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    ctl = _ctl()
-    config = ctl._config(args)
+    config = node_config(args)
     if bool(args.csv) == bool(args.phones):
-        raise ctl.CtlError("give either --csv FILE or --phones FILE with --message TEXT")
+        raise CtlError("give either --csv FILE or --phones FILE with --message TEXT")
     if args.phones and args.message is None:
-        raise ctl.CtlError("--phones needs --message TEXT")
+        raise CtlError("--phones needs --message TEXT")
     scheduled = None
     if args.at:
         scheduled = datetime.fromisoformat(args.at)
@@ -86,9 +79,9 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         run_id = run_with_pg(config, lambda conn: create_run(conn, spec, _recipients(args)))
     except RunRejected as exc:
-        raise ctl.CtlError(f"run rejected, nothing was sent: {exc}") from exc
+        raise CtlError(f"run rejected, nothing was sent: {exc}") from exc
     except FileNotFoundError as exc:
-        raise ctl.CtlError(f"cannot read {exc.filename}") from exc
+        raise CtlError(f"cannot read {exc.filename}") from exc
     if args.wait:
         final = wait_for_run(args, run_id)
         print(json.dumps(final, ensure_ascii=False) if args.json else _render(final))
@@ -100,7 +93,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace, run_id: uuid.UUID) -> dict[str, Any] | None:
-    return run_with_pg(_ctl()._config(args), lambda conn: show_run(conn, run_id))
+    return run_with_pg(node_config(args), lambda conn: show_run(conn, run_id))
 
 
 def wait_for_run(args: argparse.Namespace, run_id: uuid.UUID) -> dict[str, Any]:
@@ -109,7 +102,7 @@ def wait_for_run(args: argparse.Namespace, run_id: uuid.UUID) -> dict[str, Any]:
     while True:
         info = _fetch(args, run_id)
         if info is None:
-            raise _ctl().CtlError(f"run {run_id} disappeared")
+            raise CtlError(f"run {run_id} disappeared")
         target = max(1, info["target"] - sum(info["skipped"].values()))
         done = info["success"] + info["fail"]
         width = 30
@@ -145,19 +138,18 @@ def _run_id(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError as exc:
-        raise _ctl().CtlError(f"{value!r} is not a run id (a UUID)") from exc
+        raise CtlError(f"{value!r} is not a run id (a UUID)") from exc
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    ctl = _ctl()
     run_id = _run_id(args.run_id)
     if args.run_command == "show":
         info = _fetch(args, run_id)
         if info is None:
-            raise ctl.CtlError(f"no run {run_id}")
+            raise CtlError(f"no run {run_id}")
         print(json.dumps(info, ensure_ascii=False) if args.json else _render(info))
         return 0
-    result = post(ctl._socket_path(args), f"/v1/runs/{run_id}/{args.run_command}")
+    result = post(socket_path(args), f"/v1/runs/{run_id}/{args.run_command}")
     print(
         json.dumps(result, ensure_ascii=False)
         if args.json
@@ -167,32 +159,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    ctl = _ctl()
-    result = post(ctl._socket_path(args), f"/v1/agents/{args.number}/{args.agent_command}")
+    result = post(socket_path(args), f"/v1/agents/{args.number}/{args.agent_command}")
     print(json.dumps(result) if args.json else " ".join(f"{k}={v}" for k, v in result.items()))
     return 0
 
 
-def post(path: Path, url: str) -> Any:
-    ctl = _ctl()
-    conn = ctl._UnixHTTPConnection(path, 60.0)
-    try:
-        conn.request("POST", url, body=b"")
-        response = conn.getresponse()
-        body = response.read()
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        raise ctl.CtlError(f"the daemon is not running (no socket at {path})") from exc
-    except (TimeoutError, OSError, http.client.HTTPException) as exc:
-        raise ctl.CtlError(f"cannot talk to the daemon at {path}: {exc}") from exc
-    finally:
-        conn.close()
-    payload = json.loads(body)
-    if response.status != 200:
-        raise ctl.CtlError(payload.get("error", body.decode(errors="replace")))
-    return payload
-
-
-def register(sub: Any, common: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     send = sub.add_parser("send", parents=[common], help="create a campaign run")
     send.add_argument("--company", required=True)
     send.add_argument("--user")

@@ -1,0 +1,113 @@
+"""`hanjulloctl config check|example` and `db init`: a node's configuration and storage.
+
+`db init` runs the daemon's storage bootstrap (`daemon.schema`, a library the CLI and the
+daemon share; it starts none of the daemon's components).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from datetime import date
+from pathlib import Path
+
+import asyncpg
+import pymysql
+
+from config.clock import NodeClock
+from config.example import sim_example
+from config.loader import ConfigError, load_config
+from config.model import DEFAULT_CONFIG_PATH
+from daemon.cli.common import CtlError, Subparsers, node_config
+from daemon.schema import init_storage
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    path = Path(getattr(args, "config", None) or DEFAULT_CONFIG_PATH)
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)")
+        for problem in exc.problems:
+            print(f"  - {problem}")
+        return 1
+    print(f"{path}: ok")
+    return 0
+
+
+def cmd_config_example(args: argparse.Namespace) -> int:
+    if not args.sim:
+        example = Path(__file__).resolve().parents[2] / "systemd" / "node.toml.example"
+        if not example.exists():
+            raise CtlError("only --sim examples are available in this installation")
+        print(example.read_text(), end="")
+        return 0
+    if args.dir is None:
+        raise CtlError("--sim needs --dir DIR (where the simulated node keeps its files)")
+    try:
+        text = sim_example(
+            Path(args.dir), phones_per_carrier=args.phones_per_carrier, instance=args.instance
+        )
+    except ValueError as exc:
+        raise CtlError(f"--instance: {exc}") from exc
+    print(text)
+    return 0
+
+
+def cmd_db_init(args: argparse.Namespace) -> int:
+    config = node_config(args)
+    today: date = NodeClock(config.clock.file).now_kst().date()
+    try:
+        report = asyncio.run(init_storage(config, today))
+    except OSError as exc:
+        raise CtlError(f"cannot reach a database: {exc}") from exc
+    except (asyncpg.PostgresError, pymysql.err.MySQLError) as exc:
+        raise CtlError(f"storage bootstrap failed: {exc}; fix the cause and run it again") from exc
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "postgres_version": report.pg_version,
+                    "postgres_applied": report.pg_applied,
+                    "mysql_created": report.mysql_created,
+                }
+            )
+        )
+    else:
+        print(
+            f"postgres schema version {report.pg_version}"
+            + (
+                f" (applied {', '.join(report.pg_applied)})"
+                if report.pg_applied
+                else " (up to date)"
+            )
+        )
+        print(
+            f"mysql tables created: {len(report.mysql_created)}"
+            + (f" ({', '.join(report.mysql_created)})" if report.mysql_created else "")
+        )
+    return 0
+
+
+def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    cfg = sub.add_parser("config", parents=[common], help="check or generate configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", parents=[common], help="validate; exit 1 on problems")
+    check.set_defaults(func=cmd_config_check)
+    example = cfg_sub.add_parser("example", parents=[common], help="print an example config")
+    example.add_argument("--sim", action="store_true", help="a fully simulated node")
+    example.add_argument("--dir", help="where the simulated node keeps its runtime files")
+    example.add_argument("--phones-per-carrier", type=int, default=1, choices=range(1, 10))
+    example.add_argument(
+        "--instance",
+        type=int,
+        help="node N's own databases (PostgreSQL and MySQL node<N>, Redis db N), N = 1-15",
+    )
+    example.set_defaults(func=cmd_config_example)
+
+    db = sub.add_parser("db", parents=[common], help="storage")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    init = db_sub.add_parser("init", parents=[common], help="create or upgrade all tables")
+    init.add_argument("--json", action="store_true")
+    init.set_defaults(func=cmd_db_init)
