@@ -26,7 +26,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 from config.model import MySQLSection  # noqa: E402
 from dispatch import agent_tables  # noqa: E402
-from simulators.harness import SimulatedNode, mysql, test_database  # noqa: E402
+from simulators.harness import SimulatedNode, instance_database, mysql  # noqa: E402
 
 
 async def wait_inserted(run_id: str, started: float, limit_s: float = 900.0) -> None:
@@ -34,7 +34,7 @@ async def wait_inserted(run_id: str, started: float, limit_s: float = 900.0) -> 
     poll would blur the timing)."""
     import asyncpg
 
-    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=test_database())
+    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=instance_database())
     try:
         while True:
             row = await conn.fetchrow(

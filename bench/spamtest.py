@@ -46,7 +46,7 @@ import asyncpg
 # bench/dispatch.py is named like the `dispatch` package; this folder must not shadow it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
 
-from simulators.harness import SimulatedNode, running_node, test_database  # noqa: E402
+from simulators.harness import SimulatedNode, instance_database, running_node  # noqa: E402
 
 CALLBACK = "0212345678"
 BLOCKED_WORD = "무료"
@@ -96,7 +96,7 @@ def submit(node: SimulatedNode, company: str, texts: list[str]) -> list[str]:
 
 
 async def wait_done(node: SimulatedNode, ids: list[str], timeout_s: float) -> None:
-    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=test_database())
+    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=instance_database())
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -114,7 +114,7 @@ async def wait_done(node: SimulatedNode, ids: list[str], timeout_s: float) -> No
 
 
 async def measure(ids: list[str]) -> list[Measured]:
-    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=test_database())
+    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=instance_database())
     try:
         tests = await conn.fetch(
             "SELECT id, company_id, variant_id, created_at, completed_at FROM spam_filter_tests"
@@ -165,7 +165,7 @@ async def check_truth(node: SimulatedNode, ids: list[str]) -> list[str]:
     """Every verdict against the simulator's decision for the row the test wrote."""
     status = json.loads(node.sim_ctl("status", "--json").stdout)
     decisions = {d["ref"]: d for d in status["network"]["decisions"]}
-    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=test_database())
+    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=instance_database())
     wrong = []
     try:
         rows = await conn.fetch(

@@ -33,7 +33,7 @@ def command(name: str) -> list[str]:
     return [str(path)]
 
 
-def test_instance() -> int | None:
+def current_instance() -> int | None:
     """The simulated-node instance this process's nodes use (``HANJULLO_TEST_INSTANCE``):
     its own databases (`config.example.instance_databases`), so test runs of two checkouts
     never share a schema. Unset: the machine's ``test`` databases."""
@@ -41,9 +41,9 @@ def test_instance() -> int | None:
     return int(value) if value else None
 
 
-def test_database() -> str:
-    """The PostgreSQL and MySQL database of :func:`test_instance`."""
-    return instance_databases(test_instance())[0]
+def instance_database() -> str:
+    """The PostgreSQL and MySQL database of :func:`current_instance`."""
+    return instance_databases(current_instance())[0]
 
 
 def mysql(**extra: Any) -> Any:
@@ -55,7 +55,7 @@ def mysql(**extra: Any) -> Any:
         host="127.0.0.1",
         user="root",
         password="",
-        database=test_database(),
+        database=instance_database(),
         autocommit=True,
         init_command="SET time_zone = '+09:00'",
         **extra,
@@ -159,7 +159,11 @@ class SimulatedNode:
                 str(self.dir),
                 "--phones-per-carrier",
                 str(phones_per_carrier),
-                *([] if (instance := test_instance()) is None else ["--instance", str(instance)]),
+                *(
+                    []
+                    if (instance := current_instance()) is None
+                    else ["--instance", str(instance)]
+                ),
             ],
             check=True,
             capture_output=True,

@@ -17,7 +17,7 @@ import serial
 
 from config.clock import KST
 from config.names import add_months
-from simulators.harness import SimulatedNode, mysql, test_database
+from simulators.harness import SimulatedNode, instance_database, mysql
 
 FINAL = (b"\r\nOK\r\n", b"ERROR\r\n", b"ERROR: ")
 
@@ -48,7 +48,9 @@ def pg_fetch(sql: str, *args: Any) -> list[tuple[Any, ...]]:
     """Rows of one statement on the test PostgreSQL database, as tuples."""
 
     async def run() -> list[tuple[Any, ...]]:
-        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=test_database())
+        conn = await asyncpg.connect(
+            host="127.0.0.1", user="postgres", database=instance_database()
+        )
         try:
             return [tuple(r) for r in await conn.fetch(sql, *args)]
         finally:

@@ -10,7 +10,7 @@ import asyncpg
 
 from config.names import add_months
 from daemon.schema import latest_version
-from simulators.harness import SimulatedNode, mysql, test_database
+from simulators.harness import SimulatedNode, instance_database, mysql
 
 
 def test_db_init_is_idempotent_and_versioned(sim_node: SimulatedNode) -> None:
@@ -20,7 +20,9 @@ def test_db_init_is_idempotent_and_versioned(sim_node: SimulatedNode) -> None:
     assert again["postgres_version"] == latest_version()
 
     async def versions() -> list[int]:
-        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=test_database())
+        conn = await asyncpg.connect(
+            host="127.0.0.1", user="postgres", database=instance_database()
+        )
         try:
             rows = await conn.fetch("SELECT version FROM hanjullo_schema_versions ORDER BY 1")
             return [r["version"] for r in rows]

@@ -13,7 +13,7 @@ from config.clock import NodeClock
 from config.example import sim_example
 from config.loader import validate
 from simulators.agent import SimAgent
-from simulators.harness import test_instance
+from simulators.harness import current_instance
 from simulators.network import CarrierNetwork
 from tests import services
 from tests.integration.helpers import insert_rows, mysql, rows_by_tag
@@ -22,7 +22,7 @@ TABLE = "SMSQ_SEND_99"
 
 
 def _config(tmp_path: Path) -> object:
-    raw = tomllib.loads(sim_example(tmp_path, instance=test_instance()))
+    raw = tomllib.loads(sim_example(tmp_path, instance=current_instance()))
     raw["agents"][0]["table"] = TABLE
     raw["simulator"]["agents"]["rate_per_s"] = 2000
     raw["simulator"]["agents"]["log_move_delay_s"] = 0.0
