@@ -389,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulated QTmsg agents, carriers and modems",
     )
     sub = parser.add_subparsers(dest="command")
+    sub.add_parser(
+        "proxy",
+        add_help=False,
+        help="a fault-injecting TCP proxy: hanjullo-sim proxy serve|ctl (see proxy --help)",
+    )
     ctl = sub.add_parser("ctl", parents=[common], help="control the running simulator")
     ctl_sub = ctl.add_subparsers(dest="what", required=True)
 
@@ -430,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["proxy"]:
+        # The fault proxy needs no node configuration: it has its own command line.
+        from simulators import faultproxy
+
+        return faultproxy.main(words[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "config", None):
