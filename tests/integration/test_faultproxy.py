@@ -51,7 +51,7 @@ from simulators.rogue_mysql import Ask, Reply, RogueMySQL, RogueMySQLThread, The
 MYSQL = ("127.0.0.1", 3306)
 POSTGRES = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
-REDIS_DB = instance_databases(harness.test_instance())[1]
+REDIS_DB = instance_databases(harness.current_instance())[1]
 # The synchronous redis client retries once even with retry=None: say "no retry" outright.
 SYNC_NO_RETRY = Retry(NoBackoff(), 0)
 # A stalled call is declared hung when it has not returned after this long.
@@ -65,7 +65,7 @@ async def my_connect(port: int, **extra: Any) -> aiomysql.Connection:
         port=port,
         user="root",
         password="",
-        db=harness.test_database(),
+        db=harness.instance_database(),
         autocommit=True,
         **extra,
     )
@@ -93,7 +93,7 @@ def pymysql_connect(port: int, **extra: Any) -> pymysql.Connection[Any]:
         port=port,
         user="root",
         password="",
-        database=harness.test_database(),
+        database=harness.instance_database(),
         autocommit=True,
         **extra,
     )
@@ -105,8 +105,8 @@ def tables() -> Iterator[tuple[str, str]]:
     conn = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
     names = ("fp_table_a", "fp_table_b")
     with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE IF NOT EXISTS `{harness.test_database()}`")
-        cur.execute(f"USE `{harness.test_database()}`")
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS `{harness.instance_database()}`")
+        cur.execute(f"USE `{harness.instance_database()}`")
         for name in names:
             cur.execute(f"DROP TABLE IF EXISTS {name}")
             cur.execute(f"CREATE TABLE {name} (id INT PRIMARY KEY, dest_no VARCHAR(20))")
@@ -152,7 +152,7 @@ async def test_pass_through_gives_the_real_answers_and_counts_each_connection(
     my_proxy: FaultProxy, pg_proxy: FaultProxy, rd_proxy: FaultProxy
 ) -> None:
     conn = await my_connect(my_proxy.port)
-    assert await my_query(conn, "SELECT DATABASE()") == ((harness.test_database(),),)
+    assert await my_query(conn, "SELECT DATABASE()") == ((harness.instance_database(),),)
     conn.close()
     pg = await pg_connect(pg_proxy.port)
     assert await pg.fetchval("SELECT current_database()") == "postgres"
@@ -378,7 +378,7 @@ async def test_rules_slow_first_table_while_the_second_table_s_connection_is_cut
     await my_proxy.add_rule(Rule("cut-b", rf"INSERT INTO {second}\b", RuleAction.CUT))
     pool = await aiomysql.create_pool(
         host="127.0.0.1", port=my_proxy.port, user="root", password="",
-        db=harness.test_database(), autocommit=True, maxsize=2,
+        db=harness.instance_database(), autocommit=True, maxsize=2,
     )  # fmt: skip
 
     async def write(table: str, key: int) -> float:
@@ -546,10 +546,10 @@ async def test_rogue_reads_a_file_through_the_daemons_dispatch_pool(canary: Cana
     """Today's dispatcher pool (`local_infile=True` on every connection) sends the file the
     server names on its first statement, the pool's init_command."""
     async with RogueMySQL(0, MYSQL, file_name=str(canary.path), ask=Ask.FIRST_QUERY) as rogue:
-        section = MySQLSection(port=rogue.port, database=harness.test_database())
+        section = MySQLSection(port=rogue.port, database=harness.instance_database())
         pool = await agent_tables.create_pool(section, maxsize=2, local_infile=True)
         async with pool.acquire() as conn:
-            assert await my_query(conn, "SELECT DATABASE()") == ((harness.test_database(),),)
+            assert await my_query(conn, "SELECT DATABASE()") == ((harness.instance_database(),),)
         await agent_tables.close_pool(pool)
     (leak,) = rogue.leaks
     assert leak.query == agent_tables.SESSION_INIT and leak.content == canary.content
