@@ -280,7 +280,8 @@ class Charts:
 
     success: int  # campaigns.success_count
     fail: int  # campaigns.fail_count
-    failures_by_code: dict[int | None, int]  # GROUP BY status_code, fail codes only
+    # GROUP BY status_code, fail codes only; None is a NULL code, "코드 NaN" on the page
+    failures_by_code: dict[int | None, int]
     successes_by_carrier: dict[str, int]  # GROUP BY mob_company, success codes only
 
 
