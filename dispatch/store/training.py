@@ -1,0 +1,39 @@
+"""``ai_training_logs``: a run's sending metrics for the training set.
+
+A row is keyed by ``source_ref`` (`dispatch.runs.source_ref`: an HMAC of the run id, so a
+row cannot be traced back to its run without the node's secret); the caller computes it.
+Owns no connection and no engine state.
+"""
+
+from __future__ import annotations
+
+from dispatch.store.runs import Conn
+
+
+async def record_metrics(
+    conn: Conn,
+    ref: str,
+    company_id: str,
+    channel: str,
+    sent: int,
+    success: int,
+    fail: int,
+    spam_blocked: int,
+) -> None:
+    """Set the run's counters (the latest result sync wins)."""
+    await conn.execute(
+        """INSERT INTO ai_training_logs (source_ref, company_id, channel, sent_count,
+               success_count, fail_count, spam_blocked, metrics_updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+           ON CONFLICT (source_ref) DO UPDATE SET sent_count = EXCLUDED.sent_count,
+               success_count = EXCLUDED.success_count,
+               fail_count = EXCLUDED.fail_count, spam_blocked = EXCLUDED.spam_blocked,
+               metrics_updated_at = now()""",
+        ref,
+        company_id,
+        channel,
+        sent,
+        success,
+        fail,
+        spam_blocked,
+    )
