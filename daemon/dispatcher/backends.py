@@ -26,6 +26,7 @@ from dispatch.outcomes import Result
 from dispatch.runs import show
 from dispatch.store import progress, results, runs, training
 from dispatch.store.runs import Conn, Run, RunStatus
+from dispatch.store.training import RunMetrics
 
 log = structlog.get_logger("dispatcher")
 
@@ -129,19 +130,8 @@ class PostgresRunBook:
     ) -> list[tuple[int, int]]:
         return await self._on(results.commonest_codes, run_id, codes)
 
-    async def record_metrics(
-        self,
-        ref: str,
-        company_id: str,
-        channel: str,
-        sent: int,
-        success: int,
-        fail: int,
-        spam_blocked: int,
-    ) -> None:
-        await self._on(
-            training.record_metrics, ref, company_id, channel, sent, success, fail, spam_blocked
-        )
+    async def record_metrics(self, ref: str, metrics: RunMetrics) -> None:
+        await self._on(training.record_metrics, ref, metrics)
 
     async def show(self, run_id: uuid.UUID) -> dict[str, Any] | None:
         return await self._on(show, run_id)

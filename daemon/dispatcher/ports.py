@@ -20,6 +20,7 @@ from dispatch.guards import CheckedPage, Fields
 from dispatch.handoff import RowValues, StagedRows
 from dispatch.outcomes import Result
 from dispatch.store.runs import Run, RunStatus
+from dispatch.store.training import RunMetrics
 
 
 class RunBook(Protocol):
@@ -65,16 +66,7 @@ class RunBook(Protocol):
     async def commonest_codes(
         self, run_id: uuid.UUID, codes: Sequence[int]
     ) -> list[tuple[int, int]]: ...
-    async def record_metrics(
-        self,
-        ref: str,
-        company_id: str,
-        channel: str,
-        sent: int,
-        success: int,
-        fail: int,
-        spam_blocked: int,
-    ) -> None: ...
+    async def record_metrics(self, ref: str, metrics: RunMetrics) -> None: ...
 
     # the operator's view (dispatch/runs.py)
     async def show(self, run_id: uuid.UUID) -> dict[str, Any] | None: ...

@@ -29,6 +29,7 @@ from dispatch.outcomes import (
 )
 from dispatch.runs import source_ref
 from dispatch.store.runs import Run, RunStatus
+from dispatch.store.training import RunMetrics
 
 log = structlog.get_logger("dispatcher")
 
@@ -100,12 +101,4 @@ async def check_breaker(ctx: Context, run: Run) -> bool:
 async def record_training(ctx: Context, run: Run) -> None:
     """The run's counters in ``ai_training_logs``."""
     secret = ctx.settings.training_secret.get_secret_value()
-    await ctx.book.record_metrics(
-        source_ref(secret, run.id),
-        run.company_id,
-        run.message_type,
-        run.sent_count,
-        run.success_count,
-        run.fail_count,
-        run.spam_count,
-    )
+    await ctx.book.record_metrics(source_ref(secret, run.id), RunMetrics.of(run))

@@ -7,19 +7,35 @@ Owns no connection and no engine state.
 
 from __future__ import annotations
 
-from dispatch.store.runs import Conn
+from dataclasses import dataclass
+
+from dispatch.store.runs import Conn, Run
 
 
-async def record_metrics(
-    conn: Conn,
-    ref: str,
-    company_id: str,
-    channel: str,
-    sent: int,
-    success: int,
-    fail: int,
-    spam_blocked: int,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class RunMetrics:
+    """What the training set learns of a run's sending."""
+
+    company_id: str
+    channel: str  # the message type
+    sent: int
+    success: int
+    fail: int
+    spam_blocked: int
+
+    @classmethod
+    def of(cls, run: Run) -> RunMetrics:
+        return cls(
+            run.company_id,
+            run.message_type,
+            run.sent_count,
+            run.success_count,
+            run.fail_count,
+            run.spam_count,
+        )
+
+
+async def record_metrics(conn: Conn, ref: str, metrics: RunMetrics) -> None:
     """Set the run's counters (the latest result sync wins)."""
     await conn.execute(
         """INSERT INTO ai_training_logs (source_ref, company_id, channel, sent_count,
@@ -30,10 +46,10 @@ async def record_metrics(
                fail_count = EXCLUDED.fail_count, spam_blocked = EXCLUDED.spam_blocked,
                metrics_updated_at = now()""",
         ref,
-        company_id,
-        channel,
-        sent,
-        success,
-        fail,
-        spam_blocked,
+        metrics.company_id,
+        metrics.channel,
+        metrics.sent,
+        metrics.success,
+        metrics.fail,
+        metrics.spam_blocked,
     )

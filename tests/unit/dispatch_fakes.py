@@ -31,6 +31,7 @@ from dispatch.guards import CheckedPage
 from dispatch.handoff import RowValues, StagedRows
 from dispatch.outcomes import Result, Tally
 from dispatch.store.runs import Run, RunStatus
+from dispatch.store.training import RunMetrics
 
 NODE = "node-under-test"
 DAY = datetime(2026, 11, 17, 3, 0, tzinfo=UTC)  # 12:00 KST: inside the advertising window
@@ -132,7 +133,7 @@ class FakeBook:
     assigned: dict[tuple[str, str], str] = field(default_factory=dict)
     unsubscribed: set[tuple[str, str]] = field(default_factory=set)
     skipped: dict[uuid.UUID, Counter[str]] = field(default_factory=dict)
-    metrics: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    metrics: dict[str, RunMetrics] = field(default_factory=dict)
     # Set to make the next call of that name raise (a statement that fails).
     fail: dict[str, BaseException] = field(default_factory=dict)
 
@@ -318,17 +319,8 @@ class FakeBook:
         found = Counter(r.status_code for r in self.recipients[run_id] if r.status_code in codes)
         return [(int(code), n) for code, n in found.most_common(3) if code is not None]
 
-    async def record_metrics(
-        self,
-        ref: str,
-        company_id: str,
-        channel: str,
-        sent: int,
-        success: int,
-        fail: int,
-        spam_blocked: int,
-    ) -> None:
-        self.metrics[ref] = (company_id, channel, sent, success, fail, spam_blocked)
+    async def record_metrics(self, ref: str, metrics: RunMetrics) -> None:
+        self.metrics[ref] = metrics
 
     async def show(self, run_id: uuid.UUID) -> dict[str, Any] | None:
         run = self.runs.get(run_id)
