@@ -105,6 +105,15 @@ def _finished(ctx: Context, state: RunState, task: asyncio.Task[None], written: 
     )
 
 
+def _guard_pass_finished(task: asyncio.Task[None]) -> None:
+    # Read here so that a failure is logged even if the handoff stops before it would
+    # re-raise it (it restarts the guard pass on its next pass).
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning(
+            "guard pass interrupted", task=task.get_name(), error=f"{type(exc).__name__}: {exc}"
+        )
+
+
 async def stop_all(ctx: Context) -> None:
     """Cancel every handoff and guard pass (the component is stopping)."""
     states = list(ctx.registry.runs.values())
@@ -156,6 +165,7 @@ async def handoff_pass(ctx: Context, state: RunState) -> None:
         state.guard_pass = asyncio.create_task(
             guard_pass(ctx, run, state), name=f"guard-pass-{state.id}"
         )
+        state.guard_pass.add_done_callback(_guard_pass_finished)
     group = run.line_group
     ahead: Batch | None = None  # planned while the previous batch was being written
     try:
