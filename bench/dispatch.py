@@ -59,7 +59,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def load_data_baseline(rows: list[tuple[str, str]], run_id: str) -> float:
     async def tables() -> None:
-        conn = await agent_tables.connect(MySQLSection())
+        conn = await agent_tables.connect(MySQLSection(database=instance_database()))
         try:
             async with conn.cursor() as cur:
                 for n in (901, 902, 903):

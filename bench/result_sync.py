@@ -127,7 +127,7 @@ async def run(size: int, small: int) -> int:
         tasks = [asyncio.create_task(postgres.run(Health("postgres")))]
         await asyncio.wait_for(postgres.ready.wait(), 10)
         dispatcher = Dispatcher(runtime, postgres, redis, AgentMonitor(runtime))
-        dispatcher.mysql = await agent_tables.create_pool(config.mysql, maxsize=4)
+        dispatcher.tables.pool = await agent_tables.create_pool(config.mysql, maxsize=4)
         count_queries()
         idle: dict[int, int] = {}
         runs = {}
@@ -170,8 +170,7 @@ async def run(size: int, small: int) -> int:
                 await asyncio.sleep(interval)
             final = time.monotonic()
         finally:
-            dispatcher.mysql.close()
-            await dispatcher.mysql.wait_closed()
+            await dispatcher.tables.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

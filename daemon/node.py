@@ -35,6 +35,7 @@ from daemon.spamtests import SpamTestEngine
 from daemon.stores import PostgresKeeper, RedisKeeper
 from daemon.supervisor import Component, ComponentState, DependencyDown, Health, Supervisor
 from daemon.systemd import Notifier, watchdog_interval_s
+from dispatch.store import intake
 
 log = structlog.get_logger("node")
 
@@ -128,6 +129,12 @@ class _SnapshotCollector(Collector):
             ["modem", "carrier"],
             [([m["name"], m["carrier"]], flag(m["state"] == "ready")) for m in snap["modems"]],
         )
+        yield gauge(
+            "hanjullo_handoff_failures",
+            "Handoff tasks that failed and were restarted since the daemon started",
+            ["node"],
+            [([node], snap["dispatch"]["handoff_failures"])],
+        )
         spam = snap["spam_tests"]
         yield gauge(
             "hanjullo_spam_tests",
@@ -220,6 +227,7 @@ class Node:
             ],
             "modems": [m.as_json() for m in self.modems],
             "runs": self.dispatcher.status_runs,
+            "dispatch": {"handoff_failures": self.dispatcher.handoff_failures},
             "spam_tests": self.spam_tests.snapshot(),
         }
 
@@ -243,16 +251,9 @@ class Node:
         return None if held is None else {"company": held["company"], "run_id": held["run_id"]}
 
     async def _prune_runs(self) -> None:
-        days = self.runtime.config.dispatch.prune_after_days
+        days = int(self.runtime.config.dispatch.prune_after_days)
         async with self.postgres.require().acquire() as conn:
-            result = await conn.execute(
-                """DELETE FROM campaign_run_recipients r USING campaign_runs c
-                   WHERE r.run_id = c.id AND c.node_id = $1
-                   AND c.status IN ('completed', 'cancelled', 'rejected')
-                   AND c.completed_at < now() - make_interval(days => $2)""",
-                self.runtime.config.node.id,
-                int(days),
-            )
+            result = await intake.prune_finished(conn, self.runtime.config.node.id, days)
         log.info("finished runs' recipients pruned", result=result)
 
     @staticmethod

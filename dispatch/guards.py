@@ -10,9 +10,12 @@ KST. Every skip has a reason and is counted; nothing is dropped silently.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from enum import StrEnum
+from typing import Any, Protocol
 
 from config.clock import KST
 from config.names import MessageType, is_mobile, normalise_phone
@@ -123,3 +126,56 @@ def check_recipient(
     ):
         return Verdict(digits, SkipReason.MMS_WITHOUT_IMAGE)
     return Verdict(digits, None)
+
+
+class Fields(Protocol):
+    """A row read by name: an ``asyncpg.Record``, or a dict in a test."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+@dataclass(slots=True)
+class CheckedPage:
+    """What the guard pass writes for one page of a run's recipients: only the recipients
+    that are skipped or whose number needed normalising (`seqs`, `norms`, `reasons`,
+    reason None = not skipped), the skip counts, and the page's last seq."""
+
+    last_seq: int
+    seqs: list[int] = field(default_factory=list)
+    norms: list[str] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def check_page(
+    page: Sequence[Fields], message_type: MessageType, opted_out: set[str], seen: set[str]
+) -> CheckedPage:
+    """Check one page of recipients (seq, phone, message_text, subject, attachments) in
+    ``seq`` order. `opted_out`: numbers of the page that opted out (advertising runs).
+    `seen`: the numbers of the run checked so far, updated here; a number already in it is
+    a duplicate, so the first occurrence wins."""
+    checked = CheckedPage(last_seq=page[-1]["seq"])
+    for r in page:
+        digits = normalise_phone(r["phone"])
+        verdict = check_recipient(
+            r["phone"],
+            r["message_text"],
+            r["subject"],
+            r["attachments"],
+            message_type,
+            digits in opted_out,
+        )
+        skip = verdict.skip.value if verdict.skip else None
+        if skip is None:
+            if verdict.phone_norm in seen:
+                skip = SkipReason.DUPLICATE.value
+            else:
+                seen.add(verdict.phone_norm)
+        if skip is None and verdict.phone_norm == r["phone"]:
+            continue
+        if skip is not None:
+            checked.counts[skip] += 1
+        checked.seqs.append(r["seq"])
+        checked.norms.append(verdict.phone_norm)
+        checked.reasons.append(skip)
+    return checked

@@ -11,8 +11,10 @@ so the statement is built here instead of with ``executemany``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -22,6 +24,7 @@ import pymysql.err
 
 from config.names import checked_table
 from dispatch.agent_tables import transaction
+from dispatch.outcomes import Result
 
 # Rows per multi-row INSERT: large enough to amortise the round trip, small enough
 # to stay below the default max_allowed_packet (16 MB) even with 2000-byte LMS texts.
@@ -55,38 +58,8 @@ ROW_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    dest_no: str
-    status_code: int
-    mob_company: str | None
-    result_at: datetime | None  # aware (the agent writes UTC)
-    table: str
-
-
 class LoadDataRefused(Exception):
     """The server (or the connection) does not allow LOAD DATA LOCAL INFILE."""
-
-
-def spread(room: dict[int, int], count: int) -> dict[int, int]:
-    """How many of `count` rows each agent takes so the room left ends as even as it
-    can: the agents with the most room are filled down to the next one's level, and so
-    on (ties: the lower number first). Never more than an agent's room."""
-    take = dict.fromkeys(room, 0)
-    left = min(count, sum(max(0, r) for r in room.values()))
-    while left > 0:
-        free = {n: room[n] - take[n] for n in sorted(room) if room[n] - take[n] > 0}
-        top = max(free.values())
-        tops = [n for n, v in free.items() if v == top]
-        below = max((v for v in free.values() if v < top), default=0)
-        step = min(top - below, max(1, left // len(tops)))
-        for number in tops:
-            given = min(step, left)
-            take[number] += given
-            left -= given
-            if left == 0:
-                break
-    return take
 
 
 # Server answers meaning "LOAD DATA LOCAL is disabled here".
@@ -137,6 +110,25 @@ def write_tsv(rows: Sequence[RowValues]) -> str:
     with handle:
         handle.write(tsv_lines(rows))
     return handle.name
+
+
+@dataclass(slots=True)
+class StagedRows:
+    """Rows ready for one agent table: the rows and, for LOAD DATA, their file (written
+    while the previous batch loads). `discard` removes the file."""
+
+    rows: list[RowValues]
+    path: str | None = None
+
+    def discard(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            self.path = None
+
+
+def stage(rows: list[RowValues], as_file: bool) -> StagedRows:
+    return StagedRows(rows, write_tsv(rows) if as_file else None)
 
 
 async def load_file(conn: aiomysql.Connection, table: str, path: str) -> int:
@@ -303,7 +295,7 @@ async def read_results(
     live: Sequence[str],
     logs: Sequence[str],
     run_id: str,
-    since: dict[str, datetime | None],
+    since: Mapping[str, datetime | None],
 ) -> tuple[list[Result], int]:
     """New results of a run and its rows in flight.
 

@@ -1,53 +1,27 @@
-"""Campaign runs in PostgreSQL: the intake contract the web service writes, and reads.
+"""Campaign runs: the intake contract the web service writes, and the operator's view.
 
 A run is one row in ``campaign_runs`` (tagged with the node id that must send
 it) and one row per recipient in ``campaign_run_recipients`` with the final,
 personalised text. ``NOTIFY hanjullo_runs`` wakes the daemon; it also polls.
 Counters are kept on the run row and updated incrementally by the dispatcher.
-See docs/dispatch.md.
+The rules a run is checked against on intake live here; the statements are the
+store's (`dispatch/store/intake.py`). See docs/dispatch.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
-import asyncpg
-
 from config.names import MessageType
-from dispatch.guards import RunRejected, check_ad_run
-
-NOTIFY_CHANNEL = "hanjullo_runs"
-
-
-class RunStatus(StrEnum):
-    QUEUED = "queued"  # waiting for a line group (or for its scheduled time)
-    SENDING = "sending"  # holds a group, inserting rows
-    DRAINING = "draining"  # everything inserted; holds the group until agents took it all
-    RESULTS = "results"  # group released; waiting for the last results
-    HELD = "held"  # advertising run outside 08:00-21:00 KST
-    PAUSED = "paused"
-    CANCELLED = "cancelled"
-    COMPLETED = "completed"
-    REJECTED = "rejected"
-
-
-HOLDS_GROUP = (RunStatus.SENDING, RunStatus.DRAINING)
-ACTIVE = (
-    RunStatus.QUEUED,
-    RunStatus.SENDING,
-    RunStatus.DRAINING,
-    RunStatus.RESULTS,
-    RunStatus.HELD,
-    RunStatus.PAUSED,
-)
+from dispatch.guards import check_ad_run
+from dispatch.store import intake
+from dispatch.store.runs import Conn, skip_counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,58 +55,34 @@ def _records(
         yield (run_id, seq, r.phone, r.text, r.subject or spec.subject, list(r.attachments) or None)
 
 
-async def create_run(
-    conn: asyncpg.Connection, spec: RunSpec, recipients: Iterable[Recipient]
-) -> uuid.UUID:
+async def create_run(conn: Conn, spec: RunSpec, recipients: Iterable[Recipient]) -> uuid.UUID:
     """Store a run and its recipients in one transaction and wake the daemon.
 
     Raises RunRejected (nothing stored) when an advertising text breaks the rules.
     """
     run_id = uuid.uuid4()
-    async with conn.transaction():
-        await conn.execute(
-            """INSERT INTO campaign_runs (id, campaign_id, node_id, company_id, user_id,
-                   callback_number, message_type, message_subject, is_ad, scheduled_at,
-                   status, queued_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', now())""",
-            run_id,
-            spec.campaign_id,
-            spec.node_id,
-            spec.company_id,
-            spec.user_id,
-            spec.callback,
-            spec.message_type.value,
-            spec.subject,
-            spec.is_ad,
-            spec.scheduled_at,
-        )
-        await conn.copy_records_to_table(
-            "campaign_run_recipients",
-            records=_records(run_id, spec, recipients),
-            columns=["run_id", "seq", "phone", "message_text", "subject", "attachments"],
-        )
-        first = await conn.fetchrow(
-            """UPDATE campaign_runs SET target_count =
-                   (SELECT count(*) FROM campaign_run_recipients WHERE run_id = $1),
-                   message_content = (SELECT message_text FROM campaign_run_recipients
-                                      WHERE run_id = $1 AND seq = 1)
-               WHERE id = $1 RETURNING target_count""",
-            run_id,
-        )
-        if first is None or first["target_count"] == 0:
-            raise RunRejected("a run needs at least one recipient; fix: check the input file")
-        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, spec.node_id)
+    await intake.insert_run(
+        conn,
+        run_id,
+        campaign_id=spec.campaign_id,
+        node_id=spec.node_id,
+        company_id=spec.company_id,
+        user_id=spec.user_id,
+        callback=spec.callback,
+        message_type=spec.message_type.value,
+        subject=spec.subject,
+        is_ad=spec.is_ad,
+        scheduled_at=spec.scheduled_at,
+        recipients=_records(run_id, spec, recipients),
+    )
     return run_id
 
 
-async def show(conn: asyncpg.Connection | Any, run_id: uuid.UUID) -> dict[str, Any] | None:
+async def show(conn: Conn, run_id: uuid.UUID) -> dict[str, Any] | None:
     """The operator's view of one run (`hanjulloctl run show`)."""
-    row = await conn.fetchrow("SELECT * FROM campaign_runs WHERE id = $1", run_id)
+    row = await intake.run_row(conn, run_id)
     if row is None:
         return None
-    skipped = row["skipped"]
-    if isinstance(skipped, str):
-        skipped = json.loads(skipped)
     success, fail = row["success_count"], row["fail_count"]
     return {
         "run_id": str(row["id"]),
@@ -150,7 +100,7 @@ async def show(conn: asyncpg.Connection | Any, run_id: uuid.UUID) -> dict[str, A
         "success": success,
         "fail": fail,
         "pending": max(0, row["inserted_count"] - success - fail),
-        "skipped": {str(k): int(v) for k, v in (skipped or {}).items()},
+        "skipped": skip_counts(row["skipped"]),
         "queued_at": row["queued_at"].isoformat() if row["queued_at"] else None,
         "started_at": row["started_at"].isoformat() if row["started_at"] else None,
         "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,

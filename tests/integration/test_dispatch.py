@@ -11,11 +11,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from simulators.harness import SimulatedNode, wait_for
-from tests.config_edits import overrides
+from tests.config_edits import overrides, settings
 from tests.integration.conftest import FAST_NETWORK
 from tests.integration.helpers import (
     kst_month_end,
@@ -61,6 +62,12 @@ def paced_node(node_dir: Path) -> Iterator[SimulatedNode]:
     yield from started(
         node_dir, overrides(fast_dispatch, {"simulator": {"agents": {"rate_per_s": 100}}})
     )
+
+
+def reconfigure(node: SimulatedNode, changes: dict[str, Any]) -> None:
+    """Change the node's configuration file through the config model (the daemon and the
+    simulator read it when they start)."""
+    node.config_path.write_text(settings(node.config_path.read_text(), changes))
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -217,12 +224,9 @@ def test_fairness_across_companies(node: SimulatedNode) -> None:
 
 
 def test_exactly_once_through_ten_kill_9s(node: SimulatedNode) -> None:
-    text = node.config_path.read_text()
     node.stop_daemon()
-    # Slow the handoff down: small batches, a small backlog bound, slower agents.
-    text = text.replace("batch_size = 2000", "batch_size = 300")
-    text = text.replace("backlog_bound = 10000", "backlog_bound = 400")
-    node.config_path.write_text(text)
+    # Slow the handoff down: small batches and a small backlog bound.
+    reconfigure(node, {"dispatch": {"batch_size": 300, "backlog_bound": 400}})
     node.start_daemon()
     run_id = send(node, "K", numbers("70", 20_000))
     rng = random.Random(4)
@@ -360,9 +364,8 @@ def test_a_run_sent_at_midnight_on_the_last_day_is_counted_once(paced_node: Simu
 
 
 def test_unregistered_sender_trips_the_breaker(node: SimulatedNode) -> None:
-    text = node.config_path.read_text()
     node.stop_daemon()
-    node.config_path.write_text(text.replace("backlog_bound = 10000", "backlog_bound = 100"))
+    reconfigure(node, {"dispatch": {"backlog_bound": 100}})
     node.start_daemon()
     run_id = send(node, "X", numbers("90", 3000), callback="0299999999")
     info = wait_for(
@@ -375,9 +378,8 @@ def test_unregistered_sender_trips_the_breaker(node: SimulatedNode) -> None:
 
 
 def test_hung_agent_rows_move_to_the_others(node: SimulatedNode) -> None:
-    text = node.config_path.read_text()
     node.stop_daemon()
-    node.config_path.write_text(text.replace("rate_per_s = 1000", "rate_per_s = 200"))
+    reconfigure(node, {"simulator": {"agents": {"rate_per_s": 200}}})
     node.sim_ctl("agent", "1", "ok")
     node.start_daemon()
     run_id = send(node, "H", numbers("95", 6000))
@@ -423,12 +425,14 @@ def test_hung_agent_rows_move_to_the_others(node: SimulatedNode) -> None:
 def test_database_and_redis_restarts_mid_run_still_exactly_once(node: SimulatedNode) -> None:
     from tests import services
 
-    text = node.config_path.read_text()
     node.stop_daemon()
-    text = text.replace("rate_per_s = 1000", "rate_per_s = 150")
-    text = text.replace("backlog_bound = 10000", "backlog_bound = 500")
-    text = text.replace("batch_size = 2000", "batch_size = 250")
-    node.config_path.write_text(text)
+    reconfigure(
+        node,
+        {
+            "simulator": {"agents": {"rate_per_s": 150}},
+            "dispatch": {"backlog_bound": 500, "batch_size": 250},
+        },
+    )
     node.stop_sim()
     node.start_sim()
     node.start_daemon()
@@ -450,10 +454,10 @@ def test_database_and_redis_restarts_mid_run_still_exactly_once(node: SimulatedN
 
 
 def test_pause_resume_and_cancel(node: SimulatedNode) -> None:
-    text = node.config_path.read_text()
     node.stop_daemon()
-    text = text.replace("rate_per_s = 1000", "rate_per_s = 100")
-    node.config_path.write_text(text.replace("backlog_bound = 10000", "backlog_bound = 500"))
+    reconfigure(
+        node, {"simulator": {"agents": {"rate_per_s": 100}}, "dispatch": {"backlog_bound": 500}}
+    )
     node.stop_sim()
     node.start_sim()
     node.start_daemon()

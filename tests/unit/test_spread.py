@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatch.handoff import spread
+from dispatch.planner import spread
 
 
 def test_equal_room_is_shared_equally() -> None:

@@ -1,0 +1,214 @@
+"""The dispatcher's seams on the real databases: `RunBook` on the PostgreSQL pool with the
+store's statements, `AgentTables` on a MySQL pool with the agent-table I/O.
+
+Each call borrows one connection for one store function, so parallel calls run on
+parallel connections. No SQL here: the statements are `dispatch/store/` and
+`dispatch/handoff.py`. An unreachable store raises `DependencyDown`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import aiomysql
+import asyncpg
+import structlog
+
+from daemon.runtime import Runtime
+from daemon.supervisor import DependencyDown
+from dispatch import agent_tables, handoff
+from dispatch.guards import CheckedPage, Fields
+from dispatch.handoff import RowValues, StagedRows
+from dispatch.outcomes import Result
+from dispatch.runs import show
+from dispatch.store import progress, results, runs, training
+from dispatch.store.runs import Conn, Run, RunStatus
+from dispatch.store.training import RunMetrics
+
+log = structlog.get_logger("dispatcher")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+# MySQL connections of the dispatcher: one per agent table of a batch written in
+# parallel, plus the result sync's parallel reads.
+MYSQL_POOL_SIZE = 8
+
+
+class PostgresRunBook:
+    """`ports.RunBook` on the node's PostgreSQL pool."""
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool], node_id: Callable[[], str]) -> None:
+        self._pool = pool
+        self._node_id = node_id
+
+    async def _on(
+        self,
+        statement: Callable[Concatenate[Conn, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        async with self._pool().acquire() as conn:
+            return await statement(conn, *args, **kwargs)
+
+    async def runs_in(self, statuses: tuple[RunStatus, ...]) -> list[Run]:
+        return await self._on(runs.runs_in, self._node_id(), statuses)
+
+    async def run(self, run_id: uuid.UUID) -> Run | None:
+        return await self._on(runs.fetch_run, run_id)
+
+    async def status_of(self, run_id: uuid.UUID) -> RunStatus | None:
+        return await self._on(runs.status_of, run_id)
+
+    async def set_status(self, run_id: uuid.UUID, status: RunStatus, reason: str | None) -> None:
+        await self._on(runs.set_status, run_id, status, reason)
+
+    async def take_group(self, run_id: uuid.UUID, group: str, now: datetime) -> bool:
+        return await self._on(runs.take_group, run_id, group, now)
+
+    async def last_served(self, companies: list[str]) -> dict[str, datetime]:
+        return await self._on(runs.last_served, self._node_id(), companies)
+
+    async def assignments(self) -> dict[tuple[str, str], str]:
+        return await self._on(runs.assignments, self._node_id())
+
+    async def checked_numbers(self, run_id: uuid.UUID, upto: int) -> set[str]:
+        return await self._on(progress.checked_numbers, run_id, upto)
+
+    async def recipients_after(self, run_id: uuid.UUID, after: int, limit: int) -> Sequence[Fields]:
+        return await self._on(progress.recipients_after, run_id, after, limit)
+
+    async def opted_out(self, company_id: str, numbers: list[str]) -> set[str]:
+        return await self._on(progress.opted_out, company_id, numbers)
+
+    async def record_checked(self, run_id: uuid.UUID, page: CheckedPage) -> None:
+        await self._on(progress.record_checked, run_id, page)
+
+    async def finish_checking(self, run_id: uuid.UUID) -> dict[str, int]:
+        return await self._on(progress.finish_checking, run_id)
+
+    async def pulled_page(self, run_id: uuid.UUID, limit: int) -> Sequence[Fields]:
+        return await self._on(progress.pulled_page, run_id, limit)
+
+    async def checkpoint(self, run_id: uuid.UUID) -> int:
+        return await self._on(progress.checkpoint, run_id)
+
+    async def pending_page(
+        self, run_id: uuid.UUID, after: int, limit: int, checked_upto: int | None
+    ) -> Sequence[Fields]:
+        return await self._on(progress.pending_page, run_id, after, limit, checked_upto)
+
+    async def record_verify_until(self, run_id: uuid.UUID, seq: int) -> None:
+        await self._on(progress.record_verify_until, run_id, seq)
+
+    async def record_batch(
+        self, run_id: uuid.UUID, size: int, last_seq: int, pulled_seqs: Sequence[int] | None
+    ) -> None:
+        await self._on(progress.record_batch, run_id, size, last_seq, pulled_seqs)
+
+    async def record_pull_back(
+        self, run_id: uuid.UUID, numbers: list[str], status: RunStatus, reason: str | None
+    ) -> tuple[int, int]:
+        return await self._on(progress.record_pull_back, run_id, numbers, status, reason)
+
+    async def runs_awaiting_results(self) -> list[Run]:
+        return await self._on(results.runs_awaiting_results, self._node_id())
+
+    async def apply_results(self, run_id: uuid.UUID, found: Sequence[Result]) -> int:
+        return await self._on(results.apply_results, run_id, found)
+
+    async def record_in_flight(self, run_id: uuid.UUID, in_flight: int) -> Run:
+        return await self._on(results.record_in_flight, run_id, in_flight)
+
+    async def mark_breaker_checked(self, run_id: uuid.UUID) -> None:
+        await self._on(results.mark_breaker_checked, run_id)
+
+    async def commonest_codes(
+        self, run_id: uuid.UUID, codes: Sequence[int]
+    ) -> list[tuple[int, int]]:
+        return await self._on(results.commonest_codes, run_id, codes)
+
+    async def record_metrics(self, ref: str, metrics: RunMetrics) -> None:
+        await self._on(training.record_metrics, ref, metrics)
+
+    async def show(self, run_id: uuid.UUID) -> dict[str, Any] | None:
+        return await self._on(show, run_id)
+
+
+class MySQLAgentTables:
+    """`ports.AgentTables` on a MySQL pool of the component's own (`open`, `close`).
+
+    Batches go in as LOAD DATA LOCAL where the server permits it (several times
+    faster), else as multi-row INSERTs; either way one statement per table and batch."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.pool: aiomysql.Pool | None = None
+        self.load_data = True
+
+    async def open(self) -> None:
+        self.pool = await agent_tables.create_pool(
+            self.runtime.config.mysql, maxsize=MYSQL_POOL_SIZE, local_infile=True
+        )
+
+    async def close(self) -> None:
+        pool, self.pool = self.pool, None
+        await agent_tables.close_pool(pool)
+
+    async def _on(
+        self,
+        io: Callable[Concatenate[aiomysql.Connection, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        if self.pool is None:
+            raise DependencyDown("mysql pool not ready")
+        async with self.pool.acquire() as conn:
+            return await io(conn, *args, **kwargs)
+
+    async def waiting_counts(self, tables: Sequence[str]) -> dict[str, int]:
+        return await self._on(handoff.waiting_counts, tables)
+
+    async def run_waiting(self, tables: Sequence[str], run_ref: str) -> int:
+        return await self._on(handoff.run_waiting, tables, run_ref)
+
+    async def present(
+        self, tables: Sequence[str], run_ref: str, numbers: Sequence[str]
+    ) -> set[str]:
+        return set(await self._on(handoff.present, tables, run_ref, numbers))
+
+    async def existing(self, tables: Sequence[str]) -> list[str]:
+        return await self._on(handoff.existing_tables, tables)
+
+    def stage(self, rows: list[RowValues]) -> StagedRows:
+        return handoff.stage(rows, as_file=self.load_data)
+
+    async def write(self, table: str, staged: StagedRows) -> None:
+        await self._on(self._write, table, staged)
+
+    async def _write(self, conn: aiomysql.Connection, table: str, staged: StagedRows) -> None:
+        if self.load_data and staged.path is not None:
+            try:
+                await handoff.load_file(conn, table, staged.path)
+                return
+            except handoff.LoadDataRefused as exc:
+                self.load_data = False
+                log.warning("LOAD DATA LOCAL refused; using multi-row INSERT", error=str(exc))
+        await handoff.insert_rows(conn, table, staged.rows)
+
+    async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[str]:
+        return await self._on(handoff.pull_back, tables, run_ref)
+
+    async def move_waiting(self, source: str, targets: Sequence[str]) -> int:
+        return await self._on(handoff.move_waiting, source, targets)
+
+    async def read_results(
+        self,
+        live: Sequence[str],
+        logs: Sequence[str],
+        run_ref: str,
+        since: Mapping[str, datetime | None],
+    ) -> tuple[list[Result], int]:
+        return await self._on(handoff.read_results, live, logs, run_ref, since)

@@ -1,0 +1,216 @@
+"""The dispatcher as a supervised component: its main loop and its background loops.
+
+Each pass of the main loop reads the node's runs and, per run: holds an advertising run
+outside 08:00-21:00 KST, keeps a sending run's handoff task alive, releases a drained
+run's group, resumes a held run in the morning; then grants free groups to waiting runs
+and forgets the runs no longer active. It wakes on ``NOTIFY hanjullo_runs``, at the
+advertising window's edges, and every `dispatch.poll_interval_s`. Background loops renew
+leases, sync results and fail agents over. The decisions live in the sibling modules;
+this module only composes them, and builds the real backends (`backends.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from daemon.agents import AgentMonitor
+from daemon.dispatcher import controls, failover, grants, handoff, results, view
+from daemon.dispatcher.backends import MySQLAgentTables, PostgresRunBook
+from daemon.dispatcher.context import ERRORS, Context
+from daemon.runtime import Runtime
+from daemon.stores import PostgresKeeper, RedisKeeper
+from daemon.supervisor import DependencyDown, Health
+from dispatch.guards import in_ad_window, next_ad_window_edge
+from dispatch.leases import GroupLeases
+from dispatch.store.intake import NOTIFY_CHANNEL
+from dispatch.store.runs import ACTIVE, HOLDS_GROUP, Run, RunStatus
+
+log = structlog.get_logger("dispatcher")
+
+# Every run the main loop looks at. Cancelled runs too: their rows in flight still
+# bring results.
+WATCHED = (*ACTIVE, RunStatus.CANCELLED)
+# A status request waits this long for the runs before showing the last view.
+REFRESH_TIMEOUT_S = 2.0
+
+
+class Dispatcher:
+    name = "dispatcher"
+
+    def __init__(
+        self, runtime: Runtime, postgres: PostgresKeeper, redis: RedisKeeper, agents: AgentMonitor
+    ) -> None:
+        self.runtime = runtime
+        self.postgres = postgres
+        self.redis = redis
+        self.tables = MySQLAgentTables(runtime)
+        self.ctx = Context(
+            runtime,
+            book=PostgresRunBook(postgres.require, lambda: runtime.config.node.id),
+            tables=self.tables,
+            leases=self._leases(redis),
+            agents=agents,
+        )
+        self.view = view.StatusView()
+
+    def _leases(self, redis: RedisKeeper) -> GroupLeases:
+        config = self.runtime.config
+        return GroupLeases(redis.client, config.node.id, config.dispatch.lease_ttl_s)
+
+    # ---- what the node and the status API use --------------------------------------------
+    @property
+    def holders(self) -> dict[str, dict[str, Any]]:
+        return self.view.holders
+
+    @property
+    def status_runs(self) -> list[dict[str, Any]]:
+        return self.view.runs
+
+    @property
+    def handoff_failures(self) -> int:
+        return self.ctx.handoff_failures
+
+    async def control(
+        self, run_id: uuid.UUID, action: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        return await controls.control(self.ctx, run_id, action, reason)
+
+    def drain(self, number: int, on: bool) -> dict[str, Any]:
+        return controls.drain(self.ctx, number, on)
+
+    async def show(self, run_id: uuid.UUID) -> dict[str, Any] | None:
+        return await self.ctx.book.show(run_id)
+
+    async def sync_once(self) -> int:
+        return await results.sync_once(self.ctx)
+
+    async def refresh(self) -> None:
+        """Re-read the runs for the status view (one query); keep the last view on failure."""
+        with contextlib.suppress(*ERRORS, DependencyDown):
+            runs = await asyncio.wait_for(self.ctx.book.runs_in(WATCHED), REFRESH_TIMEOUT_S)
+            self.view.update(runs, view.holding(runs), self.ctx.registry)
+
+    # ---- the component ---------------------------------------------------------------------
+    async def run(self, health: Health) -> None:
+        await self.postgres.wait_ready()
+        self.redis.require()
+        ctx = self.ctx
+        ctx.leases = self._leases(self.redis)  # the TTL as configured now
+        await self.tables.open()
+        background: list[asyncio.Task[None]] = []
+        try:
+            async with self.postgres.listening(NOTIFY_CHANNEL, self._notified):
+                await grants.restore(ctx)
+                background += [
+                    self._every("lease-renewal", self._renew_s, grants.renew_leases),
+                    asyncio.create_task(self._sync_loop(), name="result-sync"),
+                    self._every("agent-failover", self._check_s, self._failover),
+                ]
+                health.running()
+                while True:
+                    for task in background:
+                        if task.done() and task.exception() is not None:
+                            raise task.exception()  # type: ignore[misc]
+                    try:
+                        await self.tick()
+                        health.running()
+                    except ERRORS as exc:
+                        health.degraded(f"{type(exc).__name__}: {exc}")
+                    ctx.wake.clear()
+                    # Wake at 08:00 and 21:00 KST sharp, not up to a poll interval later.
+                    now = ctx.now()
+                    until_edge = (next_ad_window_edge(now) - now).total_seconds()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            ctx.wake.wait(), min(ctx.settings.poll_interval_s, until_edge + 0.001)
+                        )
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await handoff.stop_all(ctx)
+            await self.tables.close()
+
+    def _notified(self, *_: object) -> None:
+        self.ctx.wake.set()
+
+    def _renew_s(self) -> float:
+        return self.runtime.config.dispatch.lease_renew_s
+
+    def _check_s(self) -> float:
+        return self.runtime.config.supervision.check_interval_s
+
+    def _every(
+        self,
+        name: str,
+        interval: Callable[[], float],
+        work: Callable[[Context], Awaitable[object]],
+    ) -> asyncio.Task[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval())
+                await work(self.ctx)
+
+        return asyncio.create_task(loop(), name=name)
+
+    @staticmethod
+    async def _failover(ctx: Context) -> None:
+        # Retried at the next check; the agent monitor reports the outage itself.
+        with contextlib.suppress(*ERRORS, DependencyDown):
+            await failover.failover_once(ctx)
+
+    async def _sync_loop(self) -> None:
+        failing = ""
+        while True:
+            await asyncio.sleep(self.runtime.config.dispatch.result_sync_interval_s)
+            try:
+                await results.sync_once(self.ctx)
+            except (*ERRORS, DependencyDown) as exc:
+                # Retried every interval; said once per distinct error, not every cycle.
+                if str(exc) != failing:
+                    log.warning(
+                        "result sync failed; retrying", error=f"{type(exc).__name__}: {exc}"
+                    )
+                failing = str(exc)
+            else:
+                if failing:
+                    log.info("result sync recovered")
+                failing = ""
+
+    async def tick(self) -> None:
+        """One pass of the main loop."""
+        ctx = self.ctx
+        runs = await ctx.book.runs_in(WATCHED)
+        now = ctx.now()
+        held: dict[str, Run] = {}
+        for run in runs:
+            if run.status in HOLDS_GROUP and run.line_group:
+                held[run.line_group] = run
+                state = ctx.registry.state(run.id, run.company_id)
+                state.group = run.line_group
+                if run.is_ad and not in_ad_window(now):
+                    await controls.control(ctx, run.id, "hold")
+                    continue
+                if run.status == RunStatus.SENDING:
+                    handoff.supervise(ctx, state)
+                else:
+                    await grants.release_if_drained(ctx, run)
+            elif run.status == RunStatus.HELD and in_ad_window(now):
+                await ctx.book.set_status(run.id, RunStatus.QUEUED, None)
+        queued = [r for r in runs if r.status == RunStatus.QUEUED]
+        for state in await grants.grant(ctx, queued, held, now):
+            handoff.supervise(ctx, state)
+        ctx.registry.prune({r.id for r in runs if still_active(r)})
+        self.view.update(runs, held, ctx.registry)
+
+
+def still_active(run: Run) -> bool:
+    """Whether a run's in-memory state is still needed: any active run, and a cancelled
+    one while rows it handed to agents may still bring results."""
+    return run.status != RunStatus.CANCELLED or run.awaiting_results

@@ -1,0 +1,104 @@
+"""What every part of the dispatcher shares: its seams, the per-run registry, the
+operator's drains, the agents marked down, and the configuration looked up by name.
+
+Built once by the component (`component.py`) on the real backends, and by the unit tests
+on fakes. Holds no connection of its own and runs no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from config.model import DispatchSection, LineGroupConfig, NodeConfig
+from config.names import GroupType
+from daemon.agents import MYSQL_ERRORS, AgentStatus, agent_is_down
+from daemon.dispatcher.ports import AgentTables, AgentWatch, Leases, RunBook
+from daemon.dispatcher.state import RunRegistry
+from daemon.runtime import Runtime
+from daemon.stores import PG_ERRORS, REDIS_ERRORS
+from dispatch import agent_tables
+from dispatch.store.runs import Run
+
+# What a database or Redis outage raises: retried, never a crash.
+ERRORS = (*MYSQL_ERRORS, *PG_ERRORS, *REDIS_ERRORS)
+
+
+def healthy_agents(
+    agents: Collection[int],
+    statuses: Mapping[int, AgentStatus],
+    drained: Collection[int],
+    down: Collection[int],
+) -> list[int]:
+    """The agents of a group that may get new rows: not drained by the operator, not
+    marked down by failover, and not down by the agent monitor's rule."""
+    return [
+        number
+        for number in agents
+        if number not in drained and number not in down and not agent_is_down(statuses.get(number))
+    ]
+
+
+@dataclass(slots=True)
+class Context:
+    runtime: Runtime
+    book: RunBook
+    tables: AgentTables
+    leases: Leases
+    agents: AgentWatch
+    registry: RunRegistry = field(default_factory=RunRegistry)
+    drained: set[int] = field(default_factory=set)
+    # Agents failover took out of service, with the reason (drained, unreachable, stalled).
+    down: dict[int, str] = field(default_factory=dict)
+    # Set to run the main loop's next pass now rather than at its next poll.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    monotonic: Callable[[], float] = time.monotonic
+    # How the handoff waits between retries and for room (a test records instead).
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    # Handoff tasks that failed (logged each time; see handoff.supervise).
+    handoff_failures: int = 0
+
+    @property
+    def config(self) -> NodeConfig:
+        return self.runtime.config
+
+    @property
+    def settings(self) -> DispatchSection:
+        return self.runtime.config.dispatch
+
+    @property
+    def node_id(self) -> str:
+        return self.runtime.config.node.id
+
+    def now(self) -> datetime:
+        """The node clock (docs/clock.md)."""
+        return self.runtime.clock.now()
+
+    def group(self, name: str) -> LineGroupConfig:
+        for group in self.config.line_groups:
+            if group.name == name:
+                return group
+        raise KeyError(name)
+
+    def bulk_groups(self) -> list[LineGroupConfig]:
+        return [g for g in self.config.line_groups if g.type == GroupType.BULK]
+
+    def agent_table(self, number: int) -> str:
+        return self.config.agent(number).table
+
+    def tables_of(self, group: str) -> list[str]:
+        return [self.agent_table(n) for n in self.group(group).agents]
+
+    def healthy(self, group: str) -> list[int]:
+        return healthy_agents(
+            self.group(group).agents, self.agents.statuses, self.drained, self.down
+        )
+
+    def log_window(self, run: Run, tables: list[str]) -> list[str]:
+        """The log tables that can hold the run's rows: from the month its first row was
+        handed off (``started_at``, node clock) to the node clock's now."""
+        now = self.now()
+        return agent_tables.log_tables_between(tables, run.started_at or now, now)

@@ -1,0 +1,47 @@
+"""The guard pass of one run, streamed ahead of its handoff in ``seq`` order.
+
+Every recipient that must not be sent is marked with its reason (only such exceptions,
+and numbers that needed normalising, are written); the rules are
+`dispatch.guards.check_page`. Duplicates are found with a set of the numbers seen so far,
+so the first occurrence wins; after a restart the set is rebuilt from the recipients
+already checked. Progress is ``prepared_upto``; the handoff never passes it. Touches the
+databases only through the context's store.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from config.names import MessageType, normalise_phone
+from daemon.dispatcher.context import Context
+from daemon.dispatcher.state import RunState
+from dispatch.guards import check_page
+from dispatch.store.runs import Run
+
+log = structlog.get_logger("dispatcher")
+
+# Recipients checked per page.
+PREPARE_PAGE = 5000
+
+
+async def guard_pass(ctx: Context, run: Run, state: RunState) -> None:
+    message_type = MessageType(run.message_type)
+    last = run.prepared_upto
+    seen = await ctx.book.checked_numbers(run.id, last) if last else set()
+    while True:
+        page = await ctx.book.recipients_after(run.id, last, PREPARE_PAGE)
+        if not page:
+            break
+        opted: set[str] = set()
+        if run.is_ad:
+            numbers = [normalise_phone(r["phone"]) for r in page]
+            opted = await ctx.book.opted_out(run.company_id, numbers)
+        checked = check_page(page, message_type, opted, seen)
+        await ctx.book.record_checked(run.id, checked)
+        last = checked.last_seq
+        state.prepared_upto = last
+        state.prepared_event.set()
+    skipped = await ctx.book.finish_checking(run.id)
+    state.prepared = True
+    state.prepared_event.set()
+    log.info("run checked", run=str(run.id), skipped=skipped)

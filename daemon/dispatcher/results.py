@@ -1,0 +1,104 @@
+"""Result sync: agents' results into PostgreSQL, the circuit breaker, training metrics,
+and a run's completion.
+
+Every `dispatch.result_sync_interval_s` each run that may still get results is read:
+live rows with a result (rsv1 4) and log rows past a per-table watermark, one
+connection per table so a burst is read in parallel, applied in chunks. The breaker
+judges a run once, on its first `breaker_min_results` results: more than
+`breaker_share` systemic failures pause it with that reason (its waiting rows are
+pulled back). A run completes when every inserted row has a result, or at the result
+horizon. The rules are `dispatch/outcomes.py`'s; the databases are reached only through
+the context's seams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import structlog
+
+from daemon.dispatcher.context import Context
+from daemon.dispatcher.controls import control
+from dispatch.outcomes import (
+    SYSTEMIC_CODES,
+    advance_watermarks,
+    breaker_reason,
+    breaker_share,
+    completion,
+)
+from dispatch.runs import source_ref
+from dispatch.store.runs import Run, RunStatus
+from dispatch.store.training import RunMetrics
+
+log = structlog.get_logger("dispatcher")
+
+# Results per UPDATE; a burst is applied in parallel chunks on separate connections.
+SYNC_CHUNK = 25_000
+
+
+async def sync_once(ctx: Context) -> int:
+    """One incremental result sync over every run that may still get results; returns
+    the recipients whose result was recorded."""
+    updated = 0
+    for run in await ctx.book.runs_awaiting_results():
+        updated += await sync_run(ctx, run)
+    return updated
+
+
+async def sync_run(ctx: Context, run: Run) -> int:
+    assert run.line_group is not None
+    state = ctx.registry.state(run.id, run.company_id)
+    group_tables = ctx.tables_of(run.line_group)
+    logs = await ctx.tables.existing(ctx.log_window(run, group_tables))
+    ref = str(run.id)
+    parts = await asyncio.gather(
+        *(ctx.tables.read_results([t], [], ref, state.watermarks) for t in group_tables),
+        *(ctx.tables.read_results([], [lt], ref, state.watermarks) for lt in logs),
+    )
+    results = [r for found, _ in parts for r in found]
+    in_flight = sum(flight for _, flight in parts)
+    chunks = [results[i : i + SYNC_CHUNK] for i in range(0, len(results), SYNC_CHUNK)]
+    changed = sum(await asyncio.gather(*(ctx.book.apply_results(run.id, c) for c in chunks)))
+    advance_watermarks(state.watermarks, results, logs)
+    fresh = await ctx.book.record_in_flight(run.id, in_flight)
+    if changed:
+        await record_training(ctx, fresh)
+    await check_breaker(ctx, fresh)
+    if fresh.status == RunStatus.RESULTS:
+        horizon = timedelta(hours=ctx.settings.result_horizon_h)
+        complete, reason = completion(
+            fresh.results, fresh.inserted_count, fresh.started_at, ctx.now(), horizon
+        )
+        if complete:
+            await ctx.book.set_status(run.id, RunStatus.COMPLETED, reason)
+            log.info(
+                "run completed",
+                run=str(run.id),
+                success=fresh.success_count,
+                fail=fresh.fail_count,
+            )
+    return changed
+
+
+async def check_breaker(ctx: Context, run: Run) -> bool:
+    """Judge a run on its first results; True when it was paused."""
+    settings = ctx.settings
+    share = breaker_share(run.results, run.systemic_count, settings.breaker_min_results)
+    if run.breaker_checked or share is None:
+        return False
+    await ctx.book.mark_breaker_checked(run.id)
+    if share <= settings.breaker_share or run.status not in (
+        RunStatus.SENDING,
+        RunStatus.DRAINING,
+    ):
+        return False
+    commonest = await ctx.book.commonest_codes(run.id, sorted(SYSTEMIC_CODES))
+    await control(ctx, run.id, "pause", breaker_reason(share, run.results, commonest))
+    return True
+
+
+async def record_training(ctx: Context, run: Run) -> None:
+    """The run's counters in ``ai_training_logs``."""
+    secret = ctx.settings.training_secret.get_secret_value()
+    await ctx.book.record_metrics(source_ref(secret, run.id), RunMetrics.of(run))

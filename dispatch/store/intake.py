@@ -1,0 +1,92 @@
+"""What the web service writes for a run (``hanjulloctl send`` writes the same), and its
+pruning once the run is long finished.
+
+A run is one ``campaign_runs`` row and one ``campaign_run_recipients`` row per recipient,
+written in one transaction and followed by ``NOTIFY hanjullo_runs`` (docs/dispatch.md).
+The rules a run must follow are `dispatch/runs.py`'s; this module only stores it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from dispatch.guards import RunRejected
+from dispatch.store.runs import Conn
+
+NOTIFY_CHANNEL = "hanjullo_runs"
+RECIPIENT_COLUMNS = ["run_id", "seq", "phone", "message_text", "subject", "attachments"]
+
+
+async def insert_run(
+    conn: Conn,
+    run_id: uuid.UUID,
+    *,
+    campaign_id: uuid.UUID | None,
+    node_id: str,
+    company_id: str,
+    user_id: str | None,
+    callback: str,
+    message_type: str,
+    subject: str | None,
+    is_ad: bool,
+    scheduled_at: datetime | None,
+    recipients: Iterable[tuple[Any, ...]],
+) -> int:
+    """Store a queued run and its recipients (`RECIPIENT_COLUMNS` tuples) and wake the
+    daemon, in one transaction; returns the recipient count. Nothing is stored when the
+    `recipients` iterator raises, or (RunRejected) when it yields nothing."""
+    async with conn.transaction():
+        await conn.execute(
+            """INSERT INTO campaign_runs (id, campaign_id, node_id, company_id, user_id,
+                   callback_number, message_type, message_subject, is_ad, scheduled_at,
+                   status, queued_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', now())""",
+            run_id,
+            campaign_id,
+            node_id,
+            company_id,
+            user_id,
+            callback,
+            message_type,
+            subject,
+            is_ad,
+            scheduled_at,
+        )
+        await conn.copy_records_to_table(
+            "campaign_run_recipients", records=recipients, columns=RECIPIENT_COLUMNS
+        )
+        first = await conn.fetchrow(
+            """UPDATE campaign_runs SET target_count =
+                   (SELECT count(*) FROM campaign_run_recipients WHERE run_id = $1),
+                   message_content = (SELECT message_text FROM campaign_run_recipients
+                                      WHERE run_id = $1 AND seq = 1)
+               WHERE id = $1 RETURNING target_count""",
+            run_id,
+        )
+        if first is None or first["target_count"] == 0:
+            raise RunRejected("a run needs at least one recipient; fix: check the input file")
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, node_id)
+    return int(first["target_count"])
+
+
+async def run_row(conn: Conn, run_id: uuid.UUID) -> asyncpg.Record | None:
+    """Every column of one run, for the operator's view."""
+    return await conn.fetchrow("SELECT * FROM campaign_runs WHERE id = $1", run_id)
+
+
+async def prune_finished(conn: Conn, node_id: str, days: int) -> str:
+    """Delete the recipients of runs finished more than `days` ago (the runs stay)."""
+    result: str = await conn.execute(
+        """DELETE FROM campaign_run_recipients r USING campaign_runs c
+           WHERE r.run_id = c.id AND c.node_id = $1
+           AND c.status IN ('completed', 'cancelled', 'rejected')
+           AND c.completed_at < now() - make_interval(days => $2)""",
+        node_id,
+        days,
+    )
+    return result

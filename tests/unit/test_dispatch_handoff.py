@@ -1,0 +1,209 @@
+"""The handoff, in process: batch planning after a crash window, pulled-back pages, a batch
+that fails half-written, and the supervision of a handoff task that dies."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from daemon.dispatcher import controls, handoff
+from daemon.dispatcher.component import Dispatcher
+from daemon.stores import PostgresKeeper, RedisKeeper
+from dispatch.planner import needs_lookup, room_left
+from dispatch.store.runs import RunStatus
+from tests.unit.dispatch_fakes import DAY, Fakes, dispatcher, make_run, phone
+
+
+def sending(f: Fakes, count: int, **fields: object) -> tuple[uuid.UUID, str]:
+    """A run holding bulk-1 with `count` recipients: its id and what its rows carry."""
+    run = make_run("acme", status=RunStatus.SENDING, line_group="bulk-1", started_at=DAY, **fields)
+    run_id = f.book.add(run, count).id
+    return run_id, str(run_id)
+
+
+def placed(f: Fakes, run_ref: str) -> Counter[str]:
+    """How often each number of the run is in an agent table (1 everywhere: exactly once)."""
+    return Counter(number for _, number in f.tables.rows(run_ref))
+
+
+def test_which_pages_are_looked_up_before_inserting() -> None:
+    assert needs_lookup(first_seq=301, pulled=False, verify_until=600, after=300)
+    assert not needs_lookup(first_seq=601, pulled=False, verify_until=600, after=600)
+    assert needs_lookup(first_seq=5, pulled=True, verify_until=0, after=0)
+    # Checkpointed by a daemon that had no verify_until yet: the first page is looked up.
+    assert needs_lookup(first_seq=301, pulled=False, verify_until=0, after=300)
+    assert not needs_lookup(first_seq=1, pulled=False, verify_until=0, after=0)
+
+
+def test_room_is_what_the_bound_leaves_and_nothing_for_an_uncounted_agent() -> None:
+    tables = {1: "SMSQ_SEND_1", 2: "SMSQ_SEND_2"}
+    assert room_left(100, tables, {"SMSQ_SEND_1": 30}) == {1: 70, 2: 0}
+    assert room_left(100, tables, {"SMSQ_SEND_1": 130, "SMSQ_SEND_2": 0}) == {1: 0, 2: 100}
+
+
+async def test_after_a_crash_window_only_the_missing_rows_are_inserted(tmp_path: Path) -> None:
+    f = dispatcher(tmp_path, batch_size=100)
+    # The last daemon checkpointed 300, recorded verify_until 450 and died while writing
+    # 301-450: agent 1's share reached its table, agent 2's and 3's did not.
+    run_id, run_ref = sending(f, 1000, next_seq=300, verify_until=450, inserted_count=300)
+    f.tables.insert("SMSQ_SEND_1", [phone(i) for i in range(1, 301)], run_ref)
+    f.tables.insert("SMSQ_SEND_1", [phone(i) for i in range(301, 351)], run_ref)
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.handoff_pass(f.ctx, state)
+    run = f.book.runs[run_id]
+    assert run.status == RunStatus.DRAINING
+    counts = placed(f, run_ref)
+    assert len(counts) == 1000 and set(counts.values()) == {1}
+    assert run.inserted_count == 1000 and run.next_seq == 1000
+    # Only the window was looked up: pages 301-400 and 401-450+, not the other 550.
+    assert f.tables.lookups == 2
+
+
+async def test_a_batch_that_fails_half_written_is_completed_exactly_once(tmp_path: Path) -> None:
+    f = dispatcher(tmp_path, batch_size=90)
+    run_id, run_ref = sending(f, 450)
+    state = f.ctx.registry.state(run_id, "acme")
+    f.tables.fail_write["SMSQ_SEND_2"] = OSError("connection reset by peer")
+    with pytest.raises(OSError, match="reset"):
+        await handoff.handoff_pass(f.ctx, state)
+    half = f.book.runs[run_id]
+    assert half.next_seq == 0 and half.verify_until == 90  # the window is on record
+    assert 0 < len(f.tables.rows(run_ref)) < 90
+    await handoff.handoff_pass(f.ctx, state)  # the retry (or the next daemon)
+    counts = placed(f, run_ref)
+    assert len(counts) == 450 and set(counts.values()) == {1}
+    assert f.book.runs[run_id].inserted_count == 450
+
+
+async def test_pulled_back_recipients_go_first_and_are_looked_up(tmp_path: Path) -> None:
+    f = dispatcher(tmp_path, batch_size=100)
+    run_id, run_ref = sending(f, 300)
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.handoff_pass(f.ctx, state)
+    assert f.book.runs[run_id].status == RunStatus.DRAINING
+    f.tables.agent_reports("SMSQ_SEND_1", 6, DAY)  # agent 1 had taken its share
+    stopped = await controls.control(f.ctx, run_id, "pause", "by operator")
+    assert stopped["status"] == "paused" and stopped["stopped"] == 200
+    assert stopped["already_gone"] == 100
+    await controls.control(f.ctx, run_id, "resume")
+    await f.book.take_group(run_id, "bulk-1", DAY)
+    lookups = f.tables.lookups
+    await handoff.handoff_pass(f.ctx, state)
+    counts = placed(f, run_ref)
+    assert len(counts) == 300 and set(counts.values()) == {1}
+    assert f.book.runs[run_id].inserted_count == 300
+    assert f.tables.lookups - lookups == 2  # both pages of pulled-back recipients
+
+
+async def test_the_guard_pass_runs_ahead_and_its_skips_are_never_sent(tmp_path: Path) -> None:
+    f = dispatcher(tmp_path, batch_size=50)
+    run_id, run_ref = sending(f, 120, prepared=False)
+    recipients = f.book.recipients[run_id]
+    recipients[9].phone = recipients[3].phone  # seq 10 repeats seq 4
+    recipients[19].phone = "0212345678"  # a landline
+    recipients[29].phone = "010-9000-0030"  # written with hyphens
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.handoff_pass(f.ctx, state)
+    assert state.guard_pass is not None
+    await state.guard_pass
+    counts = placed(f, run_ref)
+    assert len(counts) == 118 and set(counts.values()) == {1}
+    assert "01090000030" in counts and "010-9000-0030" not in counts
+    assert f.book.skipped[run_id] == {"duplicate": 1, "invalid_number": 1}
+
+
+async def test_a_dead_handoff_is_logged_counted_and_restarted_after_its_backoff(
+    tmp_path: Path,
+) -> None:
+    f = dispatcher(tmp_path)
+    run_id, _ = sending(f, 10)
+    state = f.ctx.registry.state(run_id, "acme")
+    f.book.fail["run"] = KeyError("bulk-9")  # e.g. a group removed from the configuration
+    with structlog.testing.capture_logs() as logs:
+        handoff.supervise(f.ctx, state)
+        assert state.handoff is not None
+        await asyncio.gather(state.handoff, return_exceptions=True)
+    assert state.handoff_failures == 1 and f.ctx.handoff_failures == 1
+    assert state.handoff_error == "KeyError: 'bulk-9'"
+    [entry] = [e for e in logs if e["event"] == "handoff failed; restarting it"]
+    assert entry["log_level"] == "error" and entry["run"] == str(run_id)
+    assert isinstance(entry["exc_info"], KeyError)
+    handoff.supervise(f.ctx, state)  # the next pass of the main loop: still backing off
+    assert state.handoff is None
+    f.monotonic.value += handoff.RESTART_FIRST_S
+    handoff.supervise(f.ctx, state)
+    assert state.handoff is not None
+    await state.handoff
+    assert f.book.runs[run_id].status == RunStatus.DRAINING
+    assert state.handoff_failures == 1 and state.handoff_streak == 0
+
+
+async def test_a_main_loop_pass_forgets_runs_that_are_no_longer_active(tmp_path: Path) -> None:
+    f = dispatcher(tmp_path)
+    component = Dispatcher(
+        f.ctx.runtime,
+        PostgresKeeper(f.ctx.runtime),
+        RedisKeeper(f.ctx.runtime),
+        f.agents,  # type: ignore[arg-type]
+    )
+    component.ctx = f.ctx
+    done = f.book.add(make_run("A", status=RunStatus.COMPLETED))
+    cancelled = f.book.add(make_run("B", status=RunStatus.CANCELLED, line_group="bulk-2"))
+    still = f.book.add(
+        make_run("C", status=RunStatus.CANCELLED, line_group="bulk-3", inserted_count=5)
+    )
+    for run in (done, cancelled, still):
+        f.ctx.registry.state(run.id, run.company_id)
+        f.ctx.registry.lock(run.id)
+    queued = f.book.add(make_run("D"), 5)
+    await component.tick()
+    assert set(f.ctx.registry.runs) == {still.id, queued.id}
+    assert set(f.ctx.registry.locks) <= {still.id, queued.id}
+    handoff_task = f.ctx.registry.runs[queued.id].handoff
+    assert handoff_task is not None
+    await handoff_task
+    assert f.book.runs[queued.id].status == RunStatus.DRAINING
+    assert [r["run_id"] for r in component.status_runs] == [str(queued.id)]
+    await component.redis.close()
+
+
+async def test_an_outage_is_retried_with_backoff_that_restarts_after_progress(
+    tmp_path: Path,
+) -> None:
+    f = dispatcher(tmp_path, batch_size=100)
+    run_id, run_ref = sending(f, 300)
+    pending_page = f.book.pending_page
+    reads = 0
+
+    async def flaky_pending_page(*args: Any) -> list[dict[str, Any]]:
+        nonlocal reads
+        reads += 1
+        if reads == 2:  # PostgreSQL goes away once more, after the first batch went in
+            raise OSError("postgres restarting")
+        return await pending_page(*args)
+
+    delays: list[float] = []
+
+    async def recorded(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) < 3:
+            f.tables.fail_write["SMSQ_SEND_1"] = OSError("mysql restarting")
+        elif len(delays) == 3:
+            f.book.pending_page = flaky_pending_page  # type: ignore[method-assign]
+
+    f.ctx.sleep = recorded
+    f.tables.fail_write["SMSQ_SEND_1"] = OSError("mysql restarting")
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.run_handoff(f.ctx, state)
+    first = handoff.RETRY_FIRST_S
+    # Doubling while nothing goes in; back to the first step once a batch was written.
+    assert delays == [first, 2 * first, 4 * first, first]
+    counts = placed(f, run_ref)
+    assert len(counts) == 300 and set(counts.values()) == {1}
+    assert f.book.runs[run_id].status == RunStatus.DRAINING
