@@ -209,6 +209,8 @@ check "the unit waits for /etc/hanjullo/node.toml" \
 same "the unit is not enabled by the installation" \
 	"$(systemctl --root="$root" is-enabled $UNIT 2>&1)" "disabled"
 
+same "hanjulloctl config example prints the installed example" \
+	"$(in_root "$root" hanjulloctl config example 2>&1)" "$(cat "$root/etc/hanjullo/node.toml.example")"
 in_root "$root" cp /etc/hanjullo/node.toml.example /etc/hanjullo/node.toml
 check "hanjulloctl config check accepts the example as node.toml" \
 	in_root "$root" hanjulloctl config check
