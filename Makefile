@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup services
+.PHONY: demo test lint setup services deb deb-check
 
 $(STAMP): pyproject.toml
 	@command -v gammu >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gammu >/dev/null; }
@@ -29,3 +29,15 @@ lint: setup
 
 test: setup services lint
 	$(VENV)/bin/pytest -p no:cacheprovider
+
+# The Debian package of this tree (systemd/debian/build-deb.sh says how it is assembled).
+DEB_VERSION ?= $(shell bash systemd/debian/version.sh HEAD)
+DEB_OUT ?= build/deb
+
+deb:
+	@bash systemd/debian/build-deb.sh . $(DEB_OUT) $(DEB_VERSION)
+
+# Builds this tree's package and the previous commit's, installs them into fresh Debian roots
+# and checks install, upgrade, remove and purge (a few minutes; not part of `make test`).
+deb-check: setup
+	@bash tests/packaging/deb-check.sh

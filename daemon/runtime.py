@@ -10,18 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from config.clock import NodeClock
 from config.model import NodeConfig
-
-
-def package_version() -> str:
-    try:
-        return version("hanjullo-node")
-    except PackageNotFoundError:
-        return "0+unknown"
+from config.version import package_version
 
 
 @dataclass(slots=True)

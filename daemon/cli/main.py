@@ -14,6 +14,7 @@ import sys
 from config.loader import ConfigError
 from config.logs import setup_logging
 from config.model import DEFAULT_CONFIG_PATH
+from config.version import package_version
 from daemon.cli import node_setup, pdu, runs, spam, status
 from daemon.cli.common import CtlError
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hanjulloctl", parents=[common], description="Operate a Hanjullo node"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(sub, common)

@@ -36,11 +36,21 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# The production example: beside the source in a checkout, in /etc/hanjullo once packaged.
+PRODUCTION_EXAMPLES = (
+    Path(__file__).resolve().parents[2] / "systemd" / "node.toml.example",
+    DEFAULT_CONFIG_PATH.with_name("node.toml.example"),
+)
+
+
 def cmd_config_example(args: argparse.Namespace) -> int:
     if not args.sim:
-        example = Path(__file__).resolve().parents[2] / "systemd" / "node.toml.example"
-        if not example.exists():
-            raise CtlError("only --sim examples are available in this installation")
+        example = next((path for path in PRODUCTION_EXAMPLES if path.exists()), None)
+        if example is None:
+            raise CtlError(
+                f"no production example here ({', '.join(map(str, PRODUCTION_EXAMPLES))}); "
+                "--sim examples are always available"
+            )
         print(example.read_text(), end="")
         return 0
     if args.dir is None:

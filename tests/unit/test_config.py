@@ -12,6 +12,7 @@ import pytest
 from config import ConfigError, validate
 from config.example import sim_example, sim_node_id
 from config.names import checked_table, is_agent_table, log_table, normalise_phone
+from daemon.cli import node_setup
 from daemon.cli.main import main as ctl
 from tests.config_edits import invalid
 
@@ -190,6 +191,21 @@ def test_config_check_on_missing_and_broken_files(
     bad.write_text("[node\nid = ")
     assert ctl(["config", "check", "--config", str(bad)]) == 1
     assert "not valid TOML" in capsys.readouterr().out
+
+
+def test_config_example_prints_the_installed_example_when_there_is_no_checkout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A packaged node has no systemd/ beside its code, only /etc/hanjullo/node.toml.example.
+    installed = tmp_path / "etc" / "node.toml.example"
+    installed.parent.mkdir()
+    installed.write_text('[node]\nid = "node-01"\n')
+    monkeypatch.setattr(node_setup, "PRODUCTION_EXAMPLES", (tmp_path / "nope", installed))
+    assert ctl(["config", "example"]) == 0
+    assert capsys.readouterr().out == installed.read_text()
+    installed.unlink()
+    assert ctl(["config", "example"]) == 1
+    assert "--sim examples are always available" in capsys.readouterr().err
 
 
 def test_config_example_needs_no_config_file(
