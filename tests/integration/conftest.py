@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from simulators.harness import SimulatedNode
+from config.example import instance_databases
+from simulators.harness import SimulatedNode, current_instance
 from tests import services
 from tests.config_edits import settings
 from tests.integration.modem_fixtures import kt_modem  # noqa: F401 - a shared fixture
@@ -18,6 +19,7 @@ def _services_up() -> None:
     for name, port in services.PORTS.items():
         if not services.port_open(port):
             services.start(name)
+    services.fresh_databases(*instance_databases(current_instance()))
 
 
 @pytest.fixture
