@@ -231,11 +231,21 @@ def test_exactly_once_through_ten_kill_9s(node: SimulatedNode) -> None:
     run_id = send(node, "K", numbers("70", 20_000))
     rng = random.Random(4)
     kills = 0
+    handed_off = 0
     while kills < 10:
-        time.sleep(rng.uniform(0.3, 1.5))
-        info = show(node, run_id)
-        if info["status"] != "sending" and kills:
+        # Kill only once this daemon has handed off something since it started, a random
+        # moment later: every kill lands in the middle of a handoff however slow or busy
+        # the machine is (a fixed pause could let a fast run finish before five kills).
+        deadline = time.monotonic() + 60
+        while (info := show(node, run_id))["status"] == "sending" and (
+            info["inserted"] <= handed_off
+        ):
+            assert time.monotonic() < deadline, f"no progress after kill {kills}: {info}"
+            time.sleep(0.05)
+        if info["status"] != "sending":
             break
+        handed_off = info["inserted"]
+        time.sleep(rng.uniform(0.0, 0.3))
         node.stop_daemon(signal.SIGKILL)
         kills += 1
         node.start_daemon()
