@@ -1,25 +1,42 @@
 #!/usr/bin/env bash
 # Run tests as if the wall clock read another time (Debian's libfaketime):
 #
-#   tests/faked-clock.sh '2026-12-31 23:58 +0900' tests/integration/test_dispatch.py ...
+#   tests/faked-clock.sh [--machine] '2026-12-31 23:58 +0900' tests/integration/test_dispatch.py ...
 #
 # One relative offset (target - now) is given to pytest and everything it starts (the
 # daemon, the simulator, the command-line tools), so they all agree on the faked "now".
-# An absolute "@" start would restart the clock in every new process. The database servers
-# keep the real clock (tests/services.py starts them without libfaketime), which makes this
-# stricter than a machine whose clock really reads that time: any place that mixes a
-# database timestamp with the process's clock shows up as a failure.
+# An absolute "@" start would restart the clock in every new process.
+#
+# By default the database servers keep the real clock (tests/services.py starts them
+# without libfaketime): stricter than a machine whose clock really reads that time, it
+# shows every place that mixes a database timestamp with the process's clock.
+# With --machine, PostgreSQL, MariaDB and Redis are restarted under the same offset first,
+# so every process agrees, as on a node whose clock really reads that time; on exit they
+# are restarted on the real clock.
 # Takes the integration-test lock (not inherited by what the tests start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { echo "usage: $0 'YYYY-MM-DD HH:MM[:SS] +ZZZZ' PYTEST-ARGS..." >&2; exit 2; }
+machine=${HANJULLO_FAKED_MACHINE:-0}
+if [ "${1:-}" = --machine ]; then machine=1; shift; fi
+[ $# -ge 2 ] || { echo "usage: $0 [--machine] 'YYYY-MM-DD HH:MM[:SS] +ZZZZ' PYTEST-ARGS..." >&2; exit 2; }
 command -v faketime >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
 }
+if [ -z "${HANJULLO_FAKED_CLOCK_LOCKED:-}" ]; then
+  HANJULLO_FAKED_CLOCK_LOCKED=1 HANJULLO_FAKED_MACHINE=$machine \
+    exec flock -o /tmp/hanjullo-integration.lock "$PWD/tests/faked-clock.sh" "$@"
+fi
 target=$(date -d "$1" +%s)
 shift
 offset=$((target - $(date +%s)))
 sign=$( ((offset >= 0)) && echo + || true)
-echo "faked-clock: tests run at $(date -d "@$target" '+%F %T %Z') = $(TZ=Asia/Seoul date -d "@$target" '+%F %T KST') (offset ${sign}${offset} s)" >&2
-exec flock -o /tmp/hanjullo-integration.lock \
+echo "faked-clock: tests run at $(date -d "@$target" '+%F %T %Z') = $(TZ=Asia/Seoul date -d "@$target" '+%F %T KST') (offset ${sign}${offset} s)$( ((machine)) && echo ', servers too' || true)" >&2
+if ((machine)); then
+  restore() { env -u LD_PRELOAD -u FAKETIME -u HANJULLO_FAKED_SERVERS .venv/bin/python -m tests.services restart; }
+  trap restore EXIT
+  export HANJULLO_FAKED_SERVERS=1
+  faketime -f "${sign}${offset}" .venv/bin/python -m tests.services restart
   faketime -f "${sign}${offset}" .venv/bin/python -m pytest -p no:cacheprovider "$@"
+else
+  exec faketime -f "${sign}${offset}" .venv/bin/python -m pytest -p no:cacheprovider "$@"
+fi

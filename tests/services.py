@@ -24,11 +24,15 @@ def _pg_version() -> str:
     return sorted(os.listdir("/etc/postgresql"))[-1]
 
 
-# The machine's servers always run on the real clock, also when the tests run under
-# libfaketime (tests/faked-clock.sh): they are not part of what is being tested.
-_REAL_CLOCK_ENV = {
-    k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")
-}
+# The machine's servers run on the real clock, also when the tests run under libfaketime
+# (tests/faked-clock.sh), unless HANJULLO_FAKED_SERVERS=1 says the whole machine's clock is
+# faked: then a server a test restarts keeps the faked clock like everything else.
+_FAKED_SERVERS = os.environ.get("HANJULLO_FAKED_SERVERS") == "1"
+_REAL_CLOCK_ENV = (
+    dict(os.environ)
+    if _FAKED_SERVERS
+    else {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
+)
 
 
 def _run(*args: str) -> None:
@@ -57,6 +61,28 @@ def stop(name: str) -> None:
             env=_REAL_CLOCK_ENV,
         )
     _wait(name, up=False)
+    if name == "mariadb":
+        _wait_exited("/usr/sbin/mariadbd")
+
+
+def _wait_exited(executable: str, timeout_s: float = 60.0) -> None:
+    """Wait until no process runs `executable`: MariaDB closes its port before it has
+    finished shutting down, and `start-stop-daemon --oknodo` would then start nothing."""
+    deadline = time.monotonic() + timeout_s
+    while _running(executable):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{executable} still running")
+        time.sleep(0.2)
+
+
+def _running(executable: str) -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/exe") == executable:
+                return True
+        except OSError:  # gone, a zombie (no exe), or not ours to read
+            continue
+    return False
 
 
 def start(name: str) -> None:
@@ -135,3 +161,19 @@ def fresh_databases(database: str, redis_db: int) -> None:
         f"DROP DATABASE IF EXISTS `{database}`; CREATE DATABASE `{database}`",
     )
     _run("redis-cli", "-p", "6379", "-n", str(redis_db), "FLUSHDB")
+
+
+def restart_all() -> None:
+    """Stop and start the three servers, with this process's environment's clock."""
+    for name, port in PORTS.items():
+        if port_open(port):
+            stop(name)
+        start(name)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["restart"]:
+        raise SystemExit("usage: python -m tests.services restart")
+    restart_all()
