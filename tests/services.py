@@ -26,17 +26,20 @@ def _pg_version() -> str:
 
 # The machine's servers run on the real clock, also when the tests run under libfaketime
 # (tests/faked-clock.sh), unless HANJULLO_FAKED_SERVERS=1 says the whole machine's clock is
-# faked: then a server a test restarts keeps the faked clock like everything else.
-_FAKED_SERVERS = os.environ.get("HANJULLO_FAKED_SERVERS") == "1"
-_REAL_CLOCK_ENV = (
-    dict(os.environ)
-    if _FAKED_SERVERS
-    else {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
+# faked: then a server a test starts keeps the faked clock like everything else. Clients
+# (stopping a server, psql, redis-cli) always run on the real clock: under a faked clock
+# redis-cli's `shutdown` hung past its timeout.
+_REAL_CLOCK_ENV = {
+    k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.startswith("FAKETIME")
+}
+_SERVER_ENV = (
+    dict(os.environ) if os.environ.get("HANJULLO_FAKED_SERVERS") == "1" else _REAL_CLOCK_ENV
 )
 
 
-def _run(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=60, env=_REAL_CLOCK_ENV)
+def _run(*args: str, server: bool = False) -> None:
+    env = _SERVER_ENV if server else _REAL_CLOCK_ENV
+    subprocess.run(args, check=True, capture_output=True, timeout=60, env=env)
 
 
 def stop(name: str) -> None:
@@ -87,7 +90,14 @@ def _running(executable: str) -> bool:
 
 def start(name: str) -> None:
     if name == "postgres":
-        _run("pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "start")
+        _run(
+            "pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            _pg_version(),
+            "main",
+            "start",
+            server=True,
+        )
     elif name == "mariadb":
         Path("/run/mysqld").mkdir(parents=True, exist_ok=True)
         _run("chown", "mysql:mysql", "/run/mysqld")
@@ -100,6 +110,7 @@ def start(name: str) -> None:
             "/usr/sbin/mariadbd",
             "--",
             "--user=mysql",
+            server=True,
         )
     elif name == "redis":
         Path("/var/lib/redis").mkdir(parents=True, exist_ok=True)
@@ -121,6 +132,7 @@ def start(name: str) -> None:
             "/var/lib/redis",
             "--logfile",
             "/var/log/redis/ci.log",
+            server=True,
         )
     _wait(name, up=True)
 
