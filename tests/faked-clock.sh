@@ -10,9 +10,10 @@
 # By default the database servers keep the real clock (tests/services.py starts them
 # without libfaketime): stricter than a machine whose clock really reads that time, it
 # shows every place that mixes a database timestamp with the process's clock.
-# With --machine, PostgreSQL, MariaDB and Redis are restarted under the same offset first,
-# so every process agrees, as on a node whose clock really reads that time; on exit they
-# are restarted on the real clock.
+# With --machine, PostgreSQL and MariaDB are restarted under the same offset first, so every
+# process agrees, as on a node whose clock really reads that time; on exit they are
+# restarted on the real clock. Redis keeps the real clock (libfaketime cannot start it; the
+# node only gives it relative expiry times).
 # Takes the integration-test lock (not inherited by what the tests start).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -26,7 +26,10 @@ def _pg_version() -> str:
 
 # The machine's servers run on the real clock, also when the tests run under libfaketime
 # (tests/faked-clock.sh), unless HANJULLO_FAKED_SERVERS=1 says the whole machine's clock is
-# faked: then a server a test starts keeps the faked clock like everything else. Clients
+# faked: then PostgreSQL or MariaDB started by a test keeps the faked clock like everything
+# else. Redis stays on the real clock: libfaketime cannot start it (its allocator calls
+# clock_gettime while libfaketime initialises), and the node uses only relative expiry
+# times there, never Redis's calendar. Clients
 # (stopping a server, psql, redis-cli) always run on the real clock: under a faked clock
 # redis-cli's `shutdown` hung past its timeout.
 _REAL_CLOCK_ENV = {
@@ -132,7 +135,6 @@ def start(name: str) -> None:
             "/var/lib/redis",
             "--logfile",
             "/var/log/redis/ci.log",
-            server=True,
         )
     _wait(name, up=True)
 
