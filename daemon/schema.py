@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import TypeVar
 
@@ -402,19 +402,29 @@ def latest_version() -> int:
 
 @dataclass(frozen=True, slots=True)
 class InitReport:
-    pg_applied: list[str]
-    pg_version: int
+    pg_applied: list[str]  # applied now, or (dry run) what would be
+    pg_version: int  # the version after this init (dry run: after the real one)
     mysql_created: list[str]
+    dry_run: bool = False
+    databases_created: list[str] = field(default_factory=list)  # "postgres:NAME", "mysql:NAME"
+
+
+class _DryRunRollback(Exception):
+    """Ends the dry run's transaction after every migration has been tried."""
+
+
+async def _pg_database_exists(config: NodeConfig) -> bool:
+    try:
+        conn = await connect_pg(config)
+    except asyncpg.InvalidCatalogNameError:
+        return False
+    await conn.close()
+    return True
 
 
 async def _pg_database_created(config: NodeConfig) -> bool:
     """Create the configured PostgreSQL database when the server lacks it."""
-    try:
-        conn = await connect_pg(config)
-    except asyncpg.InvalidCatalogNameError:
-        pass
-    else:
-        await conn.close()
+    if await _pg_database_exists(config):
         return False
     section = config.postgres
     admin = await asyncpg.connect(
@@ -435,27 +445,62 @@ async def _pg_database_created(config: NodeConfig) -> bool:
     return True
 
 
-async def init_storage(config: NodeConfig, today: date) -> InitReport:
+async def _init_pg(conn: asyncpg.Connection, config: NodeConfig) -> tuple[list[Migration], int]:
+    applied = await migrate_pg(conn)
+    await conn.execute(
+        """INSERT INTO spam_filter_devices (carrier, phone)
+           SELECT * FROM unnest($1::text[], $2::text[])
+           ON CONFLICT (phone) DO UPDATE SET carrier = EXCLUDED.carrier""",
+        [m.carrier.value for m in config.modems],
+        [m.phone for m in config.modems],
+    )
+    return applied, max(await applied_versions(conn))
+
+
+async def init_storage(config: NodeConfig, today: date, dry_run: bool = False) -> InitReport:
     """`hanjulloctl db init`: create or upgrade everything the node stores (the databases
-    themselves too, when the servers lack them)."""
-    await _pg_database_created(config)
-    await agent_tables.create_database(config.mysql)
-    conn = await connect_pg(config)
-    try:
-        applied = await migrate_pg(conn)
-        await conn.execute(
-            """INSERT INTO spam_filter_devices (carrier, phone)
-               SELECT * FROM unnest($1::text[], $2::text[])
-               ON CONFLICT (phone) DO UPDATE SET carrier = EXCLUDED.carrier""",
-            [m.carrier.value for m in config.modems],
-            [m.phone for m in config.modems],
-        )
-        version = max(await applied_versions(conn))
-    finally:
-        await conn.close()
-    mconn = await agent_tables.connect(config.mysql)
-    try:
-        created = await agent_tables.ensure_tables(mconn, [a.table for a in config.agents], today)
-    finally:
-        mconn.close()
-    return InitReport([f"{m.version}: {m.name}" for m in applied], version, created)
+    themselves too, when the servers lack them).
+
+    A dry run changes nothing and still tries everything it can: PostgreSQL's migrations
+    run for real inside one transaction that is then rolled back (DDL is transactional
+    there), so a migration that would fail on this database — one the web service already
+    uses, say — fails the dry run with the server's own error; on MySQL it lists the
+    databases and tables it would create.
+    """
+    databases: list[str] = []
+    if dry_run:
+        pg_exists = await _pg_database_exists(config)
+    else:
+        pg_exists = not await _pg_database_created(config)
+    if not pg_exists:
+        databases.append(f"postgres:{config.postgres.database}")
+    if await agent_tables.create_database(config.mysql, create=not dry_run):
+        databases.append(f"mysql:{config.mysql.database}")
+    tables = [a.table for a in config.agents]
+    if dry_run and not pg_exists:
+        applied, version = list(MIGRATIONS), latest_version()
+    else:
+        conn = await connect_pg(config)
+        try:
+            if not dry_run:
+                applied, version = await _init_pg(conn, config)
+            else:
+                try:
+                    async with conn.transaction():
+                        applied, version = await _init_pg(conn, config)
+                        raise _DryRunRollback
+                except _DryRunRollback:
+                    pass
+        finally:
+            await conn.close()
+    if dry_run and f"mysql:{config.mysql.database}" in databases:
+        created = [name for name, _ in agent_tables.wanted_tables(tables, today)]
+    else:
+        mconn = await agent_tables.connect(config.mysql)
+        try:
+            created = await agent_tables.ensure_tables(mconn, tables, today, create=not dry_run)
+        finally:
+            mconn.close()
+    return InitReport(
+        [f"{m.version}: {m.name}" for m in applied], version, created, dry_run, databases
+    )

@@ -185,8 +185,9 @@ async def connect(section: MySQLSection, **extra: Any) -> aiomysql.Connection:
     return await aiomysql.connect(**_session(section), **extra)
 
 
-async def create_database(section: MySQLSection) -> bool:
-    """Create the configured MySQL database when the server lacks it; True if created."""
+async def create_database(section: MySQLSection, create: bool = True) -> bool:
+    """Create the configured MySQL database when the server lacks it; True if it was
+    missing (and, unless ``create=False``, is created now)."""
     args = _session(section)
     del args["db"], args["init_command"]
     conn = await aiomysql.connect(**args)
@@ -198,6 +199,8 @@ async def create_database(section: MySQLSection) -> bool:
             )
             if await cur.fetchone() is not None:
                 return False
+            if not create:
+                return True
             quoted = section.database.replace("`", "``")
             await cur.execute(
                 f"CREATE DATABASE IF NOT EXISTS `{quoted}` CHARACTER SET utf8mb4"
@@ -234,23 +237,33 @@ async def transaction(conn: aiomysql.Connection) -> AsyncIterator[aiomysql.Curso
     await conn.commit()
 
 
-async def ensure_tables(conn: aiomysql.Connection, tables: list[str], today: date) -> list[str]:
+async def ensure_tables(
+    conn: aiomysql.Connection, tables: list[str], today: date, create: bool = True
+) -> list[str]:
     """Create every live table and its log tables for this month and the next two.
 
-    Returns the names that did not exist before.
+    Returns the names that did not exist before; with ``create=False`` (a dry run) only
+    lists them.
     """
     created: list[str] = []
     async with conn.cursor() as cur:
         await cur.execute("SHOW TABLES LIKE 'SMSQ\\_SEND%'")
         existing = {row[0] for row in await cur.fetchall()}
-        for table in tables:
-            wanted = [(checked_table(table), live_table_ddl(table))]
-            wanted += [(log_table(table, m), log_table_ddl(table, m)) for m in months_ahead(today)]
-            for name, ddl in wanted:
-                if name not in existing:
+        for name, ddl in wanted_tables(tables, today):
+            if name not in existing:
+                if create:
                     await cur.execute(ddl)
-                    created.append(name)
+                created.append(name)
     return created
+
+
+def wanted_tables(tables: list[str], today: date) -> list[tuple[str, str]]:
+    """(name, DDL) of every live table and its log tables for this month and the next two."""
+    wanted: list[tuple[str, str]] = []
+    for table in tables:
+        wanted.append((checked_table(table), live_table_ddl(table)))
+        wanted += [(log_table(table, m), log_table_ddl(table, m)) for m in months_ahead(today)]
+    return wanted
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ def instance_database() -> str:
     return instance_databases(current_instance())[0]
 
 
-def mysql(**extra: Any) -> Any:
+def mysql(database: str | None = None, **extra: Any) -> Any:
     """A blocking MySQL connection to the local test database, in KST, autocommit
     (for tests, benches and the demo; the daemon and simulator use aiomysql)."""
     import pymysql
@@ -55,7 +55,7 @@ def mysql(**extra: Any) -> Any:
         host="127.0.0.1",
         user="root",
         password="",
-        database=instance_database(),
+        database=database or instance_database(),
         autocommit=True,
         init_command="SET time_zone = '+09:00'",
         **extra,

@@ -69,10 +69,14 @@ def cmd_db_init(args: argparse.Namespace) -> int:
     config = node_config(args)
     today: date = NodeClock(config.clock.file).now_kst().date()
     try:
-        report = asyncio.run(init_storage(config, today))
+        report = asyncio.run(init_storage(config, today, dry_run=args.dry_run))
     except OSError as exc:
         raise CtlError(f"cannot reach a database: {exc}") from exc
     except (asyncpg.PostgresError, pymysql.err.MySQLError) as exc:
+        if args.dry_run:
+            raise CtlError(
+                f"db init would fail on this database: {exc}; nothing was changed"
+            ) from exc
         raise CtlError(f"storage bootstrap failed: {exc}; fix the cause and run it again") from exc
     if args.json:
         print(
@@ -81,22 +85,29 @@ def cmd_db_init(args: argparse.Namespace) -> int:
                     "postgres_version": report.pg_version,
                     "postgres_applied": report.pg_applied,
                     "mysql_created": report.mysql_created,
+                    "databases_created": report.databases_created,
+                    "dry_run": report.dry_run,
                 }
             )
         )
-    else:
-        print(
-            f"postgres schema version {report.pg_version}"
-            + (
-                f" (applied {', '.join(report.pg_applied)})"
-                if report.pg_applied
-                else " (up to date)"
-            )
+        return 0
+    would = "would be " if report.dry_run else ""
+    for database in report.databases_created:
+        print(f"database {would}created: {database}")
+    print(
+        f"postgres schema version {report.pg_version}"
+        + (
+            f" ({'would apply' if report.dry_run else 'applied'} {', '.join(report.pg_applied)})"
+            if report.pg_applied
+            else " (up to date)"
         )
-        print(
-            f"mysql tables created: {len(report.mysql_created)}"
-            + (f" ({', '.join(report.mysql_created)})" if report.mysql_created else "")
-        )
+    )
+    print(
+        f"mysql tables {would}created: {len(report.mysql_created)}"
+        + (f" ({', '.join(report.mysql_created)})" if report.mysql_created else "")
+    )
+    if report.dry_run:
+        print("dry run: nothing was changed (every migration was tried and rolled back)")
     return 0
 
 
@@ -120,4 +131,10 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     init = db_sub.add_parser("init", parents=[common], help="create or upgrade all tables")
     init.add_argument("--json", action="store_true")
+    init.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="change nothing: try every migration in a rolled-back transaction and list "
+        "the databases and tables that would be created",
+    )
     init.set_defaults(func=cmd_db_init)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import date
+from pathlib import Path
 
 import asyncpg
 
 from config.names import add_months
-from daemon.schema import latest_version
+from daemon.schema import MIGRATIONS, latest_version
 from simulators.harness import SimulatedNode, instance_database, mysql
+from tests import webservice
+from tests.config_edits import settings
 
 
 def test_db_init_is_idempotent_and_versioned(sim_node: SimulatedNode) -> None:
@@ -64,3 +67,115 @@ def test_mysql_sessions_run_in_kst() -> None:
             conn.close()
 
     assert asyncio.run(offset()) == ("+09:00", 9)
+
+
+async def _drop_databases(name: str) -> None:
+    admin = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    conn = mysql()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        conn.close()
+
+
+def _databases_present(name: str) -> tuple[bool, bool]:
+    async def pg() -> bool:
+        admin = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
+        try:
+            return bool(await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+        finally:
+            await admin.close()
+
+    conn = mysql()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))
+            in_mysql = cur.fetchone() is not None
+    finally:
+        conn.close()
+    return asyncio.run(pg()), in_mysql
+
+
+def _node_on(tmp_path: Path, database: str) -> SimulatedNode:
+    return SimulatedNode(
+        tmp_path,
+        overrides=lambda text: settings(
+            text, {"postgres": {"database": database}, "mysql": {"database": database}}
+        ),
+    )
+
+
+def test_dry_run_changes_nothing_and_says_what_db_init_would_do(tmp_path: Path) -> None:
+    name = f"{instance_database()}_dry"
+    asyncio.run(_drop_databases(name))
+    node = _node_on(tmp_path, name)
+    try:
+        plan = json.loads(node.ctl("db", "init", "--dry-run", "--json").stdout)
+        assert plan["dry_run"] is True
+        assert plan["databases_created"] == [f"postgres:{name}", f"mysql:{name}"]
+        assert plan["postgres_applied"] == [f"{m.version}: {m.name}" for m in MIGRATIONS]
+        assert "SMSQ_SEND_1" in plan["mysql_created"]
+        assert _databases_present(name) == (False, False)
+
+        done = json.loads(node.ctl("db", "init", "--json").stdout)
+        assert done["dry_run"] is False
+        assert (done["databases_created"], done["postgres_applied"]) == (
+            plan["databases_created"],
+            plan["postgres_applied"],
+        )
+        assert sorted(done["mysql_created"]) == sorted(plan["mysql_created"])
+
+        # A log table gone missing: the dry run names it and leaves it missing.
+        conn = mysql(database=name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("DROP TABLE SMSQ_SEND_4")
+        finally:
+            conn.close()
+        again = node.ctl("db", "init", "--dry-run")
+        assert "postgres schema version" in again.stdout and "(up to date)" in again.stdout
+        assert "mysql tables would be created: 1 (SMSQ_SEND_4)" in again.stdout
+        assert "nothing was changed" in again.stdout
+        assert json.loads(node.ctl("db", "init", "--json").stdout)["mysql_created"] == [
+            "SMSQ_SEND_4"
+        ]
+    finally:
+        asyncio.run(_drop_databases(name))
+
+
+def test_dry_run_on_the_web_services_database_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """The install notes' `--dry-run first on a database the web service already uses`:
+    every migration is tried there and rolled back; the web's tables stay as they were."""
+    name = f"{instance_database()}_dryweb"
+    asyncio.run(_drop_databases(name))
+    asyncio.run(webservice.create_web_postgres(name))
+    asyncio.run(webservice.create_web_mysql(name))
+
+    async def snapshot() -> tuple[webservice.Catalog, list[str]]:
+        conn = await webservice.connect_web_postgres(name)
+        try:
+            tables = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+            )
+            return await webservice.catalog(conn), [t[0] for t in tables]
+        finally:
+            await conn.close()
+
+    node = _node_on(tmp_path, name)
+    try:
+        before = asyncio.run(snapshot())
+        result = node.ctl("db", "init", "--dry-run", check=False)
+        assert asyncio.run(snapshot()) == before
+        assert "hanjullo_schema_versions" not in before[1]
+        if result.returncode == 0:
+            assert "nothing was changed" in result.stdout
+        else:  # a migration the web's tables refuse: named, nothing changed
+            assert "db init would fail on this database" in result.stderr
+            assert "nothing was changed" in result.stderr
+    finally:
+        asyncio.run(_drop_databases(name))
