@@ -37,6 +37,14 @@ if ((machine)); then
   trap restore EXIT
   export HANJULLO_FAKED_SERVERS=1
   faketime -f "${sign}${offset}" .venv/bin/python -m tests.services restart
+  # The servers must really read the faked time (a wrapper that cleans the environment
+  # would silently leave one on the real clock).
+  want=$(faketime -f "${sign}${offset}" date +%s)
+  pg=$(psql -h 127.0.0.1 -U postgres -d postgres -Atc 'SELECT extract(epoch FROM now())::bigint')
+  my=$(mysql -uroot -h127.0.0.1 -Nse 'SELECT UNIX_TIMESTAMP()')
+  for got in "$pg" "$my"; do
+    ((got - want < 120 && want - got < 120)) || { echo "faked-clock: a server reads $got, not ~$want" >&2; exit 1; }
+  done
   faketime -f "${sign}${offset}" .venv/bin/python -m pytest -p no:cacheprovider "$@"
 else
   exec faketime -f "${sign}${offset}" .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -26,7 +26,7 @@ def _pg_version() -> str:
 
 # The machine's servers run on the real clock, also when the tests run under libfaketime
 # (tests/faked-clock.sh), unless HANJULLO_FAKED_SERVERS=1 says the whole machine's clock is
-# faked: then PostgreSQL or MariaDB started by a test keeps the faked clock like everything
+# faked: then PostgreSQL or MariaDB started here keeps the faked clock like everything
 # else. Redis stays on the real clock: libfaketime cannot start it (its allocator calls
 # clock_gettime while libfaketime initialises), and the node uses only relative expiry
 # times there, never Redis's calendar. Clients
@@ -92,15 +92,30 @@ def _running(executable: str) -> bool:
 
 
 def start(name: str) -> None:
-    if name == "postgres":
+    if name == "postgres" and _SERVER_ENV is not _REAL_CLOCK_ENV:
+        # pg_ctlcluster replaces the environment with the cluster's `environment` file,
+        # which would drop libfaketime: start the cluster with its own pg_ctl instead.
+        version = _pg_version()
+        Path("/run/postgresql").mkdir(parents=True, exist_ok=True)
+        _run("chown", "postgres:postgres", "/run/postgresql")
         _run(
-            "pg_ctlcluster",
-            "--skip-systemctl-redirect",
-            _pg_version(),
-            "main",
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            f"/usr/lib/postgresql/{version}/bin/pg_ctl",
             "start",
+            "-w",
+            "-D",
+            f"/var/lib/postgresql/{version}/main",
+            "-l",
+            f"/var/log/postgresql/postgresql-{version}-main.log",
+            "-o",
+            f"-c config_file=/etc/postgresql/{version}/main/postgresql.conf",
             server=True,
         )
+    elif name == "postgres":
+        _run("pg_ctlcluster", "--skip-systemctl-redirect", _pg_version(), "main", "start")
     elif name == "mariadb":
         Path("/run/mysqld").mkdir(parents=True, exist_ok=True)
         _run("chown", "mysql:mysql", "/run/mysqld")
