@@ -269,21 +269,21 @@ async def complete_test(
             await training.add_spam_test_blocked(conn, blocked)
 
 
-async def cancel_test(conn: Conn, node_id: str, test_id: uuid.UUID) -> str | None:
-    """Cancel a queued or active test: 'cancelled', else its current status (None when
-    there is no such test)."""
+async def cancel_test(conn: Conn, node_id: str, test_id: uuid.UUID) -> tuple[bool, str] | None:
+    """Cancel a queued or active test: (True, 'cancelled'); (False, its status) when it
+    was neither; None when there is no such test."""
     status = await conn.fetchval(
         """UPDATE spam_filter_tests SET status = 'cancelled', completed_at = now(),
                status_reason = 'cancelled by operator'
            WHERE id = $1 AND node_id = $2 AND status IN ('queued', 'active')
-           RETURNING 'cancelled'""",
+           RETURNING status""",
         test_id,
         node_id,
     )
     if status is not None:
-        return str(status)
+        return True, str(status)
     current = await conn.fetchval("SELECT status FROM spam_filter_tests WHERE id = $1", test_id)
-    return None if current is None else str(current)
+    return None if current is None else (False, str(current))
 
 
 # ---- receipts -------------------------------------------------------------------------------
