@@ -439,11 +439,19 @@ class SpamFakes:
     monotonic: Monotonic
 
 
-def spam_engine(tmp_path: Path, **settings: Any) -> SpamFakes:
-    """A spam-test context on fakes for the simulated example: phones SKT, KT and LGU,
-    the test group's agent 10; `settings` override `[spam_tests]`."""
+def spam_engine(
+    tmp_path: Path, extra_phones: Sequence[tuple[str, str, str]] = (), **settings: Any
+) -> SpamFakes:
+    """A spam-test context on fakes for the simulated example: phones SKT, KT and LGU
+    (and `extra_phones`: (name, carrier, number)), the test group's agent 10; `settings`
+    override `[spam_tests]`."""
     raw = tomllib.loads(sim_example(tmp_path))
     raw["node"]["id"] = NODE
+    for name, carrier, number in extra_phones:
+        template = next(m for m in raw["modems"] if m["carrier"] == carrier)
+        raw["modems"].append(
+            {**template, "name": name, "phone": number, "device": f"{tmp_path}/dev/{name}"}
+        )
     raw["spam_tests"] = {**raw.get("spam_tests", {}), **settings}
     config = validate(raw)
     wall, clock, monotonic = Wall(DAY), SetClock(DAY), Monotonic()

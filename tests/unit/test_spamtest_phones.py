@@ -61,6 +61,29 @@ async def test_a_phone_holds_one_test_and_the_next_starts_when_it_is_freed(
     assert {r["dest_no"] for r in f.tables.of(second)} == set(PHONES.values())
 
 
+async def test_a_carriers_longest_free_phone_goes_first(tmp_path: Path) -> None:
+    f = spam_engine(tmp_path, extra_phones=[("SKT-2", "SKT", "01090000004")])
+
+    async def one_test(text: str) -> str:
+        test_id = f.book.queue(text)
+        await engine.tick(f.ctx)
+        skt = f.book.rows_of(test_id)["SKT"]["modem"]
+        for label in (skt, "KT", "LGU"):
+            f.book.receive(label, text)
+        f.wall.advance(1)
+        await engine.tick(f.ctx)
+        assert f.book.tests[test_id]["overall"] == "pass"
+        return str(skt)
+
+    # Neither was used yet: the first configured; then the one never used; then the one
+    # freed longest ago.
+    assert [await one_test(f"메시지 {i}") for i in range(4)] == ["SKT", "SKT-2", "SKT", "SKT-2"]
+    # A flagged phone is left out (of every test but its own canary).
+    f.ctx.flagged["SKT"] = f.wall()
+    assert await one_test("메시지 4") == "SKT-2"
+    assert await one_test("메시지 5") == "SKT-2"
+
+
 async def test_an_unready_phone_is_a_device_error_at_once_and_one_still_opening_is_waited_for(
     tmp_path: Path,
 ) -> None:
