@@ -28,10 +28,12 @@ from dispatch.spamtests.rules import (
     Decision,
     Expected,
     SlotFacts,
+    canary_flag,
     decide,
     expected_hash,
     grace_for,
     overall,
+    receipt_delay,
 )
 from dispatch.spamtests.store import create_tests, show
 
@@ -46,12 +48,14 @@ __all__ = [
     "SpamTestSpec",
     "TestStatus",
     "Verdict",
+    "canary_flag",
     "create_tests",
     "decide",
     "dumps",
     "expected_hash",
     "grace_for",
     "overall",
+    "receipt_delay",
     "report",
     "show",
 ]

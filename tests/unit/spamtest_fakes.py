@@ -470,3 +470,18 @@ def spam_engine(
     )
     ctx.started = monotonic()
     return SpamFakes(ctx, book, tables, phones, agents, wall, clock, monotonic)
+
+
+def restarted(f: SpamFakes) -> SpamContext:
+    """A new engine's memory on the same databases and phones (the daemon restarted)."""
+    ctx = SpamContext(
+        f.ctx.runtime,
+        book=f.book,
+        tables=f.tables,
+        phones=dict(f.phones),
+        agents=f.agents,
+        now=f.wall,
+        monotonic=f.monotonic,
+    )
+    ctx.started = f.monotonic()
+    return ctx

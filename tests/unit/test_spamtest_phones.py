@@ -13,26 +13,10 @@ import pytest
 
 from daemon.modems import ModemState
 from daemon.spamtest import engine, restore
-from daemon.spamtest.context import SpamContext
-from tests.unit.spamtest_fakes import CALLBACK, TEST_TABLE, SpamFakes, spam_engine
+from tests.unit.spamtest_fakes import CALLBACK, TEST_TABLE, restarted, spam_engine
 
 TEXT = "테스트 메시지"
 PHONES = {"SKT": "01090000001", "KT": "01090000002", "LGU": "01090000003"}
-
-
-def restarted(f: SpamFakes) -> SpamContext:
-    """A new engine's memory on the same databases and phones (the daemon restarted)."""
-    ctx = SpamContext(
-        f.ctx.runtime,
-        book=f.book,
-        tables=f.tables,
-        phones=dict(f.phones),
-        agents=f.agents,
-        now=f.wall,
-        monotonic=f.monotonic,
-    )
-    ctx.started = f.monotonic()
-    return ctx
 
 
 async def test_a_phone_holds_one_test_and_the_next_starts_when_it_is_freed(

@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from daemon.spamtest import engine
+from daemon.spamtest import engine, restore
 from dispatch.runs import source_ref
-from tests.unit.spamtest_fakes import SpamFakes, spam_engine
+from tests.unit.spamtest_fakes import SpamFakes, restarted, spam_engine
 
 TEXT = "테스트 메시지"
 PHONES = {"SKT": "01090000001", "KT": "01090000002", "LGU": "01090000003"}
@@ -119,6 +119,10 @@ async def test_a_receipt_after_its_verdict_is_late_keeps_the_verdict_and_widens_
     assert f.ctx.grace("KT") == 41.0  # the slowest receipt seen plus one second
     assert f.ctx.grace("LGU") == 25.0
     assert f.ctx.recent[0]["carriers"]["KT"]["late"] is True
+    # A restart rebuilds the grace from the store: the late receipt still counts.
+    again = restarted(f)
+    await restore.restore(again)
+    assert again.grace("KT") == 41.0
 
 
 async def test_a_late_receipt_of_a_test_no_longer_in_memory_is_found_in_the_store(
