@@ -166,3 +166,35 @@ async def test_the_blocked_carriers_of_a_runs_test_go_to_its_training_row(
     await engine.tick(f.ctx)
     assert f.book.tests[other]["overall"] == "pass"
     assert len(f.book.training) == 1
+
+
+async def test_the_status_shows_what_each_carrier_waits_for(tmp_path: Path) -> None:
+    f = spam_engine(tmp_path)
+    test_id = await started(f)
+    waiting = f.book.queue("대기 메시지", company_id="other")
+    f.tables.report(test_id, PHONES["KT"], 6)
+    await engine.tick(f.ctx)
+    f.wall.advance(3)
+    f.book.receive("SKT", TEXT)
+    await engine.tick(f.ctx)
+    f.wall.advance(4)
+    snap = engine.view.snapshot(f.ctx)
+    [active] = snap["active"]
+    assert active["test_id"] == str(test_id) and active["status"] == "active"
+    assert active["carriers"]["SKT"] == {
+        "verdict": "pass",
+        "modem": "SKT",
+        "status_code": None,
+        "receipt_delay_s": 3.001,  # the queue's insert below took a millisecond
+    }
+    assert active["elapsed_s"] == 7.0
+    assert active["carriers"]["KT"]["waiting_for"] == "receipt (blocked in 18.0s)"
+    assert active["carriers"]["LGU"]["waiting_for"] == "agent result"
+    assert [q["test_id"] for q in snap["queue"]] == [str(waiting)]
+    assert snap["queue"][0]["waiting_s"] == 3.0  # as of the last pass
+    assert snap["grace_s"] == {"SKT": 25.0, "KT": 25.0, "LGU": 25.0}
+    assert {p["modem"]: p["busy_with"] for p in snap["phones"]} == {
+        "SKT": None,
+        "KT": str(test_id),
+        "LGU": str(test_id),
+    }
