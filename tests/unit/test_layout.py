@@ -261,7 +261,7 @@ SQL_OWNERS = {
     "campaign_run_recipients": {"dispatch.store"},
     "spam_filter_tests": {"dispatch.spamtests.store"},
     "spam_filter_test_results": {"dispatch.spamtests.store"},
-    "modem_receipts": {"daemon.receipts", "dispatch.spamtests.store"},
+    "modem_receipts": {"dispatch.spamtests.store", "dispatch.spamtests.receipts"},
 }
 SCHEMA = "daemon.schema"
 _STATEMENT = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE)\b")
