@@ -31,10 +31,11 @@ from daemon.housekeeping import Housekeeping
 from daemon.http import Request, Response, UnixHTTPServer
 from daemon.modems import ModemManager
 from daemon.runtime import Runtime, diff_sections
-from daemon.spamtests import SpamTestEngine
+from daemon.spamtest import SpamTestEngine
 from daemon.stores import PostgresKeeper, RedisKeeper
 from daemon.supervisor import Component, ComponentState, DependencyDown, Health, Supervisor
 from daemon.systemd import Notifier, watchdog_interval_s
+from dispatch.spamtests import store as spam_store
 from dispatch.store import intake
 
 log = structlog.get_logger("node")
@@ -237,13 +238,7 @@ class Node:
         pruned = await receipts.prune(pool, self.runtime.config.node.id, retention)
         # Canaries are the daemon's own tests; their verdicts live as long as receipts.
         async with pool.acquire() as conn:
-            canaries = await conn.execute(
-                """DELETE FROM spam_filter_tests WHERE node_id = $1 AND source = 'canary'
-                   AND status IN ('completed', 'cancelled')
-                   AND completed_at < now() - $2::interval""",
-                self.runtime.config.node.id,
-                retention,
-            )
+            canaries = await spam_store.prune_canaries(conn, self.runtime.config.node.id, retention)
         log.info("receipts pruned", count=pruned, canaries=canaries)
 
     def _holder(self, group: str) -> dict[str, Any] | None:

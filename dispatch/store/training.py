@@ -1,4 +1,5 @@
-"""``ai_training_logs``: a run's sending metrics for the training set.
+"""``ai_training_logs``: a run's sending metrics for the training set, and the carriers
+its spam tests found blocked. The one owner of that table's statements.
 
 A row is keyed by ``source_ref`` (`dispatch.runs.source_ref`: an HMAC of the run id, so a
 row cannot be traced back to its run without the node's secret); the caller computes it.
@@ -52,4 +53,28 @@ async def record_metrics(conn: Conn, ref: str, metrics: RunMetrics) -> None:
         metrics.success,
         metrics.fail,
         metrics.spam_blocked,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SpamBlocked:
+    """Carriers a spam test of a run found blocked (`dispatch/spamtests/store.py`)."""
+
+    ref: str  # the run's source_ref
+    company_id: str | None
+    blocked: int
+
+
+async def add_spam_test_blocked(conn: Conn, blocked: SpamBlocked) -> None:
+    """Add a completed spam test's blocked carriers to its run's row (created if the run
+    has no metrics yet); result sync's counters are left alone."""
+    await conn.execute(
+        """INSERT INTO ai_training_logs (source_ref, company_id, spam_test_blocked,
+               metrics_updated_at) VALUES ($1, $2, $3, now())
+           ON CONFLICT (source_ref) DO UPDATE SET
+               spam_test_blocked = ai_training_logs.spam_test_blocked + $3,
+               metrics_updated_at = now()""",
+        blocked.ref,
+        blocked.company_id,
+        blocked.blocked,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -245,6 +246,117 @@ def test_the_entry_points_load_no_simulator_and_the_cli_no_runtime() -> None:
     # The `daemon` package itself is a docstring; its modules beyond these are the runtime.
     runtime = [m for m in loaded["cli"] if m != "daemon" and not _within(m, CLI_MAY_IMPORT)]
     assert runtime == [], runtime
+
+
+# ---- the rooms inside the daemon and the library ------------------------------------------------
+# The two engines are rooms of their own: neither imports the other.
+ENGINES = ("daemon.dispatcher", "daemon.spamtest")
+# An engine reaches its databases through its seams; only its backends import a driver.
+DATABASE_DRIVERS = ("asyncpg", "aiomysql", "redis")
+# Who may state SQL on a table (a string constant naming it with a statement keyword):
+# its store, and the schema that creates it. Everyone else goes through them.
+SQL_OWNERS = {
+    "ai_training_logs": {"dispatch.store.training"},
+    "campaign_runs": {"dispatch.store"},
+    "campaign_run_recipients": {"dispatch.store"},
+    "spam_filter_tests": {"dispatch.spamtests.store"},
+    "spam_filter_test_results": {"dispatch.spamtests.store"},
+    "modem_receipts": {"dispatch.spamtests.store", "dispatch.spamtests.receipts"},
+}
+SCHEMA = "daemon.schema"
+_STATEMENT = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE)\b")
+
+
+def test_the_engines_do_not_import_each_other() -> None:
+    offenders = [
+        f"{e.where}: {e.imported}"
+        for e in GRAPH
+        for engine in ENGINES
+        if _within(e.importer, {engine}) and _within(e.imported, set(ENGINES) - {engine})
+    ]
+    assert not offenders, offenders
+
+
+def _third_party_imports(path: Path) -> list[tuple[str, int]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name.split(".")[0], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.module.split(".")[0], node.lineno))
+    return found
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_only_an_engines_backends_import_a_database_driver(engine: str) -> None:
+    folder = ROOT / engine.replace(".", "/")
+    assert folder.is_dir(), f"{engine} is named by a layout rule but does not exist"
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}: {name}"
+        for path in sorted(folder.rglob("*.py"))
+        if path.name != "backends.py"
+        for name, line in _third_party_imports(path)
+        if name in DATABASE_DRIVERS
+    ]
+    assert not offenders, offenders
+
+
+def sql_constants(path: Path) -> list[tuple[str, int]]:
+    """String constants holding a statement (docstrings left out), with their lines."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    return [
+        (node.value, node.lineno)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and _STATEMENT.search(node.value)
+    ]
+
+
+def test_every_table_has_its_sql_in_its_store_only() -> None:
+    offenders = []
+    for name, path in modules_under(ROOT, tuple(ALLOWED)).items():
+        if name == SCHEMA:
+            continue
+        for text, line in sql_constants(path):
+            for table, owners in SQL_OWNERS.items():
+                if re.search(rf"\b{table}\b", text) and not _within(name, owners):
+                    offenders.append(f"{path.relative_to(ROOT)}:{line}: {table}")
+    assert not offenders, offenders
+
+
+def test_the_sql_rule_sees_statements_and_not_docstrings(tmp_path: Path) -> None:
+    _tree(
+        tmp_path,
+        {
+            "m.py": '''
+                """Owns nothing; mentions UPDATE ai_training_logs only in prose."""
+                def f():
+                    """SELECT * FROM ai_training_logs, in a docstring."""
+                    return "UPDATE ai_training_logs SET x = 1"
+                ''',
+        },
+    )
+    found = sql_constants(tmp_path / "m.py")
+    assert [(text, line) for text, line in found] == [("UPDATE ai_training_logs SET x = 1", 5)]
+
+
+def test_one_rule_says_an_agent_is_down() -> None:
+    """`daemon.agents.agent_is_down` is the rule; nobody else reads its states."""
+    offenders = [
+        f"{path.relative_to(ROOT)}"
+        for name, path in modules_under(ROOT, tuple(ALLOWED)).items()
+        if name != "daemon.agents" and "DOWN_STATES" in path.read_text(encoding="utf-8")
+    ]
+    assert not offenders, offenders
 
 
 # ---- the checker itself ------------------------------------------------------------------------

@@ -17,9 +17,11 @@ from dispatch.spamtests import (
     SpamTestRejected,
     SpamTestSpec,
     Verdict,
+    canary_flag,
     decide,
     grace_for,
     overall,
+    receipt_delay,
     report,
 )
 
@@ -207,3 +209,19 @@ def test_an_lms_matches_a_notification_with_its_subject_and_a_plausible_size() -
     assert not expected.matches({**notification, "mms_size": 120})  # too small to be it
     assert not expected.matches({**notification, "subject": "다른 제목"})
     assert not expected.matches({**notification, "kind": "sms"})
+
+
+def test_a_blocked_canary_flags_a_pass_clears_and_anything_else_leaves_the_flag() -> None:
+    earlier = at(-600)
+    assert canary_flag(None, Verdict.BLOCKED, at(0)) == at(0)
+    assert canary_flag(earlier, Verdict.BLOCKED, at(0)) == at(0)
+    assert canary_flag(earlier, Verdict.PASS, at(0)) is None
+    for verdict in (Verdict.FAILED, Verdict.DEVICE_ERROR, Verdict.TIMEOUT):
+        assert canary_flag(earlier, verdict, at(0)) == earlier
+        assert canary_flag(None, verdict, at(0)) is None
+
+
+def test_a_receipt_delay_runs_from_the_insert_and_is_never_negative() -> None:
+    assert receipt_delay(at(0), at(3.25)) == 3.25
+    assert receipt_delay(at(5), at(3)) == 0.0  # clocks a little apart
+    assert receipt_delay(None, at(3)) is None

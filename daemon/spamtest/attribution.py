@@ -1,0 +1,121 @@
+"""Receipt attribution: which test a receipt recorded on a phone belongs to.
+
+Receipts are read from ``modem_receipts`` where not yet attributed, in id order, so one
+recorded while the engine was down is attributed after it starts. A receipt goes to the
+test holding its phone when it matches one of that test's slots (sender and text hash,
+or MMS subject and size: `dispatch/spamtests/rules.py:Expected`): the slot passes. One
+matching a slot already decided, or a decided test's row of the last day, is *late*: the
+verdict stays, the row is marked and the delay widens the carrier's grace. Anything else
+is unmatched. Must not time a verdict (`verdicts.py`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import structlog
+
+from config.logs import mask_phones
+from config.names import MessageType
+from daemon.spamtest import phones
+from daemon.spamtest.context import SpamContext
+from daemon.spamtest.state import Slot
+from dispatch.fairness import Row
+from dispatch.spamtests.contract import Verdict
+from dispatch.spamtests.rules import Expected, receipt_delay
+
+log = structlog.get_logger("spamtests")
+
+# Receipts attributed per pass; the rest wait for the next pass.
+RECEIPT_BATCH = 200
+# How far back a receipt may be attributed late to a decided test.
+LATE_HORIZON = timedelta(days=1)
+
+
+async def attribute_receipts(ctx: SpamContext) -> None:
+    for receipt in await ctx.book.unmatched_receipts(RECEIPT_BATCH):
+        await attribute(ctx, receipt)
+
+
+async def attribute(ctx: SpamContext, receipt: Row) -> None:
+    modem = receipt["modem"]
+    holder = ctx.busy.get(modem)
+    candidates = [
+        (test, slot)
+        for test in ctx.active.values()
+        for slot in test.slots
+        if slot.modem == modem and (holder == test.id or slot.result is not None)
+    ]
+    for test, slot in candidates:
+        if not slot.expected.matches(receipt) or slot.received_at is not None:
+            continue
+        if slot.result is None:
+            slot.received_at = receipt["received_at"]
+            slot.result, slot.detail = Verdict.PASS.value, None
+            delay = receipt_delay(slot.inserted_at, receipt["received_at"])
+            await ctx.book.record_receipt(
+                slot.result_id, test.id, receipt["id"], receipt["received_at"], delay
+            )
+            phones.free(ctx, slot)
+            log.info(
+                "spam test receipt",
+                test=str(test.id),
+                carrier=slot.carrier,
+                modem=modem,
+                delay_s=delay,
+            )
+            return
+        await late(ctx, receipt, test.id, slot)
+        return
+    # A decided test no longer in memory: a late receipt?
+    for row in await ctx.book.decided_unreceived(modem, LATE_HORIZON):
+        mtype = MessageType(row["message_type"])
+        expected = Expected.of(
+            mtype,
+            row["callback_number"],
+            row["message_hash"],
+            row["message_subject"],
+            row["message_content_lms"],
+        )
+        if expected.matches(receipt):
+            slot = Slot(
+                row["id"],
+                row["carrier"],
+                mtype,
+                modem,
+                None,
+                None,
+                expected,
+                inserted_at=row["inserted_at"],
+                success_seen_at=row["success_seen_at"],
+                result=row["result"],
+            )
+            await late(ctx, receipt, row["test_id"], slot)
+            return
+    await ctx.book.mark_receipt(receipt["id"], "unmatched", None)
+    log.info(
+        "receipt matches no test",
+        receipt=receipt["id"],
+        modem=modem,
+        sender=mask_phones(receipt["sender"]),
+    )
+
+
+async def late(ctx: SpamContext, receipt: Row, test_id: uuid.UUID, slot: Slot) -> None:
+    """A receipt of a slot already decided: marked late, its delay sampled."""
+    delay = receipt_delay(slot.inserted_at, receipt["received_at"])
+    await ctx.book.record_late(slot.result_id, test_id, receipt["id"], delay)
+    if slot.success_seen_at is not None:
+        ctx.sample(slot.carrier, (receipt["received_at"] - slot.success_seen_at).total_seconds())
+    for shown in ctx.recent:
+        if shown["test_id"] == str(test_id) and slot.carrier in shown["carriers"]:
+            shown["carriers"][slot.carrier]["late"] = True
+    log.warning(
+        "receipt arrived after its verdict",
+        test=str(test_id),
+        carrier=slot.carrier,
+        verdict=slot.result,
+        delay_s=delay,
+        grace_now_s=ctx.grace(slot.carrier),
+    )

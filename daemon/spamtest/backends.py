@@ -1,0 +1,152 @@
+"""The spam-test engine's seams on the real databases: `SpamBook` on the PostgreSQL pool
+with the store's statements, `TestTables` on a MySQL pool with the agent-table I/O.
+
+Each call borrows one connection for one store function. No SQL here: the statements are
+`dispatch/spamtests/store.py`, `dispatch/spamtests/agent_rows.py` and
+`dispatch/handoff.py`. A pool not ready raises `DependencyDown`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+import aiomysql
+import asyncpg
+
+from daemon.supervisor import DependencyDown
+from dispatch import handoff
+from dispatch.agent_tables import transaction
+from dispatch.fairness import Row
+from dispatch.handoff import AgentRow
+from dispatch.spamtests import agent_rows, store
+from dispatch.spamtests.contract import SpamTestSpec, TestStatus, Verdict
+from dispatch.spamtests.store import NewResult
+from dispatch.store.training import SpamBlocked
+
+
+class PostgresSpamBook:
+    """`SpamBook` on the PostgreSQL pool, bound to this node."""
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool], node_id: Callable[[], str]) -> None:
+        self._pool = pool
+        self._node = node_id
+
+    async def tests_in(self, status: TestStatus, limit: int | None = None) -> list[Row]:
+        async with self._pool().acquire() as conn:
+            return await store.tests_in(conn, self._node(), status, limit)
+
+    async def results_of(self, test_id: uuid.UUID) -> list[Row]:
+        async with self._pool().acquire() as conn:
+            return await store.results_of(conn, test_id)
+
+    async def receipt_delays(self, modems: list[str], count: int) -> list[tuple[str, float]]:
+        async with self._pool().acquire() as conn:
+            return await store.receipt_delays(conn, self._node(), modems, count)
+
+    async def last_canaries(self) -> list[tuple[str, str, datetime]]:
+        async with self._pool().acquire() as conn:
+            return await store.last_canaries(conn, self._node())
+
+    async def last_served(self) -> dict[str | None, datetime]:
+        async with self._pool().acquire() as conn:
+            return await store.last_served(conn, self._node())
+
+    async def create_tests(self, specs: Sequence[SpamTestSpec]) -> None:
+        async with self._pool().acquire() as conn:
+            await store.create_tests(conn, specs)
+
+    async def start_test(
+        self, test_id: uuid.UUID, results: Sequence[NewResult]
+    ) -> tuple[datetime, list[int]] | None:
+        async with self._pool().acquire() as conn:
+            return await store.start_test(conn, test_id, results)
+
+    async def record_sent(self, rows: Sequence[tuple[int, int, datetime | None]]) -> None:
+        async with self._pool().acquire() as conn:
+            await store.record_sent(conn, rows)
+
+    async def record_agent_codes(self, rows: Sequence[tuple[int, int, datetime | None]]) -> None:
+        async with self._pool().acquire() as conn:
+            await store.record_agent_codes(conn, rows)
+
+    async def record_verdicts(self, rows: Sequence[tuple[int, Verdict, str | None]]) -> None:
+        async with self._pool().acquire() as conn:
+            await store.record_verdicts(conn, rows)
+
+    async def complete_test(
+        self, test_id: uuid.UUID, verdict: Verdict, blocked: SpamBlocked | None
+    ) -> None:
+        async with self._pool().acquire() as conn:
+            await store.complete_test(conn, test_id, verdict, blocked)
+
+    async def cancel_test(self, test_id: uuid.UUID) -> tuple[bool, str] | None:
+        async with self._pool().acquire() as conn:
+            return await store.cancel_test(conn, self._node(), test_id)
+
+    async def unmatched_receipts(self, limit: int) -> list[Row]:
+        async with self._pool().acquire() as conn:
+            return await store.unmatched_receipts(conn, self._node(), limit)
+
+    async def record_receipt(
+        self,
+        result_id: int,
+        test_id: uuid.UUID,
+        receipt_id: int,
+        received_at: datetime,
+        delay_s: float | None,
+    ) -> None:
+        async with self._pool().acquire() as conn:
+            await store.record_receipt(conn, result_id, test_id, receipt_id, received_at, delay_s)
+
+    async def record_late(
+        self, result_id: int, test_id: uuid.UUID, receipt_id: int, delay_s: float | None
+    ) -> None:
+        async with self._pool().acquire() as conn:
+            await store.record_late(conn, result_id, test_id, receipt_id, delay_s)
+
+    async def mark_receipt(self, receipt_id: int, how: str, test_id: uuid.UUID | None) -> None:
+        async with self._pool().acquire() as conn:
+            await store.mark_receipt(conn, receipt_id, how, test_id)
+
+    async def decided_unreceived(self, modem: str, horizon: timedelta) -> list[Row]:
+        async with self._pool().acquire() as conn:
+            return await store.decided_unreceived(conn, self._node(), modem, horizon)
+
+
+class MySQLTestTables:
+    """`TestTables` on the engine's MySQL pool (set while the engine runs)."""
+
+    def __init__(self) -> None:
+        self.pool: aiomysql.Pool | None = None
+
+    def _my(self) -> aiomysql.Pool:
+        if self.pool is None:
+            raise DependencyDown("mysql pool not ready")
+        return self.pool
+
+    async def existing(self, tables: Sequence[str]) -> list[str]:
+        async with self._my().acquire() as conn:
+            return await handoff.existing_tables(conn, tables)
+
+    async def find_row(
+        self, tables: Sequence[str], test_ref: str, phone: str, msg_type: str
+    ) -> int | None:
+        async with self._my().acquire() as conn:
+            return await agent_rows.find_row(conn, tables, test_ref, phone, msg_type)
+
+    async def insert(self, rows: Sequence[tuple[str, AgentRow]]) -> list[int]:
+        """Every row in one MySQL transaction: all of them are written or none."""
+        async with self._my().acquire() as conn, transaction(conn) as cur:
+            return [await handoff.insert_row(cur, table, row) for table, row in rows]
+
+    async def final_codes(
+        self, table: str, logs: Sequence[str], seqnos: Sequence[int], test_refs: Sequence[str]
+    ) -> list[tuple[int, int]]:
+        async with self._my().acquire() as conn:
+            return await agent_rows.final_codes(conn, table, logs, seqnos, test_refs)
+
+    async def pull_back(self, tables: Sequence[str], test_ref: str) -> list[str]:
+        async with self._my().acquire() as conn:
+            return await handoff.pull_back(conn, tables, test_ref)

@@ -1,0 +1,137 @@
+"""The phone pool: which phone a test gets per carrier, which test agent table its rows
+go to, why a carrier has no usable phone, and freeing a phone once its carrier is
+decided.
+
+A test holds one phone per carrier while it runs, so a receipt on that phone can only be
+its own. A phone flagged by a missed canary is left out (except by its own canary), the
+longest-free phone of a carrier goes first, and a test waits while a usable phone is busy
+or still in its first open after the start. Agent health is `daemon.agents.agent_is_down`,
+the node's one rule. Must not do I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from config.model import ModemConfig
+from config.names import GroupType
+from daemon.agents import agent_is_down
+from daemon.spamtest.context import SpamContext
+from daemon.spamtest.state import Slot
+from dispatch.fairness import Row
+from dispatch.spamtests.contract import CARRIERS
+
+# How long after the start queued tests wait for modems still opening for the first time.
+STARTUP_WAIT_S = 30.0
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def test_tables(ctx: SpamContext) -> list[tuple[int, str]]:
+    """(agent number, table) of every agent of the test line groups."""
+    config = ctx.runtime.config
+    out = []
+    for group in config.line_groups:
+        if group.type == GroupType.TEST:
+            out += [(n, config.agent(n).table) for n in group.agents]
+    return out
+
+
+def pick_table(ctx: SpamContext) -> str | None:
+    """The next test agent table, round robin over the healthy ones (over all of them
+    when none is healthy: the rows wait for the agent rather than the test failing)."""
+    tables = test_tables(ctx)
+    if not tables:
+        return None
+    healthy = [t for n, t in tables if not agent_is_down(ctx.agents.statuses.get(n))] or [
+        t for _, t in tables
+    ]
+    ctx.rr += 1
+    return healthy[ctx.rr % len(healthy)]
+
+
+def modem_configs(ctx: SpamContext, carrier: str) -> list[ModemConfig]:
+    return [m for m in ctx.runtime.config.modems if m.carrier.value == carrier]
+
+
+def modem_config(ctx: SpamContext, label: str | None) -> ModemConfig | None:
+    return next((m for m in ctx.runtime.config.modems if m.label == label), None)
+
+
+def plan(ctx: SpamContext, test: Row) -> dict[str, str | None] | None:
+    """A phone per carrier for this test now, None for a carrier with no usable phone
+    (device_error at once), or None overall when it must wait for a busy phone."""
+    carriers: Sequence[str] = CARRIERS
+    pinned = test["target_modem"]
+    if pinned:
+        config = modem_config(ctx, pinned)
+        if config is None:
+            return {}
+        carriers = [config.carrier.value]
+    chosen: dict[str, str | None] = {}
+    for carrier in carriers:
+        labels = [pinned] if pinned else [m.label for m in modem_configs(ctx, carrier)]
+        usable = [
+            label
+            for label in labels
+            if label in ctx.phones
+            and ctx.phones[label].ready
+            and (pinned or label not in ctx.flagged)
+        ]
+        free = [label for label in usable if label not in ctx.busy]
+        if free:
+            chosen[carrier] = min(free, key=lambda label: ctx.freed_at.get(label, _NEVER))
+        elif usable or any(opening(ctx, label) for label in labels):
+            return None
+        else:
+            chosen[carrier] = None
+    return chosen
+
+
+def opening(ctx: SpamContext, label: str) -> bool:
+    """A modem still in its first open after the daemon started: worth waiting for
+    (up to STARTUP_WAIT_S), rather than calling its carrier a device error."""
+    phone = ctx.phones.get(label)
+    return (
+        phone is not None and not phone.settled and ctx.monotonic() - ctx.started < STARTUP_WAIT_S
+    )
+
+
+def unusable_reason(ctx: SpamContext, carrier: str, pinned: str | None) -> str:
+    labels = [pinned] if pinned else [m.label for m in modem_configs(ctx, carrier)]
+    if not labels:
+        return f"no test phone configured for {carrier}"
+    reasons = []
+    for label in labels:
+        phone = ctx.phones.get(label)
+        if phone is None:
+            reasons.append(f"{label}: not managed")
+        elif not phone.ready:
+            status = phone.status
+            reasons.append(f"{label}: {status.state.value} ({status.reason})")
+        elif label in ctx.flagged:
+            reasons.append(f"{label}: missed its canary at {ctx.flagged[label].isoformat()[:19]}")
+    return "; ".join(reasons) or f"no usable {carrier} phone"
+
+
+def hold(ctx: SpamContext, slots: Sequence[Slot], test_id: uuid.UUID) -> None:
+    """The phones of a test's undecided slots are busy with it."""
+    for slot in slots:
+        if slot.result is None and slot.modem is not None:
+            ctx.busy[slot.modem] = test_id
+
+
+def free(ctx: SpamContext, slot: Slot) -> None:
+    """Free the slot's phone once no undecided slot of an active test is on it."""
+    if slot.modem is not None and ctx.busy.get(slot.modem) is not None:
+        others = [
+            s
+            for t in ctx.active.values()
+            for s in t.slots
+            if s.modem == slot.modem and s.result is None
+        ]
+        if not others:
+            ctx.busy.pop(slot.modem, None)
+            ctx.freed_at[slot.modem] = ctx.now()
+            ctx.wake.set()

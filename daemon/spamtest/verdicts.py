@@ -1,0 +1,85 @@
+"""Verdicts: each undecided slot is decided as soon as the rules allow
+(`dispatch/spamtests/rules.py:decide`, on the engine's real-time clock and the phone's
+watch), and a test whose every slot is decided completes with its overall verdict.
+
+Completing records the receipts' delays as grace samples, adds a run's blocked carriers
+to its training row (through `dispatch/store/training.py`, the table's one owner), ends a
+canary (`canaries.py`) and shows the test among the recent ones. Must not attribute a
+receipt (`attribution.py`) or touch the agent tables.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from daemon.spamtest import canaries, phones
+from daemon.spamtest.context import SpamContext
+from daemon.spamtest.state import ActiveTest, Slot
+from daemon.spamtest.view import test_view
+from dispatch.runs import source_ref
+from dispatch.spamtests.contract import CANARY, Verdict
+from dispatch.spamtests.rules import Decision, SlotFacts, decide, overall
+from dispatch.store.training import SpamBlocked
+
+log = structlog.get_logger("spamtests")
+
+
+async def decide_all(ctx: SpamContext) -> None:
+    now = ctx.now()
+    for test in list(ctx.active.values()):
+        decided: list[tuple[Slot, Decision]] = []
+        for slot in test.slots:
+            if slot.result is not None or slot.modem is None:
+                continue
+            phone = ctx.phones.get(slot.modem)
+            since = slot.inserted_at or test.started_at
+            facts = SlotFacts(
+                since, slot.received_at is not None, slot.agent_code, slot.success_seen_at
+            )
+            decision = decide(
+                facts,
+                now,
+                ctx.grace(slot.carrier),
+                ctx.section.timeout_s,
+                phone is not None and phone.watched_since(since),
+            )
+            if decision is not None:
+                decided.append((slot, decision))
+        if decided:
+            await ctx.book.record_verdicts([(s.result_id, d.verdict, d.detail) for s, d in decided])
+            for slot, decision in decided:
+                slot.result, slot.detail = decision.verdict.value, decision.detail
+                phones.free(ctx, slot)
+                log.info(
+                    "spam test verdict",
+                    test=str(test.id),
+                    carrier=slot.carrier,
+                    verdict=slot.result,
+                    detail=slot.detail,
+                )
+        if all(s.result is not None for s in test.slots):
+            await complete(ctx, test)
+
+
+async def complete(ctx: SpamContext, test: ActiveTest) -> None:
+    verdict = overall(s.result for s in test.slots) or Verdict.DEVICE_ERROR
+    for slot in test.slots:
+        if slot.result == Verdict.PASS and slot.received_at and slot.success_seen_at:
+            ctx.sample(slot.carrier, (slot.received_at - slot.success_seen_at).total_seconds())
+    blocked = sum(1 for s in test.slots if s.result == Verdict.BLOCKED)
+    training = None
+    if test.run_id is not None and blocked:
+        secret = ctx.runtime.config.dispatch.training_secret.get_secret_value()
+        training = SpamBlocked(source_ref(secret, test.run_id), test.company, blocked)
+    await ctx.book.complete_test(test.id, verdict, training)
+    ctx.active.pop(test.id, None)
+    if test.source == CANARY:
+        canaries.canary_done(ctx, test, verdict)
+    ctx.recent.appendleft(test_view(ctx, test, verdict.value))
+    log.info(
+        "spam test completed",
+        test=str(test.id),
+        overall=verdict.value,
+        verdicts={s.carrier: s.result for s in test.slots},
+        elapsed_s=round((ctx.now() - test.started_at).total_seconds(), 2),
+    )

@@ -1,0 +1,176 @@
+"""The spam-test rules, pure: receipt matching, a carrier's verdict and when it is due,
+the overall verdict, the blocked grace, receipt delays and a phone's canary flag.
+
+Everything here is a function of its arguments (times are passed in, never read from a
+clock), so each rule is unit-tested on its own and the engine (`daemon/spamtest/`)
+composes them. Must not do I/O or hold state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from config.model import SpamTestSection
+from config.names import MessageType, message_hash, normalise_phone
+from dispatch.agent_tables import is_success
+from dispatch.fairness import Row
+from dispatch.guards import byte_length
+from dispatch.spamtests.contract import Verdict
+
+# Below this many observed receipts a carrier's grace is the configured initial value.
+MIN_SAMPLES = 5
+
+# The overall verdict is the first of these present (pass only when all passed).
+OVERALL_ORDER = (Verdict.BLOCKED, Verdict.FAILED, Verdict.DEVICE_ERROR, Verdict.TIMEOUT)
+
+
+def overall(verdicts: Iterable[str | None]) -> Verdict | None:
+    """Overall verdict of a set of per-carrier verdicts; None while any is undecided."""
+    values = list(verdicts)
+    if not values or any(v is None for v in values):
+        return None
+    if all(v == Verdict.PASS for v in values):
+        return Verdict.PASS
+    for verdict in OVERALL_ORDER:
+        if verdict in values:
+            return verdict
+    raise ValueError(f"unknown verdicts {values}")
+
+
+# ---- receipt matching -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What a receipt must be to belong to one carrier × message type of a test."""
+
+    mtype: MessageType  # SMS | LMS
+    sender: str  # normalised
+    text_hash: str  # an SMS: its text's; an LMS: its subject's (how the MMS notification shows)
+    subject: str | None = None
+    min_size: int = 0  # an LMS body's bytes: a notification stating less is not it
+
+    @classmethod
+    def of(
+        cls,
+        mtype: MessageType,
+        callback: str,
+        text_hash: str,
+        subject: str | None,
+        body: str | None,
+    ) -> Expected:
+        if mtype == MessageType.SMS:
+            return cls(mtype, normalise_phone(callback), text_hash)
+        return cls(mtype, normalise_phone(callback), text_hash, subject, byte_length(body or ""))
+
+    def matches(self, receipt: Row) -> bool:
+        """`receipt`: a modem_receipts row (sender normalised when it was recorded)."""
+        if receipt["sender"] != self.sender or receipt["text_hash"] != self.text_hash:
+            return False
+        if self.mtype == MessageType.SMS:
+            # A multi-part text whose parts never all arrived is not the test's text.
+            return bool(receipt["kind"] == "sms" and receipt["complete"])
+        if receipt["kind"] != "mms-notification" or receipt["subject"] != self.subject:
+            return False
+        size = receipt["mms_size"]
+        return size is None or size >= self.min_size
+
+
+def expected_hash(mtype: MessageType, text: str, subject: str | None) -> str:
+    """The text_hash a receipt of this message carries."""
+    return message_hash(text if mtype == MessageType.SMS else (subject or ""))
+
+
+def receipt_delay(inserted_at: datetime | None, received_at: datetime) -> float | None:
+    """Seconds from the agent-table insert to the receipt (never negative), or None when
+    the insert time is unknown."""
+    if inserted_at is None:
+        return None
+    return round(max(0.0, (received_at - inserted_at).total_seconds()), 3)
+
+
+# ---- verdict rules --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SlotFacts:
+    """What is known about one carrier × message type of an active test."""
+
+    inserted_at: datetime
+    received: bool
+    agent_code: int | None  # a final code, None while the agent has not reported
+    success_seen_at: datetime | None
+
+    @property
+    def agent_success(self) -> bool:
+        return self.agent_code is not None and is_success(self.agent_code)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    detail: str
+
+
+def decide(
+    facts: SlotFacts,
+    now: datetime,
+    grace_s: float,
+    timeout_s: float,
+    watched: bool,
+) -> Decision | None:
+    """The verdict of a slot now, or None to keep waiting.
+
+    `watched`: the phone's modem was ready (and its storage read) for the whole
+    time since the send, so the absence of a receipt means something.
+    """
+    if facts.received:
+        return Decision(Verdict.PASS, "received")
+    if facts.agent_code is not None and not facts.agent_success:
+        return Decision(Verdict.FAILED, f"agent reported {facts.agent_code}")
+    if facts.agent_success and facts.success_seen_at is not None:
+        waited = (now - facts.success_seen_at).total_seconds()
+        if waited < grace_s:
+            return None
+        if watched:
+            return Decision(Verdict.BLOCKED, f"nothing arrived {waited:.1f}s after the success")
+        return Decision(
+            Verdict.DEVICE_ERROR, "the modem was not ready at some moment since the send"
+        )
+    if (now - facts.inserted_at).total_seconds() < timeout_s:
+        return None
+    if watched:
+        return Decision(Verdict.TIMEOUT, f"no agent result within {timeout_s:.0f}s")
+    return Decision(
+        Verdict.DEVICE_ERROR, "no agent result, and the modem was not ready at some moment"
+    )
+
+
+def grace_for(samples: Sequence[float], section: SpamTestSection) -> float:
+    """Seconds to wait after the agent's success before calling a message blocked.
+
+    Built from the receipt delays (success → receipt) recently observed on this
+    carrier: the 95th percentile plus max(1 s, 5 %), never below the slowest recent
+    receipt plus one second, within [grace_min_s, grace_max_s]. With fewer than
+    MIN_SAMPLES observations it is grace_initial_s, or the slowest of them plus one
+    second if that is longer (a late receipt widens the grace at once).
+    """
+    ordered = sorted(samples)
+    if len(ordered) < MIN_SAMPLES:
+        # Too few to estimate a percentile, but never shorter than a receipt already seen.
+        floor = ordered[-1] + 1.0 if ordered else 0.0
+        return round(min(section.grace_max_s, max(section.grace_initial_s, floor)), 2)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    grace = max(p95 + max(1.0, 0.05 * p95), ordered[-1] + 1.0)
+    return round(min(section.grace_max_s, max(section.grace_min_s, grace)), 2)
+
+
+# ---- canaries -------------------------------------------------------------------------------
+def canary_flag(flagged_since: datetime | None, verdict: Verdict, now: datetime) -> datetime | None:
+    """A phone's flag after one of its canaries ended with `verdict`: a blocked canary
+    flags it (since now: its verdicts are device_error until it passes again), a pass
+    clears the flag, anything else (a failure, a device error, a timeout) says nothing
+    about its spam filter and leaves the flag as it was."""
+    if verdict == Verdict.BLOCKED:
+        return now
+    if verdict == Verdict.PASS:
+        return None
+    return flagged_since

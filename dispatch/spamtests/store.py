@@ -1,0 +1,385 @@
+"""The spam tests' PostgreSQL store: every statement on ``spam_filter_tests``,
+``spam_filter_test_results`` and the attribution columns of ``modem_receipts``.
+
+Functions take a connection (or a pool's connection proxy) and hold no state; the engine
+reaches them through one interface (`daemon/spamtest/ports.py:SpamBook`), so no engine
+module names a table. A completed test's blocked count goes to ``ai_training_logs``
+through its one owner, `dispatch/store/training.py`. Must not hold engine state or decide
+a verdict (`rules.py`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from config.names import MessageType, message_hash
+from dispatch.fairness import Row
+from dispatch.spamtests.contract import CANARY, NOTIFY_CHANNEL, SpamTestSpec, TestStatus, Verdict
+from dispatch.spamtests.report import report
+from dispatch.store import training
+from dispatch.store.runs import Conn
+
+TEST_COLUMNS = """id, company_id, status, overall, source, variant_id, batch_id,
+    message_content_sms, created_at, started_at, completed_at, status_reason"""
+RESULT_COLUMNS = """test_id, carrier, message_type, modem, result, status_code,
+    receipt_delay_s, late, late_delay_s, detail"""
+
+
+# ---- intake and reports ---------------------------------------------------------------------
+async def create_tests(
+    conn: Any, specs: Sequence[SpamTestSpec], batch: bool = False
+) -> tuple[list[uuid.UUID], uuid.UUID | None]:
+    """Queue the tests in one transaction (a batch shares one batch_id); NOTIFY the daemon.
+
+    ``created_at`` is the clock time of each insert, not the transaction's, so the
+    tests of a batch keep their order in the first-in-first-out queue."""
+    for spec in specs:
+        spec.check()
+    batch_id = uuid.uuid4() if batch else None
+    ids: list[uuid.UUID] = []
+    async with conn.transaction():
+        for spec in specs:
+            text = spec.sms_text if spec.sms_text is not None else spec.lms_text
+            assert text is not None
+            test_id = await conn.fetchval(
+                """INSERT INTO spam_filter_tests (node_id, company_id, user_id, callback_number,
+                       message_content_sms, message_content_lms, message_subject, message_hash,
+                       source, variant_id, batch_id, run_id, target_modem, created_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                           clock_timestamp())
+                   RETURNING id""",
+                spec.node_id,
+                spec.company_id,
+                spec.user_id,
+                spec.callback,
+                spec.sms_text,
+                spec.lms_text,
+                spec.subject,
+                message_hash(text),
+                spec.source,
+                spec.variant,
+                batch_id,
+                spec.run_id,
+                spec.target_modem,
+            )
+            ids.append(test_id)
+        await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+    return ids, batch_id
+
+
+async def show(conn: Conn, ident: uuid.UUID) -> list[dict[str, Any]]:
+    """Reports of a test, or of every test of a batch (by batch id); [] when unknown."""
+    tests = await conn.fetch(
+        f"SELECT {TEST_COLUMNS} FROM spam_filter_tests WHERE id = $1 OR batch_id = $1"
+        " ORDER BY created_at, variant_id, id",
+        ident,
+    )
+    if not tests:
+        return []
+    results = await conn.fetch(
+        f"SELECT {RESULT_COLUMNS} FROM spam_filter_test_results WHERE test_id = ANY($1::uuid[])"
+        " ORDER BY carrier, message_type",
+        [t["id"] for t in tests],
+    )
+    return [report(t, [r for r in results if r["test_id"] == t["id"]]) for t in tests]
+
+
+# ---- what a restart reads -------------------------------------------------------------------
+async def tests_in(
+    conn: Conn, node_id: str, status: TestStatus, limit: int | None = None
+) -> list[Row]:
+    """The node's tests in `status`, first queued first (whole rows); all when `limit` is
+    None."""
+    return list(
+        await conn.fetch(
+            """SELECT * FROM spam_filter_tests WHERE node_id = $1 AND status = $2
+               ORDER BY created_at, id LIMIT $3""",
+            node_id,
+            status.value,
+            limit,
+        )
+    )
+
+
+async def results_of(conn: Conn, test_id: uuid.UUID) -> list[Row]:
+    """A test's result rows in the order they were written (whole rows)."""
+    return list(
+        await conn.fetch(
+            "SELECT * FROM spam_filter_test_results WHERE test_id = $1 ORDER BY id", test_id
+        )
+    )
+
+
+async def receipt_delays(
+    conn: Conn, node_id: str, modems: list[str], count: int
+) -> list[tuple[str, float]]:
+    """The latest `count` success→receipt delays per carrier on these modems, oldest
+    first, then the latest late receipts' (how the grace is rebuilt after a restart)."""
+    passed = await conn.fetch(
+        """SELECT carrier, delay FROM (
+               SELECT carrier,
+                      extract(epoch FROM received_at - success_seen_at)::float8 AS delay,
+                      row_number() OVER (PARTITION BY carrier
+                                         ORDER BY decided_at DESC) AS n
+               FROM spam_filter_test_results r JOIN spam_filter_tests t
+                    ON t.id = r.test_id AND t.node_id = $3
+               WHERE modem = ANY($1::text[]) AND success_seen_at IS NOT NULL
+                 AND result = 'pass' AND received_at IS NOT NULL) s
+           WHERE n <= $2 ORDER BY n DESC""",
+        modems,
+        count,
+        node_id,
+    )
+    late = await conn.fetch(
+        """SELECT r.carrier, extract(epoch FROM m.received_at - r.success_seen_at)::float8
+                  AS delay
+           FROM spam_filter_test_results r JOIN modem_receipts m
+                ON m.id = r.late_receipt_id AND m.node_id = $3
+           WHERE r.modem = ANY($1::text[]) AND r.late AND r.success_seen_at IS NOT NULL
+           ORDER BY r.decided_at DESC LIMIT $2""",
+        modems,
+        count,
+        node_id,
+    )
+    return [(r["carrier"], r["delay"]) for r in [*passed, *late] if r["delay"] is not None]
+
+
+async def last_canaries(conn: Conn, node_id: str) -> list[tuple[str, str, datetime]]:
+    """Each phone's latest completed canary: (modem, overall, completed_at)."""
+    rows = await conn.fetch(
+        """SELECT DISTINCT ON (target_modem) target_modem, overall, completed_at
+           FROM spam_filter_tests
+           WHERE node_id = $1 AND source = $2 AND status = 'completed'
+           ORDER BY target_modem, completed_at DESC""",
+        node_id,
+        CANARY,
+    )
+    return [(r["target_modem"], r["overall"], r["completed_at"]) for r in rows]
+
+
+async def last_served(conn: Conn, node_id: str) -> dict[str | None, datetime]:
+    """When each company's latest test started (the queue's fairness)."""
+    rows = await conn.fetch(
+        """SELECT company_id, max(started_at) AS at FROM spam_filter_tests
+           WHERE node_id = $1 AND started_at IS NOT NULL GROUP BY company_id""",
+        node_id,
+    )
+    return {r["company_id"]: r["at"] for r in rows}
+
+
+# ---- a test's life --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class NewResult:
+    """One result row written when a test starts; `result` set when decided at once."""
+
+    carrier: str
+    mtype: MessageType
+    phone: str | None
+    modem: str | None
+    table: str | None
+    text_hash: str
+    result: Verdict | None
+    detail: str | None
+
+
+async def start_test(
+    conn: Conn, test_id: uuid.UUID, results: Sequence[NewResult]
+) -> tuple[datetime, list[int]] | None:
+    """Make a queued test active and write its result rows, in one transaction: its
+    start time and the rows' ids, or None when it is no longer queued (cancelled)."""
+    async with conn.transaction():
+        started_at = await conn.fetchval(
+            """UPDATE spam_filter_tests SET status = 'active', started_at = now()
+               WHERE id = $1 AND status = 'queued' RETURNING started_at""",
+            test_id,
+        )
+        if started_at is None:
+            return None
+        ids = []
+        for r in results:
+            ids.append(
+                await conn.fetchval(
+                    """INSERT INTO spam_filter_test_results (test_id, carrier, message_type,
+                           phone, modem, sms_table, message_hash, result, detail, decided_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                               CASE WHEN $8::text IS NULL THEN NULL ELSE now() END)
+                       RETURNING id""",
+                    test_id,
+                    r.carrier,
+                    r.mtype.value,
+                    r.phone,
+                    r.modem,
+                    r.table,
+                    r.text_hash,
+                    r.result.value if r.result else None,
+                    r.detail,
+                )
+            )
+    return started_at, ids
+
+
+async def record_sent(conn: Conn, rows: Sequence[tuple[int, int, datetime | None]]) -> None:
+    """(result id, agent seqno, inserted at): a row is in the agent table (after the
+    MySQL commit); the first insert time is kept."""
+    await conn.executemany(
+        """UPDATE spam_filter_test_results SET sms_msgkey = $2,
+               inserted_at = coalesce(inserted_at, $3) WHERE id = $1""",
+        rows,
+    )
+
+
+async def record_agent_codes(conn: Conn, rows: Sequence[tuple[int, int, datetime | None]]) -> None:
+    """(result id, the agent's final code, when a success was first seen)."""
+    await conn.executemany(
+        """UPDATE spam_filter_test_results SET status_code = $2,
+               success_seen_at = $3 WHERE id = $1""",
+        rows,
+    )
+
+
+async def record_verdicts(conn: Conn, rows: Sequence[tuple[int, Verdict, str | None]]) -> None:
+    """(result id, verdict, detail) of undecided rows; a decided row keeps its verdict."""
+    await conn.executemany(
+        """UPDATE spam_filter_test_results SET result = $2, detail = $3,
+               decided_at = now() WHERE id = $1 AND result IS NULL""",
+        [(rid, verdict.value, detail) for rid, verdict, detail in rows],
+    )
+
+
+async def complete_test(
+    conn: Conn,
+    test_id: uuid.UUID,
+    verdict: Verdict,
+    blocked: training.SpamBlocked | None,
+) -> None:
+    """The test is completed with its overall verdict; a test of a run adds its blocked
+    carriers to the run's training row, in the same transaction."""
+    async with conn.transaction():
+        await conn.execute(
+            """UPDATE spam_filter_tests SET status = 'completed', overall = $2,
+                   completed_at = now() WHERE id = $1 AND status = 'active'""",
+            test_id,
+            verdict.value,
+        )
+        if blocked is not None:
+            await training.add_spam_test_blocked(conn, blocked)
+
+
+async def cancel_test(conn: Conn, node_id: str, test_id: uuid.UUID) -> tuple[bool, str] | None:
+    """Cancel a queued or active test: (True, 'cancelled'); (False, its status) when it
+    was neither; None when there is no such test."""
+    status = await conn.fetchval(
+        """UPDATE spam_filter_tests SET status = 'cancelled', completed_at = now(),
+               status_reason = 'cancelled by operator'
+           WHERE id = $1 AND node_id = $2 AND status IN ('queued', 'active')
+           RETURNING status""",
+        test_id,
+        node_id,
+    )
+    if status is not None:
+        return True, str(status)
+    current = await conn.fetchval("SELECT status FROM spam_filter_tests WHERE id = $1", test_id)
+    return None if current is None else (False, str(current))
+
+
+# ---- receipts -------------------------------------------------------------------------------
+async def unmatched_receipts(conn: Conn, node_id: str, limit: int) -> list[Row]:
+    """Receipts not attributed yet, in the order they were recorded."""
+    return list(
+        await conn.fetch(
+            """SELECT id, modem, carrier, kind, sender, text_hash, subject, mms_size,
+                      complete, received_at
+               FROM modem_receipts WHERE node_id = $1 AND match IS NULL
+               ORDER BY id LIMIT $2""",
+            node_id,
+            limit,
+        )
+    )
+
+
+async def mark_receipt(conn: Conn, receipt_id: int, how: str, test_id: uuid.UUID | None) -> None:
+    """How a receipt was attributed: 'test', 'late' or 'unmatched'."""
+    await conn.execute(
+        "UPDATE modem_receipts SET match = $2, test_id = $3 WHERE id = $1",
+        receipt_id,
+        how,
+        test_id,
+    )
+
+
+async def record_receipt(
+    conn: Conn,
+    result_id: int,
+    test_id: uuid.UUID,
+    receipt_id: int,
+    received_at: datetime,
+    delay_s: float | None,
+) -> None:
+    """A receipt passes its result row and is marked as the test's, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(
+            """UPDATE spam_filter_test_results SET received = true,
+                   received_at = $2, receipt_id = $3, result = 'pass',
+                   receipt_delay_s = $4, decided_at = now(), detail = NULL
+               WHERE id = $1""",
+            result_id,
+            received_at,
+            receipt_id,
+            delay_s,
+        )
+        await mark_receipt(conn, receipt_id, "test", test_id)
+
+
+async def record_late(
+    conn: Conn, result_id: int, test_id: uuid.UUID, receipt_id: int, delay_s: float | None
+) -> None:
+    """A receipt arrived after its row's verdict: the row is marked late (its verdict
+    stays), the receipt is marked, in one transaction."""
+    async with conn.transaction():
+        await conn.execute(
+            """UPDATE spam_filter_test_results SET late = true, late_receipt_id = $2,
+                   late_delay_s = $3 WHERE id = $1""",
+            result_id,
+            receipt_id,
+            delay_s,
+        )
+        await mark_receipt(conn, receipt_id, "late", test_id)
+
+
+async def decided_unreceived(conn: Conn, node_id: str, modem: str, horizon: timedelta) -> list[Row]:
+    """Result rows on this modem decided without a receipt within `horizon`, latest
+    first, with what matching them needs (a late receipt's candidates)."""
+    return list(
+        await conn.fetch(
+            """SELECT r.id, r.test_id, r.carrier, r.result, r.inserted_at, r.success_seen_at,
+                      r.message_type, t.callback_number, t.message_subject,
+                      t.message_content_lms, r.message_hash
+               FROM spam_filter_test_results r JOIN spam_filter_tests t ON t.id = r.test_id
+               WHERE t.node_id = $3 AND r.modem = $1 AND NOT r.received AND NOT r.late
+                 AND r.result IS NOT NULL AND r.result <> 'pass'
+                 AND r.decided_at > now() - $2::interval
+               ORDER BY r.decided_at DESC""",
+            modem,
+            horizon,
+            node_id,
+        )
+    )
+
+
+async def prune_canaries(conn: Conn, node_id: str, retention: timedelta) -> str:
+    """Delete the daemon's own finished canaries older than `retention` (they live as long
+    as receipts); the command's status."""
+    return str(
+        await conn.execute(
+            """DELETE FROM spam_filter_tests WHERE node_id = $1 AND source = $3
+               AND status IN ('completed', 'cancelled')
+               AND completed_at < now() - $2::interval""",
+            node_id,
+            retention,
+            CANARY,
+        )
+    )
