@@ -166,10 +166,22 @@ def _octal(value: Any) -> Any:
 
 
 class SocketSection(_Section):
+    """The status socket: who may connect (mode, group), who may act (operator_group),
+    and the limits that keep slow clients from holding it (docs/status-api.md)."""
+
     path: Path = DEFAULT_SOCKET_PATH
     mode: Annotated[int, BeforeValidator(_octal), Field(ge=0, le=0o777)] = 0o660
+    # The socket file's group: its members may read (GET).
     group: str = ""
+    # Root and members of this group may also act (every POST); empty: root only.
+    operator_group: str = ""
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A whole request must arrive within this, however steadily it trickles in.
+    request_timeout_s: Seconds = 10.0
+    # An answer the client does not take within this is dropped with the connection.
+    write_timeout_s: Seconds = 10.0
+    # Connections open at once; the next is answered 503.
+    max_connections: int = Field(default=32, ge=1, le=4096)
 
 
 class DispatchSection(_Section):

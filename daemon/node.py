@@ -28,7 +28,7 @@ from daemon import receipts
 from daemon.agents import AgentMonitor
 from daemon.dispatcher import Dispatcher
 from daemon.housekeeping import Housekeeping
-from daemon.http import Request, Response, UnixHTTPServer
+from daemon.http import Request, Response, SocketRoles, UnixHTTPServer
 from daemon.modems import ModemManager
 from daemon.runtime import Runtime, diff_sections
 from daemon.spamtests import SpamTestEngine
@@ -64,6 +64,10 @@ class StatusServer:
             mode=section.mode,
             group=section.group,
             max_body_bytes=section.max_body_bytes,
+            roles=SocketRoles(section.operator_group),
+            request_timeout_s=section.request_timeout_s,
+            write_timeout_s=section.write_timeout_s,
+            max_connections=section.max_connections,
         )
         self.serving = asyncio.Event()
 
