@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from config.loader import ConfigError, load_config
+from config.loader import ConfigError, load_daemon_config
 from config.logs import setup_for
 from daemon import receipts
 from daemon.agents import AgentMonitor
@@ -342,7 +342,7 @@ class Node:
             log.warning("reload ignored: no configuration file")
             return
         try:
-            new = load_config(path)
+            new = load_daemon_config(path)
         except ConfigError as exc:
             log.error(
                 "reload refused, keeping the running configuration",
