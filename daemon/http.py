@@ -104,7 +104,7 @@ class SocketRoles:
 
     The group database is read at each control (not cached), so adding an operator to the
     group takes effect without restarting the daemon. The lookups are parameters so the
-    rules can be tested without real users (tests/integration/test_socket_roles.py has them).
+    rules can be tested without real users (tests/integration/test_socket.py has real ones).
     """
 
     def __init__(
