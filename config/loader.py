@@ -331,3 +331,29 @@ def validate(raw: dict[str, Any], source: str = "(inline)") -> NodeConfig:
 
 def load_config(path: Path) -> NodeConfig:
     return validate(read_raw(path), str(path))
+
+
+def daemon_problems(config: NodeConfig) -> list[Problem]:
+    """What the daemon needs beyond a valid file: settings the CLI can do without (an
+    operator's shell does not see the daemon's EnvironmentFile)."""
+    problems = []
+    if not config.dispatch.training_secret.get_secret_value():
+        problems.append(
+            Problem(
+                "dispatch.training_secret",
+                _MISSING,
+                "the daemon needs it as the HMAC key of ai_training_logs.source_ref; fix: set "
+                "HANJULLO_DISPATCH__TRAINING_SECRET to a long random value (e.g. openssl "
+                "rand -hex 32) in the daemon's EnvironmentFile (systemd/INSTALL.md)",
+            )
+        )
+    return problems
+
+
+def load_daemon_config(path: Path) -> NodeConfig:
+    """The configuration as the daemon may run with it (also on reload)."""
+    config = load_config(path)
+    problems = daemon_problems(config)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return config

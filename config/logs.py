@@ -16,18 +16,23 @@ from typing import Any, TextIO
 
 import structlog
 
-# Korean mobile and landline numbers, with optional +82, spaces or hyphens.
+# Korean mobile and landline numbers as people and systems write them: domestic with a trunk
+# 0 (010-1234-5678, 010.1234.5678, (010)1234-5678, 010 1234 5678) or international with
+# 82, with or without "+" and with an optional "(0)" (+82 10-1234-5678, 821012345678,
+# +82 (0)10-1234-5678); separators "-", "." or " ". Group 1 is the mobile prefix or area code.
+_SEP = r"[-. ]?"
 _PHONE = re.compile(
-    r"(?<![0-9])(?:\+82[- ]?|0)(1[016789]|2|[3-6][1-5]|70|80)"
-    r"[- ]?([0-9]{3,4})[- ]?([0-9]{4})(?![0-9])"
+    r"(?<![0-9])(?:\+?82" + _SEP + r"(?:\(0\)" + _SEP + r")?0?|\(?0)"
+    r"(1[016789]|2|[3-6][1-5]|70|80)\)?" + _SEP + r"([0-9]{3,4})" + _SEP + r"([0-9]{4})(?![0-9])"
 )
 
 
 def _mask(match: re.Match[str]) -> str:
     text = match.group(0)
     digits = [i for i, ch in enumerate(text) if ch.isdigit()]
-    keep_head = 3 if not text.startswith("+") else 4
-    hidden = set(digits[keep_head:-4])
+    # Keep the country code or trunk zero, two digits of the prefix, and the last four.
+    before_prefix = sum(ch.isdigit() for ch in text[: match.start(1) - match.start()])
+    hidden = set(digits[before_prefix + 2 : -4])
     return "".join("*" if i in hidden else ch for i, ch in enumerate(text))
 
 
@@ -36,12 +41,25 @@ def mask_phones(text: str) -> str:
     return _PHONE.sub(_mask, text)
 
 
+def _masked(value: Any) -> Any:
+    """``value`` with every phone number in it masked, nested containers included; a number
+    that reads as a phone number (821012345678) becomes its masked text."""
+    if isinstance(value, str):
+        return mask_phones(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+        masked = mask_phones(text)
+        return value if masked == text else masked
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_masked(item) for item in value]
+    return value
+
+
 def _mask_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = mask_phones(value)
-        elif isinstance(value, (list, tuple)):
-            event[key] = [mask_phones(v) if isinstance(v, str) else v for v in value]
+        event[key] = _masked(value)
     return event
 
 

@@ -7,17 +7,20 @@ several sections (an agent in two groups, duplicate devices…) live in
 
 from __future__ import annotations
 
+import math
 import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -32,7 +35,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-Seconds = Annotated[float, Field(gt=0)]
+def _finite(value: float, info: ValidationInfo) -> float:
+    # TOML and the environment both spell infinity ("inf"); a timer that never fires, or a
+    # NaN that compares false with everything, is never what an operator meant.
+    if not math.isfinite(value):
+        raise ValueError(
+            f"must be a finite number, not inf or nan; fix: e.g. {info.field_name} = 5"
+        )
+    return value
+
+
+Seconds = Annotated[float, Field(gt=0), AfterValidator(_finite)]
+# Zero allowed (e.g. "no delay", "off").
+SecondsOrZero = Annotated[float, Field(ge=0), AfterValidator(_finite)]
 
 
 def _as_str(value: Any) -> Any:
@@ -166,10 +181,22 @@ def _octal(value: Any) -> Any:
 
 
 class SocketSection(_Section):
+    """The status socket: who may connect (mode, group), who may act (operator_group),
+    and the limits that keep slow clients from holding it (docs/status-api.md)."""
+
     path: Path = DEFAULT_SOCKET_PATH
     mode: Annotated[int, BeforeValidator(_octal), Field(ge=0, le=0o777)] = 0o660
+    # The socket file's group: its members may read (GET).
     group: str = ""
+    # Root and members of this group may also act (every POST); empty: root only.
+    operator_group: str = ""
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A whole request must arrive within this, however steadily it trickles in.
+    request_timeout_s: Seconds = 10.0
+    # An answer the client does not take within this is dropped with the connection.
+    write_timeout_s: Seconds = 10.0
+    # Connections open at once; the next is answered 503.
+    max_connections: int = Field(default=32, ge=1, le=4096)
 
 
 class DispatchSection(_Section):
@@ -184,7 +211,21 @@ class DispatchSection(_Section):
     breaker_min_results: int = Field(default=20, ge=1)
     breaker_share: float = Field(default=0.5, gt=0, le=1)
     prune_after_days: Seconds = 90.0
+    # The HMAC key of ai_training_logs.source_ref. Required by the daemon (config/loader.py
+    # load_daemon_config), usually from HANJULLO_DISPATCH__TRAINING_SECRET; the CLI can do
+    # without it, so only a value that is present and blank is wrong everywhere.
     training_secret: SecretStr = SecretStr("")
+
+    @field_validator("training_secret")
+    @classmethod
+    def _training_secret(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError(
+                "is empty: source_ref would be an HMAC with an empty key, which anyone can "
+                "recompute; fix: set HANJULLO_DISPATCH__TRAINING_SECRET to a long random "
+                "value (e.g. openssl rand -hex 32) in the daemon's EnvironmentFile"
+            )
+        return value
 
 
 class SupervisionSection(_Section):
@@ -206,7 +247,7 @@ class SpamTestSection(_Section):
     poll_interval_s: Seconds = 0.25
     # Recent receipt delays per carrier that the grace is computed from.
     grace_samples: int = Field(default=50, ge=5)
-    canary_interval_s: float = Field(default=0.0, ge=0)
+    canary_interval_s: SecondsOrZero = 0.0
     canary_text: str = "hanjullo canary"
     # The registered sender number canaries are sent from (required with an interval).
     canary_callback: str = ""
@@ -218,7 +259,7 @@ class PhonesSection(_Section):
     command_timeout_s: Seconds = 2.0
     hang_after_timeouts: int = Field(default=3, ge=1)
     health_interval_s: Seconds = 5.0
-    sweep_interval_s: float = Field(default=30.0, ge=30.0)
+    sweep_interval_s: Annotated[float, Field(ge=30.0), AfterValidator(_finite)] = 30.0
     absent_check_interval_s: Seconds = 0.5
     partial_timeout_s: Seconds = 120.0
     receipt_retention_days: Seconds = 30.0
@@ -238,7 +279,7 @@ class LoggingSection(_Section):
 
 
 class CarrierNetworkConfig(_Section):
-    latency_s: tuple[float, float] = (1.0, 4.0)
+    latency_s: tuple[SecondsOrZero, SecondsOrZero] = (1.0, 4.0)
     failure_rate: float = Field(default=0.02, ge=0, le=1)
     failure_codes: list[int] = [7, 8, 9]
     block_keywords: list[str] = []
@@ -266,8 +307,8 @@ def _default_networks() -> dict[Carrier, CarrierNetworkConfig]:
 class SimAgentsSection(_Section):
     rate_per_s: Seconds = 100.0
     poll_interval_s: Seconds = 0.2
-    log_move_delay_s: float = Field(default=2.0, ge=0)
-    result_delay_s: tuple[float, float] = (0.2, 1.0)
+    log_move_delay_s: SecondsOrZero = 2.0
+    result_delay_s: tuple[SecondsOrZero, SecondsOrZero] = (0.2, 1.0)
 
 
 class SimModemsSection(_Section):

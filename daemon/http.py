@@ -1,9 +1,21 @@
 """A small HTTP/1.1 server on a Unix socket, for the status API.
 
 h11 does the protocol; this module adds routing, JSON errors for every 4xx
-(including requests h11 cannot parse), bounded headers and bodies, and an idle
-timeout so a stuck client cannot hold a connection forever. A handler failure
-answers 500 and leaves the server running.
+(including requests h11 cannot parse), bounded headers and bodies, the two roles
+of the socket and the limits that keep a slow client from holding the daemon.
+A handler failure answers 500 and leaves the server running.
+
+Roles: whoever can connect (the socket file's mode and group decide that) may
+read; a control, i.e. any method other than GET, is served only to root or a
+member of the operator group, judged from the peer's credentials
+(``SO_PEERCRED``), and refused with 403 otherwise.
+
+Limits: a whole request (headers and body) must arrive within the request
+deadline counted from the moment the server starts waiting for it, however
+steadily it trickles in; an answer must be taken by the client within the write
+deadline; at most ``max_connections`` are open at once (the next is answered 503
+and closed). Each is enforced per connection, so other clients are served while
+a slow one is cut off.
 """
 
 from __future__ import annotations
@@ -13,9 +25,11 @@ import contextlib
 import grp
 import json
 import os
+import pwd
 import socket
+import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +40,16 @@ log = structlog.get_logger("http")
 
 # Headers beyond this are refused (431) before any handler runs.
 MAX_HEADER_BYTES = 16 * 1024
-# A client that sends nothing for this long is disconnected.
-IDLE_TIMEOUT_S = 30.0
 READ_CHUNK = 8192
+# Defaults of the [socket] limits (config/model.py names the settings): hanjulloctl sends a
+# request at once and reads its answer at once, so ten seconds is generous for either.
+REQUEST_TIMEOUT_S = 10.0
+WRITE_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 32
+# How long a refusal (408, 503) may take to write before the connection is simply dropped.
+REFUSAL_WRITE_TIMEOUT_S = 1.0
+# struct ucred of SO_PEERCRED: pid, uid, gid.
+_UCRED = struct.Struct("3i")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +68,93 @@ class Response:
 
 
 @dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a connection, as the kernel saw it at connect time."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+# A peer whose credentials cannot be read (never on a Unix socket on Linux): no role at all.
+UNKNOWN_PEER = Peer(pid=0, uid=-1, gid=-1)
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     method: str
     path: str
     query: str
     body: bytes
+    peer: Peer = field(default=UNKNOWN_PEER)
+
+
+def peer_of(sock: Any) -> Peer:
+    """The SO_PEERCRED credentials of a connected Unix socket."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except (OSError, AttributeError):
+        return UNKNOWN_PEER
+    pid, uid, gid = _UCRED.unpack(raw)
+    return Peer(pid=pid, uid=uid, gid=gid)
+
+
+class SocketRoles:
+    """Reads for anyone who can connect; controls for root or the operator group.
+
+    The group database is read at each control (not cached), so adding an operator to the
+    group takes effect without restarting the daemon. The lookups are parameters so the
+    rules can be tested without real users (tests/integration/test_socket.py has real ones).
+    """
+
+    def __init__(
+        self,
+        operator_group: str,
+        getpwuid: Callable[[int], Any] = pwd.getpwuid,
+        getgrnam: Callable[[str], Any] = grp.getgrnam,
+        getgrouplist: Callable[[str, int], list[int]] = os.getgrouplist,
+    ) -> None:
+        self.operator_group = operator_group
+        self._getpwuid = getpwuid
+        self._getgrnam = getgrnam
+        self._getgrouplist = getgrouplist
+
+    def refusal(self, peer: Peer, what: str) -> str | None:
+        """None when the peer may do ``what`` (a control), else why not, naming the fix."""
+        if peer.uid == 0:
+            return None
+        if peer.uid < 0:
+            return f"{what} refused: the caller's credentials cannot be read"
+        try:
+            name = self._getpwuid(peer.uid).pw_name
+        except KeyError:
+            name = ""
+        who = f"uid {peer.uid}" + (f" ({name})" if name else "")
+        if not self.operator_group:
+            return (
+                f"{what} needs root: no [socket] operator_group is configured, and {who} "
+                "is not root; fix: run it as root, or set [socket] operator_group and add "
+                "the user to that group"
+            )
+        try:
+            wanted = self._getgrnam(self.operator_group).gr_gid
+        except KeyError:
+            return (
+                f"{what} needs root or membership of the operator group "
+                f"'{self.operator_group}', which does not exist on this host; fix: "
+                f"groupadd {self.operator_group}, then add {who} to it"
+            )
+        groups = {peer.gid}
+        if name:
+            with contextlib.suppress(KeyError, OSError):
+                groups |= set(self._getgrouplist(name, peer.gid))
+        if wanted in groups:
+            return None
+        return (
+            f"{what} needs root or membership of the operator group '{self.operator_group}' "
+            f"([socket] operator_group); {who} is not a member; fix: "
+            f"usermod -aG {self.operator_group} {name or '<user>'}, then log in again"
+        )
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -59,6 +162,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 class _HeadersTooLarge(Exception):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    request: Request
+    handler: Handler
 
 
 class SocketInUse(Exception):
@@ -78,6 +187,18 @@ def _path_is_live(path: Path) -> bool:
         probe.close()
 
 
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close, flushing what is buffered for a moment; a client that does not take it is
+    aborted rather than waited for."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), REFUSAL_WRITE_TIMEOUT_S)
+    except TimeoutError:
+        writer.transport.abort()
+    except Exception:
+        pass
+
+
 class UnixHTTPServer:
     def __init__(
         self,
@@ -86,14 +207,37 @@ class UnixHTTPServer:
         mode: int = 0o660,
         group: str = "",
         max_body_bytes: int = 64 * 1024,
+        roles: SocketRoles | None = None,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.path = path
         self.routes = routes
         self.mode = mode
         self.group = group
         self.max_body_bytes = max_body_bytes
+        self.roles = roles or SocketRoles("")
+        self.request_timeout_s = request_timeout_s
+        self.write_timeout_s = write_timeout_s
+        self.max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self._connections_changed = asyncio.Condition()
+
+    @property
+    def connections(self) -> frozenset[asyncio.Task[Any]]:
+        """The tasks of the connections open now."""
+        return frozenset(self._connections)
+
+    async def wait_connections(self, wanted: Callable[[int], bool]) -> None:
+        """Until the number of open connections is one ``wanted`` accepts."""
+        async with self._connections_changed:
+            await self._connections_changed.wait_for(lambda: wanted(len(self._connections)))
+
+    async def _count_changed(self) -> None:
+        async with self._connections_changed:
+            self._connections_changed.notify_all()
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,29 +270,79 @@ class UnixHTTPServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        peer = peer_of(writer.get_extra_info("socket"))
+        if len(self._connections) >= self.max_connections:
+            log.warning(
+                "status connection refused: connection cap reached",
+                cap=self.max_connections,
+                pid=peer.pid,
+                uid=peer.uid,
+            )
+            await self._refuse(
+                writer,
+                Response.error(503, f"too many connections (cap {self.max_connections})"),
+            )
+            return
         self._connections.add(task)
+        await self._count_changed()
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         try:
             while True:
-                response, keep = await self._one_request(conn, reader)
-                if response is None:
+                try:
+                    async with asyncio.timeout(self.request_timeout_s):
+                        got, keep = await self._read_request(conn, reader, peer)
+                except TimeoutError:
+                    if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+                        # Nothing of a next request came: an idle keep-alive, not an error.
+                        break
+                    log.info(
+                        "status client too slow: cut off at the request deadline",
+                        deadline_s=self.request_timeout_s,
+                        pid=peer.pid,
+                        uid=peer.uid,
+                    )
+                    await self._refuse(
+                        writer,
+                        Response.error(
+                            408, f"request not complete within {self.request_timeout_s:g} s"
+                        ),
+                    )
                     break
-                await self._send(conn, writer, response, keep)
+                if got is None:
+                    break
+                response, keep = (
+                    await self._answer(got) if isinstance(got, _Routed) else (got, keep)
+                )
+                if not await self._send(conn, writer, response, keep, peer):
+                    break
                 if not keep or conn.our_state is not h11.DONE:
                     break
                 try:
                     conn.start_next_cycle()
                 except h11.LocalProtocolError:
                     break
-        except (ConnectionError, TimeoutError):
+        except ConnectionError:
             pass
         except Exception:
             log.exception("status connection failed")
         finally:
             self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await _close(writer)
+            await self._count_changed()
+
+    async def _refuse(self, writer: asyncio.StreamWriter, response: Response) -> None:
+        """Answer raw and close, giving the client little time to take the answer."""
+        head = (
+            f"HTTP/1.1 {response.status} Error\r\ncontent-type: {response.content_type}\r\n"
+            f"content-length: {len(response.body)}\r\nconnection: close\r\n\r\n"
+        ).encode()
+        try:
+            writer.write(head + response.body)
+            await asyncio.wait_for(writer.drain(), REFUSAL_WRITE_TIMEOUT_S)
+        except (ConnectionError, TimeoutError):
+            writer.transport.abort()
+            return
+        await _close(writer)
 
     async def _next_event(
         self, conn: h11.Connection, reader: asyncio.StreamReader, limit: int | None = None
@@ -160,13 +354,16 @@ class UnixHTTPServer:
                 if limit is not None and isinstance(event, h11.Request) and received > limit:
                     raise _HeadersTooLarge
                 return event
-            data = await asyncio.wait_for(reader.read(READ_CHUNK), IDLE_TIMEOUT_S)
+            # The caller holds the whole request to its deadline; no per-read timeout.
+            data = await reader.read(READ_CHUNK)
             received += len(data)
             conn.receive_data(data)
 
-    async def _one_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader
-    ) -> tuple[Response | None, bool]:
+    async def _read_request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, peer: Peer
+    ) -> tuple[Response | _Routed | None, bool]:
+        """Read one request and route it: the request with its handler, or the error
+        answer, and whether to keep the connection. None: the client closed."""
         try:
             event = await self._next_event(conn, reader, limit=MAX_HEADER_BYTES)
             if isinstance(event, h11.ConnectionClosed):
@@ -217,15 +414,51 @@ class UnixHTTPServer:
             ):
                 return Response.error(405, f"{method} not allowed on {path}"), True
             return Response.error(404, f"no such path: {path}"), True
+        return _Routed(Request(method, path, query, body, peer), handler), True
+
+    async def _answer(self, routed: _Routed) -> tuple[Response, bool]:
+        """The handler's answer; a control only for a peer the roles allow."""
+        request = routed.request
+        if request.method != "GET":
+            what = f"{request.method} {request.path}"
+            refusal = await asyncio.to_thread(self.roles.refusal, request.peer, what)
+            if refusal is not None:
+                log.warning(
+                    "status control refused",
+                    path=request.path,
+                    pid=request.peer.pid,
+                    uid=request.peer.uid,
+                )
+                return Response.json(
+                    {
+                        "error": refusal,
+                        "status": 403,
+                        "operator_group": self.roles.operator_group,
+                    },
+                    403,
+                ), True
+            log.info(
+                "status control",
+                path=request.path,
+                pid=request.peer.pid,
+                uid=request.peer.uid,
+            )
         try:
-            return await handler(Request(method, path, query, body)), True
+            return await routed.handler(request), True
         except Exception:
-            log.exception("status handler failed", path=path)
+            log.exception("status handler failed", path=request.path)
             return Response.error(500, "internal error; see the daemon log"), False
 
     async def _send(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, response: Response, keep: bool
-    ) -> None:
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        response: Response,
+        keep: bool,
+        peer: Peer,
+    ) -> bool:
+        """Write the answer within the write deadline; False when the client did not take
+        it in time (the connection is then aborted, dropping what is still buffered)."""
         headers = [
             ("content-type", response.content_type),
             ("content-length", str(len(response.body))),
@@ -243,4 +476,15 @@ class UnixHTTPServer:
                 f"content-length: {len(response.body)}\r\nconnection: close\r\n\r\n"
             ).encode() + response.body
         writer.write(data)
-        await writer.drain()
+        try:
+            await asyncio.wait_for(writer.drain(), self.write_timeout_s)
+        except TimeoutError:
+            log.info(
+                "status client too slow: cut off at the write deadline",
+                deadline_s=self.write_timeout_s,
+                pid=peer.pid,
+                uid=peer.uid,
+            )
+            writer.transport.abort()
+            return False
+        return True

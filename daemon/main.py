@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from config.loader import ConfigError, load_config
+from config.loader import ConfigError, load_daemon_config
 from config.logs import setup_for
 from config.model import DEFAULT_CONFIG_PATH
 from daemon.runtime import Runtime
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default=None)
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_daemon_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

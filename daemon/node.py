@@ -22,13 +22,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from config.loader import ConfigError, load_config
+from config.loader import ConfigError, load_daemon_config
 from config.logs import setup_for
 from daemon import receipts
 from daemon.agents import AgentMonitor
 from daemon.dispatcher import Dispatcher
 from daemon.housekeeping import Housekeeping
-from daemon.http import Request, Response, UnixHTTPServer
+from daemon.http import Request, Response, SocketRoles, UnixHTTPServer
 from daemon.modems import ModemManager
 from daemon.runtime import Runtime, diff_sections
 from daemon.spamtest import SpamTestEngine
@@ -65,6 +65,10 @@ class StatusServer:
             mode=section.mode,
             group=section.group,
             max_body_bytes=section.max_body_bytes,
+            roles=SocketRoles(section.operator_group),
+            request_timeout_s=section.request_timeout_s,
+            write_timeout_s=section.write_timeout_s,
+            max_connections=section.max_connections,
         )
         self.serving = asyncio.Event()
 
@@ -333,7 +337,7 @@ class Node:
             log.warning("reload ignored: no configuration file")
             return
         try:
-            new = load_config(path)
+            new = load_daemon_config(path)
         except ConfigError as exc:
             log.error(
                 "reload refused, keeping the running configuration",

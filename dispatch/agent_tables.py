@@ -10,6 +10,7 @@ UTC, production's in KST, and ``sendreq_time`` is always the DB's own KST now.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -107,6 +108,13 @@ _COLUMNS = """
   k_next_type VARCHAR(1) NULL,
   k_button_json TEXT NULL,
   PRIMARY KEY (seqno)"""
+
+# The width of every VARCHAR column above, in characters (utf8mb4 counts characters): what
+# a value must fit before it is written, since strict MySQL refuses a longer one (the batch
+# fails for ever) and a lax one truncates it silently (dispatch/guards.py checks them).
+VARCHAR_WIDTHS: dict[str, int] = {
+    name: int(width) for name, width in re.findall(r"^\s*(\w+) VARCHAR\((\d+)\)", _COLUMNS, re.M)
+}
 
 
 def live_table_ddl(table: str) -> str:

@@ -2,7 +2,9 @@
 
 Per recipient: a valid mobile number, not a duplicate within the run, not opted
 out (advertising runs), within the byte limit of its type counted in EUC-KR
-(CP949), and an image for MMS. Per run: an advertising run must start with
+(CP949), a subject that fits ``title_str``, and an image for MMS. Per run (and
+spam test): a company id, sender number and subject that fit the agent-table
+columns every row repeats. Per run: an advertising run must start with
 ``(광고)`` and carry a free opt-out number (080…), and may only be sent 08:00-21:00
 KST. Every skip has a reason and is counted; nothing is dropped silently.
 """
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 
 from config.clock import KST
 from config.names import MessageType, is_mobile, normalise_phone
+from dispatch.agent_tables import VARCHAR_WIDTHS
 
 SMS_MAX_BYTES = 90
 LMS_MAX_BYTES = 2000
@@ -32,6 +35,7 @@ class SkipReason(StrEnum):
     DUPLICATE = "duplicate"
     OPTED_OUT = "opted_out"
     TOO_LONG = "too_long"
+    SUBJECT_TOO_LONG = "subject_too_long"
     MMS_WITHOUT_IMAGE = "mms_without_image"
 
 
@@ -53,6 +57,36 @@ def byte_length(text: str) -> int:
         except UnicodeEncodeError:
             total += 2
     return total
+
+
+# The LMS/MMS subject goes to title_str; it is checked per recipient (a recipient may carry
+# its own) and such a recipient is skipped like an over-long text.
+SUBJECT_MAX_CHARS = VARCHAR_WIDTHS["title_str"]
+
+# What every agent row of a run or spam test repeats: (field, column, its fix).
+_RUN_FIELDS = (
+    ("company_id", "app_etc2", "use the company's id as the web service stores it"),
+    ("callback", "call_back", "write the number alone, e.g. 0212345678 or 02-1234-5678"),
+    ("subject", "title_str", "shorten the subject (carriers show about 40 bytes)"),
+)
+
+
+def run_field_problems(company_id: str | None, callback: str, subject: str | None) -> list[str]:
+    """Run-level values too long for the agent-table column they are written to; each
+    names the field, its length, the column's width and the fix."""
+    values = {"company_id": company_id, "callback": callback, "subject": subject}
+    problems = []
+    for name, column, fix in _RUN_FIELDS:
+        value = values[name]
+        width = VARCHAR_WIDTHS[column]
+        if value is not None and len(value) > width:
+            # A sender number is shown (it is the operator's); the others only by length.
+            shown = f"{name} {value!r}" if name == "callback" else name
+            problems.append(
+                f"{shown} is {len(value)} characters, over the {width} of {column} in the "
+                f"agent tables; fix: {fix}"
+            )
+    return problems
 
 
 def check_ad_run(is_ad: bool, sample_text: str) -> None:
@@ -121,6 +155,8 @@ def check_recipient(
     # No character takes more than 2 bytes, so a short text needs no encoding.
     if len(text) * 2 > limit and byte_length(text) > limit:
         return Verdict(digits, SkipReason.TOO_LONG)
+    if subject is not None and len(subject) > SUBJECT_MAX_CHARS:
+        return Verdict(digits, SkipReason.SUBJECT_TOO_LONG)
     if message_type == MessageType.MMS and not any(
         a.lower().endswith((".jpg", ".jpeg")) for a in attachments or []
     ):

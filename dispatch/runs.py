@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from config.names import MessageType
-from dispatch.guards import check_ad_run
+from dispatch.guards import RunRejected, check_ad_run, run_field_problems
 from dispatch.store import intake
 from dispatch.store.runs import Conn, skip_counts
 
@@ -58,8 +58,12 @@ def _records(
 async def create_run(conn: Conn, spec: RunSpec, recipients: Iterable[Recipient]) -> uuid.UUID:
     """Store a run and its recipients in one transaction and wake the daemon.
 
-    Raises RunRejected (nothing stored) when an advertising text breaks the rules.
+    Raises RunRejected (nothing stored) when an advertising text breaks the rules or a
+    run field does not fit the agent tables.
     """
+    problems = run_field_problems(spec.company_id, spec.callback, spec.subject)
+    if problems:
+        raise RunRejected("; ".join(problems))
     run_id = uuid.uuid4()
     await intake.insert_run(
         conn,

@@ -90,6 +90,12 @@ def request(path: Path, method: str, url: str, timeout: float) -> Any:
     except ValueError:
         payload = None
     if response.status != 200:
+        if response.status == 403 and isinstance(payload, dict):
+            # Reading needs only the socket's group; a control needs root or the operator
+            # group, and the daemon's answer names that group and the fix.
+            raise CtlError(
+                f"refused by the daemon (403, not an operator): {payload.get('error', '')}"
+            )
         if isinstance(payload, dict) and isinstance(payload.get("error"), str):
             raise CtlError(payload["error"])
         raise CtlError(f"daemon answered {response.status}: {body.decode(errors='replace')}")

@@ -30,28 +30,45 @@ from dispatch.runs import show as show_run
 FINISHED = ("completed", "cancelled", "rejected")
 
 
+def _text_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file (a leading BOM dropped), decoded one at a time so broken
+    UTF-8 is reported by its line instead of as a traceback from deep inside the reader."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CtlError(
+                    f"{path}:{number}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                    f"{exc.start + 1}); fix: save the file as UTF-8 (Excel's plain CSV is "
+                    'CP949: choose "CSV UTF-8")'
+                ) from None
+            yield line.removeprefix("\ufeff") if number == 1 else line
+
+
 def _recipients(args: argparse.Namespace) -> Iterator[Recipient]:
     if args.csv:
-        with Path(args.csv).open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            fields = set(reader.fieldnames or [])
-            if not {"phone", "text"} <= fields:
-                raise CtlError(
-                    f"{args.csv}: the header must name columns phone,text (optional subject); "
-                    f"found {sorted(fields)}"
-                )
-            for line, row in enumerate(reader, start=2):
-                if not row.get("phone") or row.get("text") is None:
-                    raise CtlError(f"{args.csv}:{line}: phone and text are required")
-                yield Recipient(
-                    row["phone"].strip(), row["text"], (row.get("subject") or None) or args.subject
-                )
+        reader = csv.DictReader(_text_lines(Path(args.csv)))
+        fields = set(reader.fieldnames or [])
+        if not {"phone", "text"} <= fields:
+            raise CtlError(
+                f"{args.csv}: the header must name columns phone,text (optional subject); "
+                f"found {sorted(fields)}"
+            )
+        # The physical line each record starts on (a quoted text may span lines).
+        starts_on = reader.line_num + 1
+        for row in reader:
+            line, starts_on = starts_on, reader.line_num + 1
+            if not row.get("phone") or row.get("text") is None:
+                raise CtlError(f"{args.csv}:{line}: phone and text are required")
+            yield Recipient(
+                row["phone"].strip(), row["text"], (row.get("subject") or None) or args.subject
+            )
         return
-    with Path(args.phones).open(encoding="utf-8") as handle:
-        for raw in handle:
-            phone = raw.strip()
-            if phone and not phone.startswith("#"):
-                yield Recipient(phone, args.message, args.subject)
+    for raw in _text_lines(Path(args.phones)):
+        phone = raw.strip()
+        if phone and not phone.startswith("#"):
+            yield Recipient(phone, args.message, args.subject)
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from daemon.dispatcher.context import Context
 from daemon.dispatcher.state import RunState
 from daemon.stores import REDIS_ERRORS
 from dispatch.fairness import fair_order
-from dispatch.guards import in_ad_window
+from dispatch.guards import in_ad_window, run_field_problems
 from dispatch.store.runs import ACTIVE, HOLDS_GROUP, Run, RunStatus
 
 log = structlog.get_logger("dispatcher")
@@ -92,6 +92,15 @@ async def grant(
     bulk = {g.name for g in ctx.bulk_groups()}
     granted: list[RunState] = []
     for run in order:
+        # The web service writes runs directly: a value no agent row can hold is refused
+        # here, before a group is taken or a row written (the subject is per recipient and
+        # checked by the guard pass).
+        problems = run_field_problems(run.company_id, run.callback_number, None)
+        if problems:
+            reason = "; ".join(problems)
+            await ctx.book.set_status(run.id, RunStatus.REJECTED, reason)
+            log.warning("run rejected", run=str(run.id), reason=reason)
+            continue
         if run.is_ad and not in_ad_window(now):
             await ctx.book.set_status(run.id, RunStatus.HELD, NIGHT_HOLD_REASON)
             continue

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from config.names import is_callback_number
-from dispatch.guards import LMS_MAX_BYTES, SMS_MAX_BYTES, byte_length
+from dispatch.guards import LMS_MAX_BYTES, SMS_MAX_BYTES, byte_length, run_field_problems
 
 NOTIFY_CHANNEL = "hanjullo_spam_tests"
 CARRIERS = ("SKT", "KT", "LGU")
@@ -61,6 +61,9 @@ class SpamTestSpec:
     def check(self) -> None:
         if not is_callback_number(self.callback):
             raise SpamTestRejected(f"{self.callback!r} is not a sender number")
+        problems = run_field_problems(self.company_id, self.callback, self.subject)
+        if problems:
+            raise SpamTestRejected("; ".join(problems))
         if self.sms_text is None and self.lms_text is None:
             raise SpamTestRejected("a test needs an SMS text or an LMS text with a subject")
         if self.sms_text is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from config import ConfigError, validate
 from config.example import sim_example, sim_node_id
@@ -216,3 +217,60 @@ def test_config_example_needs_no_config_file(
     config = validate(tomllib.loads(text))
     assert config.node.id == sim_node_id(tmp_path.resolve())
     assert str(tmp_path) in str(config.simulator.control_socket)
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_training_secret_is_refused(raw: dict[str, Any], blank: str) -> None:
+    raw["dispatch"]["training_secret"] = blank
+    [found] = [p for p in problems(raw) if p.startswith("dispatch.training_secret")]
+    assert found.startswith(f"dispatch.training_secret = {blank!r}: is empty"), found
+    assert "fix: set HANJULLO_DISPATCH__TRAINING_SECRET" in found
+
+
+def test_the_daemon_refuses_to_start_without_a_training_secret(
+    raw: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.main import EXIT_CONFIG
+    from daemon.main import main as noded
+
+    del raw["dispatch"]["training_secret"]
+    path = tmp_path / "node.toml"
+    path.write_text(tomli_w.dumps(raw))
+    # The CLI works without it (an operator's shell lacks the daemon's EnvironmentFile) …
+    assert ctl(["config", "check", "--config", str(path)]) == 0
+    capsys.readouterr()
+    # … the daemon does not start with an empty HMAC key.
+    assert noded(["--config", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "dispatch.training_secret = (missing): the daemon needs it" in err
+    assert "HANJULLO_DISPATCH__TRAINING_SECRET" in err
+
+
+def test_infinite_and_nan_timings_are_refused(
+    raw: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw["dispatch"]["poll_interval_s"] = float("inf")
+    raw.setdefault("spam_tests", {})["canary_interval_s"] = float("inf")
+    raw.setdefault("phones", {})["sweep_interval_s"] = float("inf")
+    raw["socket"]["request_timeout_s"] = float("nan")
+    found = problems(raw)
+    for field in (
+        "dispatch.poll_interval_s = inf",
+        "spam_tests.canary_interval_s = inf",
+        "phones.sweep_interval_s = inf",
+    ):
+        [problem] = [p for p in found if p.startswith(field)]
+        assert "must be a finite number, not inf or nan; fix: e.g." in problem, problem
+    assert any(p.startswith("socket.request_timeout_s = nan") for p in found), found
+    # The environment spells it too.
+    from config.loader import load_config
+
+    path = tmp_path / "node.toml"
+    path.write_text(sim_example(tmp_path))
+    monkeypatch.setenv("HANJULLO_SUPERVISION__STOP_TIMEOUT_S", "inf")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert any(
+        str(p).startswith("supervision.stop_timeout_s = 'inf': must be a finite number")
+        for p in info.value.problems
+    ), info.value.problems

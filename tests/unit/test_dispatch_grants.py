@@ -111,3 +111,22 @@ async def test_a_drained_run_releases_its_group_only_when_nothing_of_it_waits(
     f.tables.agent_reports("SMSQ_SEND_2", 6, DAY)
     assert await grants.release_if_drained(f.ctx, run)
     assert f.book.runs[run.id].status == RunStatus.RESULTS and "bulk-1" not in f.leases.held
+
+
+async def test_a_run_whose_fields_do_not_fit_the_agent_tables_is_rejected_not_granted(
+    tmp_path: Path,
+) -> None:
+    # The web service writes runs directly; the daemon guards them before any row exists.
+    f = dispatcher(tmp_path)
+    long_callback = f.book.add(make_run("A", callback_number="02-1234-5678 (대표번호 안내)"))
+    long_company = f.book.add(make_run("B" * 51))
+    fine = f.book.add(make_run("C"))
+    held: dict[str, object] = {}
+    granted = await grants.grant(f.ctx, [long_callback, long_company, fine], held, DAY)  # type: ignore[arg-type]
+    assert [s.id for s in granted] == [fine.id]
+    for run, field in ((long_callback, "callback"), (long_company, "company_id")):
+        rejected = f.book.runs[run.id]
+        assert rejected.status == RunStatus.REJECTED and rejected.line_group is None
+        assert rejected.status_reason is not None
+        assert rejected.status_reason.startswith(f"{field} "), rejected.status_reason
+    assert list(held) == [f.book.runs[fine.id].line_group]

@@ -115,3 +115,36 @@ def test_night_hold_boundaries(moment: datetime, allowed: bool) -> None:
 def test_the_dispatcher_wakes_at_the_next_window_edge(moment: datetime, edge: datetime) -> None:
     assert next_ad_window_edge(moment) == edge
     assert in_ad_window(edge - TICK) is not in_ad_window(edge)
+
+
+def test_a_subject_longer_than_title_str_is_skipped_and_200_characters_pass() -> None:
+    from dispatch.agent_tables import VARCHAR_WIDTHS
+
+    assert VARCHAR_WIDTHS["title_str"] == 200
+    ok = check_recipient("01012345678", "본문", "가" * 200, None, MessageType.LMS, False)
+    assert ok.skip is None
+    long = check_recipient("01012345678", "본문", "가" * 201, None, MessageType.LMS, False)
+    assert long.skip == SkipReason.SUBJECT_TOO_LONG
+
+
+def test_run_fields_too_long_for_their_agent_columns_are_named_with_the_fix() -> None:
+    from dispatch.guards import run_field_problems
+
+    assert run_field_problems("acme", "02-1234-5678", "제목") == []
+    found = run_field_problems("c" * 51, "0212345678" + " " * 11, "s" * 201)
+    assert len(found) == 3, found
+    company, callback, subject = found
+    assert company.startswith("company_id is 51 characters, over the 50 of app_etc2")
+    assert callback.startswith("callback '0212345678           ' is 21 characters, over the 20")
+    assert "fix: write the number alone" in callback
+    assert subject.startswith("subject is 201 characters, over the 200 of title_str")
+    assert all("fix:" in p for p in found)
+
+
+async def test_create_run_refuses_over_long_run_fields_before_storing_anything() -> None:
+    from dispatch.runs import Recipient, RunSpec, create_run
+
+    spec = RunSpec(node_id="n", company_id="c" * 51, callback="0212345678")
+    # No connection is touched: the run is refused before the transaction.
+    with pytest.raises(RunRejected, match="company_id is 51 characters"):
+        await create_run(None, spec, [Recipient("01012345678", "hi")])  # type: ignore[arg-type]

@@ -133,6 +133,19 @@ def test_queue_is_fifo_with_companies_taking_turns() -> None:
         (SpamTestSpec("n", "0212345678", sms_text="가" * 46), "over 90"),
         (SpamTestSpec("n", "0212345678", lms_text="본문"), "subject"),
         (SpamTestSpec("n", "0212345678", lms_text="가" * 1001, subject="s"), "over 2000"),
+        # Values every agent row of the test repeats, too long for their columns.
+        (
+            SpamTestSpec("n", "02-1234-5678 (대표번호 안내)", sms_text="hi"),
+            "callback .* characters, over the 20 of call_back",
+        ),
+        (
+            SpamTestSpec("n", "0212345678", sms_text="hi", company_id="c" * 51),
+            "company_id is 51 characters, over the 50 of app_etc2",
+        ),
+        (
+            SpamTestSpec("n", "0212345678", lms_text="본문", subject="제" * 201),
+            "subject is 201 characters, over the 200 of title_str",
+        ),
     ],
 )
 def test_bad_tests_are_rejected_with_a_reason(spec: SpamTestSpec, message: str) -> None:
