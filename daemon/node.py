@@ -18,14 +18,14 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from config.loader import ConfigError, load_config
 from config.logs import setup_for
 from daemon import receipts
-from daemon.agents import AgentMonitor
+from daemon.agents import AgentMonitor, AgentState
 from daemon.dispatcher import Dispatcher
 from daemon.housekeeping import Housekeeping
 from daemon.http import Request, Response, UnixHTTPServer
@@ -35,12 +35,16 @@ from daemon.spamtests import SpamTestEngine
 from daemon.stores import PostgresKeeper, RedisKeeper
 from daemon.supervisor import Component, ComponentState, DependencyDown, Health, Supervisor
 from daemon.systemd import Notifier, watchdog_interval_s
+from dispatch.outcomes import BREAKER_REASON_PREFIX
 from dispatch.store import intake
+from dispatch.store.runs import ACTIVE
 
 log = structlog.get_logger("node")
 
 # How often STATUS= is refreshed for `systemctl status`.
 STATUS_NOTIFY_INTERVAL_S = 10.0
+AGENT_STATES = [s.value for s in AgentState]
+RUN_STATUSES = [s.value for s in ACTIVE]
 
 
 class StatusServer:
@@ -81,6 +85,10 @@ class StatusServer:
 class _SnapshotCollector(Collector):
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.snapshot = snapshot
+
+    def describe(self) -> list[Any]:
+        # Nothing to check at registration: the names are this class's own.
+        return []
 
     def collect(self) -> Any:
         snap = self.snapshot()
@@ -123,6 +131,39 @@ class _SnapshotCollector(Collector):
                 ["agent", "group"],
                 [(key, value(a[field])) for key, a in agents if a[field] is not None],
             )
+        yield gauge(
+            "hanjullo_agent_state",
+            "1 for the state each agent is in (ok, unreachable, stalled, unknown)",
+            ["agent", "group", "state"],
+            [
+                ([str(a["number"]), a["group"], state], flag(a["state"] == state))
+                for a in snap["agents"]
+                for state in AGENT_STATES
+            ],
+        )
+        runs = snap["runs"]
+        yield gauge(
+            "hanjullo_runs",
+            "Campaign runs of this node in each active status",
+            ["status"],
+            [([s], sum(1 for r in runs if r.get("status") == s)) for s in RUN_STATUSES],
+        )
+        yield gauge(
+            "hanjullo_runs_paused_by_breaker",
+            "Runs paused by the circuit breaker, waiting for an operator",
+            ["node"],
+            [
+                (
+                    [node],
+                    sum(
+                        1
+                        for r in runs
+                        if r.get("status") == "paused"
+                        and str(r.get("reason") or "").startswith(BREAKER_REASON_PREFIX)
+                    ),
+                )
+            ],
+        )
         yield gauge(
             "hanjullo_modem_ready",
             "1 while the test phone's modem is ready",
@@ -198,7 +239,12 @@ class Node:
         for component in components:
             self.supervisor.add(component)
         self.stop_requested = asyncio.Event()
-        self._registry = CollectorRegistry(auto_describe=False)
+        metrics = runtime.metrics
+        metrics.reset_labels(
+            [(m.label, m.carrier.value) for m in runtime.config.modems], ["postgres", "redis"]
+        )
+        # The counters (daemon/metrics.py) and the snapshot's gauges on one registry.
+        self._registry = metrics.registry
         self._registry.register(_SnapshotCollector(self.snapshot))
 
     # ---- status -------------------------------------------------------------------------

@@ -701,6 +701,8 @@ class SpamTestEngine:
                 slot.received_at = receipt["received_at"]
                 slot.result, slot.detail = Verdict.PASS.value, None
                 delay = self._delay(slot, slot.received_at)
+                if delay is not None:
+                    self.runtime.metrics.receipt_delay.labels(slot.carrier).observe(delay)
                 async with conn.transaction():
                     await conn.execute(
                         """UPDATE spam_filter_test_results SET received = true,
@@ -904,6 +906,10 @@ class SpamTestEngine:
                     blocked,
                 )
         self.active.pop(test.id, None)
+        for slot in test.slots:
+            self.runtime.metrics.spam_verdicts.labels(
+                slot.carrier, slot.result or "none", test.source
+            ).inc()
         if test.source == "canary":
             self._canary_done(test, verdict)
         self.recent.appendleft(self._view(test, verdict.value))
@@ -922,6 +928,7 @@ class SpamTestEngine:
             return
         self.last_canary[label] = {"at": datetime.now(UTC).isoformat(), "verdict": verdict.value}
         if verdict == Verdict.BLOCKED:
+            self.runtime.metrics.canary_misses.labels(label).inc()
             if label not in self.flagged:
                 log.error(
                     "test phone missed its canary: its verdicts are device_error until it "
