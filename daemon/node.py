@@ -22,6 +22,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from config.clocksync import ClockSync, system_clock_sync
 from config.loader import ConfigError, load_config
 from config.logs import setup_for
 from daemon import receipts
@@ -99,6 +100,21 @@ class _SnapshotCollector(Collector):
             ["node"],
             [([node], snap["node"]["uptime_s"])],
         )
+        sync = snap["node"]["clock_sync"]
+        if sync["synchronised"] is not None:
+            yield gauge(
+                "hanjullo_clock_synchronised",
+                "1 while the kernel says the system clock is synchronised (NTP/PTP)",
+                ["node"],
+                [([node], flag(sync["synchronised"]))],
+            )
+        if sync["max_error_s"] is not None:
+            yield gauge(
+                "hanjullo_clock_max_error_seconds",
+                "The kernel's bound on the system clock's error",
+                ["node"],
+                [([node], sync["max_error_s"])],
+            )
         yield gauge(
             "hanjullo_component_state",
             "1 for the state each component is in",
@@ -245,6 +261,8 @@ class Node:
         )
         # The counters (daemon/metrics.py) and the snapshot's gauges on one registry.
         self._registry = metrics.registry
+        # Whether the system clock is synchronised (tests replace it).
+        self.clock_sync: Callable[[], ClockSync] = system_clock_sync
         self._registry.register(_SnapshotCollector(self.snapshot))
 
     # ---- status -------------------------------------------------------------------------
@@ -258,6 +276,7 @@ class Node:
                 "started_at": self.runtime.started_at.isoformat(),
                 "uptime_s": round(self.runtime.uptime_s(), 3),
                 "clock": self.runtime.clock.now_kst().isoformat(),
+                "clock_sync": self.clock_sync().as_json(),
             },
             "components": [s.as_json() for s in self.supervisor.statuses()],
             "agents": [s.as_json() for s in self.agents.statuses.values()],
