@@ -17,8 +17,10 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from config.model import NodeConfig
 from dispatch.agent_tables import PENDING_CODES, SPAM_CODES, SUCCESS_CODES
 from dispatch.outcomes import SYSTEMIC_CODES
+from dispatch.store.runs import RunStatus
 
 # Result codes that keep a label of their own (docs: DOMAIN.md's list); the rest are
 # counted as "other", so an agent reporting odd codes cannot grow the series without bound.
@@ -51,6 +53,12 @@ KNOWN_CODES = frozenset(
 BATCH_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # A test text reaches a handset in seconds; KT often needs 12-15 s; a test gives up at 60 s.
 RECEIPT_BUCKETS_S = (1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 45.0, 60.0, 120.0)
+
+
+# The closed sets some labels come from.
+FAILOVER_REASONS = ("unreachable", "stalled", "drained")
+MODEM_RECOVERY_REASONS = ("hung", "port_lost", "driver_error")
+STORES = ("postgres", "redis")
 
 
 class Outcome:
@@ -179,13 +187,27 @@ class NodeMetrics:
             self.results.labels(outcome).inc()
             self.result_codes.labels(code_label(code)).inc()
 
-    def reset_labels(self, modems: Iterable[tuple[str, str]], stores: Iterable[str]) -> None:
-        """Show the configured modems' and stores' series at zero before their first event,
-        so rate() and absent() work from the first scrape."""
-        for modem, carrier in modems:
-            self.receipts.labels(modem, carrier)
-            self.canary_misses.labels(modem)
-        for store in stores:
+    def show_from_start(self, config: NodeConfig) -> None:
+        """Create the configured agents', groups', modems' and stores' series at zero, so
+        every metric is on the first scrape and rate(), increase() and absent() work
+        before the first event."""
+        for group in config.line_groups:
+            self.lease_losses.labels(group.name)
+            self.handoff_batch.labels(group.name)
+            for agent in group.agents:
+                self.rows_handed.labels(group.name, str(agent))
+                self.failover_rows.labels(str(agent))
+                for reason in FAILOVER_REASONS:
+                    self.failovers.labels(str(agent), reason)
+        for modem in config.modems:
+            self.receipts.labels(modem.label, modem.carrier.value)
+            self.canary_misses.labels(modem.label)
+            self.receipt_delay.labels(modem.carrier.value)
+            for reason in MODEM_RECOVERY_REASONS:
+                self.modem_recoveries.labels(modem.label, reason)
+        for store in STORES:
             self.heartbeat_failures.labels(store)
         for outcome in (Outcome.SUCCESS, Outcome.FAIL, Outcome.PENDING_TIMEOUT):
             self.results.labels(outcome)
+        for status in RunStatus:
+            self.run_status_changes.labels(status.value)

@@ -256,9 +256,7 @@ class Node:
             self.supervisor.add(component)
         self.stop_requested = asyncio.Event()
         metrics = runtime.metrics
-        metrics.reset_labels(
-            [(m.label, m.carrier.value) for m in runtime.config.modems], ["postgres", "redis"]
-        )
+        metrics.show_from_start(runtime.config)
         # The counters (daemon/metrics.py) and the snapshot's gauges on one registry.
         self._registry = metrics.registry
         # Whether the system clock is synchronised (tests replace it).

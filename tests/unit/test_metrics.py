@@ -127,10 +127,10 @@ async def test_grants_lost_leases_and_failovers_are_counted(tmp_path: Path) -> N
     assert value(f, "hanjullo_failover_rows_moved_total", agent="4") == 7
 
 
-def test_codes_are_bounded_and_the_exposition_names_every_family() -> None:
+def test_codes_are_bounded_and_the_exposition_names_every_family(tmp_path: Path) -> None:
     assert code_label(6) == "6" and code_label(9008) == "9008" and code_label(123456) == "other"
     metrics = NodeMetrics()
-    metrics.reset_labels([("SKT", "SKT")], ["postgres"])
+    metrics.show_from_start(dispatcher(tmp_path).ctx.config)
     metrics.count_results([6, 6, 9008])
     metrics.receipt_delay.labels("KT").observe(13.5)
     metrics.spam_verdicts.labels("KT", "blocked", "manual").inc()
@@ -138,6 +138,9 @@ def test_codes_are_bounded_and_the_exposition_names_every_family() -> None:
     assert 'hanjullo_results_total{outcome="success"} 2.0' in text
     assert 'hanjullo_results_total{outcome="pending_timeout"} 0.0' in text
     assert 'hanjullo_receipts_total{carrier="SKT",modem="SKT"} 0.0' in text
+    assert 'hanjullo_failovers_total{agent="9",reason="stalled"} 0.0' in text
+    assert 'hanjullo_lease_losses_total{group="bulk-3"} 0.0' in text
+    assert 'hanjullo_run_status_changes_total{status="paused"} 0.0' in text
     assert 'hanjullo_spam_receipt_delay_seconds_bucket{carrier="KT",le="15.0"} 1.0' in text
     assert 'hanjullo_spam_receipt_delay_seconds_bucket{carrier="KT",le="12.0"} 0.0' in text
     assert 'hanjullo_spam_verdicts_total{carrier="KT",source="manual",verdict="blocked"} 1.0' in (
