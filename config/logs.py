@@ -86,6 +86,20 @@ class _JournalPrefixed:
         return f"<{priority}>{self.renderer(logger, name, event)}"
 
 
+class _ToStructlog(logging.Handler):
+    """Libraries' stdlib log records (asyncio, apscheduler …) through the same processors:
+    masked, JSON or readable, with the journal priority."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                event["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **event)
+        except Exception:
+            self.handleError(record)
+
+
 class _CurrentStderr:
     """Writes to whatever ``sys.stderr`` is at the time of writing (tests swap it)."""
 
@@ -143,3 +157,8 @@ def setup_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _ToStructlog)]
+    root.addHandler(_ToStructlog())
+    # Libraries log as much as lastResort showed before: warnings and worse.
+    root.setLevel(max(logging.getLevelNamesMapping()[level.upper()], logging.WARNING))

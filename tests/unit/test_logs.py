@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,13 @@ import pytest
 import structlog
 
 from config.logs import is_journal_stream, mask_phones, setup_logging
+
+
+@pytest.fixture(autouse=True)
+def _logging_back_to_stderr() -> Iterator[None]:
+    # The tests below point the logs at files they close; later tests log to stderr.
+    yield
+    setup_logging()
 
 
 def test_mask_phones() -> None:
@@ -72,3 +80,21 @@ def test_a_stream_that_is_not_the_journals_gets_no_prefix(
         assert json.loads(redirected.read())["event"] == "lease lost"
     assert not is_journal_stream(io.StringIO(), {"JOURNAL_STREAM": "1:2"})
     assert not is_journal_stream(journal, {"JOURNAL_STREAM": "garbage"})
+
+
+def test_a_librarys_stdlib_log_goes_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    with (tmp_path / "journal").open("w+", encoding="utf-8") as stream:
+        monkeypatch.setenv("JOURNAL_STREAM", journal_env(stream)["JOURNAL_STREAM"])
+        setup_logging("info", "auto", stream=stream)
+        logging.getLogger("apscheduler.scheduler").warning("job missed by 01012345678")
+        logging.getLogger("asyncio").debug("below the level")
+        stream.seek(0)
+        lines = stream.read().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("<4>")
+    entry = json.loads(lines[0][3:])
+    assert entry["event"] == "job missed by 010****5678"
+    assert entry["logger"] == "apscheduler.scheduler"
