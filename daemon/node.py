@@ -125,7 +125,19 @@ class _SnapshotCollector(Collector):
                 for state in ComponentState
             ],
         )
-        agents = [([str(a["number"]), a["group"]], a) for a in snap["agents"]]
+        # With no due row (a known backlog) the oldest due row is 0 s old, not unknown.
+        agents = [
+            (
+                [str(a["number"]), a["group"]],
+                a
+                | {
+                    "oldest_waiting_s": 0
+                    if a["oldest_waiting_s"] is None and a["due"] == 0
+                    else a["oldest_waiting_s"]
+                },
+            )
+            for a in snap["agents"]
+        ]
         for name, doc, field, value in (
             (
                 "hanjullo_agent_reachable",
