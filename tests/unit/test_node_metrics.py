@@ -4,6 +4,8 @@ counters on one registry, every configured series there from the first scrape.""
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,6 +15,7 @@ from config.example import sim_example
 from config.loader import validate
 from daemon.node import Node
 from daemon.runtime import Runtime
+from dispatch.agent_tables import Backlog
 from tests.monitoring_refs import used_metrics
 
 
@@ -51,6 +54,21 @@ async def test_a_fresh_node_exposes_its_series_and_the_clock(tmp_path: Path) -> 
         "hanjullo_agent_oldest_waiting_seconds",
     }
     assert sorted(used_metrics() - set(samples)) == sorted(later)
+
+    # Agent 1's queue read empty (no due row: 0 s old), agent 2's holds a due row 7 s old,
+    # agent 3's was not read (no series).
+    now = datetime.now(UTC)
+    node.agents.statuses[1] = replace(
+        node.agents.statuses[1], backlog=Backlog(3, 0, None, 2), checked_at=now
+    )
+    node.agents.statuses[2] = replace(
+        node.agents.statuses[2], backlog=Backlog(5, 5, 7, 0), checked_at=now
+    )
+    oldest = (await scrape(node))["hanjullo_agent_oldest_waiting_seconds"]
+    assert oldest == {
+        (("agent", "1"), ("group", "bulk-1")): 0.0,
+        (("agent", "2"), ("group", "bulk-1")): 7.0,
+    }
 
     node.clock_sync = lambda: ClockSync(None, detail="adjtimex unavailable")
     samples = await scrape(node)
