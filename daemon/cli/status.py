@@ -84,7 +84,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
         numeric = any(isinstance(v, (int, float)) for v in values) and all(
             isinstance(v, (int, float)) or v is None for v in values
         )
-        out.add_column(header.upper(), overflow="fold", justify="right" if numeric else "left")
+        # Names and numbers are never folded; free text (reasons, paths) folds first.
+        out.add_column(
+            header.upper(),
+            overflow="fold",
+            justify="right" if numeric else "left",
+            no_wrap=numeric or i == 0 or header == "table",
+        )
     for row in rows:
         out.add_row(*(styled(v) for v in row))
     return out
@@ -106,7 +112,8 @@ def status_view(snap: dict[str, Any]) -> Group:
         ),
         Text(""),
         table(
-            ["agent", "table", "group", "state", "port", "waiting", "due", "oldest_s", "in_flight"],
+            # Short headers: with an agent "unreachable" the table still fits 80 columns.
+            ["agent", "table", "group", "state", "port", "waiting", "due", "oldest", "flight"],
             [
                 [
                     a["number"],

@@ -165,3 +165,19 @@ def test_spam_test_wait_shows_one_line_per_carrier() -> None:
     assert plain.getvalue().splitlines() == [
         "1/3 tests judged; SKT 2/3 (pass 2); KT 1/3 (blocked 1); LGU 2/3 (pass 1  blocked 1)"
     ]
+
+
+def test_unreachable_agents_and_long_reasons_still_fit_80_columns() -> None:
+    snap = snapshot()
+    for agent in snap["agents"]:
+        agent.update(state="unreachable", reachable=False, waiting=None, due=None, in_flight=None)
+        agent["oldest_waiting_s"] = None
+    long_path = "/tmp/pytest-of-root/pytest-98/test_status_watch_redraws_in_p0/dev/modem-skt"
+    snap["components"][-1]["reason"] = f"absent: device {long_path} not present"
+    text = status.render_status(snap)
+    assert all(cell_len(line) <= 80 for line in text.splitlines())
+    for n in range(1, 12):
+        assert row_of(text, f"{n:>5}  SMSQ_SEND_{n} ")  # one line per agent, never folded
+    header = lines_with(text, "AGENT", "TABLE", "OLDEST", "FLIGHT")[0]
+    assert column_at(header, "STATE") == column_at(row_of(text, "   11"), "unreachable")
+    assert "modem-skt" in text.replace("\n", "").replace(" ", "")
