@@ -19,15 +19,17 @@ UPTIME = re.compile(r"\bup (\d+)s\b")
 
 
 class Terminal:
-    """A detached tmux session of `width` x `height` running one command."""
+    """A detached tmux session of `width` x `height` running one command, on a tmux
+    server of its own (another tmux user on the machine cannot resize or end it)."""
 
-    def __init__(self, argv: list[str], width: int = 80, height: int = 60) -> None:
+    def __init__(self, argv: list[str], width: int = 80, height: int = 100) -> None:
         self.name = f"hanjullo-{uuid.uuid4().hex[:8]}"
+        self.tmux = ["tmux", "-L", self.name, "-f", "/dev/null"]
         # The shell line after the command shows how it ended; the pane stays open.
         line = f"{shlex.join(argv)}; echo EXITED $?; sleep 60"
         subprocess.run(
             [
-                "tmux",
+                *self.tmux,
                 "new-session",
                 "-d",
                 "-s",
@@ -36,7 +38,12 @@ class Terminal:
                 str(width),
                 "-y",
                 str(height),
+                # The pane's size, not the one an outer LINES/COLUMNS claims.
                 "env",
+                "-u",
+                "LINES",
+                "-u",
+                "COLUMNS",
                 "TERM=xterm-256color",
                 "bash",
                 "-c",
@@ -47,17 +54,17 @@ class Terminal:
 
     def screen(self) -> str:
         return subprocess.run(
-            ["tmux", "capture-pane", "-p", "-t", self.name],
+            [*self.tmux, "capture-pane", "-p", "-t", self.name],
             check=True,
             capture_output=True,
             text=True,
         ).stdout
 
     def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], check=False)
+        subprocess.run([*self.tmux, "kill-server"], check=False)
 
 
 @pytest.fixture
@@ -66,7 +73,7 @@ def tmux() -> Iterator[type[Terminal]]:
     opened: list[Terminal] = []
 
     class Tracked(Terminal):
-        def __init__(self, argv: list[str], width: int = 80, height: int = 60) -> None:
+        def __init__(self, argv: list[str], width: int = 80, height: int = 100) -> None:
             super().__init__(argv, width, height)
             opened.append(self)
 
