@@ -1,13 +1,18 @@
 """Structured logging for every command of the node.
 
-JSON lines (for journald) when stderr is not a terminal, a readable renderer on
-a terminal. Every string value passes through :func:`mask_phones` so a phone
-number never reaches a log unmasked; secrets are never handed to the logger.
+JSON lines when stderr is not a terminal, a readable renderer on a terminal. Under
+systemd (stderr is the journal stream that ``JOURNAL_STREAM`` names) each line starts
+with the sd-daemon ``<N>`` priority prefix, so the journal files it with its priority
+(``journalctl -p warning``) and keeps the JSON fields in its message
+(``journalctl -o cat | jq``). Every string value passes through :func:`mask_phones` so
+a phone number never reaches a log unmasked; secrets are never handed to the logger.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -63,6 +68,56 @@ def _mask_processor(_: Any, __: str, event: MutableMapping[str, Any]) -> Mutable
     return event
 
 
+# syslog priorities (sd-daemon(3)) of structlog's levels.
+JOURNAL_PRIORITY = {
+    "critical": 2,
+    "exception": 3,
+    "error": 3,
+    "warning": 4,
+    "warn": 4,
+    "info": 6,
+    "debug": 7,
+}
+
+
+def is_journal_stream(stream: Any, environ: MutableMapping[str, str] | None = None) -> bool:
+    """True when `stream` is the journal's stream that systemd handed this process
+    (``JOURNAL_STREAM=<device>:<inode>`` of it, systemd.exec(5)); a redirected stderr is
+    not, even under systemd."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        info = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
+class _JournalPrefixed:
+    """Wraps a renderer: ``<N>`` + the rendered line, N the event's syslog priority."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        priority = JOURNAL_PRIORITY.get(str(event.get("level", name)).lower(), 6)
+        return f"<{priority}>{self.renderer(logger, name, event)}"
+
+
+class _ToStructlog(logging.Handler):
+    """Libraries' stdlib log records (asyncio, apscheduler …) through the same processors:
+    masked, JSON or readable, with the journal priority."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                event["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **event)
+        except Exception:
+            self.handleError(record)
+
+
 class _CurrentStderr:
     """Writes to whatever ``sys.stderr`` is at the time of writing (tests swap it)."""
 
@@ -74,6 +129,9 @@ class _CurrentStderr:
 
     def isatty(self) -> bool:
         return sys.stderr.isatty()
+
+    def fileno(self) -> int:
+        return sys.stderr.fileno()
 
 
 def setup_for(section: Any, fmt_override: str | None = None, name: str = "noded") -> None:
@@ -93,12 +151,15 @@ def setup_logging(
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         out = log_file.open("a", encoding="utf-8", buffering=1)
-    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    journal = log_file is None and is_journal_stream(out)
+    use_json = fmt == "json" or (fmt == "auto" and (journal or not out.isatty()))
     renderer: Any = (
         structlog.processors.JSONRenderer(ensure_ascii=False)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    if journal:
+        renderer = _JournalPrefixed(renderer)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -114,3 +175,8 @@ def setup_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _ToStructlog)]
+    root.addHandler(_ToStructlog())
+    # Libraries log as much as lastResort showed before: warnings and worse.
+    root.setLevel(max(logging.getLevelNamesMapping()[level.upper()], logging.WARNING))

@@ -210,13 +210,16 @@ class ModemManager:
             consumer = asyncio.create_task(self._consume(driver), name=f"{self.name}-receipts")
             await self._serve(driver)
         except PortClosed as exc:
+            self._count_recovery("port_lost")
             self._set(ModemState.ABSENT, f"port lost: {exc}")
         except CommandTimeout as exc:
+            self._count_recovery("hung")
             self._failures += 1
             count = getattr(driver, "consecutive_timeouts", 1)
             self._set(ModemState.HUNG, f"no answer to {count} consecutive commands ({exc})")
             await self._recover(driver)
         except (OSError, DriverError) as exc:
+            self._count_recovery("driver_error")
             self._failures += 1
             self._set(
                 ModemState.ABSENT
@@ -231,6 +234,10 @@ class ModemManager:
                 with contextlib.suppress(asyncio.CancelledError):
                     await consumer
             await self._close()
+
+    def _count_recovery(self, reason: str) -> None:
+        # reason: "port_lost", "hung" or "driver_error" (a closed set: a metric label).
+        self.runtime.metrics.modem_recoveries.labels(self.modem.label, reason).inc()
 
     async def _serve(self, driver: TestPhoneDriver) -> None:
         phones = self.runtime.config.phones
@@ -327,6 +334,7 @@ class ModemManager:
             assert self.postgres is not None
             await receipts.mark_deleted(self.postgres.require(), recorded.id)
         self.status.receipts += 1
+        self.runtime.metrics.receipts.labels(self.modem.label, self.modem.carrier.value).inc()
         self.status.last_receipt_at = datetime.now(UTC)
         for listener in self.receipt_listeners:
             listener(recorded.id)

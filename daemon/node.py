@@ -18,14 +18,15 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from config.clocksync import ClockSync, system_clock_sync
 from config.loader import ConfigError, load_daemon_config
 from config.logs import setup_for
 from daemon import receipts
-from daemon.agents import AgentMonitor
+from daemon.agents import AgentMonitor, AgentState
 from daemon.dispatcher import Dispatcher
 from daemon.housekeeping import Housekeeping
 from daemon.http import Request, Response, SocketRoles, UnixHTTPServer
@@ -35,13 +36,17 @@ from daemon.spamtest import SpamTestEngine
 from daemon.stores import PostgresKeeper, RedisKeeper
 from daemon.supervisor import Component, ComponentState, DependencyDown, Health, Supervisor
 from daemon.systemd import Notifier, watchdog_interval_s
+from dispatch.outcomes import BREAKER_REASON_PREFIX
 from dispatch.spamtests import store as spam_store
 from dispatch.store import intake
+from dispatch.store.runs import ACTIVE
 
 log = structlog.get_logger("node")
 
 # How often STATUS= is refreshed for `systemctl status`.
 STATUS_NOTIFY_INTERVAL_S = 10.0
+AGENT_STATES = [s.value for s in AgentState]
+RUN_STATUSES = [s.value for s in ACTIVE]
 
 
 class StatusServer:
@@ -87,6 +92,10 @@ class _SnapshotCollector(Collector):
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self.snapshot = snapshot
 
+    def describe(self) -> list[Any]:
+        # Nothing to check at registration: the names are this class's own.
+        return []
+
     def collect(self) -> Any:
         snap = self.snapshot()
         node = snap["node"]["id"]
@@ -96,6 +105,21 @@ class _SnapshotCollector(Collector):
             ["node"],
             [([node], snap["node"]["uptime_s"])],
         )
+        sync = snap["node"]["clock_sync"]
+        if sync["synchronised"] is not None:
+            yield gauge(
+                "hanjullo_clock_synchronised",
+                "1 while the kernel says the system clock is synchronised (NTP/PTP)",
+                ["node"],
+                [([node], flag(sync["synchronised"]))],
+            )
+        if sync["max_error_s"] is not None:
+            yield gauge(
+                "hanjullo_clock_max_error_seconds",
+                "The kernel's bound on the system clock's error",
+                ["node"],
+                [([node], sync["max_error_s"])],
+            )
         yield gauge(
             "hanjullo_component_state",
             "1 for the state each component is in",
@@ -106,7 +130,19 @@ class _SnapshotCollector(Collector):
                 for state in ComponentState
             ],
         )
-        agents = [([str(a["number"]), a["group"]], a) for a in snap["agents"]]
+        # With no due row (a known backlog) the oldest due row is 0 s old, not unknown.
+        agents = [
+            (
+                [str(a["number"]), a["group"]],
+                a
+                | {
+                    "oldest_waiting_s": 0
+                    if a["oldest_waiting_s"] is None and a["due"] == 0
+                    else a["oldest_waiting_s"]
+                },
+            )
+            for a in snap["agents"]
+        ]
         for name, doc, field, value in (
             (
                 "hanjullo_agent_reachable",
@@ -128,6 +164,39 @@ class _SnapshotCollector(Collector):
                 ["agent", "group"],
                 [(key, value(a[field])) for key, a in agents if a[field] is not None],
             )
+        yield gauge(
+            "hanjullo_agent_state",
+            "1 for the state each agent is in (ok, unreachable, stalled, unknown)",
+            ["agent", "group", "state"],
+            [
+                ([str(a["number"]), a["group"], state], flag(a["state"] == state))
+                for a in snap["agents"]
+                for state in AGENT_STATES
+            ],
+        )
+        runs = snap["runs"]
+        yield gauge(
+            "hanjullo_runs",
+            "Campaign runs of this node in each active status",
+            ["status"],
+            [([s], sum(1 for r in runs if r.get("status") == s)) for s in RUN_STATUSES],
+        )
+        yield gauge(
+            "hanjullo_runs_paused_by_breaker",
+            "Runs paused by the circuit breaker, waiting for an operator",
+            ["node"],
+            [
+                (
+                    [node],
+                    sum(
+                        1
+                        for r in runs
+                        if r.get("status") == "paused"
+                        and str(r.get("reason") or "").startswith(BREAKER_REASON_PREFIX)
+                    ),
+                )
+            ],
+        )
         yield gauge(
             "hanjullo_modem_ready",
             "1 while the test phone's modem is ready",
@@ -203,7 +272,12 @@ class Node:
         for component in components:
             self.supervisor.add(component)
         self.stop_requested = asyncio.Event()
-        self._registry = CollectorRegistry(auto_describe=False)
+        metrics = runtime.metrics
+        metrics.show_from_start(runtime.config)
+        # The counters (daemon/metrics.py) and the snapshot's gauges on one registry.
+        self._registry = metrics.registry
+        # Whether the system clock is synchronised (tests replace it).
+        self.clock_sync: Callable[[], ClockSync] = system_clock_sync
         self._registry.register(_SnapshotCollector(self.snapshot))
 
     # ---- status -------------------------------------------------------------------------
@@ -217,6 +291,7 @@ class Node:
                 "started_at": self.runtime.started_at.isoformat(),
                 "uptime_s": round(self.runtime.uptime_s(), 3),
                 "clock": self.runtime.clock.now_kst().isoformat(),
+                "clock_sync": self.clock_sync().as_json(),
             },
             "components": [s.as_json() for s in self.supervisor.statuses()],
             "agents": [s.as_json() for s in self.agents.statuses.values()],

@@ -1,5 +1,5 @@
 """What every component of a running daemon shares: the current configuration,
-the node clock, the version and the start time.
+the node clock, the version, the start time and the node's counters (`metrics.py`).
 
 SIGHUP swaps :attr:`Runtime.config`; components read timings from it each time
 they use one, so a reload takes effect without a restart where that is safe.
@@ -15,6 +15,7 @@ from pathlib import Path
 from config.clock import NodeClock
 from config.model import NodeConfig
 from config.version import package_version
+from daemon.metrics import NodeMetrics
 
 
 @dataclass(slots=True)
@@ -25,6 +26,7 @@ class Runtime:
     version: str = field(default_factory=package_version)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_monotonic: float = field(default_factory=time.monotonic)
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
     @classmethod
     def create(cls, config: NodeConfig, config_path: Path | None = None) -> Runtime:

@@ -77,6 +77,7 @@ class PostgresKeeper:
                         self.pool = await schema.create_pg_pool(config)
                     await self._heartbeat(health)
                 except PG_ERRORS as exc:
+                    self.runtime.metrics.heartbeat_failures.labels("postgres").inc()
                     self.ready.clear()
                     health.degraded(f"postgres unreachable: {type(exc).__name__}: {exc}")
                     await self._drop_pool()
@@ -104,6 +105,7 @@ class PostgresKeeper:
                 self.runtime.started_at,
                 timeout=config.postgres.connect_timeout_s,
             )
+        self.runtime.metrics.heartbeat_last.labels("postgres").set_to_current_time()
         self.ready.set()
         health.running()
 
@@ -165,9 +167,11 @@ class RedisKeeper:
                         json.dumps({"pid": os.getpid(), "at": datetime.now(UTC).isoformat()}),
                         ex=max(1, int(interval * 3)),
                     )
+                    self.runtime.metrics.heartbeat_last.labels("redis").set_to_current_time()
                     self.ready.set()
                     health.running()
                 except REDIS_ERRORS as exc:
+                    self.runtime.metrics.heartbeat_failures.labels("redis").inc()
                     self.ready.clear()
                     health.degraded(f"redis unreachable: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(interval)

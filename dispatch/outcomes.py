@@ -19,6 +19,8 @@ SYSTEMIC_CODES = frozenset({55, 23, 2323, 9008, *range(56, 62)})
 # Log-table rows are re-read this far behind the newest result seen (moves are not
 # strictly in result order).
 RESULT_SLACK = timedelta(seconds=10)
+# How a run paused by the breaker reads in its reason (the status API and alerts look for it).
+BREAKER_REASON_PREFIX = "circuit breaker:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,8 @@ def breaker_reason(share: float, results: int, commonest: Iterable[tuple[int, in
     """The pause reason an operator reads: the share and the commonest systemic codes."""
     top = ", ".join(f"{code}×{count}" for code, count in commonest)
     return (
-        f"circuit breaker: {share:.0%} of the first {results} results are systemic failures ({top})"
+        f"{BREAKER_REASON_PREFIX} {share:.0%} of the first {results} results are "
+        f"systemic failures ({top})"
     )
 
 

@@ -11,13 +11,25 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from config.clock import KST
 from config.names import MessageType
@@ -114,26 +126,69 @@ def _fetch(args: argparse.Namespace, run_id: uuid.UUID) -> dict[str, Any] | None
 
 
 def wait_for_run(args: argparse.Namespace, run_id: uuid.UUID) -> dict[str, Any]:
-    """Poll until every result is in; a progress bar on stderr (stdout stays clean)."""
-    tty = sys.stderr.isatty()
-    while True:
-        info = _fetch(args, run_id)
-        if info is None:
-            raise CtlError(f"run {run_id} disappeared")
+    """Poll until every result is in, with progress on stderr (stdout stays clean): a rich
+    bar with the rate and the time left on a terminal, a line per change otherwise."""
+    console = Console(stderr=True, highlight=False)
+    with RunProgress(console, run_id) as progress:
+        while True:
+            info = _fetch(args, run_id)
+            if info is None:
+                raise CtlError(f"run {run_id} disappeared")
+            progress.update(info)
+            if info["status"] in FINISHED or (info["status"] == "paused" and info["reason"]):
+                return info
+            time.sleep(1.0 if console.is_terminal else 2.0)
+
+
+class ResultRate(ProgressColumn):
+    """Results per second, as rich measures them from the updates."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-/s" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
+
+
+class RunProgress:
+    """A run's results against its target: a bar on a terminal, plain lines elsewhere."""
+
+    def __init__(self, console: Console, run_id: uuid.UUID) -> None:
+        self.console = console
+        self.label = f"run {str(run_id)[:8]}"
+        self.last = ""
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+        if console.is_terminal:
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(),
+                ResultRate(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[detail]}"),
+                console=console,
+            )
+
+    def __enter__(self) -> RunProgress:
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=None, detail="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, info: dict[str, Any]) -> None:
         target = max(1, info["target"] - sum(info["skipped"].values()))
         done = info["success"] + info["fail"]
-        width = 30
-        filled = int(width * min(done, target) / target)
-        line = (
-            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{target} results, "
-            f"{info['inserted']} inserted, status {info['status']}"
-        )
-        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-        if info["status"] in FINISHED or (info["status"] == "paused" and info["reason"]):
-            if tty:
-                print(file=sys.stderr)
-            return info
-        time.sleep(1.0 if tty else 2.0)
+        detail = f"{info['inserted']} inserted, {info['status']}"
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, total=target, completed=min(done, target), detail=detail)
+            return
+        line = f"{self.label}: {done}/{target} results, {detail}"
+        if line != self.last:
+            self.console.print(line, markup=False, soft_wrap=True)
+            self.last = line
 
 
 def _render(info: dict[str, Any]) -> str:

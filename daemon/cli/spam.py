@@ -14,7 +14,18 @@ import string
 import sys
 import time
 import uuid
+from collections import Counter
 from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from daemon.cli.common import CtlError, Subparsers, node_config, post, socket_path
 from daemon.schema import run_with_pg
@@ -112,34 +123,89 @@ def cmd_spam_test(args: argparse.Namespace) -> int:
 
 
 def wait(args: argparse.Namespace, ident: uuid.UUID, count: int) -> list[dict[str, Any]]:
-    """Poll until every test has a verdict (or was cancelled); progress on stderr. One
-    connection for the whole wait."""
-    tty = sys.stderr.isatty()
+    """Poll until every test has a verdict (or was cancelled); progress on stderr, one
+    line per carrier. One connection for the whole wait."""
+    console = Console(stderr=True, highlight=False)
 
     async def poll(conn: Any) -> list[dict[str, Any]]:
         deadline = time.monotonic() + args.timeout
-        last = ""
-        while True:
-            reports = await show(conn, ident)
-            done = [r for r in reports if r["status"] in DONE]
-            line = f"{len(done)}/{count} tests judged; " + ", ".join(
-                f"{r['test_id'][:8]} {r['status']}" for r in reports if r["status"] not in DONE
-            )
-            if line != last:
-                print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr)
-                last = line
-            if len(done) == count:
-                if tty:
-                    print(file=sys.stderr)
-                return reports
-            if time.monotonic() > deadline:
-                raise CtlError(
-                    f"no verdict after {args.timeout:.0f}s; the test is still "
-                    f"{reports[0]['status'] if reports else 'unknown'} (see hanjulloctl status)"
-                )
-            await asyncio.sleep(POLL_S)
+        with VerdictProgress(console, count) as progress:
+            while True:
+                reports = await show(conn, ident)
+                progress.update(reports)
+                if sum(1 for r in reports if r["status"] in DONE) == count:
+                    return reports
+                if time.monotonic() > deadline:
+                    raise CtlError(
+                        f"no verdict after {args.timeout:.0f}s; the test is still "
+                        f"{reports[0]['status'] if reports else 'unknown'} "
+                        "(see hanjulloctl status)"
+                    )
+                await asyncio.sleep(POLL_S)
 
     return run_with_pg(node_config(args), poll)
+
+
+class VerdictProgress:
+    """Per carrier, how many of the tests it has judged and the verdicts so far: rich
+    bars on a terminal, a plain line per change elsewhere."""
+
+    def __init__(self, console: Console, count: int) -> None:
+        self.console = console
+        self.count = count
+        self.last = ""
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+        if console.is_terminal:
+            self.bar = Progress(
+                TextColumn("{task.description:<4}"),
+                BarColumn(bar_width=20),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[verdicts]}"),
+                console=console,
+            )
+
+    def __enter__(self) -> VerdictProgress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    @staticmethod
+    def per_carrier(reports: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
+        """carrier -> (tests judged, "pass 2  blocked 1")."""
+        out: dict[str, tuple[int, str]] = {}
+        for carrier in CARRIERS:
+            verdicts = [
+                r["carriers"][carrier]["verdict"]
+                for r in reports
+                if carrier in r["carriers"] and r["carriers"][carrier]["verdict"]
+            ]
+            if any(carrier in r["carriers"] for r in reports):
+                tally = Counter(verdicts)
+                out[carrier] = (len(verdicts), "  ".join(f"{v} {n}" for v, n in tally.items()))
+        return out
+
+    def update(self, reports: list[dict[str, Any]]) -> None:
+        carriers = self.per_carrier(reports)
+        if self.bar is not None:
+            for carrier, (judged, verdicts) in carriers.items():
+                if carrier not in self.tasks:
+                    self.tasks[carrier] = self.bar.add_task(carrier, total=self.count, verdicts="")
+                self.bar.update(self.tasks[carrier], completed=judged, verdicts=verdicts)
+            return
+        done = sum(1 for r in reports if r["status"] in DONE)
+        line = f"{done}/{self.count} tests judged; " + "; ".join(
+            f"{c} {judged}/{self.count}" + (f" ({verdicts})" if verdicts else "")
+            for c, (judged, verdicts) in carriers.items()
+        )
+        if line != self.last:
+            self.console.print(line, markup=False, soft_wrap=True)
+            self.last = line
 
 
 def _as_json(reports: list[dict[str, Any]], batch_id: uuid.UUID | None) -> str:

@@ -116,7 +116,7 @@ class PostgresRunBook:
     async def runs_awaiting_results(self) -> list[Run]:
         return await self._on(results.runs_awaiting_results, self._node_id())
 
-    async def apply_results(self, run_id: uuid.UUID, found: Sequence[Result]) -> int:
+    async def apply_results(self, run_id: uuid.UUID, found: Sequence[Result]) -> list[int]:
         return await self._on(results.apply_results, run_id, found)
 
     async def record_in_flight(self, run_id: uuid.UUID, in_flight: int) -> Run:

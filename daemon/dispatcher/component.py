@@ -202,7 +202,7 @@ class Dispatcher:
                 else:
                     await grants.release_if_drained(ctx, run)
             elif run.status == RunStatus.HELD and in_ad_window(now):
-                await ctx.book.set_status(run.id, RunStatus.QUEUED, None)
+                await ctx.set_status(run.id, RunStatus.QUEUED, None)
         queued = [r for r in runs if r.status == RunStatus.QUEUED]
         for state in await grants.grant(ctx, queued, held, now):
             handoff.supervise(ctx, state)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sized
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -18,10 +19,11 @@ from config.names import GroupType
 from daemon.agents import MYSQL_ERRORS, AgentStatus, agent_is_down
 from daemon.dispatcher.ports import AgentTables, AgentWatch, Leases, RunBook
 from daemon.dispatcher.state import RunRegistry
+from daemon.metrics import NodeMetrics
 from daemon.runtime import Runtime
 from daemon.stores import PG_ERRORS, REDIS_ERRORS
 from dispatch import agent_tables
-from dispatch.store.runs import Run
+from dispatch.store.runs import Run, RunStatus
 
 # What a database or Redis outage raises: retried, never a crash.
 ERRORS = (*MYSQL_ERRORS, *PG_ERRORS, *REDIS_ERRORS)
@@ -77,6 +79,27 @@ class Context:
         """The node clock (docs/clock.md)."""
         return self.runtime.clock.now()
 
+    @property
+    def metrics(self) -> NodeMetrics:
+        return self.runtime.metrics
+
+    def count_batch(self, rows: Mapping[str, Sized], seconds: float) -> None:
+        """A handoff batch written: its rows per agent (and group), and how long it took."""
+        groups: set[str] = set()
+        for table, written in rows.items():
+            agent = self.agent_number(table)
+            group = self.config.group_of(agent) if isinstance(agent, int) else None
+            name = group.name if group is not None else "-"
+            groups.add(name)
+            self.metrics.rows_handed.labels(name, str(agent)).inc(len(written))
+        for name in groups:
+            self.metrics.handoff_batch.labels(name).observe(seconds)
+
+    async def set_status(self, run_id: uuid.UUID, status: RunStatus, reason: str | None) -> None:
+        """Every status the engine sets passes here, so each one is counted."""
+        await self.book.set_status(run_id, status, reason)
+        self.metrics.run_status_changes.labels(status.value).inc()
+
     def group(self, name: str) -> LineGroupConfig:
         for group in self.config.line_groups:
             if group.name == name:
@@ -88,6 +111,13 @@ class Context:
 
     def agent_table(self, number: int) -> str:
         return self.config.agent(number).table
+
+    def agent_number(self, table: str) -> int | str:
+        """The agent whose table this is (the table's name if none is configured)."""
+        for agent in self.config.agents:
+            if agent.table == table:
+                return agent.number
+        return table
 
     def tables_of(self, group: str) -> list[str]:
         return [self.agent_table(n) for n in self.group(group).agents]

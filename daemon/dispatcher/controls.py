@@ -32,7 +32,7 @@ async def control(
     if action == "resume":
         if run.status not in (RunStatus.PAUSED, RunStatus.HELD):
             return {"run_id": str(run_id), "status": run.status.value, "resumed": False}
-        await ctx.book.set_status(run_id, RunStatus.QUEUED, None)
+        await ctx.set_status(run_id, RunStatus.QUEUED, None)
         ctx.wake.set()
         return {"run_id": str(run_id), "status": RunStatus.QUEUED.value, "resumed": True}
     target = STOPS[action]
@@ -47,7 +47,7 @@ async def control(
     # in flight to be inserted and checkpointed; the handoff then sees the new status
     # and stops by itself (cancelling it mid-batch would lose that checkpoint).
     async with ctx.registry.lock(run_id):
-        await ctx.book.set_status(run_id, target, reason)
+        await ctx.set_status(run_id, target, reason)
         pulled: list[str] = []
         if run.line_group:
             pulled = await ctx.tables.pull_back(ctx.tables_of(run.line_group), str(run_id))

@@ -76,11 +76,13 @@ async def failover_once(ctx: Context) -> int:
             del ctx.down[number]
         for number, reason in plan.marked_down.items():
             log.warning("agent marked down", agent=number, reason=reason)
+            ctx.metrics.failovers.labels(str(number), reason).inc()
             ctx.down[number] = reason
         for number, targets in plan.moves:
             moved = await ctx.tables.move_waiting(
                 ctx.agent_table(number), [ctx.agent_table(n) for n in targets]
             )
+            ctx.metrics.failover_rows.labels(str(number)).inc(moved)
             if moved:
                 log.warning("rows moved off a down agent", agent=number, rows=moved, to=targets)
             moved_total += moved

@@ -75,6 +75,7 @@ async def restore(ctx: Context) -> None:
                     run=str(run.id),
                     group=run.line_group,
                 )
+                ctx.metrics.lease_losses.labels(run.line_group).inc()
                 state.lease_lost = True
 
 
@@ -102,13 +103,14 @@ async def grant(
             log.warning("run rejected", run=str(run.id), reason=reason)
             continue
         if run.is_ad and not in_ad_window(now):
-            await ctx.book.set_status(run.id, RunStatus.HELD, NIGHT_HOLD_REASON)
+            await ctx.set_status(run.id, RunStatus.HELD, NIGHT_HOLD_REASON)
             continue
         groups = candidate_groups(run, assignments, bulk, holding, ctx.settings.pool_free_groups)
         for group in groups:
             if not await ctx.leases.acquire(group, str(run.id)):
                 continue
             if await ctx.book.take_group(run.id, group, ctx.now()):
+                ctx.metrics.run_status_changes.labels(RunStatus.SENDING.value).inc()
                 holding[group] = run
                 state = ctx.registry.state(run.id, run.company_id)
                 state.group, state.lease_lost = group, False
@@ -126,7 +128,7 @@ async def release_if_drained(ctx: Context, run: Run) -> bool:
     assert run.line_group is not None
     if await ctx.tables.run_waiting(ctx.tables_of(run.line_group), str(run.id)):
         return False
-    await ctx.book.set_status(run.id, RunStatus.RESULTS, None)
+    await ctx.set_status(run.id, RunStatus.RESULTS, None)
     await ctx.leases.release(run.line_group, str(run.id))
     log.info("group released", run=str(run.id), group=run.line_group)
     ctx.wake.set()
@@ -142,6 +144,7 @@ async def renew_leases(ctx: Context) -> None:
         try:
             if not await ctx.leases.renew(state.group, str(state.id)):
                 state.lease_lost = True
+                ctx.metrics.lease_losses.labels(state.group).inc()
                 log.error("lease lost", run=str(state.id), group=state.group)
         except REDIS_ERRORS as exc:
             # Redis is away: keep inserting only while the lease surely still runs.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import structlog
@@ -202,7 +203,7 @@ async def handoff_pass(ctx: Context, state: RunState) -> None:
                     await asyncio.wait_for(state.prepared_event.wait(), GUARD_WAIT_S)
                 continue
             if inserted == 0:
-                await ctx.book.set_status(state.id, RunStatus.DRAINING, None)
+                await ctx.set_status(state.id, RunStatus.DRAINING, None)
                 log.info("run fully inserted; draining", run=str(state.id), group=group)
                 ctx.wake.set()
                 return
@@ -306,11 +307,13 @@ async def commit_batch(ctx: Context, state: RunState, batch: Batch) -> int:
         # Recorded before writing: after a crash, everything up to here is looked up.
         await ctx.book.record_verify_until(state.id, plan.last_seq)
         state.verify_until = plan.last_seq
+    started = time.perf_counter()
     try:
         # One connection per agent table: the server loads them in parallel.
         await asyncio.gather(*(ctx.tables.write(t, s) for t, s in batch.staged.items()))
         await ctx.book.record_batch(state.id, plan.size, plan.last_seq, plan.pulled_seqs)
     finally:
         batch.discard()
+    ctx.count_batch(plan.rows, time.perf_counter() - started)
     state.batches += 1
     return plan.size

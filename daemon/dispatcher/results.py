@@ -20,6 +20,7 @@ import structlog
 
 from daemon.dispatcher.context import Context
 from daemon.dispatcher.controls import control
+from daemon.metrics import Outcome
 from dispatch.outcomes import (
     SYSTEMIC_CODES,
     advance_watermarks,
@@ -59,7 +60,13 @@ async def sync_run(ctx: Context, run: Run) -> int:
     results = [r for found, _ in parts for r in found]
     in_flight = sum(flight for _, flight in parts)
     chunks = [results[i : i + SYNC_CHUNK] for i in range(0, len(results), SYNC_CHUNK)]
-    changed = sum(await asyncio.gather(*(ctx.book.apply_results(run.id, c) for c in chunks)))
+    codes = [
+        c
+        for part in await asyncio.gather(*(ctx.book.apply_results(run.id, c) for c in chunks))
+        for c in part
+    ]
+    ctx.metrics.count_results(codes)
+    changed = len(codes)
     advance_watermarks(state.watermarks, results, logs)
     fresh = await ctx.book.record_in_flight(run.id, in_flight)
     if changed:
@@ -71,7 +78,9 @@ async def sync_run(ctx: Context, run: Run) -> int:
             fresh.results, fresh.inserted_count, fresh.started_at, ctx.now(), horizon
         )
         if complete:
-            await ctx.book.set_status(run.id, RunStatus.COMPLETED, reason)
+            await ctx.set_status(run.id, RunStatus.COMPLETED, reason)
+            missing = max(0, fresh.inserted_count - fresh.results)
+            ctx.metrics.results.labels(Outcome.PENDING_TIMEOUT).inc(missing)
             log.info(
                 "run completed",
                 run=str(run.id),
@@ -95,6 +104,7 @@ async def check_breaker(ctx: Context, run: Run) -> bool:
         return False
     commonest = await ctx.book.commonest_codes(run.id, sorted(SYSTEMIC_CODES))
     await control(ctx, run.id, "pause", breaker_reason(share, run.results, commonest))
+    ctx.metrics.breaker_trips.inc()
     return True
 
 

@@ -54,6 +54,8 @@ async def attribute(ctx: SpamContext, receipt: Row) -> None:
             slot.received_at = receipt["received_at"]
             slot.result, slot.detail = Verdict.PASS.value, None
             delay = receipt_delay(slot.inserted_at, receipt["received_at"])
+            if delay is not None:
+                ctx.runtime.metrics.receipt_delay.labels(slot.carrier).observe(delay)
             await ctx.book.record_receipt(
                 slot.result_id, test.id, receipt["id"], receipt["received_at"], delay
             )

@@ -25,6 +25,8 @@ def canary_done(ctx: SpamContext, test: ActiveTest, verdict: Verdict) -> None:
         return
     now = ctx.now()
     ctx.last_canary[label] = {"at": now.isoformat(), "verdict": verdict.value}
+    if verdict == Verdict.BLOCKED:
+        ctx.runtime.metrics.canary_misses.labels(label).inc()
     was = ctx.flagged.get(label)
     flag = canary_flag(was, verdict, now)
     if flag is None:

@@ -73,6 +73,10 @@ async def complete(ctx: SpamContext, test: ActiveTest) -> None:
         training = SpamBlocked(source_ref(secret, test.run_id), test.company, blocked)
     await ctx.book.complete_test(test.id, verdict, training)
     ctx.active.pop(test.id, None)
+    for slot in test.slots:
+        ctx.runtime.metrics.spam_verdicts.labels(
+            slot.carrier, slot.result or "none", test.source
+        ).inc()
     if test.source == CANARY:
         canaries.canary_done(ctx, test, verdict)
     ctx.recent.appendleft(test_view(ctx, test, verdict.value))

@@ -38,9 +38,9 @@ async def runs_awaiting_results(conn: Conn, node_id: str) -> list[Run]:
     return [Run.of(r) for r in rows]
 
 
-async def apply_results(conn: Conn, run_id: uuid.UUID, results: Sequence[Result]) -> int:
+async def apply_results(conn: Conn, run_id: uuid.UUID, results: Sequence[Result]) -> list[int]:
     """Record results of recipients still pending and bump the run's counters, in one
-    transaction. Returns how many recipients changed."""
+    transaction. Returns the status codes of the recipients that changed (each once)."""
     async with conn.transaction():
         changed = await conn.fetch(
             """UPDATE campaign_run_recipients r SET state = 'final',
@@ -56,7 +56,8 @@ async def apply_results(conn: Conn, run_id: uuid.UUID, results: Sequence[Result]
             [r.mob_company for r in results],
             [r.result_at for r in results],
         )
-        tally = Tally.of([c["status_code"] for c in changed])
+        codes = [int(c["status_code"]) for c in changed]
+        tally = Tally.of(codes)
         await conn.execute(
             """UPDATE campaign_runs SET success_count = success_count + $2,
                    fail_count = fail_count + $3, spam_count = spam_count + $4,
@@ -68,7 +69,7 @@ async def apply_results(conn: Conn, run_id: uuid.UUID, results: Sequence[Result]
             tally.spam,
             tally.systemic,
         )
-    return len(changed)
+    return codes
 
 
 async def record_in_flight(conn: Conn, run_id: uuid.UUID, in_flight: int) -> Run:

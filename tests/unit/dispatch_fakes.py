@@ -287,7 +287,7 @@ class FakeBook:
             or r.status == RunStatus.RESULTS
         ]
 
-    async def apply_results(self, run_id: uuid.UUID, results: Sequence[Result]) -> int:
+    async def apply_results(self, run_id: uuid.UUID, results: Sequence[Result]) -> list[int]:
         codes = []
         by_number = {r.dest_no: r for r in results}
         for recipient in self.recipients[run_id]:
@@ -304,7 +304,7 @@ class FakeBook:
             spam_count=run.spam_count + tally.spam,
             systemic_count=run.systemic_count + tally.systemic,
         )
-        return len(codes)
+        return codes
 
     async def record_in_flight(self, run_id: uuid.UUID, in_flight: int) -> Run:
         run = self.runs[run_id]
