@@ -39,8 +39,9 @@ from dispatch import agent_tables
 
 log = structlog.get_logger("infile")
 
-# One data packet: the protocol's largest payload (a longer file goes in several packets).
-MAX_PACKET = 0xFFFFFF
+# One data packet of the file (a batch of thousands of rows goes in a few). Below the
+# protocol's 16 MiB - 1, where a payload of exactly that size would mean "continued".
+MAX_PACKET = 1 << 20
 # What aiomysql says when it refuses a request with local_infile off (it names no file).
 _AIOMYSQL_REFUSAL = "Received LOAD_LOCAL packet but local_infile option is false"
 # How much of a requested name goes into the log (the name is chosen by the server).

@@ -106,6 +106,22 @@ async def test_load_serves_the_rows_for_the_name_its_statement_used() -> None:
     assert len(names) == 100 and all(re.fullmatch(r"hanjullo-[0-9a-f]{32}\.tsv", n) for n in names)
 
 
+async def test_a_large_batch_goes_in_packets_below_the_protocol_limit() -> None:
+    data = bytes(range(256)) * (infile.MAX_PACKET * 5 // 2 // 256)
+    async with wired() as (conn, server):
+        loaded, content = await both(
+            infile.load(conn, "INTO TABLE `SMSQ_SEND_1` (dest_no)", data),
+            serve_load(server, lambda name: name),
+        )
+        assert (loaded, content) == (3, data)
+    # the statement, three file packets, the end packet
+    assert [len(p) for p in server.received[1:]] == [infile.MAX_PACKET] * 2 + [
+        len(data) - 2 * infile.MAX_PACKET,
+        0,
+    ]
+    assert infile.MAX_PACKET < 0xFFFFFF
+
+
 async def test_a_request_for_another_name_is_refused_logged_and_dropped() -> None:
     data = b"01012345678\tsecret rows\n"
     async with wired() as (conn, server):
