@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,11 +102,12 @@ def test_the_demo_runs_on_the_documented_least_privilege_grants(
 
     # What the demo did not do, as the node user: the locking read and the delete of a
     # pull-back (pause, cancel) and a failover move need no UPDATE.
+    mysql_section = tomllib.loads(config)["mysql"]  # the password the demo made
     node = pymysql.connect(
         host="127.0.0.1",
-        user=accounts.user,
-        password=accounts.password,
-        database=accounts.database,
+        user=mysql_section["user"],
+        password=mysql_section["password"],
+        database=mysql_section["database"],
     )
     try:
         with node.cursor() as cur:
