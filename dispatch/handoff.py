@@ -11,9 +11,6 @@ so the statement is built here instead of with ``executemany``.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +20,7 @@ import aiomysql
 import pymysql.err
 
 from config.names import checked_table
+from dispatch import infile
 from dispatch.agent_tables import transaction
 from dispatch.outcomes import Result
 
@@ -102,57 +100,44 @@ def tsv_lines(rows: Sequence[RowValues]) -> str:
     )
 
 
-def write_tsv(rows: Sequence[RowValues]) -> str:
-    """The rows in a temporary LOAD DATA file; returns its path (the caller removes it)."""
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed here, removed by the caller
-        "w", encoding="utf-8", suffix=".tsv", delete=False
-    )
-    with handle:
-        handle.write(tsv_lines(rows))
-    return handle.name
-
-
 @dataclass(slots=True)
 class StagedRows:
-    """Rows ready for one agent table: the rows and, for LOAD DATA, their file (written
-    while the previous batch loads). `discard` removes the file."""
+    """Rows ready for one agent table: the rows and, for LOAD DATA, their lines encoded
+    (while the previous batch loads), held in memory only. `discard` lets them go."""
 
     rows: list[RowValues]
-    path: str | None = None
+    data: bytes | None = None
 
     def discard(self) -> None:
-        if self.path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            self.path = None
+        self.data = None
 
 
-def stage(rows: list[RowValues], as_file: bool) -> StagedRows:
-    return StagedRows(rows, write_tsv(rows) if as_file else None)
+def stage(rows: list[RowValues], as_data: bool) -> StagedRows:
+    return StagedRows(rows, tsv_lines(rows).encode() if as_data else None)
 
 
-async def load_file(conn: aiomysql.Connection, table: str, path: str) -> int:
-    """One LOAD DATA LOCAL INFILE statement (atomic, like one INSERT) of a file from
-    :func:`write_tsv`. Raises LoadDataRefused when the server does not permit it."""
+async def load_rows(conn: aiomysql.Connection, table: str, data: bytes) -> int:
+    """One LOAD DATA LOCAL INFILE statement (atomic, like one INSERT) of lines from
+    :func:`tsv_lines`, served from memory by :func:`dispatch.infile.load` on a connection
+    of :func:`dispatch.infile.create_pool`. Raises LoadDataRefused when the server does
+    not permit it."""
     table = checked_table(table)
-    async with conn.cursor() as cur:
-        try:
-            await cur.execute(
-                f"LOAD DATA LOCAL INFILE %s INTO TABLE `{table}` CHARACTER SET utf8mb4"
-                " FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n'"
-                f" ({ROW_COLUMNS}) SET sendreq_time = NOW(), status_code = 100,"
-                " rsv1 = '1'",
-                (path,),
-            )
-        except (
-            pymysql.err.OperationalError,
-            pymysql.err.InternalError,
-            pymysql.err.ProgrammingError,
-        ) as exc:
-            if exc.args and exc.args[0] in _LOAD_DATA_REFUSED:
-                raise LoadDataRefused(str(exc)) from exc
-            raise
-        return int(cur.rowcount)
+    try:
+        return await infile.load(
+            conn,
+            f"INTO TABLE `{table}` CHARACTER SET utf8mb4"
+            " FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n'"
+            f" ({ROW_COLUMNS}) SET sendreq_time = NOW(), status_code = 100, rsv1 = '1'",
+            data,
+        )
+    except (
+        pymysql.err.OperationalError,
+        pymysql.err.InternalError,
+        pymysql.err.ProgrammingError,
+    ) as exc:
+        if exc.args and exc.args[0] in _LOAD_DATA_REFUSED:
+            raise LoadDataRefused(str(exc)) from exc
+        raise
 
 
 def _insert_sql(table: str, rows: int) -> str:

@@ -4,6 +4,9 @@ Starts the simulators and the daemon under `run/demo/`, waits for every
 component, runs a spam-filter test on the three carrier test phones (the
 simulated KT filter blocks one of its words), sends a sample campaign, then
 prints the node's status table with both. `--keep` leaves the node running for `hanjulloctl status`.
+`--least-privilege` first creates the node's own PostgreSQL role and MySQL user with the
+shipped grants (systemd/grants/, docs/least-privilege.md) and runs everything the node
+runs (`db init`, the daemon, the CLI) on them; only the simulated agents keep root.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from simulators.harness import SimulatedNode
+from simulators import least_privilege
+from simulators.harness import SimulatedNode, current_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,13 +30,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", type=Path, default=ROOT / "run" / "demo")
     parser.add_argument("--keep", action="store_true", help="leave the node running")
+    parser.add_argument(
+        "--least-privilege",
+        action="store_true",
+        help="run the node on its own database accounts, made with systemd/grants/*.sql",
+    )
     args = parser.parse_args()
-    node = SimulatedNode(args.dir)
+    accounts = None
+    if args.least_privilege:
+        accounts = least_privilege.Accounts.for_instance(current_instance())
+        least_privilege.install(accounts)
+        say(
+            f"least-privilege accounts: PostgreSQL role and MySQL user {accounts.user},"
+            f" databases {accounts.database} (systemd/grants/)"
+        )
+    node = SimulatedNode(args.dir, overrides=None if accounts is None else accounts.configure)
     try:
         say(f"simulated node in {node.dir} (config {node.config_path})")
         node.db_init()
         say("storage ready (hanjulloctl db init)")
-        node.start_sim()
+        node.start_sim(env=None if accounts is None else accounts.agent_env())
         say("simulators running: 11 QTmsg agents, carrier network, 3 modems on ptys")
         ready = node.start_daemon()
         say(f"daemon READY after {ready:.2f}s; waiting for every component")

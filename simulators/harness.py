@@ -197,13 +197,15 @@ class SimulatedNode:
     def db_init(self) -> None:
         self.ctl("db", "init")
 
-    def start_sim(self, timeout_s: float = 20.0) -> None:
+    def start_sim(self, timeout_s: float = 20.0, env: dict[str, str] | None = None) -> None:
+        """Start the simulator; `env` adds to its environment (``HANJULLO_…`` overrides)."""
         log = (self.dir / "sim.stderr").open("ab")
         self.sim = subprocess.Popen(
             [*command("hanjullo-sim"), "--config", str(self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=log,
             start_new_session=True,
+            env=None if env is None else {**os.environ, **env},
         )
         wait_for(
             lambda: self.sim_ctl("status", check=False).returncode == 0 or self._sim_dead(),

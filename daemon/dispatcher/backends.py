@@ -19,7 +19,7 @@ import structlog
 
 from daemon.runtime import Runtime
 from daemon.supervisor import DependencyDown
-from dispatch import agent_tables, handoff
+from dispatch import agent_tables, handoff, infile
 from dispatch.guards import CheckedPage, Fields
 from dispatch.handoff import RowValues, StagedRows
 from dispatch.outcomes import Result
@@ -141,7 +141,10 @@ class MySQLAgentTables:
     """`ports.AgentTables` on a MySQL pool of the component's own (`open`, `close`).
 
     Batches go in as LOAD DATA LOCAL where the server permits it (several times
-    faster), else as multi-row INSERTs; either way one statement per table and batch."""
+    faster), else as multi-row INSERTs; either way one statement per table and batch.
+    The pool answers a server's file request only for the name its own LOAD DATA
+    statement used, with that batch's rows from memory (`dispatch.infile`); any other
+    request drops the connection and fails the call with `InfileRefused`."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -149,9 +152,7 @@ class MySQLAgentTables:
         self.load_data = True
 
     async def open(self) -> None:
-        self.pool = await agent_tables.create_pool(
-            self.runtime.config.mysql, maxsize=MYSQL_POOL_SIZE, local_infile=True
-        )
+        self.pool = await infile.create_pool(self.runtime.config.mysql, MYSQL_POOL_SIZE)
 
     async def close(self) -> None:
         pool, self.pool = self.pool, None
@@ -165,7 +166,7 @@ class MySQLAgentTables:
     ) -> T:
         if self.pool is None:
             raise DependencyDown("mysql pool not ready")
-        async with self.pool.acquire() as conn:
+        async with infile.guarded(self.pool) as conn:
             return await io(conn, *args, **kwargs)
 
     async def waiting_counts(self, tables: Sequence[str]) -> dict[str, int]:
@@ -183,15 +184,15 @@ class MySQLAgentTables:
         return await self._on(handoff.existing_tables, tables)
 
     def stage(self, rows: list[RowValues]) -> StagedRows:
-        return handoff.stage(rows, as_file=self.load_data)
+        return handoff.stage(rows, as_data=self.load_data)
 
     async def write(self, table: str, staged: StagedRows) -> None:
         await self._on(self._write, table, staged)
 
     async def _write(self, conn: aiomysql.Connection, table: str, staged: StagedRows) -> None:
-        if self.load_data and staged.path is not None:
+        if self.load_data and staged.data is not None:
             try:
-                await handoff.load_file(conn, table, staged.path)
+                await handoff.load_rows(conn, table, staged.data)
                 return
             except handoff.LoadDataRefused as exc:
                 self.load_data = False

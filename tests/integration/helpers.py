@@ -44,12 +44,12 @@ def serial_port(path: str) -> Iterator[serial.Serial]:
         port.close()
 
 
-def pg_fetch(sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Rows of one statement on the test PostgreSQL database, as tuples."""
+def pg_fetch(sql: str, *args: Any, database: str | None = None) -> list[tuple[Any, ...]]:
+    """Rows of one statement on the test PostgreSQL database (or `database`), as tuples."""
 
     async def run() -> list[tuple[Any, ...]]:
         conn = await asyncpg.connect(
-            host="127.0.0.1", user="postgres", database=instance_database()
+            host="127.0.0.1", user="postgres", database=database or instance_database()
         )
         try:
             return [tuple(r) for r in await conn.fetch(sql, *args)]

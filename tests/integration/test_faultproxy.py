@@ -4,8 +4,8 @@ Every fault mode is shown to do what it says on the wire, observed through the
 client libraries the daemon uses (asyncpg, aiomysql, PyMySQL, redis-py), and each
 test pins the error (or the hang) that library shows for that fault: the daemon's
 hardening is written against these reactions, so a library upgrade that changes one
-fails here first. The rogue MySQL server's tests show today's LOCAL INFILE exposure
-through the daemon's own pool factory.
+fails here first. The rogue MySQL server's tests show the LOCAL INFILE exposure of the
+libraries with ``local_infile=True``, and that the daemon's dispatch pool does not have it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from redis.retry import Retry
 
 from config.example import instance_databases
 from config.model import MySQLSection
-from dispatch import agent_tables
+from dispatch import agent_tables, infile
 from simulators import harness
 from simulators.faultproxy import (
     CutMode,
@@ -542,17 +542,28 @@ def test_rogue_reads_a_file_through_pymysql_with_local_infile_on(canary: Canary)
     direct.close()
 
 
-async def test_rogue_reads_a_file_through_the_daemons_dispatch_pool(canary: Canary) -> None:
-    """Today's dispatcher pool (`local_infile=True` on every connection) sends the file the
-    server names on its first statement, the pool's init_command."""
+async def test_the_daemons_dispatch_pool_refuses_a_file_request_at_connect(
+    canary: Canary,
+) -> None:
+    """The dispatcher's pool (`dispatch.infile`) refuses the request made on its first
+    statement, the pool's init_command, and drops that connection: nothing leaks. (Its
+    former `local_infile=True` pool sent the canary here.)"""
     async with RogueMySQL(0, MYSQL, file_name=str(canary.path), ask=Ask.FIRST_QUERY) as rogue:
         section = MySQLSection(port=rogue.port, database=harness.instance_database())
-        pool = await agent_tables.create_pool(section, maxsize=2, local_infile=True)
-        async with pool.acquire() as conn:
-            assert await my_query(conn, "SELECT DATABASE()") == ((harness.instance_database(),),)
+        pool = await infile.create_pool(section, maxsize=2)
+        with pytest.raises(infile.InfileRefused):
+            async with infile.guarded(pool) as conn:
+                await my_query(conn, "SELECT DATABASE()")
+        assert pool.size == 0  # the refused connection never joined the pool
         await agent_tables.close_pool(pool)
+        deadline = time.monotonic() + 5  # until the rogue sees the connection close
+        while not rogue.leaks:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the rogue never saw the refused connection close")
+            await asyncio.sleep(0.02)
     (leak,) = rogue.leaks
-    assert leak.query == agent_tables.SESSION_INIT and leak.content == canary.content
+    assert leak.query == agent_tables.SESSION_INIT
+    assert (leak.reply, leak.content) == (Reply.CLOSED, b"")
 
 
 async def test_rogue_gets_nothing_when_local_infile_is_off(canary: Canary) -> None:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import date
 
+import aiomysql
+
 from config.model import MySQLSection
-from dispatch import agent_tables, handoff
+from dispatch import agent_tables, handoff, infile
 from dispatch.handoff import AgentRow
 
 TEXTS = ["plain", "탭\t과 줄\n바꿈\r\n", "back\\slash \\N \\t", "(광고) 😀 null\0byte", ""]
 
 
 async def test_load_data_and_insert_write_the_same_rows() -> None:
-    conn = await agent_tables.connect(MySQLSection(), local_infile=True)
+    pool = await infile.create_pool(MySQLSection(), 1)
+    async with infile.guarded(pool) as conn:
+        await _both_paths(conn)
+    await agent_tables.close_pool(pool)
+
+
+async def _both_paths(conn: aiomysql.Connection) -> None:
     run = str(uuid.uuid4())
     tables = ["SMSQ_SEND_98", "SMSQ_SEND_97"]
     try:
@@ -32,11 +39,9 @@ async def test_load_data_and_insert_write_the_same_rows() -> None:
             )
             for i, text in enumerate(TEXTS)
         ]
-        path = handoff.write_tsv(rows)  # as the dispatcher does: file first, then load
-        try:
-            assert await handoff.load_file(conn, "SMSQ_SEND_98", path) == len(rows)
-        finally:
-            os.unlink(path)
+        staged = handoff.stage(rows, as_data=True)  # as the dispatcher does: encode, then load
+        assert staged.data is not None
+        assert await handoff.load_rows(conn, "SMSQ_SEND_98", staged.data) == len(rows)
         assert await handoff.insert_rows(conn, "SMSQ_SEND_97", rows) == len(rows)
         written = {}
         for table in tables:
@@ -58,4 +63,3 @@ async def test_load_data_and_insert_write_the_same_rows() -> None:
         async with conn.cursor() as cur:
             for table in tables:
                 await cur.execute(f"DELETE FROM `{table}` WHERE app_etc1 = %s", (run,))
-        conn.close()
