@@ -1,20 +1,30 @@
 """Structured logging for every command of the node.
 
 JSON lines when stderr is not a terminal, a readable renderer on a terminal. Under
-systemd (stderr is the journal stream that ``JOURNAL_STREAM`` names) each line starts
-with the sd-daemon ``<N>`` priority prefix, so the journal files it with its priority
-(``journalctl -p warning``) and keeps the JSON fields in its message
-(``journalctl -o cat | jq``). Every string value passes through :func:`mask_phones` so
-a phone number never reaches a log unmasked; secrets are never handed to the logger.
+systemd (stderr is the journal stream that ``JOURNAL_STREAM`` names) each event goes to
+journald over its native protocol (systemd.io/JOURNAL_NATIVE_PROTOCOL) as one datagram:
+``PRIORITY``, ``MESSAGE`` (the event text), ``SYSLOG_IDENTIFIER``, ``CODE_FILE``/``LINE``/
+``FUNC`` and every event key as a journal field of its own, so ``journalctl -p warning`` and
+``journalctl MODEM=KT`` work. The client is written here because python-systemd needs a C
+compiler and libsystemd headers on the node. An event the socket does not take (no
+journald, a full queue, a datagram over the socket's size limit) falls back to the old
+line on stderr: the sd-daemon ``<N>`` priority prefix and the event as JSON, so no line is
+lost and logging never raises. Every string value passes through :func:`mask_phones`
+before any of this, so a phone number never reaches a log unmasked; secrets are never
+handed to the logger.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
+import socket
+import struct
 import sys
+import threading
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -104,6 +114,105 @@ class _JournalPrefixed:
         return f"<{priority}>{self.renderer(logger, name, event)}"
 
 
+# journald's native socket (sd_journal_sendv(3) writes here).
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+# Fields this writer sets itself; an event key of the same name becomes X_<name>.
+_OWN_FIELDS = frozenset(
+    {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER", "CODE_FILE", "CODE_LINE", "CODE_FUNC"}
+)
+# Event keys that become MESSAGE and CODE_* instead of fields of their own.
+_CALLSITE_KEYS = ("pathname", "lineno", "func_name")
+_FIELD_NAME_MAX = 64  # journald drops longer field names
+
+_socket_lock = threading.Lock()
+_journal_socket: socket.socket | None = None
+
+
+def journal_field_name(key: str) -> str:
+    """The journal field an event key becomes: upper-cased, every character outside
+    A-Z, 0-9 and "_" replaced by "_", ``X_`` in front when the result would start with
+    "_" or a digit (journald's trusted or invalid names) or clash with a field this
+    writer sets (``message`` → ``X_MESSAGE``), cut to 64 characters."""
+    name = re.sub(r"[^A-Z0-9_]", "_", key.upper())
+    if not name[:1].isalpha() or name in _OWN_FIELDS:
+        name = "X_" + name
+    return name[:_FIELD_NAME_MAX]
+
+
+def _field_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def journal_datagram(fields: list[tuple[str, str]]) -> bytes:
+    """One entry in the native protocol: ``NAME=value\n``, or for a value with a newline
+    ``NAME\n`` + its byte length as 64-bit little endian + the value + ``\n``."""
+    parts = []
+    for name, value in fields:
+        data = value.encode("utf-8", errors="replace")
+        if b"\n" in data:
+            parts.append(name.encode() + b"\n" + struct.pack("<Q", len(data)) + data + b"\n")
+        else:
+            parts.append(name.encode() + b"=" + data + b"\n")
+    return b"".join(parts)
+
+
+def _shared_socket() -> socket.socket:
+    # One unbound datagram socket for the process, reused across reconfigurations.
+    global _journal_socket
+    with _socket_lock:
+        if _journal_socket is None:
+            _journal_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        return _journal_socket
+
+
+class _JournalNative:
+    """Final processor under systemd: sends the event to journald and drops it from the
+    stream; when the socket does not take it, returns the ``<N>``-prefixed JSON line for
+    the stream instead. Large entries take that fallback too (no memfd passing): the
+    socket refuses a datagram over its size limit with EMSGSIZE."""
+
+    def __init__(self, identifier: str, socket_path: str | os.PathLike[str]) -> None:
+        self.identifier = identifier
+        self.socket_path = os.fspath(socket_path)
+        self.fallback = _JournalPrefixed(structlog.processors.JSONRenderer(ensure_ascii=False))
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        callsite = {key: event.pop(key, None) for key in _CALLSITE_KEYS}
+        try:
+            datagram = journal_datagram(self.fields(name, event, callsite))
+            _shared_socket().sendto(datagram, self.socket_path)
+        except Exception:
+            return self.fallback(logger, name, event)
+        raise structlog.DropEvent
+
+    def fields(
+        self, name: str, event: MutableMapping[str, Any], callsite: dict[str, Any]
+    ) -> list[tuple[str, str]]:
+        priority = JOURNAL_PRIORITY.get(str(event.get("level", name)).lower(), 6)
+        message = str(event.get("event", ""))
+        if "exception" in event:
+            # journalctl shows MESSAGE; the traceback belongs in what it shows.
+            message = f"{message}\n{event['exception']}"
+        fields = [
+            ("PRIORITY", str(priority)),
+            ("MESSAGE", message),
+            ("SYSLOG_IDENTIFIER", self.identifier),
+        ]
+        if callsite["pathname"] is not None:
+            fields.append(("CODE_FILE", str(callsite["pathname"])))
+            fields.append(("CODE_LINE", str(callsite["lineno"])))
+            fields.append(("CODE_FUNC", str(callsite["func_name"])))
+        fields.extend(
+            (journal_field_name(key), _field_value(value))
+            for key, value in event.items()
+            if key != "event" and key
+        )
+        return fields
+
+
 class _ToStructlog(logging.Handler):
     """Libraries' stdlib log records (asyncio, apscheduler …) through the same processors:
     masked, JSON or readable, with the journal priority."""
@@ -137,7 +246,7 @@ class _CurrentStderr:
 def setup_for(section: Any, fmt_override: str | None = None, name: str = "noded") -> None:
     """Logging as a `[logging]` section asks: its directory when set, else stderr."""
     log_file = section.dir / f"{name}.log" if section.dir else None
-    setup_logging(section.level, fmt_override or section.format, log_file=log_file)
+    setup_logging(section.level, fmt_override or section.format, log_file=log_file, name=name)
 
 
 def setup_logging(
@@ -145,8 +254,12 @@ def setup_logging(
     fmt: str = "auto",
     stream: TextIO | None = None,
     log_file: Path | None = None,
+    name: str = "noded",
+    journal_socket: str | os.PathLike[str] = JOURNAL_SOCKET,
 ) -> None:
-    """Configure structlog. Logs go to stderr (stdout carries only command results)."""
+    """Configure structlog. Logs go to stderr (stdout carries only command results), or
+    to `journal_socket` when stderr is the journal's stream; `name` is the journal's
+    SYSLOG_IDENTIFIER."""
     out: Any = stream or _CurrentStderr()
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -158,17 +271,27 @@ def setup_logging(
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
     if journal:
-        renderer = _JournalPrefixed(renderer)
+        # The caller's frame, past structlog, the stdlib bridge and logging itself.
+        processors.append(
+            structlog.processors.CallsiteParameterAdder(
+                [
+                    structlog.processors.CallsiteParameter.PATHNAME,
+                    structlog.processors.CallsiteParameter.LINENO,
+                    structlog.processors.CallsiteParameter.FUNC_NAME,
+                ],
+                additional_ignores=["logging", __name__],
+            )
+        )
+        renderer = _JournalNative(f"hanjullo-{name}", journal_socket)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            _mask_processor,
-            renderer,
-        ],
+        processors=[*processors, _mask_processor, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
