@@ -409,10 +409,6 @@ class InitReport:
     databases_created: list[str] = field(default_factory=list)  # "postgres:NAME", "mysql:NAME"
 
 
-class _DryRunRollback(Exception):
-    """Ends the dry run's transaction after every migration has been tried."""
-
-
 async def _pg_database_exists(config: NodeConfig) -> bool:
     try:
         conn = await connect_pg(config)
@@ -474,7 +470,8 @@ async def init_storage(config: NodeConfig, today: date, dry_run: bool = False) -
         pg_exists = not await _pg_database_created(config)
     if not pg_exists:
         databases.append(f"postgres:{config.postgres.database}")
-    if await agent_tables.create_database(config.mysql, create=not dry_run):
+    mysql_missing = await agent_tables.create_database(config.mysql, create=not dry_run)
+    if mysql_missing:
         databases.append(f"mysql:{config.mysql.database}")
     tables = [a.table for a in config.agents]
     if dry_run and not pg_exists:
@@ -485,15 +482,15 @@ async def init_storage(config: NodeConfig, today: date, dry_run: bool = False) -
             if not dry_run:
                 applied, version = await _init_pg(conn, config)
             else:
+                trial = conn.transaction()
+                await trial.start()
                 try:
-                    async with conn.transaction():
-                        applied, version = await _init_pg(conn, config)
-                        raise _DryRunRollback
-                except _DryRunRollback:
-                    pass
+                    applied, version = await _init_pg(conn, config)
+                finally:
+                    await trial.rollback()
         finally:
             await conn.close()
-    if dry_run and f"mysql:{config.mysql.database}" in databases:
+    if dry_run and mysql_missing:
         created = [name for name, _ in agent_tables.wanted_tables(tables, today)]
     else:
         mconn = await agent_tables.connect(config.mysql)

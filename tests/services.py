@@ -173,22 +173,28 @@ def _wait(name: str, up: bool, timeout_s: float = 60.0) -> None:
             time.sleep(0.2)
 
 
+_PSQL = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"]
+
+
+def _plain(database: str) -> str:
+    if not database.replace("_", "").isalnum():
+        raise ValueError(f"not a plain database name: {database!r}")
+    return database
+
+
+def drop_databases(database: str) -> None:
+    """Drop the PostgreSQL and MySQL databases named `database`, if they exist."""
+    _run(*_PSQL, "-c", f'DROP DATABASE IF EXISTS "{_plain(database)}" WITH (FORCE)')
+    _run("mysql", "-uroot", "-h127.0.0.1", "-e", f"DROP DATABASE IF EXISTS `{database}`")
+
+
 def fresh_databases(database: str, redis_db: int) -> None:
     """Drop and re-create one instance's PostgreSQL and MySQL databases and empty its Redis
     database, so a test session starts from what `db init` makes of nothing, whatever an
     earlier run (another checkout, an interrupted session, a newer schema) left behind."""
-    if not database.replace("_", "").isalnum():
-        raise ValueError(f"not a plain database name: {database!r}")
-    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1"]
-    _run(*psql, "-c", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    _run(*psql, "-c", f'CREATE DATABASE "{database}"')
-    _run(
-        "mysql",
-        "-uroot",
-        "-h127.0.0.1",
-        "-e",
-        f"DROP DATABASE IF EXISTS `{database}`; CREATE DATABASE `{database}`",
-    )
+    drop_databases(database)
+    _run(*_PSQL, "-c", f'CREATE DATABASE "{database}"')
+    _run("mysql", "-uroot", "-h127.0.0.1", "-e", f"CREATE DATABASE `{database}`")
     _run("redis-cli", "-p", "6379", "-n", str(redis_db), "FLUSHDB")
 
 

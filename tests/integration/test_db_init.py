@@ -12,7 +12,7 @@ import asyncpg
 from config.names import add_months
 from daemon.schema import MIGRATIONS, latest_version
 from simulators.harness import SimulatedNode, instance_database, mysql
-from tests import webservice
+from tests import services, webservice
 from tests.config_edits import settings
 
 
@@ -69,20 +69,6 @@ def test_mysql_sessions_run_in_kst() -> None:
     assert asyncio.run(offset()) == ("+09:00", 9)
 
 
-async def _drop_databases(name: str) -> None:
-    admin = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-    conn = mysql()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    finally:
-        conn.close()
-
-
 def _databases_present(name: str) -> tuple[bool, bool]:
     async def pg() -> bool:
         admin = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
@@ -112,7 +98,7 @@ def _node_on(tmp_path: Path, database: str) -> SimulatedNode:
 
 def test_dry_run_changes_nothing_and_says_what_db_init_would_do(tmp_path: Path) -> None:
     name = f"{instance_database()}_dry"
-    asyncio.run(_drop_databases(name))
+    services.drop_databases(name)
     node = _node_on(tmp_path, name)
     try:
         plan = json.loads(node.ctl("db", "init", "--dry-run", "--json").stdout)
@@ -145,14 +131,14 @@ def test_dry_run_changes_nothing_and_says_what_db_init_would_do(tmp_path: Path) 
             "SMSQ_SEND_4"
         ]
     finally:
-        asyncio.run(_drop_databases(name))
+        services.drop_databases(name)
 
 
 def test_dry_run_on_the_web_services_database_leaves_it_as_it_was(tmp_path: Path) -> None:
     """The install notes' `--dry-run first on a database the web service already uses`:
     every migration is tried there and rolled back; the web's tables stay as they were."""
     name = f"{instance_database()}_dryweb"
-    asyncio.run(_drop_databases(name))
+    services.drop_databases(name)
     asyncio.run(webservice.create_web_postgres(name))
     asyncio.run(webservice.create_web_mysql(name))
 
@@ -178,4 +164,4 @@ def test_dry_run_on_the_web_services_database_leaves_it_as_it_was(tmp_path: Path
             assert "db init would fail on this database" in result.stderr
             assert "nothing was changed" in result.stderr
     finally:
-        asyncio.run(_drop_databases(name))
+        services.drop_databases(name)
