@@ -100,9 +100,11 @@ def status_view(snap: dict[str, Any]) -> Group:
     """Every section of the status as one renderable (for printing and for --watch)."""
     node = snap["node"]
     parts: list[RenderableType] = [
+        # The name last: a simulated node's is a long path, and wrapping it must not split
+        # the uptime an operator looks for.
         Text(
-            f"node {node['id']} ({node['name']})  version {node['version']}  "
-            f"up {int(node['uptime_s'])}s"
+            f"node {node['id']}  up {int(node['uptime_s'])}s  version {node['version']}  "
+            f"({node['name']})"
         ),
         _clock_line(node),
         Text(""),

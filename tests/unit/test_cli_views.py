@@ -181,3 +181,14 @@ def test_unreachable_agents_and_long_reasons_still_fit_80_columns() -> None:
     header = lines_with(text, "AGENT", "TABLE", "OLDEST", "FLIGHT")[0]
     assert column_at(header, "STATE") == column_at(row_of(text, "   11"), "unreachable")
     assert "modem-skt" in text.replace("\n", "").replace(" ", "")
+
+
+@pytest.mark.parametrize("uptime_s", [5, 15, 86_400])
+def test_the_first_line_names_the_node_and_its_uptime_whatever_its_name(uptime_s: int) -> None:
+    # A simulated node is named after its directory; at 80 columns a long one wraps, and
+    # the uptime the operator (and `status --watch`'s test) looks for must not split.
+    snap = snapshot()
+    snap["node"]["name"] = "simulated node at /tmp/pytest-of-root/pytest-0/test_status_watch_redr"
+    snap["node"]["uptime_s"] = uptime_s
+    first = status.render_status(snap, width=80).splitlines()[0]
+    assert first.startswith(f"node {snap['node']['id']}  up {uptime_s}s  version ")
