@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from config.model import SpamTestSection
-from config.names import MessageType, message_hash, normalise_phone
+from config.names import MessageType, message_hash, normalise_phone, stored_text
 from dispatch.agent_tables import is_success
 from dispatch.fairness import Row
 from dispatch.guards import byte_length
@@ -77,8 +77,9 @@ class Expected:
 
 
 def expected_hash(mtype: MessageType, text: str, subject: str | None) -> str:
-    """The text_hash a receipt of this message carries."""
-    return message_hash(text if mtype == MessageType.SMS else (subject or ""))
+    """The text_hash a receipt of this message carries (hashed as receipts store texts,
+    `config.names.stored_text`)."""
+    return message_hash(stored_text(text if mtype == MessageType.SMS else (subject or "")))
 
 
 def receipt_delay(inserted_at: datetime | None, received_at: datetime) -> float | None:
