@@ -100,6 +100,8 @@ class StoredMessages:
         self._known: dict[int, str] = {}
         self._homes: dict[int, tuple[int, str, str]] = {}
         self._out: asyncio.Queue[Received] = asyncio.Queue()
+        # Messages surfaced so far: the caller counts what it consumed against this.
+        self.emitted = 0
 
     def knows(self, index: int, raw: str | None = None) -> bool:
         """True when `index` was read (and, given `raw`, still holds that PDU)."""
@@ -121,6 +123,7 @@ class StoredMessages:
     def _emit(self, message: pdu.Message) -> None:
         homes = [self._homes.pop(id(p)) for p in message.parts]
         via = "cmti" if all(h[2] == "cmti" for h in homes) else "sweep"
+        self.emitted += 1
         self._out.put_nowait(
             Received(message, tuple(h[0] for h in homes), tuple(h[1] for h in homes), via)
         )
