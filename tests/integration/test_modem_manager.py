@@ -321,3 +321,21 @@ async def test_the_storage_counts_as_read_once_what_it_held_is_recorded(
         assert kt_modem.counters.cmgl > listings  # long before the 30 s sweep
     finally:
         await stop(tasks)
+
+
+async def test_a_message_that_cannot_be_recorded_makes_the_modem_not_ready(
+    tmp_path: Path, kt_modem: SimModem
+) -> None:
+    """No PostgreSQL to record into: the message stays on the modem and the phone is not
+    ready (with the reason) while the manager retries."""
+    config = node_config(tmp_path)
+    manager = ModemManager(Runtime.create(config), config.modems[1], None)
+    task = asyncio.create_task(manager.run(Health(manager.name)))
+    try:
+        await until(lambda: manager.ready, 10, "the modem to be ready")
+        Managed(config, manager, kt_modem).send("기록할 수 없는 메시지")
+        await until(lambda: not manager.ready, 5, "not ready while it cannot be recorded")
+        assert "not recorded" in manager.status.reason
+        assert len(kt_modem.storage) == 1  # kept on the modem meanwhile
+    finally:
+        await stop([task])
