@@ -339,3 +339,24 @@ async def test_a_message_that_cannot_be_recorded_makes_the_modem_not_ready(
         assert len(kt_modem.storage) == 1  # kept on the modem meanwhile
     finally:
         await stop([task])
+
+
+async def test_an_undecodable_pdu_is_recorded_as_such_and_deleted(managed: Managed) -> None:
+    """A PDU the codec rejects is recorded as undecodable (its raw bytes kept) and deleted,
+    instead of taking a storage slot forever; the next text follows."""
+    garbage = bytes.fromhex("07912801000000000004FF")
+    assert managed.modem.deliver([garbage])
+    managed.send("해독 불가 다음 메시지")
+    await until(lambda: managed.modem.storage == {}, 5, "both deleted")
+    conn = await schema.connect_pg(managed.config)
+    try:
+        rows = await conn.fetch(
+            "SELECT * FROM modem_receipts WHERE node_id = $1 AND kind = 'undecodable'",
+            managed.config.node.id,
+        )
+    finally:
+        await conn.close()
+    (row,) = rows
+    assert row["raw_pdus"] == [garbage.hex().upper()] and row["deleted_from_modem"]
+    assert not row["complete"] and row["text"] == ""
+    assert len(await managed.rows("해독 불가 다음 메시지")) == 1

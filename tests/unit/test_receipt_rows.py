@@ -61,3 +61,18 @@ def test_a_texts_backslashes_match_on_the_same_normalisation(tmp_path: Path) -> 
     text = "경로 C:\\temp 확인"
     row = row_of(config.modems[0], received(text))
     assert row.text_hash == expected_hash(MessageType.SMS, text, None)
+
+
+def test_an_undecodable_pdu_is_a_receipt_of_its_own_kind_that_matches_nothing(
+    tmp_path: Path,
+) -> None:
+    config = validate(tomllib.loads(sim_example(tmp_path)))
+    raw = "07912801000000000004FF"
+    row = row_of(config.modems[0], Received(None, (4,), (raw,), "sweep", "sender claims 255"))
+    assert (row.kind, row.text, row.complete, row.raw_pdus) == ("undecodable", "", False, [raw])
+    expected = Expected.of(
+        MessageType.SMS, "0212345678", expected_hash(MessageType.SMS, "", None), None, None
+    )
+    assert not expected.matches(
+        {"sender": row.sender, "text_hash": row.text_hash, "kind": row.kind, "complete": False}
+    )
