@@ -436,9 +436,10 @@ class ModemManager:
             receipt=recorded.id,
             new=recorded.new,
             via=received.via,
-            sender=received.message.sender,
+            sender=received.message.sender if received.message else None,
             parts=len(received.indices),
-            complete=received.message.complete,
+            complete=received.message.complete if received.message else False,
+            undecodable=received.error or None,
         )
 
     # ---- status -------------------------------------------------------------------------

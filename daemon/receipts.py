@@ -22,7 +22,10 @@ from dispatch.spamtests.receipts import ReceiptRow, Recorded
 from drivers.base import Received
 from drivers.pdu import Kind
 
-__all__ = ["Recorded", "digest", "mark_deleted", "prune", "record", "row_of"]
+__all__ = ["UNDECODABLE", "Recorded", "digest", "mark_deleted", "prune", "record", "row_of"]
+
+# The kind of a receipt whose PDU the codec rejects.
+UNDECODABLE = "undecodable"
 
 
 def digest(received: Received) -> str:
@@ -34,6 +37,27 @@ def row_of(modem: ModemConfig, received: Received) -> ReceiptRow:
     `config.names.stored_text` makes them (a NUL escaped), and hashed in that form, as a
     test's expected hash is (`dispatch/spamtests/rules.py:expected_hash`)."""
     message = received.message
+    if message is None:
+        # Undecodable: kept as the raw PDUs; it matches no test (no sender, not complete).
+        return ReceiptRow(
+            modem=modem.label,
+            carrier=modem.carrier.value,
+            phone=modem.phone,
+            kind=UNDECODABLE,
+            sender="",
+            sender_raw="",
+            text="",
+            text_hash="",
+            subject=None,
+            mms_size=None,
+            mms_location=None,
+            complete=False,
+            sent_at=None,
+            storage_indices=list(received.indices),
+            raw_pdus=list(received.raw),
+            pdu_digest=digest(received),
+            via=received.via,
+        )
     text = stored_text(message.text)
     subject = message.mms.subject if message.mms else None
     subject = stored_text(subject) if subject is not None else None

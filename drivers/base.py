@@ -79,12 +79,15 @@ class ModemHealth:
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A message as read from the modem, with where its parts are stored."""
+    """A message as read from the modem, with where its parts are stored; `message` is
+    None for a PDU the codec rejects (`error` says why): it is recorded as undecodable
+    and deleted like any other, never left to fill the storage."""
 
-    message: Message
+    message: Message | None
     indices: tuple[int, ...]
     raw: tuple[str, ...]  # the parts' PDUs in hex, as the modem printed them
     via: str  # "cmti" (notified) or "sweep" (found by listing the storage)
+    error: str = ""
 
 
 class StoredMessages:
@@ -115,6 +118,12 @@ class StoredMessages:
         self._homes[id(part)] = (index, raw, via)
         for message in self.reassembler.add(part, time.monotonic()):
             self._emit(message)
+
+    def add_undecodable(self, index: int, raw: str, via: str, error: str) -> None:
+        """Record a stored PDU the codec rejects; it is surfaced on its own."""
+        self._known[index] = raw
+        self.emitted += 1
+        self._out.put_nowait(Received(None, (index,), (raw,), via, error))
 
     def expire(self) -> None:
         for message in self.reassembler.expire(time.monotonic()):
