@@ -154,7 +154,8 @@ async def ensure_sent(ctx: SpamContext, test: ActiveTest, fresh: bool = False) -
         if found is not None:
             slot.seqno = found
             slot.inserted_at = slot.inserted_at or test.started_at
-            slot.sent_mono = slot.sent_mono or test.started_mono
+            if slot.sent_mono is None:
+                slot.sent_mono = test.started_mono
             slot.sent_recorded = False
             unsent.remove(slot)
             log.info("spam test row found after a restart", test=str(test.id))
