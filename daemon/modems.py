@@ -466,5 +466,9 @@ class ModemManager:
             else None,
             "receipts": s.receipts,
             "last_receipt_at": s.last_receipt_at.isoformat() if s.last_receipt_at else None,
+            # Seconds since the storage was last read completely (what `blocked` needs).
+            "storage_read_s_ago": round(self.monotonic() - self.storage_read_at, 1)
+            if self.storage_read_at is not None
+            else None,
             "recoveries": s.recoveries,
         }

@@ -315,6 +315,7 @@ async def test_the_storage_counts_as_read_once_what_it_held_is_recorded(
         assert len(await managed.rows("열기 전에 도착한 메시지")) == 1
         first = manager.storage_read_at
         assert first is not None and manager.watched_since(first)
+        assert manager.as_json()["storage_read_s_ago"] is not None
         listings = kt_modem.counters.cmgl
         manager.request_read()
         await until(lambda: (manager.storage_read_at or 0.0) > first, 3, "the forced read")
