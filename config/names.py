@@ -120,3 +120,21 @@ def message_hash(text: str) -> str:
 
     stripped = "".join(text.split())
     return hashlib.sha256(stripped.encode("utf-8")).hexdigest()[:16]
+
+
+# A received text as PostgreSQL's text type can hold it: NUL is not allowed there, and a
+# UCS2 or 8-bit SMS can decode to one. Backslash escapes keep it lossless.
+_STORED_ESCAPES = {"\\": "\\\\", "\x00": "\\0"}
+_STORED = re.compile(r"[\\\x00]")
+_ORIGINAL = re.compile(r"\\([\\0])")
+
+
+def stored_text(text: str) -> str:
+    """`text` with each backslash doubled and each NUL as ``\\0``: what ``modem_receipts``
+    stores and what receipts are matched on (`original_text` reverses it)."""
+    return _STORED.sub(lambda m: _STORED_ESCAPES[m.group(0)], text)
+
+
+def original_text(stored: str) -> str:
+    """The text `stored_text` was given."""
+    return _ORIGINAL.sub(lambda m: "\x00" if m.group(1) == "0" else "\\", stored)

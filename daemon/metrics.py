@@ -57,7 +57,7 @@ RECEIPT_BUCKETS_S = (1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 45.0
 
 # The closed sets some labels come from.
 FAILOVER_REASONS = ("unreachable", "stalled", "drained")
-MODEM_RECOVERY_REASONS = ("hung", "port_lost", "driver_error")
+MODEM_RECOVERY_REASONS = ("hung", "port_lost", "driver_error", "receipt_failed")
 STORES = ("postgres", "redis")
 
 

@@ -12,7 +12,14 @@ Recovery escalates with capped backoff: reopen the port, then reset the modem
 (``AT+CFUN=1,1``), then wait for USB re-enumeration; the device is re-resolved
 from its stable identity each time, and while it is absent its path is checked
 every ``phones.absent_check_interval_s``. Receipts are recorded in PostgreSQL
-before they are deleted from the modem.
+before they are deleted from the modem; a message that cannot be recorded or deleted
+makes the modem ``degraded`` (with the reason) until it is, a failed delete by reopening
+the port, whose first listing finds the message again.
+
+The proof a verdict needs (`storage_read_at`): the moment of the latest listing of the
+storage (``AT+CMGL``) whose every message has been recorded. A listing can be asked for
+(`request_read`); the spam-test engine does so before it calls a carrier blocked. History
+and proofs are on the monotonic clock, so a step of the system clock moves neither.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import asyncio
 import contextlib
 import glob
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,8 +57,14 @@ HISTORY = 500
 # Reopen attempts before a reset, and resets before waiting for re-enumeration.
 REOPENS_BEFORE_RESET = 1
 RESETS_BEFORE_REPLUG_WAIT = 1
-# Seconds after the first sweep before its messages count as recorded.
-SWEEP_SETTLE_S = 2.0
+# How long a listing waits for what it surfaced to be recorded before it proves nothing
+# (health checks go on meanwhile; PostgreSQL being slow or down is the usual cause).
+READ_PROOF_WAIT_S = 5.0
+
+
+class ReceiptFault(Exception):
+    """A received message could not be deleted from the modem after it was recorded:
+    the session ends, and the reopened port's listing finds it again."""
 
 
 class ModemState(StrEnum):
@@ -68,7 +82,8 @@ class ModemState(StrEnum):
 class Transition:
     state: ModemState
     reason: str
-    at: datetime
+    at: datetime  # wall clock, for people
+    mono: float = 0.0  # monotonic clock, for "ready throughout" questions
 
 
 @dataclass(slots=True)
@@ -115,20 +130,31 @@ class ModemManager:
         self.driver: TestPhoneDriver | None = None
         # Called with each newly recorded receipt's id (the spam-test engine wakes on it).
         self.receipt_listeners: list[Callable[[int], None]] = []
-        # When this process first saw the modem ready, and when it first read its storage.
-        self.first_ready_at: datetime | None = None
-        self.first_sweep_at: datetime | None = None
+        # Called when a complete read of the storage is proven (`storage_read_at`).
+        self.read_listeners: list[Callable[[], None]] = []
+        self.monotonic: Callable[[], float] = time.monotonic
+        # When this process first saw the modem ready (monotonic).
+        self.first_ready_at: float | None = None
+        # The latest listing of the storage whose every message is recorded (monotonic).
+        self.storage_read_at: float | None = None
         self._health: Health | None = None
         self._failures = 0
+        # Why receipts cannot be recorded or deleted now ("" when they can).
+        self._receipt_problem = ""
+        self._read_requested = asyncio.Event()
+        self._progress = asyncio.Event()  # set each time a message is recorded and deleted
+        # Messages surfaced by the driver, and those recorded (and deleted) since.
+        self._surfaced = 0
+        self._stored = 0
 
     # ---- state --------------------------------------------------------------------------
     def _set(self, state: ModemState, reason: str = "") -> None:
         if (state, reason) != (self.status.state, self.status.reason):
-            now = datetime.now(UTC)
+            now, mono = datetime.now(UTC), self.monotonic()
             self.status.state, self.status.reason, self.status.since = state, reason, now
-            self.history.append(Transition(state, reason, now))
+            self.history.append(Transition(state, reason, now, mono))
             if state == ModemState.READY and self.first_ready_at is None:
-                self.first_ready_at = now
+                self.first_ready_at = mono
             log.info("modem state", modem=self.modem.label, state=state.value, reason=reason)
         if self._health is not None:
             if state == ModemState.READY:
@@ -149,29 +175,35 @@ class ModemManager:
     def ready(self) -> bool:
         return self.status.state == ModemState.READY
 
-    def ready_throughout(self, start: datetime, end: datetime | None = None) -> bool:
-        """True when the modem was ready for the whole of [start, end] (end: now)."""
+    def ready_throughout(self, start: float, end: float | None = None) -> bool:
+        """True when the modem was ready for the whole of [start, end] (monotonic; end:
+        now)."""
         state_at_start: ModemState | None = None
         for transition in self.history:
-            if transition.at <= start:
+            if transition.mono <= start:
                 state_at_start = transition.state
-            elif (end is None or transition.at <= end) and transition.state != ModemState.READY:
+            elif (end is None or transition.mono <= end) and transition.state != ModemState.READY:
                 return False
         if state_at_start is None:
             return False
         return state_at_start == ModemState.READY and (end is not None or self.ready)
 
-    def watched_since(self, start: datetime) -> bool:
-        """True when a message that reached the phone at any time since `start` would have
-        been seen: the modem is ready now and has been since this process first saw it
-        ready (or since `start`, if later), and its storage has been read once. While the
-        daemon itself was down, messages wait in the modem's storage for the first sweep.
+    def watched_since(self, start: float) -> bool:
+        """True when a message that reached the phone at any time since `start`
+        (monotonic) would have been seen: the modem is ready now and has been since this
+        process first saw it ready (or since `start`, if later), and a complete read of
+        its storage has been proven (`storage_read_at`: listed, and everything listed
+        recorded). While the daemon itself was down, messages wait in the modem's
+        storage for that first read.
         """
-        if self.first_ready_at is None or self.first_sweep_at is None:
+        if self.first_ready_at is None or self.storage_read_at is None:
             return False
-        if (datetime.now(UTC) - self.first_sweep_at).total_seconds() < SWEEP_SETTLE_S:
-            return False  # what the first sweep surfaced may still be being recorded
         return self.ready_throughout(max(start, self.first_ready_at))
+
+    def request_read(self) -> None:
+        """List the storage at the next chance (not at the next sweep, which may be 30 s
+        away); `storage_read_at` moves once what it held is recorded."""
+        self._read_requested.set()
 
     # ---- main loop ----------------------------------------------------------------------
     async def run(self, health: Health) -> None:
@@ -196,6 +228,7 @@ class ModemManager:
         self._set(ModemState.OPENING, f"opening {device}")
         driver = make_driver(self.modem, self.runtime, self.modem.device)
         self.driver = driver
+        self._stored = 0  # a new driver: nothing of it surfaced yet
         consumer: asyncio.Task[None] | None = None
         try:
             await driver.open()
@@ -208,7 +241,12 @@ class ModemManager:
                 "imsi": identity.imsi[:5] + "*" * max(0, len(identity.imsi) - 5),
             }
             consumer = asyncio.create_task(self._consume(driver), name=f"{self.name}-receipts")
-            await self._serve(driver)
+            await self._serve(driver, consumer)
+        except ReceiptFault as exc:
+            self._count_recovery("receipt_failed")
+            self._failures += 1
+            self._set(ModemState.DEGRADED, str(exc))
+            await asyncio.sleep(min(phones.backoff_max_s, 0.5 * 2 ** min(self._failures, 5)))
         except PortClosed as exc:
             self._count_recovery("port_lost")
             self._set(ModemState.ABSENT, f"port lost: {exc}")
@@ -231,27 +269,64 @@ class ModemManager:
         finally:
             if consumer is not None:
                 consumer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # Its failure, if it failed, was handled above (`ReceiptFault`).
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await consumer
             await self._close()
 
     def _count_recovery(self, reason: str) -> None:
-        # reason: "port_lost", "hung" or "driver_error" (a closed set: a metric label).
+        # reason: "port_lost", "hung", "driver_error" or "receipt_failed" (a closed set: a
+        # metric label).
         self.runtime.metrics.modem_recoveries.labels(self.modem.label, reason).inc()
 
-    async def _serve(self, driver: TestPhoneDriver) -> None:
+    async def _serve(self, driver: TestPhoneDriver, consumer: asyncio.Task[None]) -> None:
+        """Health checks and sweeps until the driver fails or the receipt consumer ends
+        (its failure is raised here, so the session ends with it)."""
         phones = self.runtime.config.phones
         loop = asyncio.get_running_loop()
         next_sweep = loop.time()  # sweep at once: catch what arrived while we were away
         while True:
+            if consumer.done():
+                failure = consumer.exception()
+                if isinstance(failure, ReceiptFault):
+                    raise failure
+                raise ReceiptFault(f"receipts stopped: {failure!r}") from failure
             state = await self._check_health(driver)
             self._failures = 0
-            if state != ModemState.MISCONFIGURED and loop.time() >= next_sweep:
-                await driver.sweep()
-                if self.first_sweep_at is None:
-                    self.first_sweep_at = datetime.now(UTC)
+            if state != ModemState.MISCONFIGURED and (
+                loop.time() >= next_sweep or self._read_requested.is_set()
+            ):
+                self._read_requested.clear()
+                await self._read_storage(driver, consumer)
                 next_sweep = loop.time() + phones.sweep_interval_s
-            await asyncio.sleep(phones.health_interval_s)
+            elif state == ModemState.MISCONFIGURED:
+                self._read_requested.clear()  # no proof from a misconfigured phone
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._read_requested.wait(), phones.health_interval_s)
+
+    async def _read_storage(self, driver: TestPhoneDriver, consumer: asyncio.Task[None]) -> None:
+        """One listing of the storage; once every message surfaced so far is recorded,
+        the listing's start is the proof of a complete read (`storage_read_at`)."""
+        listed_at = self.monotonic()
+        await driver.sweep()
+        target = driver.stored.emitted
+        deadline = listed_at + READ_PROOF_WAIT_S
+        while self._stored < target and not consumer.done():
+            self._progress.clear()
+            left = deadline - self.monotonic()
+            if left <= 0:
+                return  # not all recorded yet: no proof from this listing
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), left)
+        if self._stored < target:
+            return
+        if self._receipt_problem:
+            # Everything the storage holds is recorded and deleted: receipts work again.
+            self._receipt_problem = ""
+            log.info("receipts recorded again", modem=self.modem.label)
+        self.storage_read_at = listed_at
+        for listener in self.read_listeners:
+            listener()
 
     async def _check_health(self, driver: TestPhoneDriver) -> ModemState:
         hang_after = self.runtime.config.phones.hang_after_timeouts
@@ -274,7 +349,7 @@ class ModemManager:
                 f"{'/'.join(self.modem.mcc_mnc)} ({self.modem.carrier.value})",
             )
             return ModemState.MISCONFIGURED
-        reason = reading.not_ready_reason(self.modem.mcc_mnc)
+        reason = reading.not_ready_reason(self.modem.mcc_mnc) or self._receipt_problem
         if reason:
             self._set(ModemState.DEGRADED, reason)
             return ModemState.DEGRADED
@@ -309,10 +384,19 @@ class ModemManager:
     async def _consume(self, driver: TestPhoneDriver) -> None:
         async for received in driver.received():
             await self._store(driver, received)
+            self._stored += 1
+            self._progress.set()
+
+    def _receipt_trouble(self, problem: str) -> None:
+        """Receipts cannot be recorded or deleted: the modem is not ready until they can."""
+        self._receipt_problem = problem
+        self._set(ModemState.DEGRADED, problem)
 
     async def _store(self, driver: TestPhoneDriver, received: Received) -> None:
-        """Record durably, then delete from the modem. Retries while PostgreSQL is down;
-        the message stays on the modem meanwhile, so nothing is lost."""
+        """Record durably, then delete from the modem. Retries while PostgreSQL is down
+        (or refuses the row); the message stays on the modem meanwhile, so nothing is
+        lost, and the modem is not ready until it is recorded. A failed delete ends the
+        session (`ReceiptFault`): the reopened port lists the message again."""
         while True:
             try:
                 if self.postgres is None:
@@ -328,8 +412,16 @@ class ModemManager:
                     modem=self.modem.label,
                     error=str(exc),
                 )
+                self._receipt_trouble(f"a received message is not recorded: {exc}")
                 await asyncio.sleep(self.runtime.config.supervision.check_interval_s)
-        await driver.delete(received.indices)
+        try:
+            await driver.delete(received.indices)
+        except (DriverError, OSError) as exc:
+            problem = f"receipt {recorded.id} not deleted from the modem: {exc}"
+            self._receipt_trouble(problem)
+            raise ReceiptFault(problem) from exc
+        if self._receipt_problem:
+            self._read_requested.set()  # a listing proves the storage is all recorded
         with contextlib.suppress(*PG_ERRORS, DependencyDown):
             assert self.postgres is not None
             await receipts.mark_deleted(self.postgres.require(), recorded.id)
@@ -344,9 +436,10 @@ class ModemManager:
             receipt=recorded.id,
             new=recorded.new,
             via=received.via,
-            sender=received.message.sender,
+            sender=received.message.sender if received.message else None,
             parts=len(received.indices),
-            complete=received.message.complete,
+            complete=received.message.complete if received.message else False,
+            undecodable=received.error or None,
         )
 
     # ---- status -------------------------------------------------------------------------
@@ -373,5 +466,9 @@ class ModemManager:
             else None,
             "receipts": s.receipts,
             "last_receipt_at": s.last_receipt_at.isoformat() if s.last_receipt_at else None,
+            # Seconds since the storage was last read completely (what `blocked` needs).
+            "storage_read_s_ago": round(self.monotonic() - self.storage_read_at, 1)
+            if self.storage_read_at is not None
+            else None,
             "recoveries": s.recoveries,
         }

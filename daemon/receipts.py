@@ -16,13 +16,16 @@ from datetime import timedelta
 import asyncpg
 
 from config.model import ModemConfig
-from config.names import message_hash, normalise_phone
+from config.names import message_hash, normalise_phone, stored_text
 from dispatch.spamtests import receipts as store
 from dispatch.spamtests.receipts import ReceiptRow, Recorded
 from drivers.base import Received
 from drivers.pdu import Kind
 
-__all__ = ["Recorded", "digest", "mark_deleted", "prune", "record", "row_of"]
+__all__ = ["UNDECODABLE", "Recorded", "digest", "mark_deleted", "prune", "record", "row_of"]
+
+# The kind of a receipt whose PDU the codec rejects.
+UNDECODABLE = "undecodable"
 
 
 def digest(received: Received) -> str:
@@ -30,22 +33,46 @@ def digest(received: Received) -> str:
 
 
 def row_of(modem: ModemConfig, received: Received) -> ReceiptRow:
-    """The receipt row of a message read from `modem`."""
+    """The receipt row of a message read from `modem`. Texts are kept as
+    `config.names.stored_text` makes them (a NUL escaped), and hashed in that form, as a
+    test's expected hash is (`dispatch/spamtests/rules.py:expected_hash`)."""
     message = received.message
-    text = message.text
+    if message is None:
+        # Undecodable: kept as the raw PDUs; it matches no test (no sender, not complete).
+        return ReceiptRow(
+            modem=modem.label,
+            carrier=modem.carrier.value,
+            phone=modem.phone,
+            kind=UNDECODABLE,
+            sender="",
+            sender_raw="",
+            text="",
+            text_hash="",
+            subject=None,
+            mms_size=None,
+            mms_location=None,
+            complete=False,
+            sent_at=None,
+            storage_indices=list(received.indices),
+            raw_pdus=list(received.raw),
+            pdu_digest=digest(received),
+            via=received.via,
+        )
+    text = stored_text(message.text)
     subject = message.mms.subject if message.mms else None
+    subject = stored_text(subject) if subject is not None else None
     return ReceiptRow(
         modem=modem.label,
         carrier=modem.carrier.value,
         phone=modem.phone,
         kind="mms-notification" if message.kind == Kind.MMS_NOTIFICATION else "sms",
         sender=normalise_phone(message.sender),
-        sender_raw=message.sender,
+        sender_raw=stored_text(message.sender),
         text=text,
         text_hash=message_hash(subject if subject is not None else text),
         subject=subject,
         mms_size=message.mms.size if message.mms else None,
-        mms_location=message.mms.location if message.mms else None,
+        mms_location=stored_text(message.mms.location) if message.mms else None,
         complete=message.complete,
         sent_at=message.timestamp,
         storage_indices=list(received.indices),

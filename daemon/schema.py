@@ -319,6 +319,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             ON campaign_run_recipients (run_id, seq) WHERE is_pulled;
         """,
     ),
+    Migration(
+        9,
+        "a receipt whose PDU cannot be decoded is recorded as such",
+        """
+        -- Recorded (raw PDUs kept) and deleted from the modem like any other, instead of
+        -- taking a storage slot for good; it matches no test.
+        ALTER TABLE modem_receipts DROP CONSTRAINT IF EXISTS modem_receipts_kind_check;
+        ALTER TABLE modem_receipts ADD CONSTRAINT modem_receipts_kind_check
+            CHECK (kind IN ('sms', 'mms-notification', 'undecodable'));
+        """,
+    ),
 )
 
 

@@ -206,8 +206,8 @@ class ATPhone(TestPhoneDriver):
         try:
             part = pdu.decode(hex_pdu)
         except PduError as exc:
-            log.warning("undecodable PDU left on the modem", index=index, error=str(exc))
-            self.stored.add(index, hex_pdu, None, via)
+            log.warning("undecodable PDU", index=index, error=str(exc))
+            self.stored.add_undecodable(index, hex_pdu, via, str(exc))
             return
         if not isinstance(part, pdu.Deliver):
             log.info("status report received", index=index)

@@ -79,12 +79,15 @@ class ModemHealth:
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A message as read from the modem, with where its parts are stored."""
+    """A message as read from the modem, with where its parts are stored; `message` is
+    None for a PDU the codec rejects (`error` says why): it is recorded as undecodable
+    and deleted like any other, never left to fill the storage."""
 
-    message: Message
+    message: Message | None
     indices: tuple[int, ...]
     raw: tuple[str, ...]  # the parts' PDUs in hex, as the modem printed them
     via: str  # "cmti" (notified) or "sweep" (found by listing the storage)
+    error: str = ""
 
 
 class StoredMessages:
@@ -100,6 +103,8 @@ class StoredMessages:
         self._known: dict[int, str] = {}
         self._homes: dict[int, tuple[int, str, str]] = {}
         self._out: asyncio.Queue[Received] = asyncio.Queue()
+        # Messages surfaced so far: the caller counts what it consumed against this.
+        self.emitted = 0
 
     def knows(self, index: int, raw: str | None = None) -> bool:
         """True when `index` was read (and, given `raw`, still holds that PDU)."""
@@ -114,6 +119,12 @@ class StoredMessages:
         for message in self.reassembler.add(part, time.monotonic()):
             self._emit(message)
 
+    def add_undecodable(self, index: int, raw: str, via: str, error: str) -> None:
+        """Record a stored PDU the codec rejects; it is surfaced on its own."""
+        self._known[index] = raw
+        self.emitted += 1
+        self._out.put_nowait(Received(None, (index,), (raw,), via, error))
+
     def expire(self) -> None:
         for message in self.reassembler.expire(time.monotonic()):
             self._emit(message)
@@ -121,6 +132,7 @@ class StoredMessages:
     def _emit(self, message: pdu.Message) -> None:
         homes = [self._homes.pop(id(p)) for p in message.parts]
         via = "cmti" if all(h[2] == "cmti" for h in homes) else "sweep"
+        self.emitted += 1
         self._out.put_nowait(
             Received(message, tuple(h[0] for h in homes), tuple(h[1] for h in homes), via)
         )

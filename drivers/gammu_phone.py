@@ -301,7 +301,8 @@ class GammuPhone(TestPhoneDriver):
             part: pdu.Deliver | None = part_from_gammu(sms)
         except (PduError, KeyError, TypeError, IndexError) as exc:
             log.warning("gammu message not understood", location=location, error=str(exc))
-            part = None
+            self.stored.add_undecodable(location, hex_pdu, via, str(exc))
+            return
         self.stored.add(location, hex_pdu, part, via)
 
     async def delete(self, indices: tuple[int, ...]) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -254,6 +255,11 @@ def request(path: Path, payload: dict[str, Any], timeout: float = 30.0) -> Any:
     return reply["result"]
 
 
+def _unescape(text: str) -> str:
+    """`text` with each ``\\uXXXX`` replaced by that character."""
+    return re.sub(r"\\u([0-9A-Fa-f]{4})", lambda m: chr(int(m.group(1), 16)), text)
+
+
 def _print(result: Any, as_json: bool, render: Any = None) -> None:
     if as_json or render is None:
         print(json.dumps(result, ensure_ascii=False, indent=None if as_json else 2))
@@ -361,7 +367,7 @@ def _ctl(args: argparse.Namespace) -> int:
                     "cmd": "deliver",
                     "target": args.target,
                     "sender": args.sender,
-                    "text": args.text,
+                    "text": _unescape(args.text) if args.escapes else args.text,
                     "lms": args.lms,
                     "subject": args.subject,
                 },
@@ -424,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target")
     p.add_argument("--from", dest="sender", required=True)
     p.add_argument("--text", required=True)
+    p.add_argument(
+        "--escapes",
+        action="store_true",
+        help=r"read \uXXXX in --text as that character (a NUL cannot travel in argv)",
+    )
     p.add_argument("--lms", action="store_true")
     p.add_argument("--subject")
     p = add("inbox", "what a handset holds, decoded")

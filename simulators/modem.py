@@ -50,6 +50,8 @@ class ModemFault(StrEnum):
     SIM_LOCKED = "sim-locked"
     NO_NETWORK = "no-network"
     SLOW = "slow"
+    # The next AT+CMGD answers +CMS ERROR: 500 and deletes nothing; then back to ok.
+    CMGD_FAIL_ONCE = "cmgd-fail-once"
 
 
 @dataclass(slots=True)
@@ -539,6 +541,10 @@ class SimModem:
             stat = 1 if found.read else 0
             self._count_read(found)
             return [f"+CMGR: {stat},,{self._tpdu_len(found.pdu)}", found.pdu.hex().upper()], "OK"
+        if self.fault == ModemFault.CMGD_FAIL_ONCE:
+            self.fault = ModemFault.OK
+            log.info("modem fault", modem=self.name, fault="cmgd failed once")
+            return [], self._error(500, cms=True)
         match = re.fullmatch(r"\+CMGD=([0-9]+)(?:,([0-4]))?", body)
         if not match:
             return [], self._error(4)

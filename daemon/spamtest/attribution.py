@@ -6,7 +6,11 @@ test holding its phone when it matches one of that test's slots (sender and text
 or MMS subject and size: `dispatch/spamtests/rules.py:Expected`): the slot passes. One
 matching a slot already decided, or a decided test's row of the last day, is *late*: the
 verdict stays, the row is marked and the delay widens the carrier's grace. Anything else
-is unmatched. Must not time a verdict (`verdicts.py`).
+is unmatched. A receipt recorded before a test started (both times PostgreSQL's) is never
+that test's. Memory follows the database: a slot passes in memory only once PostgreSQL
+has the pass. Each pass ends by noting the phones' proofs of a complete storage read as
+they stood before it began, now that every receipt recorded until then is attributed
+(what `blocked` needs). Must not time a verdict (`verdicts.py`).
 """
 
 from __future__ import annotations
@@ -34,8 +38,13 @@ LATE_HORIZON = timedelta(days=1)
 
 
 async def attribute_receipts(ctx: SpamContext) -> None:
-    for receipt in await ctx.book.unmatched_receipts(RECEIPT_BATCH):
+    ctx.read_proofs = {}
+    proofs = {label: phone.storage_read_at for label, phone in ctx.phones.items()}
+    receipts = await ctx.book.unmatched_receipts(RECEIPT_BATCH)
+    for receipt in receipts:
         await attribute(ctx, receipt)
+    if len(receipts) < RECEIPT_BATCH:  # else some recorded before the proofs wait
+        ctx.read_proofs = proofs
 
 
 async def attribute(ctx: SpamContext, receipt: Row) -> None:
@@ -45,20 +54,23 @@ async def attribute(ctx: SpamContext, receipt: Row) -> None:
         (test, slot)
         for test in ctx.active.values()
         for slot in test.slots
-        if slot.modem == modem and (holder == test.id or slot.result is not None)
+        if slot.modem == modem
+        and (holder == test.id or slot.result is not None)
+        # Recorded before the test started: not its text, whatever it says.
+        and receipt["received_at"] >= test.started_at
     ]
     for test, slot in candidates:
         if not slot.expected.matches(receipt) or slot.received_at is not None:
             continue
         if slot.result is None:
-            slot.received_at = receipt["received_at"]
-            slot.result, slot.detail = Verdict.PASS.value, None
             delay = receipt_delay(slot.inserted_at, receipt["received_at"])
-            if delay is not None:
-                ctx.runtime.metrics.receipt_delay.labels(slot.carrier).observe(delay)
             await ctx.book.record_receipt(
                 slot.result_id, test.id, receipt["id"], receipt["received_at"], delay
             )
+            slot.received_at = receipt["received_at"]
+            slot.result, slot.detail = Verdict.PASS.value, None
+            if delay is not None:
+                ctx.runtime.metrics.receipt_delay.labels(slot.carrier).observe(delay)
             phones.free(ctx, slot)
             log.info(
                 "spam test receipt",

@@ -2,10 +2,12 @@
 busy phones, grace samples, canary flags, the queue's view) and the clocks.
 
 Built once by the engine (`engine.py`) on the real backends, and by the unit tests on
-fakes. Two clocks, on purpose: `now` is the real UTC time every verdict is timed on (the
-modems' ready history and the receipts are stamped with it), the node clock
-(`runtime.clock`) names the agents' log-table months. Holds no connection and runs no
-task.
+fakes. Three clocks, on purpose: `monotonic` times every duration a verdict depends on
+(the grace, the timeout, the modems' ready history), so a step of the system clock moves
+none of them; `now` is the real UTC time stamped on rows for people and for the store
+(a receipt is compared with its test's start in PostgreSQL's own time); the node clock
+(`runtime.clock`) makes calendar decisions: the agents' log-table months. Holds no
+connection and runs no task.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class SpamContext:
     started: float = 0.0  # monotonic time the engine started
     rr: int = 0  # round-robin over the test agent tables
     log_table_cache: dict[tuple[str, date], list[str]] = field(default_factory=dict)
+    # Each phone's proof of a complete storage read (monotonic), as it stood before this
+    # pass attributed every receipt recorded until then; only these may make `blocked`.
+    read_proofs: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def node_id(self) -> str:

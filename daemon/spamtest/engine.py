@@ -113,6 +113,7 @@ class SpamTestEngine:
         self.lock = asyncio.Lock()
         for manager in modems:
             manager.receipt_listeners.append(self._on_receipt)
+            manager.read_listeners.append(self.ctx.wake.set)
 
     def _on_receipt(self, _receipt_id: int) -> None:
         self.ctx.wake.set()

@@ -88,7 +88,19 @@ class PhoneWatch(Protocol):
     def ready(self) -> bool: ...
     @property
     def settled(self) -> bool: ...
-    def watched_since(self, start: datetime) -> bool: ...
+    @property
+    def storage_read_at(self) -> float | None:
+        """The latest moment (monotonic) the phone's storage was listed and everything
+        it held recorded."""
+        ...
+
+    def watched_since(self, start: float) -> bool:
+        """Ready and watched since `start` (monotonic)."""
+        ...
+
+    def request_read(self) -> None:
+        """Ask for a complete read of the storage now."""
+        ...
 
 
 class AgentWatch(Protocol):

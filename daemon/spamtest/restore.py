@@ -21,8 +21,15 @@ async def restore(ctx: SpamContext) -> None:
     ctx.busy.clear()
     for row in await ctx.book.tests_in(TestStatus.ACTIVE):
         test = ActiveTest.of(row, ctx.now())
+        # Durations run on the monotonic clock, which says nothing of the time before the
+        # restart: a resumed slot's grace and timeout count again from now (a verdict
+        # may come later, never early).
+        mono = ctx.monotonic()
+        test.started_mono = mono
         for result in await ctx.book.results_of(row["id"]):
             slot = Slot.restored(result, row)
+            slot.sent_mono = mono if slot.inserted_at is not None else None
+            slot.success_mono = mono if slot.success_seen_at is not None else None
             test.slots.append(slot)
             if slot.result is None and slot.modem is not None:
                 ctx.busy[slot.modem] = test.id

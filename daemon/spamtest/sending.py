@@ -112,6 +112,7 @@ async def start(ctx: SpamContext, row: Row, chosen: Mapping[str, str | None]) ->
     if written is None:
         return False  # cancelled meanwhile
     test.started_at, ids = written
+    test.started_mono = ctx.monotonic()
     for slot, result_id in zip(slots, ids, strict=True):
         slot.result_id = result_id
     test.slots = slots
@@ -142,8 +143,6 @@ async def ensure_sent(ctx: SpamContext, test: ActiveTest, fresh: bool = False) -
     (`fresh`), it is looked for in the live and log tables and adopted, never sent
     twice."""
     unsent = [s for s in test.slots if s.sendable and s.seqno is None and s.result is None]
-    if not unsent:
-        return
     for slot in [] if fresh else list(unsent):
         assert slot.table is not None and slot.phone is not None
         found = await ctx.tables.find_row(
@@ -155,6 +154,9 @@ async def ensure_sent(ctx: SpamContext, test: ActiveTest, fresh: bool = False) -
         if found is not None:
             slot.seqno = found
             slot.inserted_at = slot.inserted_at or test.started_at
+            if slot.sent_mono is None:
+                slot.sent_mono = test.started_mono
+            slot.sent_recorded = False
             unsent.remove(slot)
             log.info("spam test row found after a restart", test=str(test.id))
     rows = []
@@ -177,16 +179,19 @@ async def ensure_sent(ctx: SpamContext, test: ActiveTest, fresh: bool = False) -
         )
     if rows:
         seqnos = await ctx.tables.insert(rows)
-        now = ctx.now()
+        now, mono = ctx.now(), ctx.monotonic()
         for slot, seqno in zip(unsent, seqnos, strict=True):
-            slot.seqno, slot.inserted_at = seqno, now
-    await ctx.book.record_sent(
-        [
-            (s.result_id, s.seqno, s.inserted_at)
-            for s in test.slots
-            if s.seqno is not None and s.sendable
-        ]
-    )
+            # Kept in memory at once (the row is in MySQL: never sent again), and
+            # recorded in PostgreSQL until that commits.
+            slot.seqno, slot.inserted_at, slot.sent_mono = seqno, now, mono
+            slot.sent_recorded = False
+    pending = [s for s in test.slots if s.seqno is not None and s.sendable and not s.sent_recorded]
+    if pending:
+        await ctx.book.record_sent(
+            [(s.result_id, s.seqno, s.inserted_at) for s in pending if s.seqno is not None]
+        )
+        for slot in pending:
+            slot.sent_recorded = True
 
 
 async def log_tables(ctx: SpamContext, table: str) -> list[str]:
@@ -219,7 +224,7 @@ async def poll_agents(ctx: SpamContext) -> None:
                 waiting.setdefault(slot.table, {})[slot.seqno] = slot
     if not waiting:
         return
-    seen: list[Slot] = []
+    seen: list[tuple[Slot, int]] = []
     refs = [str(t) for t in ctx.active]
     for table, by_seq in waiting.items():
         logs = await log_tables(ctx, table)
@@ -227,15 +232,16 @@ async def poll_agents(ctx: SpamContext) -> None:
             found = by_seq.get(seqno)
             if found is None or found.agent_code:
                 continue
-            found.agent_code = code
-            if code in SUCCESS_CODES:
-                found.success_seen_at = ctx.now()
-            seen.append(found)
-    if seen:
-        await ctx.book.record_agent_codes(
-            [
-                (s.result_id, s.agent_code, s.success_seen_at)
-                for s in seen
-                if s.agent_code is not None
-            ]
-        )
+            seen.append((found, code))
+    if not seen:
+        return
+    # Memory follows the database: the codes are kept once PostgreSQL has them (a failed
+    # commit reads them again on the next pass).
+    now, mono = ctx.now(), ctx.monotonic()
+    await ctx.book.record_agent_codes(
+        [(s.result_id, code, now if code in SUCCESS_CODES else None) for s, code in seen]
+    )
+    for slot, code in seen:
+        slot.agent_code = code
+        if code in SUCCESS_CODES:
+            slot.success_seen_at, slot.success_mono = now, mono

@@ -32,6 +32,11 @@ class Slot:
     received_at: datetime | None = None
     result: str | None = None
     detail: str | None = None
+    # Monotonic twins of inserted_at and success_seen_at: what durations are timed on.
+    sent_mono: float | None = None
+    success_mono: float | None = None
+    # Whether the seqno and insert time are in PostgreSQL (they are retried until so).
+    sent_recorded: bool = True
 
     @property
     def sendable(self) -> bool:
@@ -81,6 +86,7 @@ class ActiveTest:
     started_at: datetime
     target_modem: str | None = None
     slots: list[Slot] = field(default_factory=list)
+    started_mono: float = 0.0  # monotonic: when this engine started (or resumed) it
 
     def text_for(self, mtype: MessageType) -> str:
         text = self.sms_text if mtype == MessageType.SMS else self.lms_text

@@ -1,6 +1,8 @@
 """Verdicts: each undecided slot is decided as soon as the rules allow
-(`dispatch/spamtests/rules.py:decide`, on the engine's real-time clock and the phone's
-watch), and a test whose every slot is decided completes with its overall verdict.
+(`dispatch/spamtests/rules.py:decide`, on the engine's monotonic clock, the phone's watch
+and its proof of a complete storage read after the grace, asked for when missing), and a
+test whose every slot is decided completes with its overall verdict. Memory follows the
+database: a verdict is kept once PostgreSQL has it.
 
 Completing records the receipts' delays as grace samples, adds a run's blocked carriers
 to its training row (through `dispatch/store/training.py`, the table's one owner), ends a
@@ -18,33 +20,44 @@ from daemon.spamtest.state import ActiveTest, Slot
 from daemon.spamtest.view import test_view
 from dispatch.runs import source_ref
 from dispatch.spamtests.contract import CANARY, Verdict
-from dispatch.spamtests.rules import Decision, SlotFacts, decide, overall
+from dispatch.spamtests.rules import Decision, SlotFacts, decide, overall, read_due
 from dispatch.store.training import SpamBlocked
 
 log = structlog.get_logger("spamtests")
 
+# How long after the grace a phone has to prove its storage was read completely before
+# the carrier is a device_error instead of blocked: a forced read is one AT+CMGL and its
+# receipts recorded, well under a second on a working phone.
+READ_WAIT_S = 10.0
+
 
 async def decide_all(ctx: SpamContext) -> None:
-    now = ctx.now()
+    now = ctx.monotonic()
     for test in list(ctx.active.values()):
         decided: list[tuple[Slot, Decision]] = []
         for slot in test.slots:
             if slot.result is not None or slot.modem is None:
                 continue
             phone = ctx.phones.get(slot.modem)
-            since = slot.inserted_at or test.started_at
+            since = slot.sent_mono if slot.sent_mono is not None else test.started_mono
             facts = SlotFacts(
-                since, slot.received_at is not None, slot.agent_code, slot.success_seen_at
+                since, slot.received_at is not None, slot.agent_code, slot.success_mono
             )
+            grace = ctx.grace(slot.carrier)
+            proof = ctx.read_proofs.get(slot.modem)
             decision = decide(
                 facts,
                 now,
-                ctx.grace(slot.carrier),
+                grace,
                 ctx.section.timeout_s,
                 phone is not None and phone.watched_since(since),
+                storage_read_at=proof,
+                read_wait_s=READ_WAIT_S,
             )
             if decision is not None:
                 decided.append((slot, decision))
+            elif phone is not None and read_due(facts, now, grace, proof):
+                phone.request_read()
         if decided:
             await ctx.book.record_verdicts([(s.result_id, d.verdict, d.detail) for s, d in decided])
             for slot, decision in decided:

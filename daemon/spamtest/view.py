@@ -26,7 +26,7 @@ def test_view(ctx: SpamContext, test: ActiveTest, verdict: str | None) -> dict[s
                 entry["waiting_for"] = "agent result"
             else:
                 left = ctx.grace(slot.carrier) - (
-                    (now - slot.success_seen_at).total_seconds() if slot.success_seen_at else 0.0
+                    ctx.monotonic() - slot.success_mono if slot.success_mono is not None else 0.0
                 )
                 entry["waiting_for"] = f"receipt (blocked in {max(0.0, left):.1f}s)"
         if slot.received_at and slot.inserted_at:

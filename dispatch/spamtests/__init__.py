@@ -34,6 +34,7 @@ from dispatch.spamtests.rules import (
     expected_hash,
     grace_for,
     overall,
+    read_due,
     receipt_delay,
 )
 from dispatch.spamtests.store import create_tests, show
@@ -56,6 +57,7 @@ __all__ = [
     "expected_hash",
     "grace_for",
     "overall",
+    "read_due",
     "receipt_delay",
     "report",
     "show",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from config.model import SpamTestSection
-from config.names import MessageType, message_hash, normalise_phone
+from config.names import MessageType, message_hash, normalise_phone, stored_text
 from dispatch.agent_tables import is_success
 from dispatch.fairness import Row
 from dispatch.guards import byte_length
@@ -77,8 +77,9 @@ class Expected:
 
 
 def expected_hash(mtype: MessageType, text: str, subject: str | None) -> str:
-    """The text_hash a receipt of this message carries."""
-    return message_hash(text if mtype == MessageType.SMS else (subject or ""))
+    """The text_hash a receipt of this message carries (hashed as receipts store texts,
+    `config.names.stored_text`)."""
+    return message_hash(stored_text(text if mtype == MessageType.SMS else (subject or "")))
 
 
 def receipt_delay(inserted_at: datetime | None, received_at: datetime) -> float | None:
@@ -92,12 +93,14 @@ def receipt_delay(inserted_at: datetime | None, received_at: datetime) -> float 
 # ---- verdict rules --------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SlotFacts:
-    """What is known about one carrier × message type of an active test."""
+    """What is known about one carrier × message type of an active test. Times are
+    seconds on a monotonic clock (durations only: a step of the system clock must not
+    end a grace)."""
 
-    inserted_at: datetime
+    inserted_at: float
     received: bool
     agent_code: int | None  # a final code, None while the agent has not reported
-    success_seen_at: datetime | None
+    success_seen_at: float | None
 
     @property
     def agent_success(self) -> bool:
@@ -110,32 +113,56 @@ class Decision:
     detail: str
 
 
+def read_due(facts: SlotFacts, now: float, grace_s: float, storage_read_at: float | None) -> bool:
+    """True when only a complete read of the phone's storage after the grace ran out
+    stands between this slot and `blocked`: the engine asks the phone for one."""
+    return (
+        not facts.received
+        and facts.agent_success
+        and facts.success_seen_at is not None
+        and now - facts.success_seen_at >= grace_s
+        and (storage_read_at is None or storage_read_at < facts.success_seen_at + grace_s)
+    )
+
+
 def decide(
     facts: SlotFacts,
-    now: datetime,
+    now: float,
     grace_s: float,
     timeout_s: float,
     watched: bool,
+    storage_read_at: float | None = None,
+    read_wait_s: float = 0.0,
 ) -> Decision | None:
-    """The verdict of a slot now, or None to keep waiting.
+    """The verdict of a slot now (monotonic seconds, as the facts), or None to keep
+    waiting.
 
     `watched`: the phone's modem was ready (and its storage read) for the whole
     time since the send, so the absence of a receipt means something.
+    `storage_read_at`: when the phone's storage was last read completely, every message
+    in it recorded (and attributed). `blocked` needs such a read after the grace ran out;
+    without one within `read_wait_s` more, nothing can be concluded (`device_error`).
     """
     if facts.received:
         return Decision(Verdict.PASS, "received")
     if facts.agent_code is not None and not facts.agent_success:
         return Decision(Verdict.FAILED, f"agent reported {facts.agent_code}")
     if facts.agent_success and facts.success_seen_at is not None:
-        waited = (now - facts.success_seen_at).total_seconds()
+        waited = now - facts.success_seen_at
         if waited < grace_s:
             return None
-        if watched:
+        if not watched:
+            return Decision(
+                Verdict.DEVICE_ERROR, "the modem was not ready at some moment since the send"
+            )
+        if storage_read_at is not None and storage_read_at >= facts.success_seen_at + grace_s:
             return Decision(Verdict.BLOCKED, f"nothing arrived {waited:.1f}s after the success")
+        if waited < grace_s + read_wait_s:
+            return None
         return Decision(
-            Verdict.DEVICE_ERROR, "the modem was not ready at some moment since the send"
+            Verdict.DEVICE_ERROR, "the phone's storage could not be read after the grace ran out"
         )
-    if (now - facts.inserted_at).total_seconds() < timeout_s:
+    if now - facts.inserted_at < timeout_s:
         return None
     if watched:
         return Decision(Verdict.TIMEOUT, f"no agent result within {timeout_s:.0f}s")

@@ -185,14 +185,14 @@ async def test_full_storage_makes_the_modem_not_ready(managed: Managed) -> None:
 
 
 async def test_ready_throughout_answers_for_an_interval(managed: Managed) -> None:
-    start = datetime.now(UTC)
+    start = time.monotonic()
     assert managed.manager.ready_throughout(start)
     managed.modem.set_fault(ModemFault.NO_NETWORK)
     await until(lambda: not managed.manager.ready, 5, "not ready")
     managed.modem.set_fault(ModemFault.OK)
     await until(lambda: managed.manager.ready, 5, "ready")
     assert not managed.manager.ready_throughout(start)
-    assert managed.manager.ready_throughout(datetime.now(UTC))
+    assert managed.manager.ready_throughout(time.monotonic())
 
 
 async def test_wrong_operator_is_misconfigured(tmp_path: Path, kt_modem: SimModem) -> None:
@@ -265,3 +265,99 @@ async def test_receipts_are_pruned_after_the_retention(managed: Managed) -> None
 
     assert await receipts.prune(pool, node, days(days=30)) == 1
     assert await managed.rows("old enough to go") == []
+
+
+# ---- honest receipts (issue 13) ---------------------------------------------------------------
+async def test_a_failed_delete_makes_the_modem_not_ready_until_it_is_recovered(
+    managed: Managed,
+) -> None:
+    """One AT+CMGD answered with an error: the phone is not ready (with the reason) until
+    the message is recorded and deleted after all, and receipts go on afterwards."""
+    managed.modem.set_fault(ModemFault.CMGD_FAIL_ONCE)
+    managed.send("지워지지 않은 메시지")
+    await until(lambda: not managed.manager.ready, 5, "not ready after the failed delete")
+    assert "delete" in managed.manager.status.reason
+    await until(lambda: managed.manager.ready, 10, "ready again")
+    await until(lambda: managed.modem.storage == {}, 5, "the message deleted after all")
+    (row,) = await managed.rows("지워지지 않은 메시지")
+    assert row["deleted_from_modem"]
+    managed.send("그 다음 메시지")
+    await until(lambda: managed.modem.storage == {}, 5, "the next message deleted")
+    assert len(await managed.rows("그 다음 메시지")) == 1
+    assert managed.manager.ready
+
+
+async def test_a_text_with_a_nul_is_recorded_escaped_and_the_next_follows(
+    managed: Managed,
+) -> None:
+    """A UCS2 text decoding to U+0000 (PostgreSQL text cannot hold it) is recorded with the
+    NUL escaped, deleted, and does not hold up the next one."""
+    managed.send("널\x00문자")
+    managed.send("널 다음 메시지")
+    await until(lambda: managed.modem.storage == {}, 5, "both messages deleted")
+    (row,) = await managed.rows("널\\0문자")
+    assert row["deleted_from_modem"] and row["complete"]
+    assert len(await managed.rows("널 다음 메시지")) == 1
+    assert managed.manager.ready
+
+
+async def test_the_storage_counts_as_read_once_what_it_held_is_recorded(
+    tmp_path: Path, kt_modem: SimModem
+) -> None:
+    """The manager's proof of a complete read (what `blocked` needs): a listing of the
+    storage whose every message is in modem_receipts; a read can be forced."""
+    config = node_config(tmp_path)
+    managed = Managed(config, None, kt_modem)  # type: ignore[arg-type]
+    managed.send("열기 전에 도착한 메시지")  # no +CMTI: the modem is not set up yet
+    manager, tasks = await start_manager(config, kt_modem)
+    try:
+        await until(lambda: manager.storage_read_at is not None, 10, "a complete read")
+        assert len(await managed.rows("열기 전에 도착한 메시지")) == 1
+        first = manager.storage_read_at
+        assert first is not None and manager.watched_since(first)
+        assert manager.as_json()["storage_read_s_ago"] is not None
+        listings = kt_modem.counters.cmgl
+        manager.request_read()
+        await until(lambda: (manager.storage_read_at or 0.0) > first, 3, "the forced read")
+        assert kt_modem.counters.cmgl > listings  # long before the 30 s sweep
+    finally:
+        await stop(tasks)
+
+
+async def test_a_message_that_cannot_be_recorded_makes_the_modem_not_ready(
+    tmp_path: Path, kt_modem: SimModem
+) -> None:
+    """No PostgreSQL to record into: the message stays on the modem and the phone is not
+    ready (with the reason) while the manager retries."""
+    config = node_config(tmp_path)
+    manager = ModemManager(Runtime.create(config), config.modems[1], None)
+    task = asyncio.create_task(manager.run(Health(manager.name)))
+    try:
+        await until(lambda: manager.ready, 10, "the modem to be ready")
+        Managed(config, manager, kt_modem).send("기록할 수 없는 메시지")
+        await until(lambda: not manager.ready, 5, "not ready while it cannot be recorded")
+        assert "not recorded" in manager.status.reason
+        assert len(kt_modem.storage) == 1  # kept on the modem meanwhile
+    finally:
+        await stop([task])
+
+
+async def test_an_undecodable_pdu_is_recorded_as_such_and_deleted(managed: Managed) -> None:
+    """A PDU the codec rejects is recorded as undecodable (its raw bytes kept) and deleted,
+    instead of taking a storage slot forever; the next text follows."""
+    garbage = bytes.fromhex("07912801000000000004FF")
+    assert managed.modem.deliver([garbage])
+    managed.send("해독 불가 다음 메시지")
+    await until(lambda: managed.modem.storage == {}, 5, "both deleted")
+    conn = await schema.connect_pg(managed.config)
+    try:
+        rows = await conn.fetch(
+            "SELECT * FROM modem_receipts WHERE node_id = $1 AND kind = 'undecodable'",
+            managed.config.node.id,
+        )
+    finally:
+        await conn.close()
+    (row,) = rows
+    assert row["raw_pdus"] == [garbage.hex().upper()] and row["deleted_from_modem"]
+    assert not row["complete"] and row["text"] == ""
+    assert len(await managed.rows("해독 불가 다음 메시지")) == 1

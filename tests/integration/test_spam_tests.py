@@ -201,6 +201,31 @@ def test_an_unplugged_modem_is_a_device_error_never_blocked(node: SimulatedNode)
     assert agent_rows(report["test_id"]) == 2
 
 
+def test_a_failed_delete_and_a_nul_text_never_make_the_next_test_blocked(
+    node: SimulatedNode,
+) -> None:
+    """Issue 13, acceptance 2: KT's modem fails one AT+CMGD, SKT's receives a UCS2 text
+    containing U+0000, both before a test. The test ends pass (device_error on a phone
+    still recovering), never blocked; the phones are ready again afterwards."""
+    stranger = f"0299{uuid.uuid4().int % 10**6:06d}"
+    node.sim_ctl("modem", "KT", "cmgd-fail-once")
+    node.sim_ctl("deliver", "KT", "--from", stranger, "--text", "지우기 실패 메시지")
+    node.sim_ctl("deliver", "SKT", "--from", stranger, "--escapes", "--text", "널\\u0000문자")
+    report = spam_test(node, "--message", "정직한 판정 확인")
+    assert "blocked" not in verdicts(report).values(), report
+    assert verdicts(report)["SKT"] == "pass" and verdicts(report)["LGU"] == "pass"
+    assert verdicts(report)["KT"] in ("pass", "device_error")
+    stored = fetch(
+        "SELECT carrier, text FROM modem_receipts WHERE sender = $1 ORDER BY carrier", stranger
+    )
+    assert [tuple(r) for r in stored] == [("KT", "지우기 실패 메시지"), ("SKT", "널\\0문자")]
+    wait_for(
+        lambda: all(m["state"] == "ready" for m in node.status()["modems"]),
+        20,
+        "every phone ready again",
+    )
+
+
 def test_an_unknown_sender_fails_everywhere_with_9008(node: SimulatedNode) -> None:
     out = node.ctl(
         "spam-test",

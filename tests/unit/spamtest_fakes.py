@@ -39,15 +39,23 @@ TEST_TABLE = "SMSQ_SEND_10"
 
 
 class Wall:
-    """The real-time clock (`SpamContext.now`), moved by the test."""
+    """The real-time clock (`SpamContext.now`), moved by the test. Time passing
+    (`advance`) moves the monotonic clock too; a clock step (`step`) moves only this one."""
 
-    def __init__(self, moment: datetime) -> None:
+    def __init__(self, moment: datetime, monotonic: Monotonic | None = None) -> None:
         self.moment = moment
+        self.monotonic = monotonic
 
     def __call__(self) -> datetime:
         return self.moment
 
     def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+        if self.monotonic is not None:
+            self.monotonic.value += seconds
+
+    def step(self, seconds: float) -> None:
+        """The system clock is stepped (NTP, an operator): no time passes."""
         self.moment += timedelta(seconds=seconds)
 
 
@@ -61,6 +69,14 @@ class FakeSpamBook:
     receipts: dict[int, dict[str, Any]] = field(default_factory=dict)
     training: dict[str, dict[str, Any]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # SpamBook methods whose next call fails as a PostgreSQL outage would (before the
+    # statement's transaction commits: nothing of it is kept).
+    fail_next: set[str] = field(default_factory=set)
+
+    def _outage(self, method: str) -> None:
+        if method in self.fail_next:
+            self.fail_next.discard(method)
+            raise ConnectionResetError(f"postgres connection lost during {method}")
 
     # ---- what the web service and the modems write ----------------------------------------
     def queue(self, sms_text: str = "테스트 메시지", **fields: Any) -> uuid.UUID:
@@ -91,8 +107,11 @@ class FakeSpamBook:
         self.now.advance(0.001)  # clock_timestamp(): each insert its own time
         return test_id
 
-    def receive(self, modem: str, text: str, sender: str = CALLBACK) -> int:
-        """A text recorded on a phone (`daemon/receipts.py`), at the wall clock's now."""
+    def receive(
+        self, modem: str, text: str, sender: str = CALLBACK, at: datetime | None = None
+    ) -> int:
+        """A text recorded on a phone (`daemon/receipts.py`), at the wall clock's now (or
+        `at`: PostgreSQL's ``now()`` when it was recorded)."""
         receipt_id = next(self._ids)
         self.receipts[receipt_id] = {
             "id": receipt_id,
@@ -104,7 +123,7 @@ class FakeSpamBook:
             "subject": None,
             "mms_size": None,
             "complete": True,
-            "received_at": self.now(),
+            "received_at": at or self.now(),
             "match": None,
             "test_id": None,
         }
@@ -222,16 +241,19 @@ class FakeSpamBook:
         return test["started_at"], ids
 
     async def record_sent(self, rows: Sequence[tuple[int, int, datetime | None]]) -> None:
+        self._outage("record_sent")
         for result_id, seqno, inserted_at in rows:
             row = self.results[result_id]
             row["sms_msgkey"] = seqno
             row["inserted_at"] = row["inserted_at"] or inserted_at
 
     async def record_agent_codes(self, rows: Sequence[tuple[int, int, datetime | None]]) -> None:
+        self._outage("record_agent_codes")
         for result_id, code, seen in rows:
             self.results[result_id].update(status_code=code, success_seen_at=seen)
 
     async def record_verdicts(self, rows: Sequence[tuple[int, Verdict, str | None]]) -> None:
+        self._outage("record_verdicts")
         for result_id, verdict, detail in rows:
             row = self.results[result_id]
             if row["result"] is None:
@@ -240,6 +262,7 @@ class FakeSpamBook:
     async def complete_test(
         self, test_id: uuid.UUID, verdict: Verdict, blocked: SpamBlocked | None
     ) -> None:
+        self._outage("complete_test")
         test = self.tests[test_id]
         if test["status"] == TestStatus.ACTIVE.value:
             test.update(status="completed", overall=verdict.value, completed_at=self.now())
@@ -269,6 +292,7 @@ class FakeSpamBook:
         received_at: datetime,
         delay_s: float | None,
     ) -> None:
+        self._outage("record_receipt")
         self.results[result_id].update(
             received=True,
             received_at=received_at,
@@ -283,10 +307,12 @@ class FakeSpamBook:
     async def record_late(
         self, result_id: int, test_id: uuid.UUID, receipt_id: int, delay_s: float | None
     ) -> None:
+        self._outage("record_late")
         self.results[result_id].update(late=True, late_receipt_id=receipt_id, late_delay_s=delay_s)
         await self.mark_receipt(receipt_id, "late", test_id)
 
     async def mark_receipt(self, receipt_id: int, how: str, test_id: uuid.UUID | None) -> None:
+        self._outage("mark_receipt")
         self.receipts[receipt_id].update(match=how, test_id=test_id)
 
     async def decided_unreceived(self, modem: str, horizon: timedelta) -> list[Row]:
@@ -403,13 +429,33 @@ class FakeTestTables:
 
 @dataclass
 class FakePhone:
-    """`ports.PhoneWatch`: a modem manager whose state and watch the test sets."""
+    """`ports.PhoneWatch`: a modem manager whose state and watch the test sets.
+
+    By default its storage is read completely at every moment (`storage_read_at` is the
+    monotonic now). With `reads_continuously` off, a read happens only when the engine
+    asks for one (`request_read`), and only when `reads_work`."""
 
     modem: ModemConfig
     status: ModemStatus = field(default_factory=ModemStatus)
     settled: bool = True
     watched: bool = True
-    watched_from: list[datetime] = field(default_factory=list)
+    watched_from: list[Any] = field(default_factory=list)
+    clock: Monotonic | None = None
+    reads_continuously: bool = True
+    reads_work: bool = True
+    read_requests: int = 0
+    last_read_at: float | None = None
+
+    @property
+    def storage_read_at(self) -> float | None:
+        if self.reads_continuously and self.clock is not None:
+            return self.clock()
+        return self.last_read_at
+
+    def request_read(self) -> None:
+        self.read_requests += 1
+        if self.reads_work and self.clock is not None:
+            self.last_read_at = self.clock()
 
     def __post_init__(self) -> None:
         self.status.state, self.status.reason = ModemState.READY, ""
@@ -454,11 +500,12 @@ def spam_engine(
         )
     raw["spam_tests"] = {**raw.get("spam_tests", {}), **settings}
     config = validate(raw)
-    wall, clock, monotonic = Wall(DAY), SetClock(DAY), Monotonic()
+    monotonic = Monotonic()
+    wall, clock = Wall(DAY, monotonic), SetClock(DAY)
     book, tables, agents = FakeSpamBook(wall), FakeTestTables(), FakeAgents()
     for number in range(1, 12):
         agents.set(number, AgentState.OK)
-    phones = {m.label: FakePhone(m) for m in config.modems}
+    phones = {m.label: FakePhone(m, clock=monotonic) for m in config.modems}
     ctx = SpamContext(
         Runtime(config=config, clock=clock),
         book=book,

@@ -21,6 +21,7 @@ from dispatch.spamtests import (
     decide,
     grace_for,
     overall,
+    read_due,
     receipt_delay,
     report,
 )
@@ -29,11 +30,19 @@ T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 SECTION = SpamTestSection(grace_initial_s=25, grace_min_s=6, grace_max_s=45, timeout_s=60)
 
 
+SENT = 1000.0  # monotonic seconds: verdicts are timed on durations only
+
+
 def facts(
     received: bool = False, code: int | None = None, seen_after_s: float | None = None
 ) -> SlotFacts:
-    seen = T0 + timedelta(seconds=seen_after_s) if seen_after_s is not None else None
-    return SlotFacts(T0, received, code, seen)
+    seen = SENT + seen_after_s if seen_after_s is not None else None
+    return SlotFacts(SENT, received, code, seen)
+
+
+def after(seconds: float) -> float:
+    """Monotonic seconds `seconds` after the send."""
+    return SENT + seconds
 
 
 def at(seconds: float) -> datetime:
@@ -41,29 +50,44 @@ def at(seconds: float) -> datetime:
 
 
 def test_a_receipt_is_a_pass_even_if_the_modem_blipped() -> None:
-    decision = decide(facts(received=True), at(1), 20, 60, watched=False)
+    decision = decide(facts(received=True), after(1), 20, 60, watched=False)
     assert decision is not None and decision.verdict == Verdict.PASS
 
 
 def test_a_failure_code_fails_at_once_and_keeps_the_code() -> None:
-    decision = decide(facts(code=9008), at(0.5), 20, 60, watched=True)
+    decision = decide(facts(code=9008), after(0.5), 20, 60, watched=True)
     assert decision is not None and decision.verdict == Verdict.FAILED
     assert "9008" in decision.detail
 
 
 def test_blocked_only_after_the_grace_and_only_when_watched() -> None:
-    assert decide(facts(code=6, seen_after_s=1), at(20.9), 20, 60, watched=True) is None
-    blocked = decide(facts(code=6, seen_after_s=1), at(21), 20, 60, watched=True)
+    read = after(21)  # the storage was read completely as the grace ran out
+    success = facts(code=6, seen_after_s=1)
+    assert decide(success, after(20.9), 20, 60, watched=True, storage_read_at=read) is None
+    blocked = decide(success, after(21), 20, 60, watched=True, storage_read_at=read)
     assert blocked is not None and blocked.verdict == Verdict.BLOCKED
-    unwatched = decide(facts(code=6, seen_after_s=1), at(21), 20, 60, watched=False)
+    unwatched = decide(success, after(21), 20, 60, watched=False, storage_read_at=read)
     assert unwatched is not None and unwatched.verdict == Verdict.DEVICE_ERROR
 
 
+def test_blocked_needs_a_storage_read_after_the_grace_else_a_device_error() -> None:
+    success = facts(code=6, seen_after_s=1)
+    early = after(20.5)  # read before the grace ran out: no proof of the silence after it
+    assert read_due(success, after(21), 20, early)
+    assert decide(success, after(21), 20, 60, True, storage_read_at=early, read_wait_s=10) is None
+    assert decide(success, after(30.9), 20, 60, True, storage_read_at=None, read_wait_s=10) is None
+    late = decide(success, after(31), 20, 60, True, storage_read_at=early, read_wait_s=10)
+    assert late is not None and late.verdict == Verdict.DEVICE_ERROR
+    assert "storage" in late.detail
+    assert not read_due(success, after(22), 20, after(21.5))
+    assert not read_due(success, after(20), 20, None)  # the grace is still running
+
+
 def test_no_agent_result_is_a_timeout_or_a_device_error() -> None:
-    assert decide(facts(), at(59), 20, 60, watched=True) is None
-    timeout = decide(facts(), at(60), 20, 60, watched=True)
+    assert decide(facts(), after(59), 20, 60, watched=True) is None
+    timeout = decide(facts(), after(60), 20, 60, watched=True)
     assert timeout is not None and timeout.verdict == Verdict.TIMEOUT
-    unwatched = decide(facts(), at(60), 20, 60, watched=False)
+    unwatched = decide(facts(), after(60), 20, 60, watched=False)
     assert unwatched is not None and unwatched.verdict == Verdict.DEVICE_ERROR
 
 
