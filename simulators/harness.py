@@ -145,7 +145,11 @@ class SimulatedNode:
         directory: Path,
         phones_per_carrier: int = 1,
         overrides: Callable[[str], str] | None = None,
+        instance: int | None = None,
     ) -> None:
+        """`instance`: node N's own databases and ports (`config example --instance N`);
+        None: this process's (:func:`current_instance`)."""
+        self.instance = current_instance() if instance is None else instance
         self.dir = directory.resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "node.toml"
@@ -159,11 +163,7 @@ class SimulatedNode:
                 str(self.dir),
                 "--phones-per-carrier",
                 str(phones_per_carrier),
-                *(
-                    []
-                    if (instance := current_instance()) is None
-                    else ["--instance", str(instance)]
-                ),
+                *([] if self.instance is None else ["--instance", str(self.instance)]),
             ],
             check=True,
             capture_output=True,
