@@ -16,10 +16,12 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -52,6 +54,7 @@ CALLBACK = "0212345678"
 @dataclass
 class Pki:
     server_ca: Path
+    server_authority: Authority
     fleet: Issued
     operator: Issued
     # Issued by a CA nobody trusts, and by one that carries the operator CA's very name.
@@ -67,6 +70,7 @@ class Proxy:
     node: SimulatedNode
     prefix: Path
     sockets: Path
+    nginx: subprocess.Popen[bytes]
 
 
 def _ensure_proxy_user() -> pwd.struct_passwd:
@@ -123,14 +127,13 @@ def _pki(directory: Path) -> Pki:
     ca_file.write_bytes(server_ca.cert_pem)
     pki = Pki(
         server_ca=ca_file,
+        server_authority=server_ca,
         fleet=fleet_ca.issue("control-plane-reader"),
         operator=operator_ca.issue("ops-alice"),
         stranger=Authority(name("Some other CA")).issue("ops-alice"),
         impostor=Authority(name("Hanjullo operator CA")).issue("ops-alice"),
         dir=directory,
     )
-    for stem in ("fleet", "operator", "stranger", "impostor"):
-        getattr(pki, stem).write(directory, f"client-{stem}")
     return pki
 
 
@@ -225,7 +228,7 @@ http {{
         )
         wait_for(lambda: _port_open(port) or nginx.poll() is not None, 10, "nginx's port")
         assert nginx.poll() is None, (prefix / "logs" / "error.log").read_text()
-        yield Proxy(port=port, pki=pki, node=node, prefix=prefix, sockets=sockets)
+        yield Proxy(port=port, pki=pki, node=node, prefix=prefix, sockets=sockets, nginx=nginx)
     finally:
         if nginx is not None:
             nginx.terminate()
@@ -252,18 +255,20 @@ class Answer:
     content_type: str
 
 
-def call(proxy: Proxy, method: str, path: str, cert: Issued | None, body: Any = None) -> Answer:
-    """One HTTPS request through nginx, as a client holding `cert` (None: no certificate)."""
+def _context(proxy: Proxy, cert: Issued | None) -> ssl.SSLContext:
+    """A client's TLS: it trusts the node's CA and holds `cert` (None: no certificate)."""
     context = ssl.create_default_context(cafile=str(proxy.pki.server_ca))
     if cert is not None:
-        stem = next(
-            s
-            for s in ("fleet", "operator", "stranger", "impostor")
-            if getattr(proxy.pki, s) is cert
-        )
-        context.load_cert_chain(
-            proxy.pki.dir / f"client-{stem}.crt", proxy.pki.dir / f"client-{stem}.key"
-        )
+        stem = f"client-{cert.cert.serial_number}"
+        if not (proxy.pki.dir / f"{stem}.crt").exists():
+            cert.write(proxy.pki.dir, stem)
+        context.load_cert_chain(proxy.pki.dir / f"{stem}.crt", proxy.pki.dir / f"{stem}.key")
+    return context
+
+
+def call(proxy: Proxy, method: str, path: str, cert: Issued | None, body: Any = None) -> Answer:
+    """One HTTPS request through nginx, as a client holding `cert` (None: no certificate)."""
+    context = _context(proxy, cert)
     conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=context, timeout=30)
     try:
         payload = None if body is None else json.dumps(body, ensure_ascii=False).encode()
@@ -352,7 +357,10 @@ def test_a_fleet_certificate_reads_and_is_refused_a_control_by_nginx(proxy: Prox
     refused = call(proxy, "POST", f"/v1/runs/{run_id}/pause", proxy.pki.fleet)
     assert refused.status == 403 and "application/json" in refused.content_type
     assert refused.body["status"] == 403 and refused.body["role"] == "fleet"
-    assert "operator certificate" in refused.body["error"]
+    assert refused.body["error"] == (
+        "POST refused: a fleet certificate may only read (GET); controls need an operator "
+        "certificate"
+    )
     # nginx answered it: neither of the node's proxy sockets saw the request.
     assert answered(proxy) == before
     shown = call(proxy, "GET", f"/v1/runs/{run_id}", proxy.pki.fleet)
@@ -464,3 +472,86 @@ def test_a_spam_test_created_by_an_operator_runs_and_its_verdicts_are_read_back(
     assert report.body["overall"] == "pass"
     bad = call(proxy, "POST", "/v1/spam-tests", proxy.pki.operator, {"message": "x"})
     assert bad.status == 400 and "callback is required" in bad.body["error"]
+
+
+# ---- certificate rotation --------------------------------------------------------------------
+def _served_certificate(proxy: Proxy) -> bytes:
+    context = _context(proxy, proxy.pki.fleet)
+    with (
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+
+def test_certificates_and_a_new_operator_ca_are_rotated_by_a_reload_without_refusing_anyone(
+    proxy: Proxy,
+) -> None:
+    """systemd/nginx/README.md's procedure: new files moved into place, the new CA's exact
+    subject added to the role map, a reload; requests keep being served throughout."""
+    from cryptography.hazmat.primitives import serialization
+
+    tls = proxy.pki.dir
+    new_server = proxy.pki.server_authority.issue("localhost", server=True)
+    new_ca = Authority(name("Hanjullo operator CA 2027"))
+    new_operator = new_ca.issue("ops-bob")
+    assert call(proxy, "POST", "/v1/agents/9/undrain", new_operator).status == 400
+
+    failures: list[str] = []
+    served = 0
+    stop = threading.Event()
+
+    def keep_reading() -> None:
+        nonlocal served
+        while not stop.is_set():
+            try:
+                answer = call(proxy, "GET", "/v1/status", proxy.pki.fleet)
+                if answer.status != 200:
+                    failures.append(f"{answer.status} {answer.body}")
+                served += 1
+            except (OSError, http.client.HTTPException) as exc:
+                failures.append(repr(exc))
+
+    reader = threading.Thread(target=keep_reading)
+    reader.start()
+    try:
+        for stem, data in (
+            ("node.crt", new_server.cert_pem),
+            ("node.key", new_server.key_pem),
+            ("client-cas.pem", (tls / "client-cas.pem").read_bytes() + new_ca.cert_pem),
+        ):
+            staged = tls / f"{stem}.new"
+            staged.write_bytes(data)
+            shutil.chown(staged, PROXY_USER, PROXY_USER)
+            staged.rename(tls / stem)
+        site = proxy.prefix / "site.conf"
+        text = site.read_text()
+        line = '    "SUCCESS CN=Hanjullo operator CA,O=Hanjullo" operator;\n'
+        assert line in text
+        site.write_text(
+            text.replace(
+                line, line + '    "SUCCESS CN=Hanjullo operator CA 2027,O=Hanjullo" operator;\n'
+            )
+        )
+        proxy.nginx.send_signal(signal.SIGHUP)
+        try:
+            wait_for(
+                lambda: call(proxy, "POST", "/v1/agents/9/undrain", new_operator).status == 200,
+                10,
+                "the new operator CA accepted after the reload",
+            )
+        except TimeoutError as exc:
+            log = (proxy.prefix / "logs" / "error.log").read_text()
+            notes = [line for line in log.splitlines() if "[info]" not in line]
+            raise AssertionError(f"{exc}; nginx says: {notes[-12:]}") from None
+        time.sleep(0.3)  # a few more reads after the reload, by the reader thread
+    finally:
+        stop.set()
+        reader.join(10)
+    assert failures == [] and served > 0
+    assert _served_certificate(proxy) == new_server.cert.public_bytes(serialization.Encoding.DER)
+    # The old CAs still work, and nginx never restarted.
+    assert call(proxy, "POST", "/v1/agents/9/undrain", proxy.pki.operator).status == 200
+    assert proxy.nginx.poll() is None
