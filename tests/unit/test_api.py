@@ -226,6 +226,11 @@ def test_api_settings_refuse_root_as_the_proxy_and_one_socket_for_both_roles(
         _with_api(tmp_path, {"proxy_user": "root"})
     with pytest.raises(ConfigError, match="must differ"):
         _with_api(tmp_path, {"read_socket": "/run/x.sock", "control_socket": "/run/x.sock"})
+    # Beside the status socket, the daemon would lock its readers out of the directory.
+    beside = str(tmp_path.resolve() / "control.sock")
+    with pytest.raises(ConfigError, match="a directory of their own"):
+        _with_api(tmp_path, {"proxy_user": "www-data", "control_socket": beside})
+    _with_api(tmp_path, {"control_socket": beside})  # no proxy_user: no proxy sockets
 
 
 # ---- the shipped nginx site -------------------------------------------------------------------
