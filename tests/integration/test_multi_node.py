@@ -43,8 +43,10 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, Simula
             made[n] = SimulatedNode(
                 tmp_path_factory.mktemp(f"node{n}"), overrides=fast_network, instance=n
             )
-        for node in made.values():
-            node.db_init()
+        for n, node in made.items():
+            report = json.loads(node.ctl("db", "init", "--json").stdout)
+            # The fixture dropped both: db init creates each instance's own.
+            assert report["databases_created"] == [f"postgres:node{n}", f"mysql:node{n}"]
         for node in made.values():
             node.start_sim()
             node.start_daemon()
@@ -80,6 +82,8 @@ def test_each_numbered_node_has_its_own_databases_ports_sockets_and_phones(
             "SELECT count(*) FROM pg_database WHERE datname = $1", f"node{n}", database="postgres"
         )[0]
         assert exists == 1
+        conn = mysql(f"node{n}")
+        conn.close()
 
 
 def _send(node: SimulatedNode, n: int) -> subprocess.Popen[str]:
