@@ -27,6 +27,7 @@ from dispatch.runs import listing
 from dispatch.runs import view as run_view
 from dispatch.spamtests import SpamTestRejected, SpamTestSpec, create_tests
 from dispatch.spamtests import show as show_tests
+from dispatch.spamtests.store import nodes_of
 from dispatch.store import intake
 from dispatch.store.runs import RunStatus
 
@@ -272,9 +273,10 @@ class NodeAPI:
             raise BadRequest("expected GET /v1/spam-tests/<test or batch id>")
         ident = _uuid_at(request.path, 2, "test or batch id")
         async with self.node.postgres.require().acquire() as conn:
-            reports = await show_tests(conn, ident)
+            mine = await nodes_of(conn, ident) == {self.node_id}
+            reports = await show_tests(conn, ident) if mine else []
         if not reports:
-            return Response.error(404, f"no spam test or batch {ident}")
+            return Response.error(404, f"no spam test or batch {ident} on node {self.node_id}")
         if len(reports) == 1 and reports[0]["batch_id"] is None:
             return Response.json(reports[0])
         return Response.json({"batch_id": str(ident), "tests": reports})

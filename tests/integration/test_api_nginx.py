@@ -312,12 +312,15 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(str(self.path))
 
 
-def _scheduled_run(node: SimulatedNode, company: str) -> tuple[uuid.UUID, uuid.UUID]:
-    """A run of one recipient for tomorrow (it waits, so it can be paused): (run, campaign)."""
+def _scheduled_run(
+    node: SimulatedNode, company: str, node_id: str | None = None
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """A run of one recipient for tomorrow (it waits, so it can be paused): (run, campaign).
+    `node_id`: a run for another node in the same database."""
     campaign = uuid.uuid4()
     config = node.status_config()
     spec = RunSpec(
-        node_id=config["node"]["id"],
+        node_id=node_id or config["node"]["id"],
         company_id=company,
         callback=CALLBACK,
         message_type=MessageType.SMS,
@@ -392,6 +395,13 @@ def test_an_operator_certificate_pauses_and_resumes_a_run(proxy: Proxy) -> None:
         5,
         "the control logged with the operator certificate's subject",
     )
+    # Another node's run in the same database is not this node's to show or steer.
+    foreign, foreign_campaign = _scheduled_run(proxy.node, "api-co-ops", node_id="sim-elsewhere")
+    for ident in (foreign, foreign_campaign):
+        assert call(proxy, "GET", f"/v1/runs/{ident}", proxy.pki.fleet).status == 404
+    again = call(proxy, "GET", "/v1/runs?company=api-co-ops", proxy.pki.fleet).body["runs"]
+    assert [r["run_id"] for r in again] == [str(run_id)]
+    assert call(proxy, "POST", f"/v1/runs/{foreign}/pause", proxy.pki.operator).status == 404
     drained = call(proxy, "POST", "/v1/agents/9/drain", proxy.pki.operator)
     assert drained.status == 200 and drained.body == {"agent": 9, "drained": True}
     undrained = call(proxy, "POST", "/v1/agents/9/undrain", proxy.pki.operator)
@@ -470,6 +480,8 @@ def test_a_spam_test_created_by_an_operator_runs_and_its_verdicts_are_read_back(
     verdicts = {c: v["verdict"] for c, v in report.body["carriers"].items()}
     assert verdicts == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
     assert report.body["overall"] == "pass"
+    unknown = call(proxy, "GET", f"/v1/spam-tests/{uuid.uuid4()}", proxy.pki.fleet)
+    assert unknown.status == 404 and "no spam test or batch" in unknown.body["error"]
     bad = call(proxy, "POST", "/v1/spam-tests", proxy.pki.operator, {"message": "x"})
     assert bad.status == 400 and "callback is required" in bad.body["error"]
 
