@@ -247,6 +247,10 @@ class SocketInUse(Exception):
     """Another process is serving on the socket path."""
 
 
+class SharedSocketDirectory(Exception):
+    """A socket whose directory the server would change is in a directory not its own."""
+
+
 def _path_is_live(path: Path) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(0.5)
@@ -325,6 +329,8 @@ class UnixHTTPServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.group and self.directory_group:
+            self._own_directory()
         if self.path.exists() or self.path.is_symlink():
             if _path_is_live(self.path):
                 raise SocketInUse(
@@ -341,6 +347,19 @@ class UnixHTTPServer:
             if self.directory_group:
                 os.chown(self.path.parent, -1, gid)
                 os.chmod(self.path.parent, 0o750)
+
+    def _own_directory(self) -> None:
+        """Refuse to regroup a directory others share (/tmp, /run): only one the daemon's
+        user owns and nobody else may write to."""
+        directory = self.path.parent
+        info = directory.stat()
+        if info.st_uid != os.geteuid() or info.st_mode & 0o002:
+            raise SharedSocketDirectory(
+                f"{directory} (owner uid {info.st_uid}, mode {info.st_mode & 0o7777:04o}) is "
+                f"not a directory of this daemon's own, and {self.path.name} would give it "
+                "its group and mode 0750; fix: put the socket in a directory of its own, "
+                "e.g. /run/hanjullo-api/ (the unit's RuntimeDirectory)"
+            )
 
     async def close(self) -> None:
         if self._server is not None:

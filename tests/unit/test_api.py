@@ -4,6 +4,7 @@ routes accept, the shipped nginx site's rules, and the ports of numbered simulat
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import os
 import re
@@ -16,7 +17,14 @@ import pytest
 from config.example import MAX_INSTANCE, sim_example, sim_port_base
 from config.loader import ConfigError, validate
 from daemon.api import BadRequest, runs_filter, spam_test_specs
-from daemon.http import Peer, ProxyRoles, Request, Response, UnixHTTPServer
+from daemon.http import (
+    Peer,
+    ProxyRoles,
+    Request,
+    Response,
+    SharedSocketDirectory,
+    UnixHTTPServer,
+)
 
 SITE = Path(__file__).resolve().parents[2] / "systemd" / "nginx" / "hanjullo-node-api.conf"
 NGINX_UID = 33
@@ -99,6 +107,29 @@ async def test_a_proxy_socket_takes_the_client_header_counts_answers_and_refuses
         assert len(seen) == 1 and answers == [("read", 200), ("read", 403)]
     finally:
         await srv.close()
+
+
+async def test_a_proxy_socket_gives_its_own_directory_its_group_and_never_a_shared_one(
+    tmp_path: Path,
+) -> None:
+    group = grp.getgrgid(os.getgid()).gr_name
+    own = tmp_path / "api"
+    own.mkdir(mode=0o755)
+    srv = UnixHTTPServer(own / "read.sock", {}, group=group, directory_group=True)
+    await srv.start()
+    try:
+        assert oct(own.stat().st_mode & 0o777) == oct(0o750)
+        assert oct(srv.path.stat().st_mode & 0o777) == oct(0o660)
+    finally:
+        await srv.close()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    refused = UnixHTTPServer(shared / "read.sock", {}, group=group, directory_group=True)
+    with pytest.raises(SharedSocketDirectory, match="not a directory of this daemon's own"):
+        await refused.start()
+    assert oct(shared.stat().st_mode & 0o7777) == oct(0o1777)
+    assert not (shared / "read.sock").exists()
 
 
 async def test_the_status_socket_ignores_the_client_header(tmp_path: Path) -> None:
