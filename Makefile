@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	@command -v gammu >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gammu >/dev/null; }
-	@# tmux drives hanjulloctl status --watch in a real terminal; promtool (Debian ships it in prometheus) checks the alert rules.
-	@command -v tmux >/dev/null && command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tmux prometheus >/dev/null; }
+	@# tmux drives hanjulloctl status --watch in a real terminal; promtool (Debian ships it in prometheus) checks the alert rules;
+	@# nginx terminates the control plane's mutual TLS in tests/integration/test_api_nginx.py.
+	@command -v tmux >/dev/null && command -v promtool >/dev/null && test -x /usr/sbin/nginx || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tmux prometheus nginx >/dev/null; }
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	@$(PY) -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-	@$(PY) -c 'import gammu, serial_asyncio_fast, asyncpg, aiomysql, h11, rich, prometheus_client'
+	@$(PY) -c 'import gammu, serial_asyncio_fast, asyncpg, aiomysql, h11, rich, prometheus_client, cryptography'
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -19,11 +19,13 @@ from pydantic_settings import EnvSettingsSource
 
 from config.model import (
     AgentConfig,
+    ApiSection,
     DispatchSection,
     LineGroupConfig,
     ModemConfig,
     NodeConfig,
     PhonesSection,
+    SocketSection,
     SpamTestSection,
     SupervisionSection,
 )
@@ -209,7 +211,28 @@ def cross_problems(raw: dict[str, Any]) -> list[Problem]:
                 )
 
     problems += _timing_problems(raw)
+    problems += _api_problems(raw)
     return problems
+
+
+def _api_problems(raw: dict[str, Any]) -> list[Problem]:
+    """The proxy's sockets need a directory of their own: the daemon gives it `[api] group`
+    and mode 0750, which would lock the status socket's readers out of a shared one."""
+    api = _valid_section(raw.get("api"), ApiSection)
+    status = _valid_section(raw.get("socket"), SocketSection)
+    if api is None or status is None or not api.proxy_user:
+        return []
+    return [
+        Problem(
+            f"api.{name}",
+            str(path),
+            f"is in the status socket's directory {status.path.parent}; fix: give the "
+            "proxy's sockets a directory of their own, e.g. /run/hanjullo-api/ (the "
+            "daemon gives it [api] group)",
+        )
+        for name, path in (("read_socket", api.read_socket), ("control_socket", api.control_socket))
+        if path.parent == status.path.parent
+    ]
 
 
 def _timing_problems(raw: dict[str, Any]) -> list[Problem]:

@@ -199,6 +199,43 @@ class SocketSection(_Section):
     max_connections: int = Field(default=32, ge=1, le=4096)
 
 
+class ApiSection(_Section):
+    """The two sockets nginx forwards the control plane's requests to (systemd/nginx/,
+    docs/status-api.md): one that only reads, one that also acts. Both serve nginx's user
+    alone (`proxy_user`, judged by SO_PEERCRED) and root; with no `proxy_user`, neither
+    is opened."""
+
+    # nginx's worker user (Debian: www-data); empty: no proxy sockets.
+    proxy_user: str = ""
+    # Every GET route, nothing else: what a fleet certificate may reach.
+    read_socket: Path = Path("/run/hanjullo-api/read.sock")
+    # Every route, controls included: what an operator certificate may reach.
+    control_socket: Path = Path("/run/hanjullo-api/control.sock")
+    # The group of both socket files (mode 0660) and of their directory (mode 0750): its
+    # members are nginx's user and the daemon's own; empty: the daemon's group.
+    group: str = ""
+
+    @field_validator("proxy_user")
+    @classmethod
+    def _not_root(cls, value: str) -> str:
+        if value in ("root", "0"):
+            raise ValueError(
+                "nginx's workers must not run as root, and root needs no proxy; fix: "
+                'proxy_user = "www-data" (the user of nginx.conf\'s `user` directive)'
+            )
+        return value
+
+    @field_validator("control_socket")
+    @classmethod
+    def _apart(cls, value: Path, info: ValidationInfo) -> Path:
+        if value == info.data.get("read_socket"):
+            raise ValueError(
+                "the read and the control socket must differ (they grant different rights); "
+                'fix: e.g. control_socket = "/run/hanjullo-api/control.sock"'
+            )
+        return value
+
+
 class DispatchSection(_Section):
     poll_interval_s: Seconds = 5.0
     batch_size: int = Field(default=1000, ge=1, le=50_000)
@@ -341,6 +378,7 @@ class NodeConfig(BaseSettings):
     line_groups: list[LineGroupConfig] = []
     modems: list[ModemConfig] = []
     socket: SocketSection = SocketSection()
+    api: ApiSection = ApiSection()
     dispatch: DispatchSection = DispatchSection()
     supervision: SupervisionSection = SupervisionSection()
     spam_tests: SpamTestSection = SpamTestSection()

@@ -5,10 +5,12 @@ h11 does the protocol; this module adds routing, JSON errors for every 4xx
 of the socket and the limits that keep a slow client from holding the daemon.
 A handler failure answers 500 and leaves the server running.
 
-Roles: whoever can connect (the socket file's mode and group decide that) may
-read; a control, i.e. any method other than GET, is served only to root or a
-member of the operator group, judged from the peer's credentials
-(``SO_PEERCRED``), and refused with 403 otherwise.
+Roles of the status socket (`SocketRoles`): whoever can connect (the socket
+file's mode and group decide that) may read; a control, i.e. any method other
+than GET, is served only to root or a member of the operator group, judged from
+the peer's credentials (``SO_PEERCRED``), and refused with 403 otherwise. The
+proxy's sockets (`ProxyRoles`) serve nginx's user alone: one only reads, the
+other also acts, matching what nginx lets each client certificate do.
 
 Limits: a whole request (headers and body) must arrive within the request
 deadline counted from the moment the server starts waiting for it, however
@@ -31,7 +33,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 import structlog
@@ -87,6 +89,16 @@ class Request:
     query: str
     body: bytes
     peer: Peer = field(default=UNKNOWN_PEER)
+    # Who the proxy says the client is (its certificate's subject); only a server that
+    # trusts its peer to say so (`client_header`) fills it, for the log.
+    client: str = ""
+
+
+class Roles(Protocol):
+    def refused(self, request: Request) -> dict[str, Any] | None:
+        """None when the request may be served; else the 403 answer's fields (its
+        ``error`` names the fix)."""
+        ...
 
 
 def peer_of(sock: Any) -> Peer:
@@ -118,6 +130,14 @@ class SocketRoles:
         self._getpwuid = getpwuid
         self._getgrnam = getgrnam
         self._getgrouplist = getgrouplist
+
+    def refused(self, request: Request) -> dict[str, Any] | None:
+        if request.method == "GET":
+            return None
+        refusal = self.refusal(request.peer, f"{request.method} {request.path}")
+        if refusal is None:
+            return None
+        return {"error": refusal, "operator_group": self.operator_group}
 
     def refusal(self, peer: Peer, what: str) -> str | None:
         """None when the peer may do ``what`` (a control), else why not, naming the fix."""
@@ -157,7 +177,60 @@ class SocketRoles:
         )
 
 
+class ProxyRoles:
+    """A socket of the proxy's (nginx): only root and the proxy's user may use it, whatever
+    the socket file's mode says; with ``controls`` false it only reads.
+
+    nginx sends a fleet certificate's requests to the read socket and an operator
+    certificate's to the control socket, so the daemon grants each socket exactly what
+    nginx lets its certificates do. The user is looked up at each request (not cached).
+    """
+
+    def __init__(
+        self, proxy_user: str, controls: bool, getpwnam: Callable[[str], Any] = pwd.getpwnam
+    ) -> None:
+        self.proxy_user = proxy_user
+        self.controls = controls
+        self._getpwnam = getpwnam
+
+    @property
+    def socket(self) -> str:
+        return "control" if self.controls else "read"
+
+    def refused(self, request: Request) -> dict[str, Any] | None:
+        what = f"{request.method} {request.path}"
+        peer = request.peer
+        if peer.uid != 0:
+            try:
+                proxy_uid = self._getpwnam(self.proxy_user).pw_uid
+            except KeyError:
+                proxy_uid = None
+            if proxy_uid is None:
+                error = (
+                    f"{what} refused: [api] proxy_user '{self.proxy_user}' does not exist on "
+                    "this host; fix: set it to nginx's user (nginx.conf's `user`, Debian: "
+                    "www-data)"
+                )
+                return {"error": error, "socket": self.socket}
+            if peer.uid != proxy_uid:
+                error = (
+                    f"{what} refused: this socket serves nginx's user "
+                    f"'{self.proxy_user}' only, not uid {peer.uid}; fix: use the status "
+                    "socket ([socket] path) locally"
+                )
+                return {"error": error, "socket": self.socket}
+        if request.method != "GET" and not self.controls:
+            error = (
+                f"{what} refused: the read socket only reads; controls need an operator "
+                "certificate, which nginx forwards to the control socket"
+            )
+            return {"error": error, "socket": self.socket}
+        return None
+
+
 Handler = Callable[[Request], Awaitable[Response]]
+# Told of every answer: the server's name and the status code (a counter).
+Observer = Callable[[str, int], None]
 
 
 class _HeadersTooLarge(Exception):
@@ -172,6 +245,10 @@ class _Routed:
 
 class SocketInUse(Exception):
     """Another process is serving on the socket path."""
+
+
+class SharedSocketDirectory(Exception):
+    """A socket whose directory the server would change is in a directory not its own."""
 
 
 def _path_is_live(path: Path) -> bool:
@@ -207,11 +284,22 @@ class UnixHTTPServer:
         mode: int = 0o660,
         group: str = "",
         max_body_bytes: int = 64 * 1024,
-        roles: SocketRoles | None = None,
+        roles: Roles | None = None,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         write_timeout_s: float = WRITE_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        name: str = "status",
+        client_header: str = "",
+        observer: Observer | None = None,
+        directory_group: bool = False,
     ) -> None:
+        """``client_header``: a request header naming the client, trusted for the log
+        (only on a socket whose peers are vouched for); ``directory_group``: also give the
+        socket's directory the socket's group, mode 0750 (a directory of its own)."""
+        self.name = name
+        self.client_header = client_header.lower().encode()
+        self.observer = observer
+        self.directory_group = directory_group
         self.path = path
         self.routes = routes
         self.mode = mode
@@ -241,6 +329,8 @@ class UnixHTTPServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.group and self.directory_group:
+            self._own_directory()
         if self.path.exists() or self.path.is_symlink():
             if _path_is_live(self.path):
                 raise SocketInUse(
@@ -252,7 +342,24 @@ class UnixHTTPServer:
         )
         os.chmod(self.path, self.mode)
         if self.group:
-            os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
+            gid = grp.getgrnam(self.group).gr_gid
+            os.chown(self.path, -1, gid)
+            if self.directory_group:
+                os.chown(self.path.parent, -1, gid)
+                os.chmod(self.path.parent, 0o750)
+
+    def _own_directory(self) -> None:
+        """Refuse to regroup a directory others share (/tmp, /run): only one the daemon's
+        user owns and nobody else may write to."""
+        directory = self.path.parent
+        info = directory.stat()
+        if info.st_uid != os.geteuid() or info.st_mode & 0o002:
+            raise SharedSocketDirectory(
+                f"{directory} (owner uid {info.st_uid}, mode {info.st_mode & 0o7777:04o}) is "
+                f"not a directory of this daemon's own, and {self.path.name} would give it "
+                "its group and mode 0750; fix: put the socket in a directory of its own, "
+                "e.g. /run/hanjullo-api/ (the unit's RuntimeDirectory)"
+            )
 
     async def close(self) -> None:
         if self._server is not None:
@@ -330,8 +437,13 @@ class UnixHTTPServer:
             await _close(writer)
             await self._count_changed()
 
+    def _observe(self, status: int) -> None:
+        if self.observer is not None:
+            self.observer(self.name, status)
+
     async def _refuse(self, writer: asyncio.StreamWriter, response: Response) -> None:
         """Answer raw and close, giving the client little time to take the answer."""
+        self._observe(response.status)
         head = (
             f"HTTP/1.1 {response.status} Error\r\ncontent-type: {response.content_type}\r\n"
             f"content-length: {len(response.body)}\r\nconnection: close\r\n\r\n"
@@ -372,9 +484,12 @@ class UnixHTTPServer:
             method = event.method.decode("ascii", "replace")
             target = event.target.decode("ascii", "replace")
             length = 0
+            client = ""
             for name, value in event.headers:
                 if name == b"content-length":
                     length = int(value)
+                elif self.client_header and name == self.client_header:
+                    client = value.decode("utf-8", "replace")
             if length > self.max_body_bytes:
                 return Response.error(413, f"body over {self.max_body_bytes} bytes"), False
             body = b""
@@ -414,34 +529,30 @@ class UnixHTTPServer:
             ):
                 return Response.error(405, f"{method} not allowed on {path}"), True
             return Response.error(404, f"no such path: {path}"), True
-        return _Routed(Request(method, path, query, body, peer), handler), True
+        return _Routed(Request(method, path, query, body, peer, client), handler), True
 
     async def _answer(self, routed: _Routed) -> tuple[Response, bool]:
-        """The handler's answer; a control only for a peer the roles allow."""
+        """The handler's answer, for a request the roles allow (403 otherwise)."""
         request = routed.request
-        if request.method != "GET":
-            what = f"{request.method} {request.path}"
-            refusal = await asyncio.to_thread(self.roles.refusal, request.peer, what)
-            if refusal is not None:
-                log.warning(
-                    "status control refused",
-                    path=request.path,
-                    pid=request.peer.pid,
-                    uid=request.peer.uid,
-                )
-                return Response.json(
-                    {
-                        "error": refusal,
-                        "status": 403,
-                        "operator_group": self.roles.operator_group,
-                    },
-                    403,
-                ), True
-            log.info(
-                "status control",
+        refused = await asyncio.to_thread(self.roles.refused, request)
+        if refused is not None:
+            log.warning(
+                "status control refused" if request.method != "GET" else "status read refused",
+                server=self.name,
                 path=request.path,
                 pid=request.peer.pid,
                 uid=request.peer.uid,
+                client=request.client or None,
+            )
+            return Response.json({**refused, "status": 403}, 403), True
+        if request.method != "GET":
+            log.info(
+                "status control",
+                server=self.name,
+                path=request.path,
+                pid=request.peer.pid,
+                uid=request.peer.uid,
+                client=request.client or None,
             )
         try:
             return await routed.handler(request), True
@@ -459,6 +570,7 @@ class UnixHTTPServer:
     ) -> bool:
         """Write the answer within the write deadline; False when the client did not take
         it in time (the connection is then aborted, dropping what is still buffered)."""
+        self._observe(response.status)
         headers = [
             ("content-type", response.content_type),
             ("content-length", str(len(response.body))),

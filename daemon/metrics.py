@@ -59,6 +59,8 @@ RECEIPT_BUCKETS_S = (1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 45.0
 FAILOVER_REASONS = ("unreachable", "stalled", "drained")
 MODEM_RECOVERY_REASONS = ("hung", "port_lost", "driver_error", "receipt_failed")
 STORES = ("postgres", "redis")
+# The answers a socket's series start with at zero: served, and refused by its roles.
+SHOWN_STATUSES = ("200", "403")
 
 
 class Outcome:
@@ -166,6 +168,14 @@ class NodeMetrics:
             ["modem"],
             registry=r,
         )
+        # ---- the sockets
+        self.api_requests = Counter(
+            "hanjullo_api_requests",
+            "Requests answered on the daemon's sockets (status, and the proxy's read and "
+            "control sockets), by HTTP status",
+            ["socket", "status"],
+            registry=r,
+        )
         # ---- the stores
         self.heartbeat_failures = Counter(
             "hanjullo_heartbeat_failures",
@@ -187,6 +197,10 @@ class NodeMetrics:
             self.results.labels(outcome).inc()
             self.result_codes.labels(code_label(code)).inc()
 
+    def count_request(self, socket: str, status: int) -> None:
+        """One answer on a socket; the status is HTTP's, a closed set of codes."""
+        self.api_requests.labels(socket, str(status)).inc()
+
     def show_from_start(self, config: NodeConfig) -> None:
         """Create the configured agents', groups', modems' and stores' series at zero, so
         every metric is on the first scrape and rate(), increase() and absent() work
@@ -207,6 +221,9 @@ class NodeMetrics:
                 self.modem_recoveries.labels(modem.label, reason)
         for store in STORES:
             self.heartbeat_failures.labels(store)
+        for socket in ("status", *(("read", "control") if config.api.proxy_user else ())):
+            for status in SHOWN_STATUSES:
+                self.api_requests.labels(socket, status)
         for outcome in (Outcome.SUCCESS, Outcome.FAIL, Outcome.PENDING_TIMEOUT):
             self.results.labels(outcome)
         for status in RunStatus:

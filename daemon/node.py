@@ -2,9 +2,9 @@
 the systemd lifecycle and signal handling.
 
 READY=1 is sent once the status socket serves; it waits for neither agents nor
-modems. SIGTERM/SIGINT stop every component within the stop timeout, close the
-ports and remove the socket. SIGHUP reloads the sections that are safe to
-reload and logs which changes need a restart.
+modems (nor the proxy's sockets, `[api]`). SIGTERM/SIGINT stop every component
+within the stop timeout, close the ports and remove the sockets. SIGHUP reloads
+the sections that are safe to reload and logs which changes need a restart.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
 import structlog
-from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -27,14 +25,15 @@ from config.loader import ConfigError, load_daemon_config
 from config.logs import setup_for
 from daemon import receipts
 from daemon.agents import AgentMonitor, AgentState
+from daemon.api import NodeAPI
 from daemon.dispatcher import Dispatcher
 from daemon.housekeeping import Housekeeping
-from daemon.http import Request, Response, SocketRoles, UnixHTTPServer
+from daemon.http import ProxyRoles, SocketRoles, UnixHTTPServer
 from daemon.modems import ModemManager
 from daemon.runtime import Runtime, diff_sections
 from daemon.spamtest import SpamTestEngine
 from daemon.stores import PostgresKeeper, RedisKeeper
-from daemon.supervisor import Component, ComponentState, DependencyDown, Health, Supervisor
+from daemon.supervisor import Component, ComponentState, Health, Supervisor
 from daemon.systemd import Notifier, watchdog_interval_s
 from dispatch.outcomes import BREAKER_REASON_PREFIX
 from dispatch.spamtests import store as spam_store
@@ -45,6 +44,9 @@ log = structlog.get_logger("node")
 
 # How often STATUS= is refreshed for `systemctl status`.
 STATUS_NOTIFY_INTERVAL_S = 10.0
+# The header in which nginx names the client certificate's subject (systemd/nginx/); the
+# proxy's sockets trust it, for the log, because only nginx's user may connect to them.
+PROXY_CLIENT_HEADER = "x-hanjullo-client"
 AGENT_STATES = [s.value for s in AgentState]
 RUN_STATUSES = [s.value for s in ACTIVE]
 
@@ -59,14 +61,7 @@ class StatusServer:
         section = node.runtime.config.socket
         self.server = UnixHTTPServer(
             section.path,
-            {
-                ("GET", "/v1/status"): node.handle_status,
-                ("GET", "/metrics"): node.handle_metrics,
-                ("GET", "/v1/runs/*"): node.handle_run_show,
-                ("POST", "/v1/runs/*"): node.handle_run_control,
-                ("POST", "/v1/agents/*"): node.handle_agent_control,
-                ("POST", "/v1/spam-tests/*"): node.handle_spam_test_control,
-            },
+            node.api.routes(),
             mode=section.mode,
             group=section.group,
             max_body_bytes=section.max_body_bytes,
@@ -74,6 +69,7 @@ class StatusServer:
             request_timeout_s=section.request_timeout_s,
             write_timeout_s=section.write_timeout_s,
             max_connections=section.max_connections,
+            observer=node.runtime.metrics.count_request,
         )
         self.serving = asyncio.Event()
 
@@ -86,6 +82,51 @@ class StatusServer:
         finally:
             self.serving.clear()
             await self.server.close()
+
+
+class ProxySockets:
+    """The two sockets nginx forwards to (`[api]`, systemd/nginx/): the read socket serves
+    every GET route, the control socket every route; both serve nginx's user alone.
+
+    A component of its own, so a broken `[api]` (a missing group) degrades it and leaves
+    the status socket serving."""
+
+    name = "api-sockets"
+
+    def __init__(self, node: Node) -> None:
+        api = node.runtime.config.api
+        limits = node.runtime.config.socket
+        self.servers = [
+            UnixHTTPServer(
+                path,
+                node.api.routes(),
+                mode=0o660,
+                group=api.group,
+                max_body_bytes=limits.max_body_bytes,
+                roles=ProxyRoles(api.proxy_user, controls=controls),
+                request_timeout_s=limits.request_timeout_s,
+                write_timeout_s=limits.write_timeout_s,
+                max_connections=limits.max_connections,
+                name=name,
+                client_header=PROXY_CLIENT_HEADER,
+                observer=node.runtime.metrics.count_request,
+                directory_group=True,
+            )
+            for name, path, controls in (
+                ("read", api.read_socket, False),
+                ("control", api.control_socket, True),
+            )
+        ]
+
+    async def run(self, health: Health) -> None:
+        try:
+            for server in self.servers:
+                await server.start()
+            health.running(", ".join(str(s.path) for s in self.servers))
+            await asyncio.Event().wait()
+        finally:
+            for server in self.servers:
+                await server.close()
 
 
 class _SnapshotCollector(Collector):
@@ -249,6 +290,7 @@ class Node:
         self.notifier = notifier or Notifier()
         supervision = runtime.config.supervision
         self.supervisor = Supervisor(supervision.backoff_initial_s, supervision.backoff_max_s)
+        self.api: NodeAPI = NodeAPI(self)
         self.status_server = StatusServer(self)
         self.postgres = PostgresKeeper(runtime)
         self.redis = RedisKeeper(runtime)
@@ -269,6 +311,8 @@ class Node:
             self.spam_tests,
             *self.modems,
         ]
+        if runtime.config.api.proxy_user:
+            components.insert(1, ProxySockets(self))
         for component in components:
             self.supervisor.add(component)
         self.stop_requested = asyncio.Event()
@@ -329,67 +373,6 @@ class Node:
         async with self.postgres.require().acquire() as conn:
             result = await intake.prune_finished(conn, self.runtime.config.node.id, days)
         log.info("finished runs' recipients pruned", result=result)
-
-    @staticmethod
-    def _run_id(path: str) -> tuple[uuid.UUID | None, str]:
-        parts = path.strip("/").split("/")
-        try:
-            return uuid.UUID(parts[2]), (parts[3] if len(parts) > 3 else "")
-        except (IndexError, ValueError):
-            return None, ""
-
-    async def handle_run_show(self, request: Request) -> Response:
-        run_id, _ = self._run_id(request.path)
-        if run_id is None:
-            return Response.error(400, "expected /v1/runs/<uuid>")
-        shown = await self.dispatcher.show(run_id)
-        if shown is None:
-            return Response.error(404, f"no run {run_id}")
-        return Response.json(shown)
-
-    async def handle_run_control(self, request: Request) -> Response:
-        run_id, action = self._run_id(request.path)
-        if run_id is None or action not in ("cancel", "pause", "resume"):
-            return Response.error(400, "expected POST /v1/runs/<uuid>/cancel|pause|resume")
-        try:
-            return Response.json(
-                await self.dispatcher.control(run_id, action, f"{action} by operator")
-            )
-        except KeyError as exc:
-            return Response.error(404, str(exc.args[0]))
-        except DependencyDown as exc:
-            return Response.error(503, str(exc))
-
-    async def handle_agent_control(self, request: Request) -> Response:
-        parts = request.path.strip("/").split("/")
-        if len(parts) != 4 or not parts[2].isdigit() or parts[3] not in ("drain", "undrain"):
-            return Response.error(400, "expected POST /v1/agents/<number>/drain|undrain")
-        try:
-            return Response.json(self.dispatcher.drain(int(parts[2]), parts[3] == "drain"))
-        except KeyError:
-            return Response.error(404, f"no agent {parts[2]}")
-
-    async def handle_spam_test_control(self, request: Request) -> Response:
-        parts = request.path.strip("/").split("/")
-        try:
-            test_id = uuid.UUID(parts[2])
-        except (IndexError, ValueError):
-            test_id = None
-        if test_id is None or len(parts) != 4 or parts[3] != "cancel":
-            return Response.error(400, "expected POST /v1/spam-tests/<uuid>/cancel")
-        try:
-            return Response.json(await self.spam_tests.cancel(test_id))
-        except KeyError as exc:
-            return Response.error(404, str(exc.args[0]))
-        except DependencyDown as exc:
-            return Response.error(503, str(exc))
-
-    async def handle_status(self, request: Request) -> Response:
-        await self.dispatcher.refresh()
-        return Response.json(self.snapshot())
-
-    async def handle_metrics(self, request: Request) -> Response:
-        return Response(200, generate_latest(self._registry), "text/plain; version=0.0.4")
 
     def summary(self) -> str:
         statuses = self.supervisor.statuses()

@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import asyncpg
 
 from config.names import MessageType
 from dispatch.guards import RunRejected, check_ad_run, run_field_problems
@@ -85,11 +87,37 @@ async def create_run(conn: Conn, spec: RunSpec, recipients: Iterable[Recipient])
 async def show(conn: Conn, run_id: uuid.UUID) -> dict[str, Any] | None:
     """The operator's view of one run (`hanjulloctl run show`)."""
     row = await intake.run_row(conn, run_id)
-    if row is None:
-        return None
+    return None if row is None else view(row)
+
+
+async def listing(
+    conn: Conn,
+    node_id: str,
+    *,
+    company_id: str | None = None,
+    campaign_id: uuid.UUID | None = None,
+    statuses: tuple[str, ...] = (),
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """The views of a node's runs, newest first (the control plane's `GET /v1/runs`)."""
+    rows = await intake.run_rows(
+        conn,
+        node_id,
+        company_id=company_id,
+        campaign_id=campaign_id,
+        statuses=statuses,
+        limit=limit,
+    )
+    return [view(row) for row in rows]
+
+
+def view(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
+    """One ``campaign_runs`` row as the operator and the control plane see it."""
     success, fail = row["success_count"], row["fail_count"]
     return {
         "run_id": str(row["id"]),
+        "campaign_id": str(row["campaign_id"]) if row["campaign_id"] else None,
+        "run_number": row["run_number"],
         "node_id": row["node_id"],
         "company": row["company_id"],
         "user": row["user_id"],
@@ -105,6 +133,7 @@ async def show(conn: Conn, run_id: uuid.UUID) -> dict[str, Any] | None:
         "fail": fail,
         "pending": max(0, row["inserted_count"] - success - fail),
         "skipped": skip_counts(row["skipped"]),
+        "scheduled_at": row["scheduled_at"].isoformat() if row["scheduled_at"] else None,
         "queued_at": row["queued_at"].isoformat() if row["queued_at"] else None,
         "started_at": row["started_at"].isoformat() if row["started_at"] else None,
         "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,

@@ -62,6 +62,38 @@ def mysql(database: str | None = None, **extra: Any) -> Any:
     )
 
 
+# MySQL connections a simulated node holds at most, by process. The daemon: its dispatcher's
+# pool (8), the spam-test engine's (3) and the agent monitor's one connection; the
+# simulator: one per agent (11). MariaDB's default max_connections (151) fits about six
+# such nodes beside the machine's other clients; the harness raises it when a node would
+# not fit (`mysql_headroom`) rather than shrinking the pools production runs with.
+MYSQL_CONNECTIONS_DAEMON = 8 + 3 + 1
+MYSQL_CONNECTIONS_SIMULATOR = 11
+
+
+def mysql_headroom(needed: int) -> int | None:
+    """Make room for `needed` more MySQL connections: raise the server's max_connections
+    (a global, kept until the server restarts) when fewer are free; the new value, or None
+    when there was room."""
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", user="root", password="", autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@GLOBAL.max_connections")
+            (allowed,) = cur.fetchone() or (0,)
+            cur.execute("SHOW STATUS LIKE 'Threads_connected'")
+            row = cur.fetchone()
+            used = int(row[1]) if row else 0
+            if allowed - used >= needed:
+                return None
+            wanted = used + needed + MYSQL_CONNECTIONS_DAEMON + MYSQL_CONNECTIONS_SIMULATOR
+            cur.execute(f"SET GLOBAL max_connections = {int(wanted)}")
+            return wanted
+    finally:
+        conn.close()
+
+
 def wait_for(
     predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05
 ) -> Any:
@@ -145,7 +177,11 @@ class SimulatedNode:
         directory: Path,
         phones_per_carrier: int = 1,
         overrides: Callable[[str], str] | None = None,
+        instance: int | None = None,
     ) -> None:
+        """`instance`: node N's own databases and ports (`config example --instance N`);
+        None: this process's (:func:`current_instance`)."""
+        self.instance = current_instance() if instance is None else instance
         self.dir = directory.resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "node.toml"
@@ -159,11 +195,7 @@ class SimulatedNode:
                 str(self.dir),
                 "--phones-per-carrier",
                 str(phones_per_carrier),
-                *(
-                    []
-                    if (instance := current_instance()) is None
-                    else ["--instance", str(instance)]
-                ),
+                *([] if self.instance is None else ["--instance", str(self.instance)]),
             ],
             check=True,
             capture_output=True,
@@ -199,6 +231,7 @@ class SimulatedNode:
 
     def start_sim(self, timeout_s: float = 20.0, env: dict[str, str] | None = None) -> None:
         """Start the simulator; `env` adds to its environment (``HANJULLO_…`` overrides)."""
+        mysql_headroom(MYSQL_CONNECTIONS_SIMULATOR)
         log = (self.dir / "sim.stderr").open("ab")
         self.sim = subprocess.Popen(
             [*command("hanjullo-sim"), "--config", str(self.config_path)],
@@ -220,6 +253,7 @@ class SimulatedNode:
 
     def start_daemon(self, wait_ready_s: float = 10.0, env: dict[str, str] | None = None) -> float:
         """Start the daemon; return seconds from spawn to READY=1."""
+        mysql_headroom(MYSQL_CONNECTIONS_DAEMON)
         if self.notify is None:
             self.notify = NotifyListener(self.dir / "notify.sock")
         self.notify.messages.clear()

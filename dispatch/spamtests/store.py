@@ -88,6 +88,14 @@ async def show(conn: Conn, ident: uuid.UUID) -> list[dict[str, Any]]:
     return [report(t, [r for r in results if r["test_id"] == t["id"]]) for t in tests]
 
 
+async def nodes_of(conn: Conn, ident: uuid.UUID) -> set[str]:
+    """The nodes a test, or the tests of a batch, belong to (empty when unknown)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT node_id FROM spam_filter_tests WHERE id = $1 OR batch_id = $1", ident
+    )
+    return {r["node_id"] for r in rows}
+
+
 # ---- what a restart reads -------------------------------------------------------------------
 async def tests_in(
     conn: Conn, node_id: str, status: TestStatus, limit: int | None = None

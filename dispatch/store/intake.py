@@ -79,6 +79,35 @@ async def run_row(conn: Conn, run_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM campaign_runs WHERE id = $1", run_id)
 
 
+async def run_rows(
+    conn: Conn,
+    node_id: str,
+    *,
+    company_id: str | None = None,
+    campaign_id: uuid.UUID | None = None,
+    statuses: tuple[str, ...] = (),
+    limit: int = 100,
+) -> list[asyncpg.Record]:
+    """Every column of a node's runs, newest first: a company's, a campaign's, in some
+    statuses (each filter optional), at most `limit`."""
+    clauses = ["node_id = $1"]
+    args: list[Any] = [node_id]
+    for column, value in (("company_id", company_id), ("campaign_id", campaign_id)):
+        if value is not None:
+            args.append(value)
+            clauses.append(f"{column} = ${len(args)}")
+    if statuses:
+        args.append(list(statuses))
+        clauses.append(f"status = ANY(${len(args)}::text[])")
+    args.append(limit)
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT * FROM campaign_runs WHERE {' AND '.join(clauses)}"
+        f" ORDER BY queued_at DESC, run_number DESC, id LIMIT ${len(args)}",
+        *args,
+    )
+    return rows
+
+
 async def prune_finished(conn: Conn, node_id: str, days: int) -> str:
     """Delete the recipients of runs finished more than `days` ago (the runs stay)."""
     result: str = await conn.execute(

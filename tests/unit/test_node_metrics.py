@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from config.clocksync import ClockSync
 from config.example import sim_example
 from config.loader import validate
+from daemon.http import Request
 from daemon.node import Node
 from daemon.runtime import Runtime
 from dispatch.agent_tables import Backlog
@@ -20,7 +21,7 @@ from tests.monitoring_refs import used_metrics
 
 
 async def scrape(node: Node) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    response = await node.handle_metrics(None)  # type: ignore[arg-type]
+    response = await node.api.metrics(Request("GET", "/metrics", "", b""))
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(response.body.decode()):
         for s in family.samples:
