@@ -100,6 +100,9 @@ class Context:
         await self.book.set_status(run_id, status, reason)
         self.metrics.run_status_changes.labels(status.value).inc()
 
+    def has_group(self, name: str) -> bool:
+        return any(group.name == name for group in self.config.line_groups)
+
     def group(self, name: str) -> LineGroupConfig:
         for group in self.config.line_groups:
             if group.name == name:

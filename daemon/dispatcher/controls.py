@@ -15,7 +15,8 @@ from typing import Any
 import structlog
 
 from daemon.dispatcher.context import Context
-from dispatch.store.runs import FINISHED, HOLDS_GROUP, RunStatus
+from dispatch.ledger import PullEntry
+from dispatch.store.runs import FINISHED, HOLDS_GROUP, Run, RunStatus
 
 log = structlog.get_logger("dispatcher")
 
@@ -48,11 +49,16 @@ async def control(
     # and stops by itself (cancelling it mid-batch would lose that checkpoint).
     async with ctx.registry.lock(run_id):
         await ctx.set_status(run_id, target, reason)
-        pulled: list[str] = []
+        entries: list[PullEntry] = []
         if run.line_group:
-            pulled = await ctx.tables.pull_back(ctx.tables_of(run.line_group), str(run_id))
+            # The deletes and their ledger entries commit together; PostgreSQL's marks
+            # follow, and an interruption in between is finished by `finish_pulls`.
+            tables = await run_tables(ctx, run)
+            entries = await ctx.tables.pull_back(tables, str(run_id))
+        pulled = [n for e in entries for n in e.numbers]
         stopped, gone = await ctx.book.record_pull_back(run_id, pulled, target, reason)
-        if run.line_group and run.status in HOLDS_GROUP:
+        await ctx.tables.close_pulls(entries)
+        if run.line_group and run.status in HOLDS_GROUP and ctx.has_group(run.line_group):
             await ctx.leases.release(run.line_group, str(run_id))
     log.info(
         "run stopped",
@@ -64,6 +70,39 @@ async def control(
     )
     ctx.wake.set()
     return {"run_id": str(run_id), "status": target.value, "stopped": stopped, "already_gone": gone}
+
+
+async def run_tables(ctx: Context, run: Run) -> list[str]:
+    """Every live table the run may have rows in: its group's (when it is still
+    configured) and every table the ledger says it wrote to or failover moved it to."""
+    tables = (
+        ctx.tables_of(run.line_group) if run.line_group and ctx.has_group(run.line_group) else []
+    )
+    for table in await ctx.tables.tables_written(str(run.id)):
+        if table not in tables:
+            tables.append(table)
+    return tables
+
+
+async def finish_pulls(ctx: Context) -> int:
+    """Finish the pull-backs interrupted between the agent tables and PostgreSQL (a crash,
+    an outage): their rows left the tables with a ledger entry, so mark those recipients
+    pulled now (re-inserted first on resume). Returns the recipients marked."""
+    entries = await ctx.tables.open_pulls()
+    if not entries:
+        return 0
+    by_run: dict[str, list[PullEntry]] = {}
+    for entry in entries:
+        by_run.setdefault(entry.run_ref, []).append(entry)
+    marked = 0
+    for ref, found in by_run.items():
+        run_id = uuid.UUID(ref)
+        async with ctx.registry.lock(run_id):
+            count = await ctx.book.mark_pulled(run_id, [n for e in found for n in e.numbers])
+            await ctx.tables.close_pulls(found)
+        log.warning("interrupted pull-back finished", run=ref, recipients=count)
+        marked += count
+    return marked
 
 
 def drain(ctx: Context, number: int, on: bool) -> dict[str, Any]:

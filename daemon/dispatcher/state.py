@@ -22,6 +22,9 @@ class RunState:
     company: str
     group: str | None = None
     lease_lost: bool = False
+    # When the lease was last taken or renewed (monotonic): a renewal that keeps failing
+    # stops the inserts once the lease may have expired.
+    lease_confirmed_at: float = float("-inf")
     # Per log table: results at or after this time are read again (result sync).
     watermarks: dict[str, datetime | None] = field(default_factory=dict)
     # The guard pass's progress as the handoff last saw it, and its wake-up.

@@ -11,6 +11,7 @@ clock under the test's control.
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 import uuid
 from collections import Counter
@@ -29,6 +30,7 @@ from daemon.runtime import Runtime
 from dispatch.agent_tables import Backlog
 from dispatch.guards import CheckedPage
 from dispatch.handoff import RowValues, StagedRows
+from dispatch.ledger import PullEntry
 from dispatch.outcomes import Result, Tally
 from dispatch.store.runs import Run, RunStatus
 from dispatch.store.training import RunMetrics
@@ -261,14 +263,25 @@ class FakeBook:
             run = self._change(run_id, next_seq=max(run.next_seq, last_seq))
         self._change(run_id, inserted_count=run.inserted_count + size)
 
-    async def record_pull_back(
-        self, run_id: uuid.UUID, numbers: list[str], status: RunStatus, reason: str | None
-    ) -> tuple[int, int]:
+    def _mark(self, run_id: uuid.UUID, numbers: list[str]) -> int:
         stopped = 0
         for r in self.recipients[run_id]:
             if r.state == "pending" and r.number in numbers:
                 r.state, r.is_pulled = "pulled", True
                 stopped += 1
+        return stopped
+
+    async def mark_pulled(self, run_id: uuid.UUID, numbers: list[str]) -> int:
+        self._maybe_fail("mark_pulled")
+        stopped = self._mark(run_id, numbers)
+        self._change(run_id, inserted_count=self.runs[run_id].inserted_count - stopped)
+        return stopped
+
+    async def record_pull_back(
+        self, run_id: uuid.UUID, numbers: list[str], status: RunStatus, reason: str | None
+    ) -> tuple[int, int]:
+        self._maybe_fail("record_pull_back")
+        stopped = self._mark(run_id, numbers)
         run = self._change(
             run_id,
             inserted_count=self.runs[run_id].inserted_count - stopped,
@@ -339,12 +352,32 @@ class AgentRow:
 
 
 @dataclass
+class LedgerEntry:
+    """One entry of `hanjullo_ledger` as `dispatch/ledger.py` appends it."""
+
+    id: int
+    kind: str  # insert | pull | pulled | move
+    run_ref: str
+    table: str
+    numbers: list[str]
+    seqs: tuple[int, int] = (0, 2**31 - 1)
+    ref: int | None = None
+
+
+@dataclass
 class FakeAgentTables:
-    """`ports.AgentTables` in memory: tables by name, live and log alike."""
+    """`ports.AgentTables` in memory: tables by name, live and log alike, and the commit
+    ledger written with every write of agent rows (in the same step, as one transaction)."""
 
     tables: dict[str, list[AgentRow]] = field(default_factory=dict)
+    ledger: list[LedgerEntry] = field(default_factory=list)
     # Set to make the next write into that table raise (e.g. the connection dropped).
     fail_write: dict[str, BaseException] = field(default_factory=dict)
+    # Set to make the next write into that table slow: it lets the event loop run this
+    # many times before it commits (a sibling's failure and a retry can happen meanwhile).
+    slow_write: dict[str, int] = field(default_factory=dict)
+    # Set to make the next pull-back fail (its one transaction: nothing is deleted).
+    fail_pull: BaseException | None = None
     lookups: int = 0
     _seqno: int = 0
 
@@ -358,10 +391,39 @@ class FakeAgentTables:
             (t, r.dest_no) for t, rows in self.tables.items() for r in rows if r.run_ref == run_ref
         ]
 
-    def insert(self, table: str, numbers: Sequence[str], run_ref: str, rsv1: str = "1") -> None:
+    def _entry(
+        self,
+        kind: str,
+        run_ref: str,
+        table: str,
+        numbers: list[str],
+        seqs: tuple[int, int] = (0, 2**31 - 1),
+        ref: int | None = None,
+    ) -> LedgerEntry:
+        entry = LedgerEntry(len(self.ledger) + 1, kind, run_ref, table, numbers, seqs, ref)
+        self.ledger.append(entry)
+        return entry
+
+    def insert(
+        self,
+        table: str,
+        numbers: Sequence[str],
+        run_ref: str,
+        rsv1: str = "1",
+        ledger: bool = True,
+        seqs: tuple[int, int] = (0, 2**31 - 1),
+    ) -> None:
+        """Rows of the run in `table`, as a daemon of this node commits them (with their
+        ledger entry) or, with ``ledger=False``, as someone else writes them."""
         for number in numbers:
             self._seqno += 1
             self.tables.setdefault(table, []).append(AgentRow(self._seqno, number, run_ref, rsv1))
+        if ledger and numbers:
+            self._entry("insert", run_ref, table, list(numbers), seqs)
+
+    def delete(self, table: str, numbers: Sequence[str]) -> None:
+        """Someone else (the web service's cancel or delete-one-recipient) deletes rows."""
+        self.tables[table] = [r for r in self.tables[table] if r.dest_no not in numbers]
 
     def agent_reports(self, table: str, code: int, at: datetime, limit: int | None = None) -> int:
         """The agent picks up its waiting rows and reports `code` for each (rsv1 4)."""
@@ -383,17 +445,30 @@ class FakeAgentTables:
             if r.run_ref == run_ref and r.rsv1 == "1"
         )
 
-    async def present(
-        self, tables: Sequence[str], run_ref: str, numbers: Sequence[str]
+    async def committed(
+        self,
+        tables: Sequence[str],
+        run_ref: str,
+        numbers: Sequence[str],
+        seqs: tuple[int, int],
     ) -> set[str]:
         self.lookups += 1
         wanted = set(numbers)
-        return {
-            r.dest_no
-            for t in tables
-            for r in self.tables.get(t, [])
-            if r.run_ref == run_ref and r.dest_no in wanted
-        }
+        entries = [e for e in self.ledger if e.run_ref == run_ref]
+        if not entries:  # a run from before the ledger: its tables are searched
+            return {
+                r.dest_no
+                for t in tables
+                for r in self.tables.get(t, [])
+                if r.run_ref == run_ref and r.dest_no in wanted
+            }
+        present: set[str] = set()
+        for e in entries:
+            if e.kind == "insert" and e.seqs[1] >= seqs[0] and e.seqs[0] <= seqs[1]:
+                present |= wanted.intersection(e.numbers)
+            elif e.kind == "pull":
+                present -= set(e.numbers)
+        return present
 
     async def existing(self, tables: Sequence[str]) -> list[str]:
         return [t for t in tables if t in self.tables]
@@ -401,30 +476,60 @@ class FakeAgentTables:
     def stage(self, rows: list[RowValues]) -> StagedRows:
         return StagedRows(rows)
 
-    async def write(self, table: str, staged: StagedRows) -> None:
+    async def write(self, table: str, staged: StagedRows, seqs: tuple[int, int]) -> None:
+        for _ in range(self.slow_write.pop(table, 0)):
+            await asyncio.sleep(0)  # a turn of the event loop, not a wait for time
         if table in self.fail_write:
             raise self.fail_write.pop(table)
-        for row in staged.rows:
-            self.insert(table, [row[0]], row[6])
+        self.insert(table, [row[0] for row in staged.rows], staged.rows[0][6], seqs=seqs)
 
-    async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[str]:
-        numbers = []
+    async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[PullEntry]:
+        entries = []
         for t in tables:
-            keep = []
-            for r in self.tables.get(t, []):
-                (
-                    numbers.append(r.dest_no)
-                    if r.run_ref == run_ref and r.rsv1 == "1"
-                    else keep.append(r)
-                )
-            self.tables[t] = keep
-        return numbers
+            numbers = [
+                r.dest_no for r in self.tables.get(t, []) if r.run_ref == run_ref and r.rsv1 == "1"
+            ]
+            if numbers:
+                entries.append(PullEntry(0, run_ref, t, numbers))
+        # One transaction: every table's deletes and entries, or (failing) none of them.
+        if self.fail_pull is not None:
+            exc, self.fail_pull = self.fail_pull, None
+            raise exc
+        for i, entry in enumerate(entries):
+            self.tables[entry.table] = [
+                r for r in self.tables[entry.table] if not (r.run_ref == run_ref and r.rsv1 == "1")
+            ]
+            logged = self._entry("pull", run_ref, entry.table, entry.numbers)
+            entries[i] = PullEntry(logged.id, run_ref, entry.table, entry.numbers)
+        return entries
+
+    async def open_pulls(self) -> list[PullEntry]:
+        closed = {e.ref for e in self.ledger if e.kind == "pulled"}
+        return [
+            PullEntry(e.id, e.run_ref, e.table, e.numbers)
+            for e in self.ledger
+            if e.kind == "pull" and e.id not in closed
+        ]
+
+    async def close_pulls(self, entries: Sequence[PullEntry]) -> None:
+        for entry in entries:
+            self._entry("pulled", entry.run_ref, entry.table, [], ref=entry.id)
+
+    async def tables_written(self, run_ref: str) -> list[str]:
+        return sorted(
+            {e.table for e in self.ledger if e.run_ref == run_ref and e.kind in ("insert", "move")}
+        )
 
     async def move_waiting(self, source: str, targets: Sequence[str]) -> int:
         waiting = [r for r in self.tables[source] if r.rsv1 == "1"]
         self.tables[source] = [r for r in self.tables[source] if r.rsv1 != "1"]
+        moved: dict[tuple[str, str], list[str]] = {}
         for index, row in enumerate(waiting):
-            self.tables[targets[index % len(targets)]].append(row)
+            target = targets[index % len(targets)]
+            self.tables[target].append(row)
+            moved.setdefault((row.run_ref, target), []).append(row.dest_no)
+        for (run_ref, target), numbers in moved.items():
+            self._entry("move", run_ref, target, numbers)
         return len(waiting)
 
     async def read_results(
