@@ -117,8 +117,8 @@ class PostgresRunBook:
     ) -> tuple[int, int]:
         return await self._on(progress.record_pull_back, run_id, numbers, status, reason)
 
-    async def runs_awaiting_results(self) -> list[Run]:
-        return await self._on(results.runs_awaiting_results, self._node_id())
+    async def runs_awaiting_results(self, horizon_h: float) -> list[Run]:
+        return await self._on(results.runs_awaiting_results, self._node_id(), horizon_h)
 
     async def apply_results(self, run_id: uuid.UUID, found: Sequence[Result]) -> list[int]:
         return await self._on(results.apply_results, run_id, found)

@@ -124,6 +124,7 @@ class Dispatcher:
                     )
                 )
                 await controls.finish_pulls(ctx)
+                await controls.pull_back_stopped(ctx, await ctx.book.runs_in(WATCHED))
                 await grants.restore(ctx)
                 background += [
                     self._every("lease-renewal", self._renew_s, grants.renew_leases),

@@ -54,7 +54,8 @@ async def control(
             # The deletes and their ledger entries commit together; PostgreSQL's marks
             # follow, and an interruption in between is finished by `finish_pulls`.
             tables = await run_tables(ctx, run)
-            entries = await ctx.tables.pull_back(tables, str(run_id))
+            async with ctx.registry.group_lock(run.line_group):
+                entries = await ctx.tables.pull_back(tables, str(run_id))
         pulled = [n for e in entries for n in e.numbers]
         stopped, gone = await ctx.book.record_pull_back(run_id, pulled, target, reason)
         await ctx.tables.close_pulls(entries)
@@ -103,6 +104,29 @@ async def finish_pulls(ctx: Context) -> int:
         log.warning("interrupted pull-back finished", run=ref, recipients=count)
         marked += count
     return marked
+
+
+async def pull_back_stopped(ctx: Context, runs: list[Run]) -> int:
+    """After a start: pull back what still waits of runs a control stopped (paused, held,
+    cancelled) when the daemon died before the pull-back committed (its status was set
+    first, so the intent survived). Returns the recipients pulled."""
+    pulled = 0
+    for run in runs:
+        if run.status not in STOPS.values() or not run.line_group:
+            continue
+        if run.status == RunStatus.CANCELLED and not run.awaiting_results:
+            continue
+        async with ctx.registry.lock(run.id):
+            tables = await run_tables(ctx, run)
+            async with ctx.registry.group_lock(run.line_group):
+                entries = await ctx.tables.pull_back(tables, str(run.id))
+            if not entries:
+                continue
+            count = await ctx.book.mark_pulled(run.id, [n for e in entries for n in e.numbers])
+            await ctx.tables.close_pulls(entries)
+        log.warning("interrupted stop finished: rows pulled back", run=str(run.id), rows=count)
+        pulled += count
+    return pulled
 
 
 def drain(ctx: Context, number: int, on: bool) -> dict[str, Any]:

@@ -42,7 +42,7 @@ async def sync_once(ctx: Context) -> int:
     """One incremental result sync over every run that may still get results; returns
     the recipients whose result was recorded."""
     updated = 0
-    for run in await ctx.book.runs_awaiting_results():
+    for run in await ctx.book.runs_awaiting_results(ctx.settings.result_horizon_h):
         updated += await sync_run(ctx, run)
     return updated
 

@@ -58,11 +58,20 @@ class RunState:
 
 class RunRegistry:
     """Per-run state and per-run locks (a control and a batch of the same run never
-    interleave)."""
+    interleave), and per-group locks (a pull-back and a failover move never interleave)."""
 
     def __init__(self) -> None:
         self.runs: dict[uuid.UUID, RunState] = {}
         self.locks: dict[uuid.UUID, asyncio.Lock] = {}
+        # Per line group (as many as the configuration names): a pull-back and a failover
+        # move of the same group never interleave.
+        self.group_locks: dict[str, asyncio.Lock] = {}
+
+    def group_lock(self, group: str) -> asyncio.Lock:
+        lock = self.group_locks.get(group)
+        if lock is None:
+            lock = self.group_locks[group] = asyncio.Lock()
+        return lock
 
     def state(self, run_id: uuid.UUID, company: str) -> RunState:
         state = self.runs.get(run_id)

@@ -136,6 +136,8 @@ class FakeBook:
     unsubscribed: set[tuple[str, str]] = field(default_factory=set)
     skipped: dict[uuid.UUID, Counter[str]] = field(default_factory=dict)
     metrics: dict[str, RunMetrics] = field(default_factory=dict)
+    # When each run last changed (campaign_runs.updated_at), by the node clock.
+    updated: dict[uuid.UUID, datetime] = field(default_factory=dict)
     # Set to make the next call of that name raise (a statement that fails).
     fail: dict[str, BaseException] = field(default_factory=dict)
 
@@ -145,8 +147,11 @@ class FakeBook:
         self.runs[run.id] = replace(run, target_count=count)
         return self.runs[run.id]
 
-    def _change(self, run_id: uuid.UUID, **fields: Any) -> Run:
+    def _change(self, run_id: uuid.UUID, touch: bool = True, **fields: Any) -> Run:
+        """Change a run's fields; `touch`: as a statement that sets ``updated_at``."""
         self.runs[run_id] = replace(self.runs[run_id], **fields)
+        if touch:
+            self.updated[run_id] = self.clock.now()
         return self.runs[run_id]
 
     def _maybe_fail(self, name: str) -> None:
@@ -222,10 +227,10 @@ class FakeBook:
             if reason is not None:
                 by_seq[seq].state = "skipped"
         self.skipped.setdefault(run_id, Counter()).update(page.counts)
-        self._change(run_id, prepared_upto=page.last_seq)
+        self._change(run_id, touch=False, prepared_upto=page.last_seq)
 
     async def finish_checking(self, run_id: uuid.UUID) -> dict[str, int]:
-        self._change(run_id, prepared=True)
+        self._change(run_id, touch=False, prepared=True)
         return dict(self.skipped.get(run_id, {}))
 
     async def pulled_page(self, run_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
@@ -248,7 +253,7 @@ class FakeBook:
         return [r.page_row(False) for r in page]
 
     async def record_verify_until(self, run_id: uuid.UUID, seq: int) -> None:
-        self._change(run_id, verify_until=max(self.runs[run_id].verify_until, seq))
+        self._change(run_id, touch=False, verify_until=max(self.runs[run_id].verify_until, seq))
 
     async def record_batch(
         self, run_id: uuid.UUID, size: int, last_seq: int, pulled_seqs: Sequence[int] | None
@@ -291,12 +296,18 @@ class FakeBook:
         return stopped, run.inserted_count
 
     # results and training metrics
-    async def runs_awaiting_results(self) -> list[Run]:
+    async def runs_awaiting_results(self, horizon_h: float) -> list[Run]:
         may = {"sending", "draining", "results", "paused", "cancelled", "held"}
+        quiet_since = self.clock.now() - timedelta(hours=horizon_h)
+
+        def recent(r: Run) -> bool:
+            stopped = r.status in ("paused", "cancelled", "held")
+            return not stopped or self.updated.get(r.id, self.clock.now()) >= quiet_since
+
         return [
             r
             for r in self.runs.values()
-            if (r.line_group and r.status in may and r.inserted_count > r.results)
+            if (r.line_group and r.status in may and r.inserted_count > r.results and recent(r))
             or r.status == RunStatus.RESULTS
         ]
 
@@ -310,6 +321,8 @@ class FakeBook:
                 codes.append(result.status_code)
         tally = Tally.of(codes)
         run = self.runs[run_id]
+        if not codes:
+            return codes
         self._change(
             run_id,
             success_count=run.success_count + tally.success,
@@ -321,10 +334,10 @@ class FakeBook:
 
     async def record_in_flight(self, run_id: uuid.UUID, in_flight: int) -> Run:
         run = self.runs[run_id]
-        return self._change(run_id, sent_count=run.results + in_flight)
+        return self._change(run_id, touch=False, sent_count=run.results + in_flight)
 
     async def mark_breaker_checked(self, run_id: uuid.UUID) -> None:
-        self._change(run_id, breaker_checked=True)
+        self._change(run_id, touch=False, breaker_checked=True)
 
     async def commonest_codes(
         self, run_id: uuid.UUID, codes: Sequence[int]
@@ -378,6 +391,10 @@ class FakeAgentTables:
     slow_write: dict[str, int] = field(default_factory=dict)
     # Set to make the next pull-back fail (its one transaction: nothing is deleted).
     fail_pull: BaseException | None = None
+    # Set to make the next pull-back take this many turns of the event loop between
+    # locking its rows and committing; `pulling` is set once it has locked them.
+    slow_pull: int = 0
+    pulling: asyncio.Event = field(default_factory=asyncio.Event)
     lookups: int = 0
     _seqno: int = 0
 
@@ -484,23 +501,28 @@ class FakeAgentTables:
         self.insert(table, [row[0] for row in staged.rows], staged.rows[0][6], seqs=seqs)
 
     async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[PullEntry]:
-        entries = []
-        for t in tables:
-            numbers = [
-                r.dest_no for r in self.tables.get(t, []) if r.run_ref == run_ref and r.rsv1 == "1"
-            ]
-            if numbers:
-                entries.append(PullEntry(0, run_ref, t, numbers))
+        # SELECT … FOR UPDATE: the rows are found (and locked) first, then deleted by seqno.
+        found = {
+            t: [r for r in self.tables.get(t, []) if r.run_ref == run_ref and r.rsv1 == "1"]
+            for t in tables
+        }
+        self.pulling.set()
+        for _ in range(self.slow_pull):
+            await asyncio.sleep(0)  # a turn of the event loop, not a wait for time
+        self.slow_pull = 0
         # One transaction: every table's deletes and entries, or (failing) none of them.
         if self.fail_pull is not None:
             exc, self.fail_pull = self.fail_pull, None
             raise exc
-        for i, entry in enumerate(entries):
-            self.tables[entry.table] = [
-                r for r in self.tables[entry.table] if not (r.run_ref == run_ref and r.rsv1 == "1")
-            ]
-            logged = self._entry("pull", run_ref, entry.table, entry.numbers)
-            entries[i] = PullEntry(logged.id, run_ref, entry.table, entry.numbers)
+        entries = []
+        for t, rows in found.items():
+            if not rows:
+                continue
+            gone = {r.seqno for r in rows}
+            self.tables[t] = [r for r in self.tables[t] if r.seqno not in gone]
+            numbers = [r.dest_no for r in rows]
+            logged = self._entry("pull", run_ref, t, numbers)
+            entries.append(PullEntry(logged.id, run_ref, t, numbers))
         return entries
 
     async def open_pulls(self) -> list[PullEntry]:
@@ -526,7 +548,8 @@ class FakeAgentTables:
         moved: dict[tuple[str, str], list[str]] = {}
         for index, row in enumerate(waiting):
             target = targets[index % len(targets)]
-            self.tables[target].append(row)
+            self._seqno += 1  # INSERT … SELECT: a new seqno in the target table
+            self.tables[target].append(replace(row, seqno=self._seqno))
             moved.setdefault((row.run_ref, target), []).append(row.dest_no)
         for (run_ref, target), numbers in moved.items():
             self._entry("move", run_ref, target, numbers)

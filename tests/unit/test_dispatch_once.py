@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis.exceptions
 
-from daemon.dispatcher import controls, grants, handoff, results
+from daemon.agents import AgentState
+from daemon.dispatcher import controls, failover, grants, handoff, results
 from daemon.dispatcher.component import Dispatcher
 from daemon.stores import PostgresKeeper, RedisKeeper
+from dispatch.outcomes import Result
 from dispatch.store.runs import RunStatus
 from tests.unit.dispatch_fakes import DAY, AgentRow, Fakes, dispatcher, make_run, phone
 
@@ -190,3 +193,85 @@ async def test_a_lease_unconfirmed_for_longer_than_its_ttl_stops_the_inserts(
     assert state.handoff is not None
     await state.handoff
     assert f.tables.rows(str(run.id)) == []
+
+
+# ---- item 4: failover never interleaves with a pull-back of its group ----------------------
+
+
+async def test_failover_waits_for_a_pull_back_of_its_group(tmp_path: Path) -> None:
+    f = dispatcher(tmp_path, batch_size=300)
+    run_id, run_ref = sending(f, 300)
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.handoff_pass(f.ctx, state)  # 100 wait in each of bulk-1's tables
+    f.agents.set(2, AgentState.UNREACHABLE, waiting=100)
+    f.tables.slow_pull = 20
+    pause = asyncio.create_task(controls.control(f.ctx, run_id, "pause", "pause by operator"))
+    await f.tables.pulling.wait()  # the pull-back has found its rows
+    await failover.failover_once(f.ctx)  # agent 2 is down: its waiting rows would move
+    await pause
+    assert placed(f, run_ref) == Counter()  # nothing of the paused run is left to send
+    assert f.book.runs[run_id].status == RunStatus.PAUSED
+    assert sum(1 for r in f.book.recipients[run_id] if r.is_pulled) == 300
+
+
+# ---- acceptance 3 in process: a stop whose pull-back never committed -----------------------
+
+
+async def test_a_stop_whose_pull_back_died_is_pulled_back_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    f = dispatcher(tmp_path, batch_size=100)
+    run_id, run_ref = sending(f, 300)
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.handoff_pass(f.ctx, state)
+    # The daemon dies inside the pull-back's transaction: nothing was deleted, and the run's
+    # status (written first) already says paused.
+    f.tables.fail_pull = OSError("server has gone away")
+    with pytest.raises(OSError, match="gone away"):
+        await controls.control(f.ctx, run_id, "pause", "pause by operator")
+    assert f.book.runs[run_id].status == RunStatus.PAUSED
+    assert len(placed(f, run_ref)) == 300  # still waiting: an agent would send them
+    # What the next daemon does when it starts, before anything else.
+    assert await controls.pull_back_stopped(f.ctx, list(f.book.runs.values())) == 300
+    assert placed(f, run_ref) == Counter()
+    main = component(f)
+    await controls.control(f.ctx, run_id, "resume")
+    await main.tick()
+    task = f.ctx.registry.runs[run_id].handoff
+    assert task is not None
+    await task
+    counts = placed(f, run_ref)
+    assert len(counts) == 300 and set(counts.values()) == {1}
+    await main.redis.close()
+
+
+# ---- item 8: a stopped run is not re-read forever --------------------------------------------
+
+
+async def test_a_stopped_run_is_read_for_results_only_until_the_horizon(tmp_path: Path) -> None:
+    f = dispatcher(tmp_path)
+    run_id, run_ref = sending(f, 20, next_seq=20, verify_until=20, inserted_count=20)
+    f.tables.insert("SMSQ_SEND_1", [phone(i) for i in range(1, 21)], run_ref)
+    f.tables.agent_reports("SMSQ_SEND_1", 6, DAY, limit=5)  # 15 results never come
+    await f.book.set_status(run_id, RunStatus.PAUSED, "pause by operator")
+    reads: list[str] = []
+    read_results = f.tables.read_results
+
+    async def counted(*args: object) -> tuple[list[Result], int]:
+        reads.append(str(args[2]))
+        return await read_results(*args)  # type: ignore[arg-type]
+
+    f.tables.read_results = counted  # type: ignore[method-assign]
+    assert await results.sync_once(f.ctx) == 5
+    assert reads and set(reads) == {run_ref}
+    horizon = timedelta(hours=f.ctx.settings.result_horizon_h)
+    f.clock.moment = DAY + horizon / 2
+    reads.clear()
+    await results.sync_once(f.ctx)
+    assert reads  # within the horizon of its last change: still read
+    f.clock.moment = DAY + horizon + timedelta(minutes=1)
+    reads.clear()
+    assert await results.sync_once(f.ctx) == 0
+    assert reads == []  # past it: no longer read every interval
+    f.ctx.registry.prune({r.id for r in await f.book.runs_awaiting_results(48.0)})
+    assert run_id not in f.ctx.registry.runs
