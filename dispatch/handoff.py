@@ -1,8 +1,11 @@
 """What the dispatcher does to the agent tables: insert, find, pull back, move, read results.
 
 Every row carries the run id in ``app_etc1`` and the company in ``app_etc2``;
-within a run the recipient's number (``dest_no``) is its key, so after a crash
-the rows already inserted are found by (run, number) and never inserted twice.
+within a run the recipient's number (``dest_no``) is its key. Every write of the
+dispatcher's (a batch per table, a pull-back, a failover move) is one transaction that
+first checks the node's fencing epoch and appends its commit-ledger entry
+(`dispatch/ledger.py`), so after a crash the rows already inserted are known exactly
+and never inserted twice.
 A batch goes into each agent table as one multi-row INSERT whose VALUES hold
 ``NOW()`` for ``sendreq_time`` (the MySQL server's clock, KST session): drivers
 fall back to one statement per row when VALUES holds anything but placeholders,

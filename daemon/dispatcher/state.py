@@ -25,6 +25,9 @@ class RunState:
     # When the lease was last taken or renewed (monotonic): a renewal that keeps failing
     # stops the inserts once the lease may have expired.
     lease_confirmed_at: float = float("-inf")
+    # The lease was given up for that reason (not taken by someone else): renewal goes on,
+    # and once it succeeds again the run inserts again.
+    lease_unconfirmed: bool = False
     # Per log table: results at or after this time are read again (result sync).
     watermarks: dict[str, datetime | None] = field(default_factory=dict)
     # The guard pass's progress as the handoff last saw it, and its wake-up.

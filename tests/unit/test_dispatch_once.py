@@ -171,7 +171,7 @@ async def test_a_run_resumed_on_another_group_gets_the_results_of_both(tmp_path:
 # ---- the lease: renewal errors have a deadline ---------------------------------------------
 
 
-async def test_a_lease_unconfirmed_for_longer_than_its_ttl_stops_the_inserts(
+async def test_a_lease_unconfirmed_for_longer_than_its_ttl_stops_the_inserts_until_renewed(
     tmp_path: Path,
 ) -> None:
     f = dispatcher(tmp_path)
@@ -193,6 +193,14 @@ async def test_a_lease_unconfirmed_for_longer_than_its_ttl_stops_the_inserts(
     assert state.handoff is not None
     await state.handoff
     assert f.tables.rows(str(run.id)) == []
+    # Redis is back and nobody took the group: the run goes on.
+    del f.leases.renew
+    await grants.renew_leases(f.ctx)
+    assert not state.lease_lost
+    handoff.supervise(f.ctx, state)
+    assert state.handoff is not None
+    await state.handoff
+    assert len(f.tables.rows(str(run.id))) == 10
 
 
 # ---- item 4: failover never interleaves with a pull-back of its group ----------------------
