@@ -59,6 +59,7 @@ class Dispatcher:
             leases=self._leases(redis),
             agents=agents,
         )
+        self.ctx.is_writer = lambda: self.tables.fence is not None
         self.view = view.StatusView()
 
     def _leases(self, redis: RedisKeeper) -> GroupLeases:

@@ -62,6 +62,9 @@ class Context:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     # Handoff tasks that failed (logged each time; see handoff.supervise).
     handoff_failures: int = 0
+    # Whether this daemon holds the node's writer role (writer.py); a passive one changes
+    # no run.
+    is_writer: Callable[[], bool] = lambda: True
 
     @property
     def config(self) -> NodeConfig:

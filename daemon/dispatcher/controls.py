@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from daemon.dispatcher.context import Context
+from daemon.supervisor import DependencyDown
 from dispatch.ledger import PullEntry
 from dispatch.store.runs import FINISHED, HOLDS_GROUP, Run, RunStatus
 
@@ -27,6 +28,9 @@ async def control(
     ctx: Context, run_id: uuid.UUID, action: str, reason: str | None = None
 ) -> dict[str, Any]:
     """cancel, pause, hold or resume a run; KeyError for a run of another node (or none)."""
+    if not ctx.is_writer():
+        # Its status would say stopped while its rows stay in the agent tables.
+        raise DependencyDown("this daemon is passive: another daemon is the node's writer")
     run = await ctx.book.run(run_id)
     if run is None or run.node_id != ctx.node_id:
         raise KeyError(f"no run {run_id} on this node")

@@ -27,14 +27,15 @@ from daemon.supervisor import DependencyDown
 from dispatch import agent_tables, handoff, ledger
 from dispatch.handoff import AgentRow
 from dispatch.store.runs import RunStatus
-from simulators.faultproxy import FaultProxy, Rule, RuleAction
+from simulators.faultproxy import FaultProxy, FaultProxyThread, Rule, RuleAction
 from simulators.harness import SimulatedNode, command, instance_database, wait_for
 from tests.config_edits import overrides, settings
-from tests.integration.helpers import mysql
+from tests.integration.helpers import mysql, pg_fetch
 from tests.integration.test_dispatch import agent_rows, fast_dispatch, finished, numbers, send
 from tests.unit.dispatch_fakes import DAY, Fakes, dispatcher, make_run
 
 MYSQL = ("127.0.0.1", 3306)
+POSTGRES = ("127.0.0.1", 5432)
 TABLES = ["SMSQ_SEND_1", "SMSQ_SEND_2", "SMSQ_SEND_3"]
 
 
@@ -267,6 +268,14 @@ def test_two_daemons_on_one_node_one_writes_and_the_other_takes_over_after_a_kil
         )
         epochs = ledger_epochs(run_id)
         assert list(epochs) == [passive["epoch"]]  # only the first daemon has inserted
+        refused = subprocess.run(
+            [*command("hanjulloctl"), "run", "pause", run_id, "--config", str(second.config)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert refused.returncode != 0 and "passive" in refused.stdout + refused.stderr
         node.stop_daemon(signal.SIGKILL)
         taken = wait_for(
             lambda: (w := second.writer()).get("role") == "writer" and w,
@@ -284,3 +293,105 @@ def test_two_daemons_on_one_node_one_writes_and_the_other_takes_over_after_a_kil
         assert sum(epochs.values()) == 3_000, (epochs, time.monotonic() - started)
     finally:
         second.close()
+
+
+# ---- acceptance 3: kill -9 at each step of a pull-back --------------------------------------
+
+
+@pytest.fixture
+def proxied_node(
+    node_dir: Path,
+) -> Iterator[tuple[SimulatedNode, FaultProxyThread, FaultProxyThread]]:
+    """A node whose daemon (and simulator) reach MySQL and PostgreSQL through fault proxies;
+    its bulk agents hang (nothing is picked up: every row waits), and are not declared
+    stalled (failover stays out of it)."""
+    with (
+        FaultProxyThread(0, MYSQL, name="mysql") as my_proxy,
+        FaultProxyThread(0, POSTGRES, name="postgres") as pg_proxy,
+    ):
+        edit = overrides(
+            fast_dispatch,
+            {
+                "mysql": {"port": my_proxy.port},
+                "postgres": {"port": pg_proxy.port},
+                "dispatch": {"batch_size": 200},
+                "supervision": {"stuck_after_s": 600.0},
+            },
+        )
+        node = SimulatedNode(node_dir, overrides=edit)
+        node.db_init()
+        node.start_sim()
+        for agent in range(1, 10):
+            node.sim_ctl("agent", str(agent), "hang")
+        node.start_daemon()
+        try:
+            yield node, my_proxy, pg_proxy
+        finally:
+            node.close()
+
+
+def waiting_of(run_id: str) -> int:
+    """The run's rows waiting in any live table, in one statement."""
+    conn = mysql()
+    try:
+        with conn.cursor() as cur:
+            union = " UNION ALL ".join(
+                f"SELECT COUNT(*) AS c FROM SMSQ_SEND_{n} WHERE app_etc1 = %s AND rsv1 = '1'"
+                for n in range(1, 10)
+            )
+            cur.execute(f"SELECT SUM(c) FROM ({union}) AS w", [run_id] * 9)
+            row = cur.fetchone()
+            return int(row[0] or 0)
+    finally:
+        conn.close()
+
+
+def reached(proxy: FaultProxyThread, rule: str) -> None:
+    wait_for(lambda: proxy.rule_hits(rule) == 1, 30, f"{rule} reached", interval_s=0.05)
+
+
+def test_kill_9_at_each_step_of_a_pull_back_loses_and_doubles_nothing(
+    proxied_node: tuple[SimulatedNode, FaultProxyThread, FaultProxyThread],
+) -> None:
+    node, my_proxy, pg_proxy = proxied_node
+    count = 600
+    run_id = send(node, "P", numbers("72", count))
+    wait_for(lambda: waiting_of(run_id) == count, 60, "the run handed off", interval_s=0.2)
+    steps = [
+        # before anything is deleted: the pull-back's first locking read
+        (my_proxy, r"SELECT seqno, dest_no FROM `SMSQ_SEND_\d` WHERE app_etc1"),
+        # between the table deletes
+        (my_proxy, r"DELETE FROM `SMSQ_SEND_[2356789]`"),
+        # after the deletes, before PostgreSQL's bookkeeping
+        (pg_proxy, r"SET state = 'pulled', is_pulled = true"),
+    ]
+    for index, (proxy, pattern) in enumerate(steps):
+        proxy.add_rule(Rule(f"step-{index}", pattern, RuleAction.STALL))
+        pause = subprocess.Popen(
+            [*command("hanjulloctl"), "run", "pause", run_id, "--config", str(node.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        reached(proxy, f"step-{index}")
+        node.stop_daemon(signal.SIGKILL)
+        pause.kill()
+        pause.wait()
+        proxy.clear()
+        node.start_daemon()
+        # The next daemon finishes the stop: nothing of the run waits, all of it is pulled.
+        wait_for(lambda: waiting_of(run_id) == 0, 30, f"step {index}: pulled back")
+        assert agent_rows(run_id).get("total", 0) == 0
+        [(pulled,)] = pg_fetch(
+            "SELECT count(*) FROM campaign_run_recipients WHERE run_id = $1 AND is_pulled",
+            uuid.UUID(run_id),
+        )
+        assert pulled == count, f"step {index}: {pulled} of {count} marked pulled"
+        node.ctl("run", "resume", run_id)
+        wait_for(lambda: waiting_of(run_id) == count, 60, f"step {index}: re-inserted")
+        rows = agent_rows(run_id)
+        assert rows["total"] == rows["distinct"] == count, (index, rows)
+    for agent in range(1, 10):
+        node.sim_ctl("agent", str(agent), "ok")
+    info = finished(node, run_id, 120)
+    rows = agent_rows(run_id)
+    assert rows["total"] == rows["distinct"] == info["inserted"] == count
