@@ -122,6 +122,10 @@ async def pull_back_stopped(ctx: Context, runs: list[Run]) -> int:
             continue
         async with ctx.registry.lock(run.id):
             tables = await run_tables(ctx, run)
+            # A plain count first: the locking pull-back only where something still waits.
+            present = await ctx.tables.existing(tables)
+            if not present or not await ctx.tables.run_waiting(present, str(run.id)):
+                continue
             async with ctx.registry.group_lock(run.line_group):
                 entries = await ctx.tables.pull_back(tables, str(run.id))
             if not entries:
