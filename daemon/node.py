@@ -351,7 +351,10 @@ class Node:
             ],
             "modems": [m.as_json() for m in self.modems],
             "runs": self.dispatcher.status_runs,
-            "dispatch": {"handoff_failures": self.dispatcher.handoff_failures},
+            "dispatch": {
+                "handoff_failures": self.dispatcher.handoff_failures,
+                "writer": self.dispatcher.writer_status,
+            },
             "spam_tests": self.spam_tests.snapshot(),
         }
 

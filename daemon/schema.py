@@ -19,7 +19,7 @@ from typing import TypeVar
 import asyncpg
 
 from config.model import NodeConfig
-from dispatch import agent_tables
+from dispatch import agent_tables, ledger
 
 T = TypeVar("T")
 
@@ -503,10 +503,13 @@ async def init_storage(config: NodeConfig, today: date, dry_run: bool = False) -
             await conn.close()
     if dry_run and mysql_missing:
         created = [name for name, _ in agent_tables.wanted_tables(tables, today)]
+        created += [name for name, _ in ledger.TABLES]
     else:
         mconn = await agent_tables.connect(config.mysql)
         try:
             created = await agent_tables.ensure_tables(mconn, tables, today, create=not dry_run)
+            # The node's own: the writer role's fence and the commit ledger.
+            created += await ledger.ensure_tables(mconn, create=not dry_run)
         finally:
             mconn.close()
     return InitReport(

@@ -1,8 +1,11 @@
 """What the dispatcher does to the agent tables: insert, find, pull back, move, read results.
 
 Every row carries the run id in ``app_etc1`` and the company in ``app_etc2``;
-within a run the recipient's number (``dest_no``) is its key, so after a crash
-the rows already inserted are found by (run, number) and never inserted twice.
+within a run the recipient's number (``dest_no``) is its key. Every write of the
+dispatcher's (a batch per table, a pull-back, a failover move) is one transaction that
+first checks the node's fencing epoch and appends its commit-ledger entry
+(`dispatch/ledger.py`), so after a crash the rows already inserted are known exactly
+and never inserted twice.
 A batch goes into each agent table as one multi-row INSERT whose VALUES hold
 ``NOW()`` for ``sendreq_time`` (the MySQL server's clock, KST session): drivers
 fall back to one statement per row when VALUES holds anything but placeholders,
@@ -20,8 +23,9 @@ import aiomysql
 import pymysql.err
 
 from config.names import checked_table
-from dispatch import infile
+from dispatch import infile, ledger
 from dispatch.agent_tables import transaction
+from dispatch.ledger import Fence, Kind, PullEntry
 from dispatch.outcomes import Result
 
 # Rows per multi-row INSERT: large enough to amortise the round trip, small enough
@@ -58,6 +62,11 @@ ROW_COLUMNS = (
 
 class LoadDataRefused(Exception):
     """The server (or the connection) does not allow LOAD DATA LOCAL INFILE."""
+
+
+class BatchRejected(Exception):
+    """The server took a batch's statement but not every row as given (LOAD DATA LOCAL
+    turns a too-long or malformed value into a warning, like IGNORE): rolled back."""
 
 
 # Server answers meaning "LOAD DATA LOCAL is disabled here".
@@ -120,10 +129,11 @@ async def load_rows(conn: aiomysql.Connection, table: str, data: bytes) -> int:
     """One LOAD DATA LOCAL INFILE statement (atomic, like one INSERT) of lines from
     :func:`tsv_lines`, served from memory by :func:`dispatch.infile.load` on a connection
     of :func:`dispatch.infile.create_pool`. Raises LoadDataRefused when the server does
-    not permit it."""
+    not permit it, BatchRejected when the server warned about any row (LOCAL loads
+    truncate or drop a bad value with a warning instead of failing)."""
     table = checked_table(table)
     try:
-        return await infile.load(
+        loaded, warnings = await infile.load_counted(
             conn,
             f"INTO TABLE `{table}` CHARACTER SET utf8mb4"
             " FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n'"
@@ -138,6 +148,9 @@ async def load_rows(conn: aiomysql.Connection, table: str, data: bytes) -> int:
         if exc.args and exc.args[0] in _LOAD_DATA_REFUSED:
             raise LoadDataRefused(str(exc)) from exc
         raise
+    if warnings:
+        raise BatchRejected(f"LOAD DATA into {table}: {warnings} warnings, {loaded} rows")
+    return loaded
 
 
 def _insert_sql(table: str, rows: int) -> str:
@@ -161,6 +174,33 @@ async def insert_rows(conn: aiomysql.Connection, table: str, rows: Sequence[RowV
             await cur.execute(_insert_sql(table, len(chunk)), params)
             total += cur.rowcount
     return total
+
+
+async def write_batch(
+    conn: aiomysql.Connection,
+    fence: Fence | None,
+    table: str,
+    staged: StagedRows,
+    seqs: tuple[int, int],
+    load_data: bool,
+) -> int:
+    """One batch's rows for one agent table, fenced and in the ledger: in one transaction,
+    the node's epoch (share lock, `ledger.check_fence`), the rows (LOAD DATA when
+    `load_data` and staged, else multi-row INSERTs), every row accounted for, and the
+    ledger entry. Returns the rows written; nothing is written unless all of it is."""
+    rows = staged.rows
+    run_ref = rows[0][6] if rows else ""
+    async with transaction(conn) as cur:
+        await ledger.check_fence(cur, fence)
+        assert fence is not None
+        if load_data and staged.data is not None:
+            written = await load_rows(conn, table, staged.data)
+        else:
+            written = await insert_rows(conn, table, rows)
+        if written != len(rows):
+            raise BatchRejected(f"{table}: {written} of {len(rows)} rows written")
+        await ledger.record(cur, fence, Kind.INSERT, run_ref, table, [r[0] for r in rows], seqs)
+    return written
 
 
 async def insert_row(cur: aiomysql.Cursor, table: str, row: RowValues) -> int:
@@ -220,35 +260,83 @@ async def pull_back(conn: aiomysql.Connection, tables: Sequence[str], run_id: st
     return numbers
 
 
+async def pull_back_run(
+    conn: aiomysql.Connection, fence: Fence | None, tables: Sequence[str], run_id: str
+) -> list[PullEntry]:
+    """Delete the run's rows no agent has picked up, from every table in one transaction
+    with one ledger entry per table (the intent PostgreSQL's bookkeeping is finished
+    from after a crash: `ledger.open_pulls`); fenced. The rows are locked first (agents
+    claim with SKIP LOCKED, so none is taken halfway)."""
+    found: list[tuple[str, list[tuple[int, str]]]] = []
+    entries: list[PullEntry] = []
+    async with transaction(conn) as cur:
+        await ledger.check_fence(cur, fence)
+        assert fence is not None
+        for name in await existing_tables(conn, tables):
+            table = checked_table(name)
+            await cur.execute(
+                f"SELECT seqno, dest_no FROM `{table}` WHERE app_etc1 = %s AND rsv1 = '1'"
+                " FOR UPDATE",
+                (run_id,),
+            )
+            rows = [(int(r[0]), str(r[1])) for r in await cur.fetchall()]
+            if rows:
+                found.append((table, rows))
+        for table, rows in found:
+            for start in range(0, len(rows), LOOKUP_CHUNK):
+                ids = ",".join(str(seqno) for seqno, _ in rows[start : start + LOOKUP_CHUNK])
+                await cur.execute(f"DELETE FROM `{table}` WHERE seqno IN ({ids})")
+            numbers = [n for _, n in rows]
+            entry = await ledger.record(cur, fence, Kind.PULL, run_id, table, numbers)
+            entries.append(PullEntry(entry, run_id, table, numbers))
+    return entries
+
+
 async def move_waiting(
-    conn: aiomysql.Connection, source: str, targets: Sequence[str], limit: int = 50_000
+    conn: aiomysql.Connection,
+    fence: Fence | None,
+    source: str,
+    targets: Sequence[str],
+    limit: int = 50_000,
 ) -> int:
     """Move rows waiting in `source` (a dead agent) to `targets`, round-robin, in one
-    transaction: a row is never in both tables and never in neither."""
+    fenced transaction with the ledger's record of which run's rows went to which table:
+    a row is never in both tables and never in neither."""
     source = checked_table(source)
-    columns = (
-        "dest_no, call_back, msg_contents, msg_type, title_str, msg_instm, sendreq_time,"
-        " status_code, rsv1, file_name1, file_name2, file_name3, file_name4, file_name5,"
-        " bill_id, app_etc1, app_etc2, sender_code"
-    )
     async with transaction(conn) as cur:
+        await ledger.check_fence(cur, fence)
+        assert fence is not None
         await cur.execute(
-            f"SELECT seqno FROM `{source}` WHERE rsv1 = '1' ORDER BY seqno LIMIT %s FOR UPDATE",
+            f"SELECT seqno, app_etc1, dest_no FROM `{source}` WHERE rsv1 = '1'"
+            " ORDER BY seqno LIMIT %s FOR UPDATE",
             (limit,),
         )
-        ids = [int(r[0]) for r in await cur.fetchall()]
+        rows = [(int(r[0]), r[1], str(r[2])) for r in await cur.fetchall()]
         for index, target in enumerate(targets):
-            share = ids[index :: len(targets)]
+            share = rows[index :: len(targets)]
             for start in range(0, len(share), LOOKUP_CHUNK):
-                chunk = ",".join(map(str, share[start : start + LOOKUP_CHUNK]))
+                chunk = ",".join(str(r[0]) for r in share[start : start + LOOKUP_CHUNK])
                 await cur.execute(
-                    f"INSERT INTO `{checked_table(target)}` ({columns})"
-                    f" SELECT {columns} FROM `{source}` WHERE seqno IN ({chunk})"
+                    f"INSERT INTO `{checked_table(target)}` ({_MOVED_COLUMNS})"
+                    f" SELECT {_MOVED_COLUMNS} FROM `{source}` WHERE seqno IN ({chunk})"
                 )
-        for start in range(0, len(ids), LOOKUP_CHUNK):
-            chunk = ",".join(map(str, ids[start : start + LOOKUP_CHUNK]))
+            by_run: dict[str, list[str]] = {}
+            for _, ref, number in share:
+                if ref is not None:
+                    by_run.setdefault(str(ref), []).append(number)
+            for ref, numbers in by_run.items():
+                await ledger.record(cur, fence, Kind.MOVE, ref, target, numbers)
+        for start in range(0, len(rows), LOOKUP_CHUNK):
+            chunk = ",".join(str(r[0]) for r in rows[start : start + LOOKUP_CHUNK])
             await cur.execute(f"DELETE FROM `{source}` WHERE seqno IN ({chunk})")
-    return len(ids)
+    return len(rows)
+
+
+_MOVED_COLUMNS = (
+    "dest_no, call_back, msg_contents, msg_type, title_str, msg_instm, sendreq_time,"
+    " status_code, rsv1, file_name1, file_name2, file_name3, file_name4, file_name5,"
+    " bill_id, app_etc1, app_etc2, sender_code"
+)
 
 
 async def waiting_counts(conn: aiomysql.Connection, tables: Sequence[str]) -> dict[str, int]:

@@ -113,7 +113,14 @@ def _translated(exc: RuntimeError, conn: aiomysql.Connection | None) -> BaseExce
 
 async def load(conn: aiomysql.Connection, into: str, data: bytes) -> int:
     """Run ``LOAD DATA LOCAL INFILE <random name> <into>`` with `data` as the file's
-    content; returns the rows loaded.
+    content; returns the rows loaded."""
+    rows, _ = await load_counted(conn, into, data)
+    return rows
+
+
+async def load_counted(conn: aiomysql.Connection, into: str, data: bytes) -> tuple[int, int]:
+    """:func:`load`, returning the rows loaded and the server's warning count (a LOCAL
+    load truncates or drops a bad value with a warning, as IGNORE does).
 
     `into` is the rest of the statement (``INTO TABLE … (columns) SET …``), built by the
     caller from checked names only. Server errors are raised as PyMySQL raises them (the
@@ -149,7 +156,7 @@ async def load(conn: aiomysql.Connection, into: str, data: bytes) -> int:
     return _finish(conn, ok)
 
 
-def _finish(conn: aiomysql.Connection, packet: Any) -> int:
+def _finish(conn: aiomysql.Connection, packet: Any) -> tuple[int, int]:
     ok = OKPacketWrapper(packet)
     conn.server_status = ok.server_status  # what the pool reads to see an open transaction
-    return int(ok.affected_rows)
+    return int(ok.affected_rows), int(ok.warning_count)

@@ -65,12 +65,14 @@ class RunRowFields:
 @dataclass(slots=True)
 class Plan:
     """One page, planned: its size (recipients found already inserted included), its last
-    seq, its seqs when it is a page of pulled-back recipients, and the rows per table."""
+    seq, its seqs when it is a page of pulled-back recipients, the rows per table, and its
+    first seq (with the last, the range its ledger entries name)."""
 
     size: int
     last_seq: int
     pulled_seqs: list[int] | None
     rows: dict[str, list[RowValues]] = field(default_factory=dict)
+    first_seq: int = 0
 
 
 def plan_page(
@@ -102,6 +104,7 @@ def plan_page(
         size=len(page),
         last_seq=page[-1]["seq"],
         pulled_seqs=[r["seq"] for r in page] if pulled else None,
+        first_seq=page[0]["seq"],
     )
     start = 0
     for number, count in spread(room, len(rows)).items():

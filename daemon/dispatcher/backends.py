@@ -8,6 +8,9 @@ parallel connections. No SQL here: the statements are `dispatch/store/` and
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
@@ -19,9 +22,10 @@ import structlog
 
 from daemon.runtime import Runtime
 from daemon.supervisor import DependencyDown
-from dispatch import agent_tables, handoff, infile
+from dispatch import agent_tables, handoff, infile, ledger
 from dispatch.guards import CheckedPage, Fields
 from dispatch.handoff import RowValues, StagedRows
+from dispatch.ledger import Fence, Holder, PullEntry
 from dispatch.outcomes import Result
 from dispatch.runs import show
 from dispatch.store import progress, results, runs, training
@@ -113,14 +117,17 @@ class PostgresRunBook:
     ) -> tuple[int, int]:
         return await self._on(progress.record_pull_back, run_id, numbers, status, reason)
 
-    async def runs_awaiting_results(self) -> list[Run]:
-        return await self._on(results.runs_awaiting_results, self._node_id())
+    async def runs_awaiting_results(self, horizon_h: float) -> list[Run]:
+        return await self._on(results.runs_awaiting_results, self._node_id(), horizon_h)
 
     async def apply_results(self, run_id: uuid.UUID, found: Sequence[Result]) -> list[int]:
         return await self._on(results.apply_results, run_id, found)
 
     async def record_in_flight(self, run_id: uuid.UUID, in_flight: int) -> Run:
         return await self._on(results.record_in_flight, run_id, in_flight)
+
+    async def mark_pulled(self, run_id: uuid.UUID, numbers: list[str]) -> int:
+        return await self._on(progress.mark_pulled, run_id, numbers)
 
     async def mark_breaker_checked(self, run_id: uuid.UUID) -> None:
         await self._on(results.mark_breaker_checked, run_id)
@@ -150,9 +157,13 @@ class MySQLAgentTables:
         self.runtime = runtime
         self.pool: aiomysql.Pool | None = None
         self.load_data = True
+        # The writer role's epoch while this daemon holds it; every write checks it.
+        self.fence: Fence | None = None
 
     async def open(self) -> None:
         self.pool = await infile.create_pool(self.runtime.config.mysql, MYSQL_POOL_SIZE)
+        async with infile.guarded(self.pool) as conn:
+            await ledger.ensure_tables(conn)
 
     async def close(self) -> None:
         pool, self.pool = self.pool, None
@@ -166,8 +177,11 @@ class MySQLAgentTables:
     ) -> T:
         if self.pool is None:
             raise DependencyDown("mysql pool not ready")
-        async with infile.guarded(self.pool) as conn:
-            return await io(conn, *args, **kwargs)
+        try:
+            async with infile.guarded(self.pool) as conn:
+                return await io(conn, *args, **kwargs)
+        except (ledger.Fenced, ledger.NotWriter) as exc:
+            raise DependencyDown(str(exc)) from exc
 
     async def waiting_counts(self, tables: Sequence[str]) -> dict[str, int]:
         return await self._on(handoff.waiting_counts, tables)
@@ -175,10 +189,27 @@ class MySQLAgentTables:
     async def run_waiting(self, tables: Sequence[str], run_ref: str) -> int:
         return await self._on(handoff.run_waiting, tables, run_ref)
 
-    async def present(
-        self, tables: Sequence[str], run_ref: str, numbers: Sequence[str]
+    async def committed(
+        self,
+        tables: Sequence[str],
+        run_ref: str,
+        numbers: Sequence[str],
+        seqs: tuple[int, int],
     ) -> set[str]:
-        return set(await self._on(handoff.present, tables, run_ref, numbers))
+        return await self._on(self._committed, tables, run_ref, numbers, seqs)
+
+    @staticmethod
+    async def _committed(
+        conn: aiomysql.Connection,
+        tables: Sequence[str],
+        run_ref: str,
+        numbers: Sequence[str],
+        seqs: tuple[int, int],
+    ) -> set[str]:
+        if await ledger.has_entries(conn, run_ref):
+            return await ledger.committed(conn, run_ref, numbers, seqs)
+        # A run handed off before the ledger existed: search its tables as before.
+        return set(await handoff.present(conn, tables, run_ref, numbers))
 
     async def existing(self, tables: Sequence[str]) -> list[str]:
         return await self._on(handoff.existing_tables, tables)
@@ -186,24 +217,37 @@ class MySQLAgentTables:
     def stage(self, rows: list[RowValues]) -> StagedRows:
         return handoff.stage(rows, as_data=self.load_data)
 
-    async def write(self, table: str, staged: StagedRows) -> None:
-        await self._on(self._write, table, staged)
+    async def write(self, table: str, staged: StagedRows, seqs: tuple[int, int]) -> None:
+        await self._on(self._write, table, staged, seqs)
 
-    async def _write(self, conn: aiomysql.Connection, table: str, staged: StagedRows) -> None:
+    async def _write(
+        self, conn: aiomysql.Connection, table: str, staged: StagedRows, seqs: tuple[int, int]
+    ) -> None:
         if self.load_data and staged.data is not None:
             try:
-                await handoff.load_rows(conn, table, staged.data)
+                await handoff.write_batch(conn, self.fence, table, staged, seqs, load_data=True)
                 return
             except handoff.LoadDataRefused as exc:
                 self.load_data = False
                 log.warning("LOAD DATA LOCAL refused; using multi-row INSERT", error=str(exc))
-        await handoff.insert_rows(conn, table, staged.rows)
+        await handoff.write_batch(conn, self.fence, table, staged, seqs, load_data=False)
 
-    async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[str]:
-        return await self._on(handoff.pull_back, tables, run_ref)
+    async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[PullEntry]:
+        return await self._on(handoff.pull_back_run, self.fence, tables, run_ref)
+
+    async def open_pulls(self) -> list[PullEntry]:
+        return await self._on(ledger.open_pulls, self.runtime.config.node.id)
+
+    async def close_pulls(self, entries: Sequence[PullEntry]) -> None:
+        if self.fence is None:
+            raise DependencyDown("this daemon does not hold the node's writer role")
+        await self._on(ledger.close_pulls, self.fence, entries)
+
+    async def tables_written(self, run_ref: str) -> list[str]:
+        return await self._on(ledger.tables_written, run_ref)
 
     async def move_waiting(self, source: str, targets: Sequence[str]) -> int:
-        return await self._on(handoff.move_waiting, source, targets)
+        return await self._on(handoff.move_waiting, self.fence, source, targets)
 
     async def read_results(
         self,
@@ -213,3 +257,44 @@ class MySQLAgentTables:
         since: Mapping[str, datetime | None],
     ) -> tuple[list[Result], int]:
         return await self._on(handoff.read_results, live, logs, run_ref, since)
+
+
+class MySQLWriterLock:
+    """`ports.WriterLock` on a MySQL connection of its own, open while the role is held
+    (the server releases the named lock with the session: a killed daemon frees it)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.conn: aiomysql.Connection | None = None
+
+    @property
+    def _node(self) -> str:
+        return self.runtime.config.node.id
+
+    async def _connection(self) -> aiomysql.Connection:
+        if self.conn is None or self.conn.closed:
+            self.conn = await agent_tables.connect(self.runtime.config.mysql)
+            await ledger.ensure_tables(self.conn)
+        return self.conn
+
+    async def take(self) -> Fence | None:
+        conn = await self._connection()
+        try:
+            return await ledger.take_writer(conn, self._node, socket.gethostname(), os.getpid())
+        except BaseException:
+            await self.release()
+            raise
+
+    async def holder(self) -> Holder | None:
+        return await ledger.holder(await self._connection(), self._node)
+
+    async def still_held(self) -> bool:
+        if self.conn is None or self.conn.closed:
+            return False
+        return await ledger.still_writer(self.conn, self._node)
+
+    async def release(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()

@@ -20,8 +20,8 @@ from typing import Any
 import structlog
 
 from daemon.agents import AgentMonitor
-from daemon.dispatcher import controls, failover, grants, handoff, results, view
-from daemon.dispatcher.backends import MySQLAgentTables, PostgresRunBook
+from daemon.dispatcher import controls, failover, grants, handoff, results, view, writer
+from daemon.dispatcher.backends import MySQLAgentTables, MySQLWriterLock, PostgresRunBook
 from daemon.dispatcher.context import ERRORS, Context
 from daemon.runtime import Runtime
 from daemon.stores import PostgresKeeper, RedisKeeper
@@ -50,6 +50,8 @@ class Dispatcher:
         self.postgres = postgres
         self.redis = redis
         self.tables = MySQLAgentTables(runtime)
+        self.writer_lock = MySQLWriterLock(runtime)
+        self.writer = writer.WriterState()
         self.ctx = Context(
             runtime,
             book=PostgresRunBook(postgres.require, lambda: runtime.config.node.id),
@@ -57,6 +59,7 @@ class Dispatcher:
             leases=self._leases(redis),
             agents=agents,
         )
+        self.ctx.is_writer = lambda: self.tables.fence is not None
         self.view = view.StatusView()
 
     def _leases(self, redis: RedisKeeper) -> GroupLeases:
@@ -75,6 +78,10 @@ class Dispatcher:
     @property
     def handoff_failures(self) -> int:
         return self.ctx.handoff_failures
+
+    @property
+    def writer_status(self) -> dict[str, Any]:
+        return self.writer.as_json()
 
     async def control(
         self, run_id: uuid.UUID, action: str, reason: str | None = None
@@ -105,7 +112,20 @@ class Dispatcher:
         await self.tables.open()
         background: list[asyncio.Task[None]] = []
         try:
+            # Passive until this daemon is the node's only writer; nothing before this
+            # writes an agent row, and READY=1 does not wait for it.
+            self.tables.fence = await writer.become_writer(
+                self.writer_lock, ctx.node_id, self.writer, health, asyncio.sleep
+            )
             async with self.postgres.listening(NOTIFY_CHANNEL, self._notified):
+                background.append(
+                    asyncio.create_task(
+                        writer.keep_writer(self.writer_lock, ctx.node_id, asyncio.sleep),
+                        name="writer-lock",
+                    )
+                )
+                await controls.finish_pulls(ctx)
+                await controls.pull_back_stopped(ctx, await ctx.book.runs_in(WATCHED))
                 await grants.restore(ctx)
                 background += [
                     self._every("lease-renewal", self._renew_s, grants.renew_leases),
@@ -135,7 +155,10 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await handoff.stop_all(ctx)
+            self.tables.fence = None
             await self.tables.close()
+            await self.writer_lock.release()
+            self.writer.role, self.writer.epoch = writer.Role.STARTING, None
 
     def _notified(self, *_: object) -> None:
         self.ctx.wake.set()
@@ -186,10 +209,18 @@ class Dispatcher:
     async def tick(self) -> None:
         """One pass of the main loop."""
         ctx = self.ctx
+        await controls.finish_pulls(ctx)
         runs = await ctx.book.runs_in(WATCHED)
         now = ctx.now()
         held: dict[str, Run] = {}
         for run in runs:
+            if run.status in HOLDS_GROUP and run.line_group and not ctx.has_group(run.line_group):
+                # The configuration no longer has the run's group: pause this run (its
+                # waiting rows pulled back from the tables the ledger names), not all.
+                reason = f"line group {run.line_group!r} is no longer configured"
+                log.error("run paused: configuration drift", run=str(run.id), reason=reason)
+                await controls.control(ctx, run.id, "pause", reason)
+                continue
             if run.status in HOLDS_GROUP and run.line_group:
                 held[run.line_group] = run
                 state = ctx.registry.state(run.id, run.company_id)

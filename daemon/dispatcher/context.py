@@ -62,6 +62,9 @@ class Context:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     # Handoff tasks that failed (logged each time; see handoff.supervise).
     handoff_failures: int = 0
+    # Whether this daemon holds the node's writer role (writer.py); a passive one changes
+    # no run.
+    is_writer: Callable[[], bool] = lambda: True
 
     @property
     def config(self) -> NodeConfig:
@@ -99,6 +102,9 @@ class Context:
         """Every status the engine sets passes here, so each one is counted."""
         await self.book.set_status(run_id, status, reason)
         self.metrics.run_status_changes.labels(status.value).inc()
+
+    def has_group(self, name: str) -> bool:
+        return any(group.name == name for group in self.config.line_groups)
 
     def group(self, name: str) -> LineGroupConfig:
         for group in self.config.line_groups:

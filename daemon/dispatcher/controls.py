@@ -15,7 +15,9 @@ from typing import Any
 import structlog
 
 from daemon.dispatcher.context import Context
-from dispatch.store.runs import FINISHED, HOLDS_GROUP, RunStatus
+from daemon.supervisor import DependencyDown
+from dispatch.ledger import PullEntry
+from dispatch.store.runs import FINISHED, HOLDS_GROUP, Run, RunStatus
 
 log = structlog.get_logger("dispatcher")
 
@@ -26,6 +28,9 @@ async def control(
     ctx: Context, run_id: uuid.UUID, action: str, reason: str | None = None
 ) -> dict[str, Any]:
     """cancel, pause, hold or resume a run; KeyError for a run of another node (or none)."""
+    if not ctx.is_writer():
+        # Its status would say stopped while its rows stay in the agent tables.
+        raise DependencyDown("this daemon is passive: another daemon is the node's writer")
     run = await ctx.book.run(run_id)
     if run is None or run.node_id != ctx.node_id:
         raise KeyError(f"no run {run_id} on this node")
@@ -48,11 +53,17 @@ async def control(
     # and stops by itself (cancelling it mid-batch would lose that checkpoint).
     async with ctx.registry.lock(run_id):
         await ctx.set_status(run_id, target, reason)
-        pulled: list[str] = []
+        entries: list[PullEntry] = []
         if run.line_group:
-            pulled = await ctx.tables.pull_back(ctx.tables_of(run.line_group), str(run_id))
+            # The deletes and their ledger entries commit together; PostgreSQL's marks
+            # follow, and an interruption in between is finished by `finish_pulls`.
+            tables = await run_tables(ctx, run)
+            async with ctx.registry.group_lock(run.line_group):
+                entries = await ctx.tables.pull_back(tables, str(run_id))
+        pulled = [n for e in entries for n in e.numbers]
         stopped, gone = await ctx.book.record_pull_back(run_id, pulled, target, reason)
-        if run.line_group and run.status in HOLDS_GROUP:
+        await ctx.tables.close_pulls(entries)
+        if run.line_group and run.status in HOLDS_GROUP and ctx.has_group(run.line_group):
             await ctx.leases.release(run.line_group, str(run_id))
     log.info(
         "run stopped",
@@ -64,6 +75,66 @@ async def control(
     )
     ctx.wake.set()
     return {"run_id": str(run_id), "status": target.value, "stopped": stopped, "already_gone": gone}
+
+
+async def run_tables(ctx: Context, run: Run) -> list[str]:
+    """Every live table the run may have rows in: its group's (when it is still
+    configured) and every table the ledger says it wrote to or failover moved it to."""
+    tables = (
+        ctx.tables_of(run.line_group) if run.line_group and ctx.has_group(run.line_group) else []
+    )
+    for table in await ctx.tables.tables_written(str(run.id)):
+        if table not in tables:
+            tables.append(table)
+    return tables
+
+
+async def finish_pulls(ctx: Context) -> int:
+    """Finish the pull-backs interrupted between the agent tables and PostgreSQL (a crash,
+    an outage): their rows left the tables with a ledger entry, so mark those recipients
+    pulled now (re-inserted first on resume). Returns the recipients marked."""
+    entries = await ctx.tables.open_pulls()
+    if not entries:
+        return 0
+    by_run: dict[str, list[PullEntry]] = {}
+    for entry in entries:
+        by_run.setdefault(entry.run_ref, []).append(entry)
+    marked = 0
+    for ref, found in by_run.items():
+        run_id = uuid.UUID(ref)
+        async with ctx.registry.lock(run_id):
+            count = await ctx.book.mark_pulled(run_id, [n for e in found for n in e.numbers])
+            await ctx.tables.close_pulls(found)
+        log.warning("interrupted pull-back finished", run=ref, recipients=count)
+        marked += count
+    return marked
+
+
+async def pull_back_stopped(ctx: Context, runs: list[Run]) -> int:
+    """After a start: pull back what still waits of runs a control stopped (paused, held,
+    cancelled) when the daemon died before the pull-back committed (its status was set
+    first, so the intent survived). Returns the recipients pulled."""
+    pulled = 0
+    for run in runs:
+        if run.status not in STOPS.values() or not run.line_group:
+            continue
+        if run.status == RunStatus.CANCELLED and not run.awaiting_results:
+            continue
+        async with ctx.registry.lock(run.id):
+            tables = await run_tables(ctx, run)
+            # A plain count first: the locking pull-back only where something still waits.
+            present = await ctx.tables.existing(tables)
+            if not present or not await ctx.tables.run_waiting(present, str(run.id)):
+                continue
+            async with ctx.registry.group_lock(run.line_group):
+                entries = await ctx.tables.pull_back(tables, str(run.id))
+            if not entries:
+                continue
+            count = await ctx.book.mark_pulled(run.id, [n for e in entries for n in e.numbers])
+            await ctx.tables.close_pulls(entries)
+        log.warning("interrupted stop finished: rows pulled back", run=str(run.id), rows=count)
+        pulled += count
+    return pulled
 
 
 def drain(ctx: Context, number: int, on: bool) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 An agent is down when the operator drained it (`agent drain N`) or the agent monitor's
 rule says so (`daemon.agents.agent_is_down`: its admin port refuses connections, or it
 stopped consuming). A down agent's waiting rows move to the group's healthy agents in
-one MySQL transaction (`dispatch.handoff.move_waiting`); it rejoins when healthy again.
+one fenced MySQL transaction with its ledger entries (`dispatch.handoff.move_waiting`),
+never while a pull-back of the same group runs (the group's lock); it rejoins when
+healthy again.
 The decision (`plan_failover`) is pure; `failover_once` carries it out through the
 context's agent tables and keeps ``ctx.down``. Touches no PostgreSQL.
 """
@@ -79,9 +81,11 @@ async def failover_once(ctx: Context) -> int:
             ctx.metrics.failovers.labels(str(number), reason).inc()
             ctx.down[number] = reason
         for number, targets in plan.moves:
-            moved = await ctx.tables.move_waiting(
-                ctx.agent_table(number), [ctx.agent_table(n) for n in targets]
-            )
+            # Never while a pull-back of the group runs: it could miss the rows moved.
+            async with ctx.registry.group_lock(group.name):
+                moved = await ctx.tables.move_waiting(
+                    ctx.agent_table(number), [ctx.agent_table(n) for n in targets]
+                )
             ctx.metrics.failover_rows.labels(str(number)).inc(moved)
             if moved:
                 log.warning("rows moved off a down agent", agent=number, rows=moved, to=targets)

@@ -68,6 +68,7 @@ async def restore(ctx: Context) -> None:
             state = ctx.registry.state(run.id, run.company_id)
             state.group = run.line_group
             if await ctx.leases.acquire(run.line_group, str(run.id)):
+                state.lease_confirmed_at = ctx.monotonic()
                 log.info("lease restored", run=str(run.id), group=run.line_group)
             else:
                 log.error(
@@ -114,6 +115,7 @@ async def grant(
                 holding[group] = run
                 state = ctx.registry.state(run.id, run.company_id)
                 state.group, state.lease_lost = group, False
+                state.lease_confirmed_at = ctx.monotonic()
                 log.info("group granted", run=str(run.id), group=group, company=run.company_id)
                 granted.append(state)
             else:
@@ -139,13 +141,34 @@ async def renew_leases(ctx: Context) -> None:
     """Extend the lease of every run whose handoff is running; a lease found taken marks
     the run, which stops inserting at once."""
     for state in list(ctx.registry.runs.values()):
-        if state.group is None or state.handoff is None or state.handoff.done():
+        running = state.handoff is not None and not state.handoff.done()
+        if state.group is None or not (running or state.lease_unconfirmed):
             continue
         try:
             if not await ctx.leases.renew(state.group, str(state.id)):
-                state.lease_lost = True
+                state.lease_lost, state.lease_unconfirmed = True, False
                 ctx.metrics.lease_losses.labels(state.group).inc()
                 log.error("lease lost", run=str(state.id), group=state.group)
+            else:
+                state.lease_confirmed_at = ctx.monotonic()
+                if state.lease_unconfirmed:
+                    # Nobody took it meanwhile: the run goes on (the next pass restarts it).
+                    state.lease_lost = state.lease_unconfirmed = False
+                    log.info("lease confirmed again", run=str(state.id), group=state.group)
+                    ctx.wake.set()
         except REDIS_ERRORS as exc:
-            # Redis is away: keep inserting only while the lease surely still runs.
-            log.warning("lease renewal failed", run=str(state.id), error=str(exc))
+            # Redis is away: keep inserting only while the lease surely still runs (its
+            # TTL since it was last confirmed); after that it may be someone else's.
+            unconfirmed = ctx.monotonic() - state.lease_confirmed_at
+            if unconfirmed > ctx.settings.lease_ttl_s and not state.lease_lost:
+                state.lease_lost = state.lease_unconfirmed = True
+                ctx.metrics.lease_losses.labels(state.group).inc()
+                log.error(
+                    "lease unconfirmed for longer than its TTL: inserting stopped",
+                    run=str(state.id),
+                    group=state.group,
+                    unconfirmed_s=round(unconfirmed, 1),
+                    error=str(exc),
+                )
+            else:
+                log.warning("lease renewal failed", run=str(state.id), error=str(exc))

@@ -275,7 +275,8 @@ async def next_batch(
         assert run.line_group is not None
         group_tables = ctx.tables_of(run.line_group)
         every = [*group_tables, *ctx.log_window(run, group_tables)]
-        found = await ctx.tables.present(every, str(state.id), [r["number"] for r in page])
+        seqs = (min(r["seq"] for r in page), max(r["seq"] for r in page))
+        found = await ctx.tables.committed(every, str(state.id), [r["number"] for r in page], seqs)
         if found:
             log.info(
                 "rows found in the agent tables before inserting",
@@ -308,9 +309,20 @@ async def commit_batch(ctx: Context, state: RunState, batch: Batch) -> int:
         await ctx.book.record_verify_until(state.id, plan.last_seq)
         state.verify_until = plan.last_seq
     started = time.perf_counter()
+    seqs = (plan.first_seq, plan.last_seq)
+    if plan.pulled_seqs:
+        seqs = (min(plan.pulled_seqs), max(plan.pulled_seqs))
     try:
-        # One connection per agent table: the server loads them in parallel.
-        await asyncio.gather(*(ctx.tables.write(t, s) for t, s in batch.staged.items()))
+        # One connection per agent table: the server loads them in parallel. Every write
+        # is let finish (commit or roll back) before a failure is raised: a retry that
+        # looked the batch up while a sibling still ran would insert its rows again.
+        outcomes = await asyncio.gather(
+            *(ctx.tables.write(t, s, seqs) for t, s in batch.staged.items()),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         await ctx.book.record_batch(state.id, plan.size, plan.last_seq, plan.pulled_seqs)
     finally:
         batch.discard()

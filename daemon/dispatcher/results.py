@@ -19,7 +19,7 @@ from datetime import timedelta
 import structlog
 
 from daemon.dispatcher.context import Context
-from daemon.dispatcher.controls import control
+from daemon.dispatcher.controls import control, run_tables
 from daemon.metrics import Outcome
 from dispatch.outcomes import (
     SYSTEMIC_CODES,
@@ -42,7 +42,7 @@ async def sync_once(ctx: Context) -> int:
     """One incremental result sync over every run that may still get results; returns
     the recipients whose result was recorded."""
     updated = 0
-    for run in await ctx.book.runs_awaiting_results():
+    for run in await ctx.book.runs_awaiting_results(ctx.settings.result_horizon_h):
         updated += await sync_run(ctx, run)
     return updated
 
@@ -50,7 +50,9 @@ async def sync_once(ctx: Context) -> int:
 async def sync_run(ctx: Context, run: Run) -> int:
     assert run.line_group is not None
     state = ctx.registry.state(run.id, run.company_id)
-    group_tables = ctx.tables_of(run.line_group)
+    # Every table the run ever wrote to (another group's before a resume, a table failover
+    # moved rows to, a group since removed from the configuration), by the ledger.
+    group_tables = await run_tables(ctx, run)
     logs = await ctx.tables.existing(ctx.log_window(run, group_tables))
     ref = str(run.id)
     parts = await asyncio.gather(

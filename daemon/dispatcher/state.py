@@ -22,6 +22,12 @@ class RunState:
     company: str
     group: str | None = None
     lease_lost: bool = False
+    # When the lease was last taken or renewed (monotonic): a renewal that keeps failing
+    # stops the inserts once the lease may have expired.
+    lease_confirmed_at: float = float("-inf")
+    # The lease was given up for that reason (not taken by someone else): renewal goes on,
+    # and once it succeeds again the run inserts again.
+    lease_unconfirmed: bool = False
     # Per log table: results at or after this time are read again (result sync).
     watermarks: dict[str, datetime | None] = field(default_factory=dict)
     # The guard pass's progress as the handoff last saw it, and its wake-up.
@@ -55,11 +61,20 @@ class RunState:
 
 class RunRegistry:
     """Per-run state and per-run locks (a control and a batch of the same run never
-    interleave)."""
+    interleave), and per-group locks (a pull-back and a failover move never interleave)."""
 
     def __init__(self) -> None:
         self.runs: dict[uuid.UUID, RunState] = {}
         self.locks: dict[uuid.UUID, asyncio.Lock] = {}
+        # Per line group (as many as the configuration names): a pull-back and a failover
+        # move of the same group never interleave.
+        self.group_locks: dict[str, asyncio.Lock] = {}
+
+    def group_lock(self, group: str) -> asyncio.Lock:
+        lock = self.group_locks.get(group)
+        if lock is None:
+            lock = self.group_locks[group] = asyncio.Lock()
+        return lock
 
     def state(self, run_id: uuid.UUID, company: str) -> RunState:
         state = self.runs.get(run_id)

@@ -196,16 +196,7 @@ async def record_pull_back(
     pulled (re-inserted first on resume), uncount them and set the run's status, in one
     transaction. Returns (recipients pulled, rows the agents had already taken)."""
     async with conn.transaction():
-        # Nothing else is touched, so what the agents had taken is never sent again.
-        stopped = await conn.fetchval(
-            """WITH u AS (UPDATE campaign_run_recipients SET state = 'pulled', is_pulled = true
-                          WHERE run_id = $1 AND state = 'pending'
-                          AND coalesce(phone_norm, phone) = ANY($2::text[])
-                          RETURNING 1)
-               SELECT count(*) FROM u""",
-            run_id,
-            numbers,
-        )
+        stopped = await _mark(conn, run_id, numbers)
         gone = await conn.fetchval(
             """UPDATE campaign_runs SET inserted_count = inserted_count - $2,
                    status = $3, status_reason = $4, updated_at = now(),
@@ -217,3 +208,34 @@ async def record_pull_back(
             reason,
         )
     return int(stopped), int(gone)
+
+
+async def _mark(conn: Conn, run_id: uuid.UUID, numbers: list[str]) -> int:
+    # Nothing else is touched, so what the agents had taken is never sent again. Only
+    # recipients still pending change: marking the same pull-back twice changes nothing.
+    return int(
+        await conn.fetchval(
+            """WITH u AS (UPDATE campaign_run_recipients SET state = 'pulled', is_pulled = true
+                          WHERE run_id = $1 AND state = 'pending'
+                          AND coalesce(phone_norm, phone) = ANY($2::text[])
+                          RETURNING 1)
+               SELECT count(*) FROM u""",
+            run_id,
+            numbers,
+        )
+    )
+
+
+async def mark_pulled(conn: Conn, run_id: uuid.UUID, numbers: list[str]) -> int:
+    """Finish a pull-back interrupted after its rows left the agent tables (the ledger
+    kept them): mark those recipients pulled and uncount them, leaving the run's status
+    as it is, in one transaction. Returns the recipients marked."""
+    async with conn.transaction():
+        stopped = await _mark(conn, run_id, numbers)
+        await conn.execute(
+            """UPDATE campaign_runs SET inserted_count = inserted_count - $2, updated_at = now()
+               WHERE id = $1""",
+            run_id,
+            stopped,
+        )
+    return stopped

@@ -24,16 +24,27 @@ _MAY_GET_RESULTS = (
 )
 
 
-async def runs_awaiting_results(conn: Conn, node_id: str) -> list[Run]:
-    """Runs with rows whose result is not in yet, and every run in ``results``."""
+# Stopped runs: read only while something happened to them within the result horizon.
+_STOPPED = (RunStatus.PAUSED, RunStatus.CANCELLED, RunStatus.HELD)
+
+
+async def runs_awaiting_results(conn: Conn, node_id: str, horizon_h: float) -> list[Run]:
+    """Runs with rows whose result is not in yet, and every run in ``results``. A paused,
+    held or cancelled run is read until `horizon_h` hours after its last change (a row
+    handed off, pulled back, a result): results come within the horizon or never, so it
+    is not read every interval forever."""
     rows = await conn.fetch(
         f"""SELECT {RUN_COLUMNS} FROM campaign_runs WHERE node_id = $1
             AND line_group IS NOT NULL AND status = ANY($2::text[])
             AND inserted_count > success_count + fail_count
+            AND (status <> ALL($3::text[])
+                 OR updated_at >= now() - make_interval(secs => $4 * 3600.0))
             UNION SELECT {RUN_COLUMNS} FROM campaign_runs WHERE node_id = $1
             AND status = 'results'""",
         node_id,
         [s.value for s in _MAY_GET_RESULTS],
+        [s.value for s in _STOPPED],
+        horizon_h,
     )
     return [Run.of(r) for r in rows]
 
@@ -61,13 +72,15 @@ async def apply_results(conn: Conn, run_id: uuid.UUID, results: Sequence[Result]
         await conn.execute(
             """UPDATE campaign_runs SET success_count = success_count + $2,
                    fail_count = fail_count + $3, spam_count = spam_count + $4,
-                   systemic_count = systemic_count + $5, updated_at = now()
+                   systemic_count = systemic_count + $5,
+                   updated_at = CASE WHEN $6 THEN now() ELSE updated_at END
                WHERE id = $1""",
             run_id,
             tally.success,
             tally.fail,
             tally.spam,
             tally.systemic,
+            bool(codes),  # results read again change nothing, not even the run's age
         )
     return codes
 

@@ -11,6 +11,7 @@ clock under the test's control.
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 import uuid
 from collections import Counter
@@ -29,6 +30,7 @@ from daemon.runtime import Runtime
 from dispatch.agent_tables import Backlog
 from dispatch.guards import CheckedPage
 from dispatch.handoff import RowValues, StagedRows
+from dispatch.ledger import PullEntry
 from dispatch.outcomes import Result, Tally
 from dispatch.store.runs import Run, RunStatus
 from dispatch.store.training import RunMetrics
@@ -134,6 +136,8 @@ class FakeBook:
     unsubscribed: set[tuple[str, str]] = field(default_factory=set)
     skipped: dict[uuid.UUID, Counter[str]] = field(default_factory=dict)
     metrics: dict[str, RunMetrics] = field(default_factory=dict)
+    # When each run last changed (campaign_runs.updated_at), by the node clock.
+    updated: dict[uuid.UUID, datetime] = field(default_factory=dict)
     # Set to make the next call of that name raise (a statement that fails).
     fail: dict[str, BaseException] = field(default_factory=dict)
 
@@ -143,8 +147,11 @@ class FakeBook:
         self.runs[run.id] = replace(run, target_count=count)
         return self.runs[run.id]
 
-    def _change(self, run_id: uuid.UUID, **fields: Any) -> Run:
+    def _change(self, run_id: uuid.UUID, touch: bool = True, **fields: Any) -> Run:
+        """Change a run's fields; `touch`: as a statement that sets ``updated_at``."""
         self.runs[run_id] = replace(self.runs[run_id], **fields)
+        if touch:
+            self.updated[run_id] = self.clock.now()
         return self.runs[run_id]
 
     def _maybe_fail(self, name: str) -> None:
@@ -220,10 +227,10 @@ class FakeBook:
             if reason is not None:
                 by_seq[seq].state = "skipped"
         self.skipped.setdefault(run_id, Counter()).update(page.counts)
-        self._change(run_id, prepared_upto=page.last_seq)
+        self._change(run_id, touch=False, prepared_upto=page.last_seq)
 
     async def finish_checking(self, run_id: uuid.UUID) -> dict[str, int]:
-        self._change(run_id, prepared=True)
+        self._change(run_id, touch=False, prepared=True)
         return dict(self.skipped.get(run_id, {}))
 
     async def pulled_page(self, run_id: uuid.UUID, limit: int) -> list[dict[str, Any]]:
@@ -246,7 +253,7 @@ class FakeBook:
         return [r.page_row(False) for r in page]
 
     async def record_verify_until(self, run_id: uuid.UUID, seq: int) -> None:
-        self._change(run_id, verify_until=max(self.runs[run_id].verify_until, seq))
+        self._change(run_id, touch=False, verify_until=max(self.runs[run_id].verify_until, seq))
 
     async def record_batch(
         self, run_id: uuid.UUID, size: int, last_seq: int, pulled_seqs: Sequence[int] | None
@@ -261,14 +268,25 @@ class FakeBook:
             run = self._change(run_id, next_seq=max(run.next_seq, last_seq))
         self._change(run_id, inserted_count=run.inserted_count + size)
 
-    async def record_pull_back(
-        self, run_id: uuid.UUID, numbers: list[str], status: RunStatus, reason: str | None
-    ) -> tuple[int, int]:
+    def _mark(self, run_id: uuid.UUID, numbers: list[str]) -> int:
         stopped = 0
         for r in self.recipients[run_id]:
             if r.state == "pending" and r.number in numbers:
                 r.state, r.is_pulled = "pulled", True
                 stopped += 1
+        return stopped
+
+    async def mark_pulled(self, run_id: uuid.UUID, numbers: list[str]) -> int:
+        self._maybe_fail("mark_pulled")
+        stopped = self._mark(run_id, numbers)
+        self._change(run_id, inserted_count=self.runs[run_id].inserted_count - stopped)
+        return stopped
+
+    async def record_pull_back(
+        self, run_id: uuid.UUID, numbers: list[str], status: RunStatus, reason: str | None
+    ) -> tuple[int, int]:
+        self._maybe_fail("record_pull_back")
+        stopped = self._mark(run_id, numbers)
         run = self._change(
             run_id,
             inserted_count=self.runs[run_id].inserted_count - stopped,
@@ -278,12 +296,18 @@ class FakeBook:
         return stopped, run.inserted_count
 
     # results and training metrics
-    async def runs_awaiting_results(self) -> list[Run]:
+    async def runs_awaiting_results(self, horizon_h: float) -> list[Run]:
         may = {"sending", "draining", "results", "paused", "cancelled", "held"}
+        quiet_since = self.clock.now() - timedelta(hours=horizon_h)
+
+        def recent(r: Run) -> bool:
+            stopped = r.status in ("paused", "cancelled", "held")
+            return not stopped or self.updated.get(r.id, self.clock.now()) >= quiet_since
+
         return [
             r
             for r in self.runs.values()
-            if (r.line_group and r.status in may and r.inserted_count > r.results)
+            if (r.line_group and r.status in may and r.inserted_count > r.results and recent(r))
             or r.status == RunStatus.RESULTS
         ]
 
@@ -297,6 +321,8 @@ class FakeBook:
                 codes.append(result.status_code)
         tally = Tally.of(codes)
         run = self.runs[run_id]
+        if not codes:
+            return codes
         self._change(
             run_id,
             success_count=run.success_count + tally.success,
@@ -308,10 +334,10 @@ class FakeBook:
 
     async def record_in_flight(self, run_id: uuid.UUID, in_flight: int) -> Run:
         run = self.runs[run_id]
-        return self._change(run_id, sent_count=run.results + in_flight)
+        return self._change(run_id, touch=False, sent_count=run.results + in_flight)
 
     async def mark_breaker_checked(self, run_id: uuid.UUID) -> None:
-        self._change(run_id, breaker_checked=True)
+        self._change(run_id, touch=False, breaker_checked=True)
 
     async def commonest_codes(
         self, run_id: uuid.UUID, codes: Sequence[int]
@@ -339,12 +365,36 @@ class AgentRow:
 
 
 @dataclass
+class LedgerEntry:
+    """One entry of `hanjullo_ledger` as `dispatch/ledger.py` appends it."""
+
+    id: int
+    kind: str  # insert | pull | pulled | move
+    run_ref: str
+    table: str
+    numbers: list[str]
+    seqs: tuple[int, int] = (0, 2**31 - 1)
+    ref: int | None = None
+
+
+@dataclass
 class FakeAgentTables:
-    """`ports.AgentTables` in memory: tables by name, live and log alike."""
+    """`ports.AgentTables` in memory: tables by name, live and log alike, and the commit
+    ledger written with every write of agent rows (in the same step, as one transaction)."""
 
     tables: dict[str, list[AgentRow]] = field(default_factory=dict)
+    ledger: list[LedgerEntry] = field(default_factory=list)
     # Set to make the next write into that table raise (e.g. the connection dropped).
     fail_write: dict[str, BaseException] = field(default_factory=dict)
+    # Set to make the next write into that table slow: it lets the event loop run this
+    # many times before it commits (a sibling's failure and a retry can happen meanwhile).
+    slow_write: dict[str, int] = field(default_factory=dict)
+    # Set to make the next pull-back fail (its one transaction: nothing is deleted).
+    fail_pull: BaseException | None = None
+    # Set to make the next pull-back take this many turns of the event loop between
+    # locking its rows and committing; `pulling` is set once it has locked them.
+    slow_pull: int = 0
+    pulling: asyncio.Event = field(default_factory=asyncio.Event)
     lookups: int = 0
     _seqno: int = 0
 
@@ -358,10 +408,39 @@ class FakeAgentTables:
             (t, r.dest_no) for t, rows in self.tables.items() for r in rows if r.run_ref == run_ref
         ]
 
-    def insert(self, table: str, numbers: Sequence[str], run_ref: str, rsv1: str = "1") -> None:
+    def _entry(
+        self,
+        kind: str,
+        run_ref: str,
+        table: str,
+        numbers: list[str],
+        seqs: tuple[int, int] = (0, 2**31 - 1),
+        ref: int | None = None,
+    ) -> LedgerEntry:
+        entry = LedgerEntry(len(self.ledger) + 1, kind, run_ref, table, numbers, seqs, ref)
+        self.ledger.append(entry)
+        return entry
+
+    def insert(
+        self,
+        table: str,
+        numbers: Sequence[str],
+        run_ref: str,
+        rsv1: str = "1",
+        ledger: bool = True,
+        seqs: tuple[int, int] = (0, 2**31 - 1),
+    ) -> None:
+        """Rows of the run in `table`, as a daemon of this node commits them (with their
+        ledger entry) or, with ``ledger=False``, as someone else writes them."""
         for number in numbers:
             self._seqno += 1
             self.tables.setdefault(table, []).append(AgentRow(self._seqno, number, run_ref, rsv1))
+        if ledger and numbers:
+            self._entry("insert", run_ref, table, list(numbers), seqs)
+
+    def delete(self, table: str, numbers: Sequence[str]) -> None:
+        """Someone else (the web service's cancel or delete-one-recipient) deletes rows."""
+        self.tables[table] = [r for r in self.tables[table] if r.dest_no not in numbers]
 
     def agent_reports(self, table: str, code: int, at: datetime, limit: int | None = None) -> int:
         """The agent picks up its waiting rows and reports `code` for each (rsv1 4)."""
@@ -383,17 +462,30 @@ class FakeAgentTables:
             if r.run_ref == run_ref and r.rsv1 == "1"
         )
 
-    async def present(
-        self, tables: Sequence[str], run_ref: str, numbers: Sequence[str]
+    async def committed(
+        self,
+        tables: Sequence[str],
+        run_ref: str,
+        numbers: Sequence[str],
+        seqs: tuple[int, int],
     ) -> set[str]:
         self.lookups += 1
         wanted = set(numbers)
-        return {
-            r.dest_no
-            for t in tables
-            for r in self.tables.get(t, [])
-            if r.run_ref == run_ref and r.dest_no in wanted
-        }
+        entries = [e for e in self.ledger if e.run_ref == run_ref]
+        if not entries:  # a run from before the ledger: its tables are searched
+            return {
+                r.dest_no
+                for t in tables
+                for r in self.tables.get(t, [])
+                if r.run_ref == run_ref and r.dest_no in wanted
+            }
+        present: set[str] = set()
+        for e in entries:
+            if e.kind == "insert" and e.seqs[1] >= seqs[0] and e.seqs[0] <= seqs[1]:
+                present |= wanted.intersection(e.numbers)
+            elif e.kind == "pull":
+                present -= set(e.numbers)
+        return present
 
     async def existing(self, tables: Sequence[str]) -> list[str]:
         return [t for t in tables if t in self.tables]
@@ -401,30 +493,66 @@ class FakeAgentTables:
     def stage(self, rows: list[RowValues]) -> StagedRows:
         return StagedRows(rows)
 
-    async def write(self, table: str, staged: StagedRows) -> None:
+    async def write(self, table: str, staged: StagedRows, seqs: tuple[int, int]) -> None:
+        for _ in range(self.slow_write.pop(table, 0)):
+            await asyncio.sleep(0)  # a turn of the event loop, not a wait for time
         if table in self.fail_write:
             raise self.fail_write.pop(table)
-        for row in staged.rows:
-            self.insert(table, [row[0]], row[6])
+        self.insert(table, [row[0] for row in staged.rows], staged.rows[0][6], seqs=seqs)
 
-    async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[str]:
-        numbers = []
-        for t in tables:
-            keep = []
-            for r in self.tables.get(t, []):
-                (
-                    numbers.append(r.dest_no)
-                    if r.run_ref == run_ref and r.rsv1 == "1"
-                    else keep.append(r)
-                )
-            self.tables[t] = keep
-        return numbers
+    async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[PullEntry]:
+        # SELECT … FOR UPDATE: the rows are found (and locked) first, then deleted by seqno.
+        found = {
+            t: [r for r in self.tables.get(t, []) if r.run_ref == run_ref and r.rsv1 == "1"]
+            for t in tables
+        }
+        self.pulling.set()
+        for _ in range(self.slow_pull):
+            await asyncio.sleep(0)  # a turn of the event loop, not a wait for time
+        self.slow_pull = 0
+        # One transaction: every table's deletes and entries, or (failing) none of them.
+        if self.fail_pull is not None:
+            exc, self.fail_pull = self.fail_pull, None
+            raise exc
+        entries = []
+        for t, rows in found.items():
+            if not rows:
+                continue
+            gone = {r.seqno for r in rows}
+            self.tables[t] = [r for r in self.tables[t] if r.seqno not in gone]
+            numbers = [r.dest_no for r in rows]
+            logged = self._entry("pull", run_ref, t, numbers)
+            entries.append(PullEntry(logged.id, run_ref, t, numbers))
+        return entries
+
+    async def open_pulls(self) -> list[PullEntry]:
+        closed = {e.ref for e in self.ledger if e.kind == "pulled"}
+        return [
+            PullEntry(e.id, e.run_ref, e.table, e.numbers)
+            for e in self.ledger
+            if e.kind == "pull" and e.id not in closed
+        ]
+
+    async def close_pulls(self, entries: Sequence[PullEntry]) -> None:
+        for entry in entries:
+            self._entry("pulled", entry.run_ref, entry.table, [], ref=entry.id)
+
+    async def tables_written(self, run_ref: str) -> list[str]:
+        return sorted(
+            {e.table for e in self.ledger if e.run_ref == run_ref and e.kind in ("insert", "move")}
+        )
 
     async def move_waiting(self, source: str, targets: Sequence[str]) -> int:
         waiting = [r for r in self.tables[source] if r.rsv1 == "1"]
         self.tables[source] = [r for r in self.tables[source] if r.rsv1 != "1"]
+        moved: dict[tuple[str, str], list[str]] = {}
         for index, row in enumerate(waiting):
-            self.tables[targets[index % len(targets)]].append(row)
+            target = targets[index % len(targets)]
+            self._seqno += 1  # INSERT … SELECT: a new seqno in the target table
+            self.tables[target].append(replace(row, seqno=self._seqno))
+            moved.setdefault((row.run_ref, target), []).append(row.dest_no)
+        for (run_ref, target), numbers in moved.items():
+            self._entry("move", run_ref, target, numbers)
         return len(waiting)
 
     async def read_results(

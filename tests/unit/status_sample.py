@@ -101,7 +101,10 @@ def snapshot(uptime_s: float = 125.4) -> dict[str, Any]:
                 "pending": 4950,
             },
         ],
-        "dispatch": {"handoff_failures": 0},
+        "dispatch": {
+            "handoff_failures": 0,
+            "writer": {"role": "writer", "epoch": 3, "holder": None},
+        },
         "spam_tests": {
             "queue": [],
             "active": [
