@@ -37,6 +37,7 @@ class Issued:
 
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
+    chain: bytes = b""  # the intermediate CAs' certificates a client sends with it, as PEM
 
     @property
     def cert_pem(self) -> bytes:
@@ -52,26 +53,35 @@ class Issued:
 
     def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
         cert, key = directory / f"{stem}.crt", directory / f"{stem}.key"
-        cert.write_bytes(self.cert_pem)
+        cert.write_bytes(self.cert_pem + self.chain)
         key.write_bytes(self.key_pem)
         return cert, key
 
 
 class Authority:
-    """A self-signed CA that issues leaf certificates."""
+    """A CA that issues leaf certificates: self-signed, or an intermediate of `parent`.
 
-    def __init__(self, subject: x509.Name) -> None:
+    `path_length` None is a CA without a limit on the CAs below it, as a fleet's CA often
+    is: the site must not let such a CA's sub-CA hand out roles."""
+
+    def __init__(
+        self,
+        subject: x509.Name,
+        path_length: int | None = 0,
+        parent: Authority | None = None,
+    ) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+        issuer, signer = (subject, self.key) if parent is None else (parent.cert.subject, parent.key)
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
-            .issuer_name(subject)
+            .issuer_name(issuer)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - VALID_BEFORE)
             .not_valid_after(now + VALID_FOR)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,
@@ -86,8 +96,11 @@ class Authority:
                 ),
                 critical=True,
             )
-            .sign(self.key, hashes.SHA256())
+            .sign(signer, hashes.SHA256())
         )
+
+        # What a client of an intermediate sends beside its own certificate.
+        self.chain = b"" if parent is None else self.cert_pem + parent.chain
 
     @property
     def cert_pem(self) -> bytes:
@@ -115,4 +128,4 @@ class Authority:
                 ),
                 critical=False,
             )
-        return Issued(builder.sign(self.key, hashes.SHA256()), key)
+        return Issued(builder.sign(self.key, hashes.SHA256()), key, self.chain)

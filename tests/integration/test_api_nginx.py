@@ -60,6 +60,9 @@ class Pki:
     # Issued by a CA nobody trusts, and by one that carries the operator CA's very name.
     stranger: Issued
     impostor: Issued
+    # Below a sub-CA of the fleet CA: one named like the operator CA, one named otherwise.
+    escalator: Issued
+    sub_fleet: Issued
     dir: Path
 
 
@@ -118,8 +121,9 @@ def _site(sockets: Path, tls: Path, logs: Path, port: int) -> str:
 
 def _pki(directory: Path) -> Pki:
     server_ca = Authority(name("Hanjullo node server CA"))
-    # The CA names the shipped site maps to its two roles.
-    fleet_ca = Authority(name("Hanjullo fleet CA"))
+    # The CA names the shipped site maps to its two roles. The fleet CA has no limit on the
+    # CAs below it, as a fleet's CA often has not.
+    fleet_ca = Authority(name("Hanjullo fleet CA"), path_length=None)
     operator_ca = Authority(name("Hanjullo operator CA"))
     server_ca.issue("localhost", server=True).write(directory, "node")
     (directory / "client-cas.pem").write_bytes(fleet_ca.cert_pem + operator_ca.cert_pem)
@@ -132,6 +136,8 @@ def _pki(directory: Path) -> Pki:
         operator=operator_ca.issue("ops-alice"),
         stranger=Authority(name("Some other CA")).issue("ops-alice"),
         impostor=Authority(name("Hanjullo operator CA")).issue("ops-alice"),
+        escalator=Authority(name("Hanjullo operator CA"), parent=fleet_ca).issue("mallory"),
+        sub_fleet=Authority(name("Fleet sub CA"), parent=fleet_ca).issue("sub-reader"),
         dir=directory,
     )
     return pki
@@ -412,7 +418,7 @@ def _daemon_log(node: SimulatedNode) -> str:
     return "".join(p.read_text(errors="replace") for p in (node.dir / "logs").glob("*"))
 
 
-@pytest.mark.parametrize("who", ["none", "stranger", "impostor"])
+@pytest.mark.parametrize("who", ["none", "stranger", "impostor", "escalator", "sub_fleet"])
 def test_no_certificate_or_another_cas_never_reaches_the_node(proxy: Proxy, who: str) -> None:
     cert = None if who == "none" else getattr(proxy.pki, who)
     before = answered(proxy)

@@ -283,6 +283,9 @@ def test_the_nginx_site_gives_roles_by_exact_verified_issuer_and_routes_to_known
     # Only an operator's POST goes to the control socket.
     assert re.findall(r'"(\w+ [A-Z]+)" hanjullo_control;', upstream_map) == ["operator POST"]
     assert "ssl_verify_client on;" in text
+    # No CA between a client's certificate and a trusted one: a sub-CA of the fleet CA
+    # named like the operator CA would otherwise issue operators.
+    assert re.findall(r"^\s*ssl_verify_depth (\d+);", text, re.M) == ["0"]
 
 
 # ---- numbered simulated nodes -----------------------------------------------------------------
