@@ -72,7 +72,9 @@ class Authority:
     ) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        issuer, signer = (subject, self.key) if parent is None else (parent.cert.subject, parent.key)
+        issuer, signer = (subject, self.key)
+        if parent is not None:
+            issuer, signer = parent.cert.subject, parent.key
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
