@@ -283,3 +283,30 @@ async def test_a_stopped_run_is_read_for_results_only_until_the_horizon(tmp_path
     assert reads == []  # past it: no longer read every interval
     f.ctx.registry.prune({r.id for r in await f.book.runs_awaiting_results(48.0)})
     assert run_id not in f.ctx.registry.runs
+
+
+# ---- a stop whose pull-back failed is finished by the running daemon -----------------------
+
+
+async def test_a_stop_whose_pull_back_failed_is_pulled_back_by_the_next_ticks(
+    tmp_path: Path,
+) -> None:
+    f = dispatcher(tmp_path, batch_size=100)
+    run_id, run_ref = sending(f, 300)
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.handoff_pass(f.ctx, state)
+    f.tables.fail_pull = OSError("lock wait timeout")
+    with pytest.raises(OSError, match="lock wait"):
+        await controls.control(f.ctx, run_id, "pause", "pause by operator")
+    assert f.book.runs[run_id].status == RunStatus.PAUSED
+    assert len(placed(f, run_ref)) == 300  # still waiting: an agent would send them
+    main = component(f)
+    f.tables.fail_pull = OSError("lock wait timeout")
+    await main.tick()  # the retry fails too: the tick goes on, the rows still wait
+    assert len(placed(f, run_ref)) == 300
+    await main.tick()  # and the next one pulls them back, without a restart
+    assert placed(f, run_ref) == Counter()
+    assert sum(1 for r in f.book.recipients[run_id] if r.is_pulled) == 300
+    await main.tick()  # nothing left: a plain count, nothing pulled twice
+    assert sum(1 for r in f.book.recipients[run_id] if r.is_pulled) == 300
+    await main.redis.close()
