@@ -56,7 +56,9 @@ LEDGER_DDL = """CREATE TABLE IF NOT EXISTS hanjullo_ledger (
     ref BIGINT NULL,
     created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     KEY run_entries (run_ref, id),
-    KEY node_kind (node_id, kind, id)
+    KEY node_kind (node_id, kind, id),
+    -- open_pulls, on every tick: a pull entry's 'pulled' entry found by its ref
+    KEY pulled_refs (node_id, kind, ref)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
 
 TABLES = (("hanjullo_fence", FENCE_DDL), ("hanjullo_ledger", LEDGER_DDL))
