@@ -25,7 +25,12 @@ from config.names import add_months, checked_table, log_table
 
 # Every session: KST, and room for the packed result lists the result sync reads
 # (handoff._read_log_results), set once per connection instead of once per query.
-SESSION_INIT = "SET time_zone = '+09:00', group_concat_max_len = 67108864"
+SESSION_INIT = (
+    "SET time_zone = '+09:00', group_concat_max_len = 67108864;"
+    # The fence (dispatch/ledger.py) and the ledger's reads are written for it, whatever
+    # the server's default.
+    " SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+)
 
 # Columns written by the application when it queues a message, in insert order.
 INSERT_COLUMNS = (

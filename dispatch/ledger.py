@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 import aiomysql
+import pymysql.err
 
 from config.names import checked_table
 
@@ -55,7 +56,9 @@ LEDGER_DDL = """CREATE TABLE IF NOT EXISTS hanjullo_ledger (
     ref BIGINT NULL,
     created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
     KEY run_entries (run_ref, id),
-    KEY node_kind (node_id, kind, id)
+    KEY node_kind (node_id, kind, id),
+    -- open_pulls, on every tick: a pull entry's 'pulled' entry found by its ref
+    KEY pulled_refs (node_id, kind, ref)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
 
 TABLES = (("hanjullo_fence", FENCE_DDL), ("hanjullo_ledger", LEDGER_DDL))
@@ -64,6 +67,11 @@ TABLES = (("hanjullo_fence", FENCE_DDL), ("hanjullo_ledger", LEDGER_DDL))
 # without closing it (power loss, a partition): the server ends an idle session after
 # this, and the writer pings its lock connection well within it.
 WRITER_SESSION_TIMEOUT_S = 30
+
+# A takeover's epoch transaction chosen as a deadlock's victim is tried again this often
+# (it holds the named lock, so only the old writer's last transactions compete with it).
+TAKEOVER_ATTEMPTS = 5
+ER_LOCK_DEADLOCK = 1213
 
 
 class Kind(StrEnum):
@@ -147,26 +155,42 @@ async def take_writer(conn: aiomysql.Connection, node_id: str, host: str, pid: i
         row = await cur.fetchone()
     if not row or row[0] != 1:
         return None
-    await conn.begin()
-    try:
-        async with conn.cursor() as cur:
-            # Waits for the share locks of the previous writer's transactions in flight.
-            await cur.execute(
-                "SELECT COALESCE(MAX(epoch), 0) FROM hanjullo_fence WHERE node_id = %s FOR UPDATE",
-                (node_id,),
-            )
-            (last,) = await cur.fetchone()
-            epoch = int(last) + 1
-            await cur.execute(
-                "INSERT INTO hanjullo_fence (node_id, epoch, host, pid, since)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (node_id, epoch, host[:255], pid, datetime.now(UTC).replace(tzinfo=None)),
-            )
-    except BaseException:
-        await conn.rollback()
-        raise
-    await conn.commit()
-    return Fence(node_id, epoch)
+    for attempt in range(TAKEOVER_ATTEMPTS):
+        await conn.begin()
+        try:
+            async with conn.cursor() as cur:
+                epoch = await last_epoch_for_update(cur, node_id) + 1
+                await append_epoch(cur, node_id, epoch, host, pid)
+        except pymysql.err.OperationalError as exc:
+            await conn.rollback()
+            if exc.args[0] != ER_LOCK_DEADLOCK or attempt + 1 == TAKEOVER_ATTEMPTS:
+                raise
+            continue  # the server chose this transaction as a deadlock's victim: again
+        except BaseException:
+            await conn.rollback()
+            raise
+        await conn.commit()
+        return Fence(node_id, epoch)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def last_epoch_for_update(cur: aiomysql.Cursor, node_id: str) -> int:
+    """The node's newest epoch, locked for the takeover's transaction: waits for the share
+    locks of the previous writer's transactions in flight (`check_fence`)."""
+    await cur.execute(
+        "SELECT COALESCE(MAX(epoch), 0) FROM hanjullo_fence WHERE node_id = %s FOR UPDATE",
+        (node_id,),
+    )
+    (last,) = await cur.fetchone()
+    return int(last)
+
+
+async def append_epoch(cur: aiomysql.Cursor, node_id: str, epoch: int, host: str, pid: int) -> None:
+    """The takeover's fence row (after `last_epoch_for_update`, in its transaction)."""
+    await cur.execute(
+        "INSERT INTO hanjullo_fence (node_id, epoch, host, pid, since) VALUES (%s, %s, %s, %s, %s)",
+        (node_id, epoch, host[:255], pid, datetime.now(UTC).replace(tzinfo=None)),
+    )
 
 
 async def still_writer(conn: aiomysql.Connection, node_id: str) -> bool:
@@ -199,16 +223,20 @@ async def check_fence(cur: aiomysql.Cursor, fence: Fence | None) -> None:
     `fence`'s."""
     if fence is None:
         raise NotWriter("this daemon does not hold the node's writer role")
+    # A range read, not MAX(epoch): a share-locking scan that waited for a takeover's row
+    # lock goes on to read the rows committed meanwhile, so it sees the new epoch under
+    # READ COMMITTED too; and it waits on the own epoch's row rather than the end of the
+    # index, where the takeover's insert would meet it in a deadlock under REPEATABLE READ.
     await cur.execute(
-        "SELECT COALESCE(MAX(epoch), 0) FROM hanjullo_fence WHERE node_id = %s LOCK IN SHARE MODE",
-        (fence.node_id,),
+        "SELECT epoch FROM hanjullo_fence WHERE node_id = %s AND epoch >= %s"
+        " ORDER BY epoch LOCK IN SHARE MODE",
+        (fence.node_id, fence.epoch),
     )
-    row = await cur.fetchone()
-    current = int(row[0]) if row else 0
-    if current != fence.epoch:
+    epochs = [int(r[0]) for r in await cur.fetchall()]
+    if epochs != [fence.epoch]:
         raise Fenced(
-            f"node {fence.node_id}: epoch {current} is not this daemon's ({fence.epoch});"
-            " another daemon took the writer role"
+            f"node {fence.node_id}: epochs {epochs or 'none'} from this daemon's"
+            f" ({fence.epoch}) on; another daemon took the writer role"
         )
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -214,31 +215,49 @@ class Dispatcher:
         now = ctx.now()
         held: dict[str, Run] = {}
         for run in runs:
-            if run.status in HOLDS_GROUP and run.line_group and not ctx.has_group(run.line_group):
-                # The configuration no longer has the run's group: pause this run (its
-                # waiting rows pulled back from the tables the ledger names), not all.
-                reason = f"line group {run.line_group!r} is no longer configured"
-                log.error("run paused: configuration drift", run=str(run.id), reason=reason)
-                await controls.control(ctx, run.id, "pause", reason)
-                continue
-            if run.status in HOLDS_GROUP and run.line_group:
-                held[run.line_group] = run
-                state = ctx.registry.state(run.id, run.company_id)
-                state.group = run.line_group
-                if run.is_ad and not in_ad_window(now):
-                    await controls.control(ctx, run.id, "hold")
-                    continue
-                if run.status == RunStatus.SENDING:
-                    handoff.supervise(ctx, state)
-                else:
-                    await grants.release_if_drained(ctx, run)
-            elif run.status == RunStatus.HELD and in_ad_window(now):
-                await ctx.set_status(run.id, RunStatus.QUEUED, None)
+            # Each run on its own: one run's failed control (a lock wait, an outage, a
+            # deadlock) is logged and retried on the next tick, never the others' end.
+            try:
+                await self._tick_run(run, now, held)
+            except (*ERRORS, DependencyDown) as exc:
+                log.warning(
+                    "run control failed; retried next tick",
+                    run=str(run.id),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
         queued = [r for r in runs if r.status == RunStatus.QUEUED]
         for state in await grants.grant(ctx, queued, held, now):
             handoff.supervise(ctx, state)
         ctx.registry.prune({r.id for r in runs if still_active(r)})
         self.view.update(runs, held, ctx.registry)
+
+    async def _tick_run(self, run: Run, now: datetime, held: dict[str, Run]) -> None:
+        """One run's part of a tick: drift, the ad window, its handoff, a stop unfinished."""
+        ctx = self.ctx
+        if run.status in HOLDS_GROUP and run.line_group and not ctx.has_group(run.line_group):
+            # The configuration no longer has the run's group: pause this run (its
+            # waiting rows pulled back from the tables the ledger names), not all.
+            reason = f"line group {run.line_group!r} is no longer configured"
+            log.error("run paused: configuration drift", run=str(run.id), reason=reason)
+            await controls.control(ctx, run.id, "pause", reason)
+            return
+        if run.status in HOLDS_GROUP and run.line_group:
+            held[run.line_group] = run
+            state = ctx.registry.state(run.id, run.company_id)
+            state.group = run.line_group
+            if run.is_ad and not in_ad_window(now):
+                await controls.control(ctx, run.id, "hold")
+                return
+            if run.status == RunStatus.SENDING:
+                handoff.supervise(ctx, state)
+            else:
+                await grants.release_if_drained(ctx, run)
+        elif run.status == RunStatus.HELD and in_ad_window(now):
+            await ctx.set_status(run.id, RunStatus.QUEUED, None)
+        elif run.status in controls.STOPS.values():
+            # A stop whose pull-back failed (its status was written first) still has rows
+            # an agent would send: a plain count, and the pull-back where any remain.
+            await controls.pull_back_stopped(ctx, [run])
 
 
 def still_active(run: Run) -> bool:

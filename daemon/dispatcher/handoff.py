@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 import structlog
 
 from config.names import MessageType
+from daemon.dispatcher import controls
 from daemon.dispatcher.context import ERRORS, Context
 from daemon.dispatcher.guard_pass import guard_pass
 from daemon.dispatcher.state import RunState
 from daemon.supervisor import DependencyDown
 from dispatch.guards import in_ad_window
-from dispatch.handoff import StagedRows
+from dispatch.handoff import BatchRejected, StagedRows
 from dispatch.planner import Plan, RunRowFields, needs_lookup, plan_page, room_left
 from dispatch.store.runs import Run, RunStatus
 
@@ -147,6 +148,20 @@ async def run_handoff(ctx: Context, state: RunState) -> None:
             )
         except DependencyDown as exc:
             log.warning("handoff waiting for a dependency", run=str(state.id), error=str(exc))
+        except BatchRejected as exc:
+            # A row the server will not take is rejected again on every retry: stop the
+            # run (what the batch's other tables took is pulled back) and say why.
+            reason = f"agent table rejected {exc}"
+            log.error("batch rejected: run paused", run=str(state.id), reason=reason)
+            try:
+                await controls.control(ctx, state.id, "pause", reason)
+                return
+            except (*ERRORS, DependencyDown) as stop_exc:  # retried: the batch fails again
+                log.warning(
+                    "pausing a rejected run failed",
+                    run=str(state.id),
+                    error=f"{type(stop_exc).__name__}: {stop_exc}",
+                )
         if state.batches > written:
             delay = RETRY_FIRST_S
         await ctx.sleep(delay)
@@ -321,6 +336,8 @@ async def commit_batch(ctx: Context, state: RunState, batch: Batch) -> int:
             return_exceptions=True,
         )
         for outcome in outcomes:
+            if isinstance(outcome, BatchRejected):
+                raise BatchRejected(f"batch seq {seqs[0]}-{seqs[1]}: {outcome}") from outcome
             if isinstance(outcome, BaseException):
                 raise outcome
         await ctx.book.record_batch(state.id, plan.size, plan.last_seq, plan.pulled_seqs)

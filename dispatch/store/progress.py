@@ -159,27 +159,34 @@ async def record_batch(
     pulled_seqs: Sequence[int] | None,
 ) -> None:
     """A batch is in the agent tables: move the checkpoint past it (or, for a page of
-    pulled-back recipients, clear their mark) and count it, in one transaction."""
+    pulled-back recipients, clear their mark) and count it, in one transaction. Counted
+    only as far as it changes something: after a takeover the old writer and the new one
+    may both record one batch, and it is counted once."""
     async with conn.transaction():
         if pulled_seqs is not None:
+            # Only the recipients whose mark this clears are counted.
             await conn.execute(
-                """UPDATE campaign_run_recipients SET state = 'pending', is_pulled = false
-                   WHERE run_id = $1 AND seq = ANY($2::int[]) AND is_pulled""",
+                """WITH u AS (UPDATE campaign_run_recipients
+                              SET state = 'pending', is_pulled = false
+                              WHERE run_id = $1 AND seq = ANY($2::int[]) AND is_pulled
+                              RETURNING 1)
+                   UPDATE campaign_runs
+                   SET inserted_count = inserted_count + (SELECT count(*) FROM u),
+                       updated_at = now()
+                   WHERE id = $1""",
                 run_id,
                 list(pulled_seqs),
             )
         else:
+            # Only a checkpoint this moves is counted.
             await conn.execute(
-                "UPDATE campaign_runs SET next_seq = greatest(next_seq, $2) WHERE id = $1",
+                """UPDATE campaign_runs SET next_seq = $2, inserted_count = inserted_count + $3,
+                       updated_at = now()
+                   WHERE id = $1 AND next_seq < $2""",
                 run_id,
                 last_seq,
+                size,
             )
-        await conn.execute(
-            """UPDATE campaign_runs SET inserted_count = inserted_count + $2, updated_at = now()
-               WHERE id = $1""",
-            run_id,
-            size,
-        )
 
 
 # ---- pull-back --------------------------------------------------------------------------

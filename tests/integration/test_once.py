@@ -85,6 +85,64 @@ def batch(run_ref: str, count: int, dest: str = "0109{:07d}") -> handoff.StagedR
 # ---- item 1: one writer per node, and its fence ---------------------------------------------
 
 
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
+async def test_a_check_waiting_behind_a_takeover_is_fenced_under_either_isolation(
+    fakes: Fakes, isolation: str
+) -> None:
+    """The takeover holds the epoch FOR UPDATE; the old writer's check waits behind it; the
+    takeover appends its epoch and commits: the old writer must be fenced (under READ
+    COMMITTED a MAX(epoch) read gave it its own epoch back; under REPEATABLE READ the
+    takeover's insert deadlocked with it)."""
+    config = fakes.ctx.config
+    node_id = f"fence-{uuid.uuid4().hex[:12]}"
+    old_fence = ledger.Fence(node_id, 1)
+    setup, takeover, old = [await agent_tables.connect(config.mysql) for _ in range(3)]
+    try:
+        async with setup.cursor() as cur:
+            await ledger.append_epoch(cur, node_id, 1, "old-host", 1)
+        for conn in (takeover, old):
+            async with conn.cursor() as cur:
+                await cur.execute(f"SET SESSION TRANSACTION ISOLATION LEVEL {isolation}")
+        await takeover.begin()
+        async with takeover.cursor() as tcur:
+            assert await ledger.last_epoch_for_update(tcur, node_id) == 1
+            await old.begin()
+            async with old.cursor() as ocur:
+                await ocur.execute("SELECT CONNECTION_ID()")
+                (old_id,) = await ocur.fetchone()
+                check = asyncio.create_task(ledger.check_fence(ocur, old_fence))
+                await lock_wait(setup, int(old_id))
+                assert not check.done()
+                await ledger.append_epoch(tcur, node_id, 2, "new-host", 2)
+                await takeover.commit()
+                # The old writer's cursor stays open until its check has answered.
+                with pytest.raises(ledger.Fenced, match=r"epochs \[1, 2\]"):
+                    await asyncio.wait_for(check, 10)
+            await old.rollback()
+    finally:
+        async with setup.cursor() as cur:
+            await cur.execute("DELETE FROM hanjullo_fence WHERE node_id = %s", (node_id,))
+        for conn in (setup, takeover, old):
+            conn.close()
+
+
+async def lock_wait(watcher: Any, session: int) -> None:
+    """Return once MySQL session `session` is stuck in a statement (seen from `watcher`,
+    same account): the fence read, which returns at once unless it waits for a lock."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        async with watcher.cursor() as cur:
+            await cur.execute(
+                "SELECT 1 FROM information_schema.PROCESSLIST"
+                " WHERE ID = %s AND COMMAND = 'Query' AND INFO LIKE '%%hanjullo_fence%%'",
+                (session,),
+            )
+            if await cur.fetchone():
+                return
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"session {session} never waited for a lock")
+
+
 async def test_one_writer_per_node_and_a_takeover_fences_the_old_epoch(fakes: Fakes) -> None:
     runtime = fakes.ctx.runtime
     first, second = MySQLWriterLock(runtime), MySQLWriterLock(runtime)

@@ -259,14 +259,17 @@ class FakeBook:
         self, run_id: uuid.UUID, size: int, last_seq: int, pulled_seqs: Sequence[int] | None
     ) -> None:
         self._maybe_fail("record_batch")
+        # As the store: counted only as far as it clears a mark or moves the checkpoint.
         run = self.runs[run_id]
         if pulled_seqs is not None:
+            cleared = 0
             for r in self.recipients[run_id]:
                 if r.seq in pulled_seqs and r.is_pulled:
                     r.state, r.is_pulled = "pending", False
-        else:
-            run = self._change(run_id, next_seq=max(run.next_seq, last_seq))
-        self._change(run_id, inserted_count=run.inserted_count + size)
+                    cleared += 1
+            self._change(run_id, inserted_count=run.inserted_count + cleared)
+        elif run.next_seq < last_seq:
+            self._change(run_id, next_seq=last_seq, inserted_count=run.inserted_count + size)
 
     def _mark(self, run_id: uuid.UUID, numbers: list[str]) -> int:
         stopped = 0

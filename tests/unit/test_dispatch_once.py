@@ -18,6 +18,7 @@ from daemon.agents import AgentState
 from daemon.dispatcher import controls, failover, grants, handoff, results
 from daemon.dispatcher.component import Dispatcher
 from daemon.stores import PostgresKeeper, RedisKeeper
+from dispatch.handoff import BatchRejected
 from dispatch.outcomes import Result
 from dispatch.store.runs import RunStatus
 from tests.unit.dispatch_fakes import DAY, AgentRow, Fakes, dispatcher, make_run, phone
@@ -283,3 +284,50 @@ async def test_a_stopped_run_is_read_for_results_only_until_the_horizon(tmp_path
     assert reads == []  # past it: no longer read every interval
     f.ctx.registry.prune({r.id for r in await f.book.runs_awaiting_results(48.0)})
     assert run_id not in f.ctx.registry.runs
+
+
+# ---- a stop whose pull-back failed is finished by the running daemon -----------------------
+
+
+async def test_a_stop_whose_pull_back_failed_is_pulled_back_by_the_next_ticks(
+    tmp_path: Path,
+) -> None:
+    f = dispatcher(tmp_path, batch_size=100)
+    run_id, run_ref = sending(f, 300)
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.handoff_pass(f.ctx, state)
+    f.tables.fail_pull = OSError("lock wait timeout")
+    with pytest.raises(OSError, match="lock wait"):
+        await controls.control(f.ctx, run_id, "pause", "pause by operator")
+    assert f.book.runs[run_id].status == RunStatus.PAUSED
+    assert len(placed(f, run_ref)) == 300  # still waiting: an agent would send them
+    main = component(f)
+    f.tables.fail_pull = OSError("lock wait timeout")
+    await main.tick()  # the retry fails too: the tick goes on, the rows still wait
+    assert len(placed(f, run_ref)) == 300
+    await main.tick()  # and the next one pulls them back, without a restart
+    assert placed(f, run_ref) == Counter()
+    assert sum(1 for r in f.book.recipients[run_id] if r.is_pulled) == 300
+    await main.tick()  # nothing left: a plain count, nothing pulled twice
+    assert sum(1 for r in f.book.recipients[run_id] if r.is_pulled) == 300
+    await main.redis.close()
+
+
+# ---- a batch the agent table rejected pauses its run, with the reason -----------------------
+
+
+async def test_a_batch_the_agent_table_rejected_pauses_the_run_naming_batch_and_table(
+    tmp_path: Path,
+) -> None:
+    f = dispatcher(tmp_path, batch_size=30)
+    run_id, run_ref = sending(f, 90)
+    state = f.ctx.registry.state(run_id, "acme")
+    f.tables.fail_write["SMSQ_SEND_2"] = BatchRejected(
+        "LOAD DATA into SMSQ_SEND_2: 1 warnings, 10 rows"
+    )
+    await handoff.run_handoff(f.ctx, state)  # ends: not restarted with backoff forever
+    run = f.book.runs[run_id]
+    assert run.status == RunStatus.PAUSED
+    assert run.status_reason is not None
+    assert "SMSQ_SEND_2" in run.status_reason and "1-30" in run.status_reason
+    assert placed(f, run_ref) == Counter()  # what the batch's other tables took, pulled back

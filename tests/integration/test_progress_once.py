@@ -1,0 +1,62 @@
+"""A batch recorded twice on the real PostgreSQL is counted once (review F3): after a
+takeover the old writer, until it notices, and the new one may both record it."""
+
+from __future__ import annotations
+
+import tomllib
+import uuid
+from pathlib import Path
+
+from config.example import sim_example
+from config.loader import validate
+from daemon import schema
+from dispatch.store import progress
+
+
+async def test_a_batch_or_a_pulled_page_recorded_twice_is_counted_once(tmp_path: Path) -> None:
+    config = validate(tomllib.loads(sim_example(tmp_path)))
+    conn = await schema.connect_pg(config)
+    run_id = uuid.uuid4()
+    try:
+        await schema.migrate_pg(conn)
+        await conn.execute(
+            """INSERT INTO campaign_runs (id, node_id, company_id, status, created_at)
+               VALUES ($1, $2, 'acme', 'sending', now())""",
+            run_id,
+            config.node.id,
+        )
+        await conn.copy_records_to_table(
+            "campaign_run_recipients",
+            records=[(run_id, i, f"0105{i:07d}", "안내") for i in range(1, 21)],
+            columns=["run_id", "seq", "phone", "message_text"],
+        )
+
+        async def counted() -> tuple[int, int]:
+            row = await conn.fetchrow(
+                "SELECT next_seq, inserted_count FROM campaign_runs WHERE id = $1", run_id
+            )
+            assert row is not None
+            return int(row["next_seq"]), int(row["inserted_count"])
+
+        for _ in range(2):  # the old writer and the new one
+            await progress.record_batch(conn, run_id, 10, 10, None)
+        assert await counted() == (10, 10)
+        await progress.record_batch(conn, run_id, 10, 20, None)
+        assert await counted() == (20, 20)
+
+        # Seqs 3-5 were pulled back (uncounted); their re-insert is recorded twice.
+        await conn.execute(
+            """UPDATE campaign_run_recipients SET state = 'pulled', is_pulled = true
+               WHERE run_id = $1 AND seq BETWEEN 3 AND 5""",
+            run_id,
+        )
+        await conn.execute(
+            "UPDATE campaign_runs SET inserted_count = inserted_count - 3 WHERE id = $1", run_id
+        )
+        for _ in range(2):
+            await progress.record_batch(conn, run_id, 3, 5, [3, 4, 5])
+        assert await counted() == (20, 20)
+    finally:
+        await conn.execute("DELETE FROM campaign_run_recipients WHERE run_id = $1", run_id)
+        await conn.execute("DELETE FROM campaign_runs WHERE id = $1", run_id)
+        await conn.close()
