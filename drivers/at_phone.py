@@ -25,6 +25,7 @@ from drivers.base import (
     Registration,
     SimState,
     TestPhoneDriver,
+    raise_if_cancelling,
 )
 from drivers.errors import DriverError, PduError
 
@@ -178,6 +179,8 @@ class ATPhone(TestPhoneDriver):
             except TimeoutError:
                 self.stored.expire()
                 continue
+            finally:
+                raise_if_cancelling()
             if self.stored.knows(index):
                 continue
             try:
@@ -187,14 +190,44 @@ class ATPhone(TestPhoneDriver):
                     "read after +CMTI failed; the sweep will find it", index=index, error=str(exc)
                 )
                 continue
-            for _, hex_pdu in _pdu_lines(reply, "+CMGR:"):
+            for header, hex_pdu in _pdu_lines(reply, "+CMGR:"):
+                if self.stored.knows(index, hex_pdu):
+                    continue  # a sweep read it while this read waited for the port
+                if not self._trusted(index, header, hex_pdu):
+                    continue
                 self._take(index, hex_pdu, "cmti")
+
+    def _trusted(self, index: int, header: str, hex_pdu: str) -> bool:
+        """Whether a ``+CMGR`` reply can be this index's message.
+
+        ``+CMGR`` does not repeat the index (3GPP TS 27.005 3.4.3), so the engine's
+        resynchronisation is what binds a reply to its command; a reply whose declared
+        length is not its PDU's, or whose PDU another index already holds, is left to
+        the sweep, whose ``+CMGL`` lines name their index.
+        """
+        declared = header.rsplit(",", 1)[-1].strip()
+        if not declared.isdigit() or int(declared) != _tpdu_length(hex_pdu):
+            log.warning("read reply does not match its header; left to the sweep", index=index)
+            return False
+        other = self.stored.held_elsewhere(index, hex_pdu)
+        if other is not None:
+            log.warning(
+                "read reply is another index's message; left to the sweep",
+                index=index,
+                holder=other,
+            )
+            return False
+        return True
 
     async def sweep(self) -> int:
         reply = await self.command("AT+CMGL=4", ("+CMGL:",))
         found = 0
         for header, hex_pdu in _pdu_lines(reply, "+CMGL:"):
-            index = int(header.split(",")[0])
+            first = header.split(",")[0].strip()
+            if not first.isdigit():
+                log.warning("listing line without an index skipped", header=header[:40])
+                continue
+            index = int(first)
             if self.stored.knows(index, hex_pdu):
                 continue
             self._take(index, hex_pdu, "sweep")
@@ -221,6 +254,22 @@ class ATPhone(TestPhoneDriver):
             self.stored.forget(index)
 
 
+def _trim_padding(header: str, hex_pdu: str) -> str:
+    """Drop the trailing ``FF`` octets some modems print past the declared length."""
+    declared = header.rsplit(",", 1)[-1].strip()
+    if not declared.isdigit():
+        return hex_pdu
+    extra = _tpdu_length(hex_pdu) - int(declared)
+    if extra > 0 and hex_pdu.endswith("FF" * extra):
+        return hex_pdu[: -2 * extra]
+    return hex_pdu
+
+
+def _tpdu_length(hex_pdu: str) -> int:
+    """Octets after the SMSC address: what +CMGR/+CMGL declare as the length."""
+    return len(hex_pdu) // 2 - int(hex_pdu[:2], 16) - 1
+
+
 def _pdu_lines(reply: Reply, prefix: str) -> list[tuple[str, str]]:
     """(header after the prefix, hex PDU) pairs; noise lines between them are skipped."""
     pairs: list[tuple[str, str]] = []
@@ -229,6 +278,6 @@ def _pdu_lines(reply: Reply, prefix: str) -> list[tuple[str, str]]:
         if line.startswith(prefix):
             header = line[len(prefix) :].strip()
         elif header is not None and re.fullmatch(r"[0-9A-Fa-f]+", line) and len(line) % 2 == 0:
-            pairs.append((header, line.upper()))
+            pairs.append((header, _trim_padding(header, line.upper())))
             header = None
     return pairs

@@ -20,6 +20,18 @@ from drivers import pdu
 from drivers.pdu import Message
 
 
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that Python 3.11's ``asyncio.wait_for`` swallowed.
+
+    When the awaited item is ready in the same loop turn as the cancel, 3.11's
+    ``wait_for`` returns the item and drops the ``CancelledError``; a reader loop
+    around it would then never stop and ``close()`` would wait for it forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class SimState(StrEnum):
     READY = "ready"
     PIN_REQUIRED = "pin-required"
@@ -104,6 +116,13 @@ class StoredMessages:
     def knows(self, index: int, raw: str | None = None) -> bool:
         """True when `index` was read (and, given `raw`, still holds that PDU)."""
         return index in self._known and (raw is None or self._known[index] == raw)
+
+    def held_elsewhere(self, index: int, raw: str) -> int | None:
+        """Another index already known to hold exactly `raw` (a read that is not index's)."""
+        for other, known in self._known.items():
+            if other != index and known == raw:
+                return other
+        return None
 
     def add(self, index: int, raw: str, part: pdu.Deliver | None, via: str) -> None:
         """Record a stored PDU; `part` is None for one that is kept but not surfaced."""

@@ -32,6 +32,7 @@ from drivers.base import (
     Registration,
     SimState,
     TestPhoneDriver,
+    raise_if_cancelling,
 )
 from drivers.errors import DriverError, PduError
 
@@ -252,6 +253,8 @@ class GammuPhone(TestPhoneDriver):
             except TimeoutError:
                 self.stored.expire()
                 continue
+            finally:
+                raise_if_cancelling()
             if self.stored.knows(location):
                 continue
             try:
