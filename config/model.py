@@ -315,6 +315,8 @@ class SimModemsSection(_Section):
     storage_capacity: int = Field(default=30, ge=1, le=255)
     smsc: str = "+821000000000"
     slow_delay_s: Seconds = 1.5
+    # The `late` fault: replies this long after their command (past the drivers' timeout).
+    late_delay_s: Seconds = 3.0
 
 
 class SimulatorSection(_Section):

@@ -56,6 +56,7 @@ class Simulator:
                     section.modems.slow_delay_s,
                     on_space=self._modem_space,
                     seed=section.seed + index,
+                    late_delay_s=section.modems.late_delay_s,
                 )
             )
         self.network = CarrierNetwork(config, self.modems, self.clock)

@@ -50,6 +50,7 @@ class ModemFault(StrEnum):
     SIM_LOCKED = "sim-locked"
     NO_NETWORK = "no-network"
     SLOW = "slow"
+    LATE = "late"  # every reply comes `late_delay_s` after its command, in order
 
 
 @dataclass(slots=True)
@@ -70,6 +71,7 @@ class _Settings:
     reg_n: dict[str, int] = field(default_factory=dict)  # CREG / CGREG / CEREG report mode
     cops_format: int = 2
     cfun: int = 1
+    s_registers: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -91,6 +93,7 @@ class SimModem:
         slow_delay_s: float,
         on_space: Callable[[], None] | None = None,
         seed: int = 0,
+        late_delay_s: float = 3.0,
     ) -> None:
         self.config = modem
         self.name = modem.label
@@ -99,6 +102,8 @@ class SimModem:
         self.capacity = capacity
         self.smsc = smsc
         self.slow_delay_s = slow_delay_s
+        self.late_delay_s = late_delay_s
+        self._late_until = 0.0
         self.on_space = on_space
         self.fault = ModemFault.OK
         self.storage: dict[int, StoredMessage] = {}
@@ -333,6 +338,13 @@ class SimModem:
         out = "".join(f"\r\n{line}\r\n" for line in lines) + f"\r\n{final}\r\n"
         if self.fault == ModemFault.GARBAGE:
             out = self._noisy(out)
+        if self.fault == ModemFault.LATE:
+            # Answered after the driver gave up, but in order, as a busy modem does.
+            loop = asyncio.get_running_loop()
+            when = max(loop.time() + self.late_delay_s, self._late_until)
+            self._late_until = when
+            loop.call_at(when, self._write, out.encode("latin-1"))
+            return
         self._write(out.encode("latin-1"))
 
     def _noisy(self, reply: str) -> str:
@@ -353,8 +365,29 @@ class SimModem:
         return self.fault != ModemFault.SIM_LOCKED
 
     def _execute(self, command: str) -> tuple[list[str], str]:
+        """One command line; `;` separates the commands of a compound line (V.250 5.2)."""
+        bodies = command[2:].split(";")
+        lines: list[str] = []
+        for body in bodies:
+            more, final = self._execute_one("AT" + body.strip())
+            lines += more
+            if final != "OK":
+                return lines, final
+        return lines, "OK"
+
+    def _execute_one(self, command: str) -> tuple[list[str], str]:
         upper = command.upper()
         body = upper[2:]
+        match = re.fullmatch(r"S([0-9]{1,2})(=([0-9]{1,3})|\?)", body)
+        if match:
+            register = int(match.group(1))
+            if match.group(3) is None:
+                return [f"{self.settings.s_registers.get(register, 0):03d}"], "OK"
+            value = int(match.group(3))
+            if value > 255:
+                return [], self._error(4)
+            self.settings.s_registers[register] = value
+            return [], "OK"
         if body in ("", "Z", "&F"):
             if body:
                 self.settings = _Settings()
