@@ -197,13 +197,10 @@ def _encoded_string_value(reader: _Reader) -> str:
         return reader.text().decode("utf-8", errors="replace")
     length = reader.value_length()
     end = reader.pos + length
-    if reader.peek() < 0x80 and reader.peek() > 2:
-        # A MIBenum needs at most two octets: a "long integer" longer than that is an
-        # MMSC writing the MIBenum without its short-integer flag (gammu's
-        # tests/at-sms/33.dump: 0x04 for latin-1).
-        mib = reader.byte()
-    else:
-        mib = reader.integer()
+    # A MIBenum needs at most two octets: a "long integer" longer than that is an MMSC
+    # writing the MIBenum without its short-integer flag (gammu's tests/at-sms/33.dump:
+    # 0x04 for latin-1).
+    mib = reader.byte() if 2 < reader.peek() < 0x80 else reader.integer()
     sub = _Reader(reader.take(end - reader.pos))
     raw = sub.text() if b"\x00" in sub.data else sub.data
     return _charset_text(raw, mib)
