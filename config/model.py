@@ -280,6 +280,9 @@ class LoggingSection(_Section):
 
 class CarrierNetworkConfig(_Section):
     latency_s: tuple[SecondsOrZero, SecondsOrZero] = (1.0, 4.0)
+    # How the simulated carrier hands a handset a text GSM 7-bit cannot carry: "ucs2",
+    # or "ksc5601" (DCS 0x84, EUC-KR, as Korean carriers do) when the text fits EUC-KR.
+    korean_encoding: Literal["ucs2", "ksc5601"] = "ucs2"
     failure_rate: float = Field(default=0.02, ge=0, le=1)
     failure_codes: list[int] = [7, 8, 9]
     block_keywords: list[str] = []
