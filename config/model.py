@@ -320,6 +320,10 @@ class SimModemsSection(_Section):
     slow_delay_s: Seconds = 1.5
     # The `late` fault: replies this long after their command (past the drivers' timeout).
     late_delay_s: Seconds = 3.0
+    # The modem family every simulated modem plays ("generic", "huawei", "quectel",
+    # "simcom"); `profiles` overrides it per modem label.
+    profile: Literal["generic", "huawei", "quectel", "simcom"] = "generic"
+    profiles: dict[str, Literal["generic", "huawei", "quectel", "simcom"]] = {}
 
 
 class SimulatorSection(_Section):

@@ -49,6 +49,14 @@ URC_PREFIXES = (
     "^RSSI",
     "+CREG:",
     "^SIMST",
+    # Boot and status codes of the modem families in docs/test-phones.md.
+    "^SRVST",
+    "^SYSINFO",
+    "+QIND:",
+    "SMS Ready",
+    "SMS DONE",
+    "PB DONE",
+    "Call Ready",
 )
 _HEX_LINE = re.compile(r"^[0-9A-Fa-f]+$")
 # The resynchronisation marker: S7 (wait for carrier, V.250 6.3.4) is set to a fresh value

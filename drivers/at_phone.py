@@ -39,10 +39,12 @@ INIT_COMMANDS = (
     "ATE0",
     "AT+CMEE=1",
     "AT+CMGF=0",
-    'AT+CPMS="SM","SM","SM"',
     "AT+CNMI=2,1,0,0,0",
     "AT+COPS=3,2",
 )
+# SIM storage first; a modem without it (a Huawei stick keeps texts in "ME") gets the
+# first memory its AT+CPMS=? offers.
+PREFERRED_MEMORY = "SM"
 # How often incomplete concatenated messages are checked for expiry.
 EXPIRE_CHECK_S = 1.0
 
@@ -106,9 +108,27 @@ class ATPhone(TestPhoneDriver):
         # The adapter calls connection_made on the next loop iteration.
         await asyncio.wait_for(self._protocol.connected.wait(), self.command_timeout_s)
         self._protocol.engine.add_listener("+CMTI:", self._on_cmti)
-        for command in INIT_COMMANDS:
+        self._protocol.engine.add_listener("+CMT:", self._on_cmt)
+        for command in INIT_COMMANDS[:3]:
+            await self.command(command)
+        await self._choose_memory()
+        for command in INIT_COMMANDS[3:]:
             await self.command(command)
         self._reader = asyncio.create_task(self._read_notified(), name=f"at-read-{self.device}")
+
+    async def _choose_memory(self) -> None:
+        memory = PREFERRED_MEMORY
+        try:
+            await self.command(f'AT+CPMS="{memory}","{memory}","{memory}"', ("+CPMS:",))
+            return
+        except ATError:
+            offered = (await self.command("AT+CPMS=?", ("+CPMS:",))).value("+CPMS:") or ""
+        match = re.search(r'"([A-Z]{2})"', offered)
+        if match is None:
+            raise DriverError(f"the modem offers no message storage (AT+CPMS=? -> {offered!r})")
+        memory = match.group(1)
+        await self.command(f'AT+CPMS="{memory}","{memory}","{memory}"', ("+CPMS:",))
+        log.info("message storage chosen", memory=memory, device=self.device)
 
     async def close(self) -> None:
         reader, self._reader = self._reader, None
@@ -171,6 +191,18 @@ class ATPhone(TestPhoneDriver):
         match = re.search(r",\s*(\d+)", line)
         if match:
             self._indices.put_nowait(int(match.group(1)))
+
+    def _on_cmt(self, _line: str, hex_pdu: str | None) -> None:
+        """A text routed straight to us (CNMI <mt>=2): not stored, nothing to delete."""
+        if hex_pdu is None:
+            return
+        try:
+            part = pdu.decode(hex_pdu)
+        except PduError as exc:
+            log.warning("undecodable +CMT PDU dropped", error=str(exc))
+            return
+        if isinstance(part, pdu.Deliver):
+            self.stored.add_direct(hex_pdu.upper(), part)
 
     async def _read_notified(self) -> None:
         while True:

@@ -96,7 +96,7 @@ class Received:
     message: Message
     indices: tuple[int, ...]
     raw: tuple[str, ...]  # the parts' PDUs in hex, as the modem printed them
-    via: str  # "cmti" (notified) or "sweep" (found by listing the storage)
+    via: str  # "cmti" (notified), "cmt" (routed to us, not stored) or "sweep" (listed)
 
 
 class StoredMessages:
@@ -110,7 +110,7 @@ class StoredMessages:
     def __init__(self, partial_timeout_s: float) -> None:
         self.reassembler = pdu.Reassembler(partial_timeout_s)
         self._known: dict[int, str] = {}
-        self._homes: dict[int, tuple[int, str, str]] = {}
+        self._homes: dict[int, tuple[int | None, str, str]] = {}
         self._out: asyncio.Queue[Received] = asyncio.Queue()
 
     def knows(self, index: int, raw: str | None = None) -> bool:
@@ -133,16 +133,22 @@ class StoredMessages:
         for message in self.reassembler.add(part, time.monotonic()):
             self._emit(message)
 
+    def add_direct(self, raw: str, part: pdu.Deliver) -> None:
+        """A part delivered without storage (``+CMT``): surfaced, never deleted."""
+        self._homes[id(part)] = (None, raw, "cmt")
+        for message in self.reassembler.add(part, time.monotonic()):
+            self._emit(message)
+
     def expire(self) -> None:
         for message in self.reassembler.expire(time.monotonic()):
             self._emit(message)
 
     def _emit(self, message: pdu.Message) -> None:
         homes = [self._homes.pop(id(p)) for p in message.parts]
-        via = "cmti" if all(h[2] == "cmti" for h in homes) else "sweep"
-        self._out.put_nowait(
-            Received(message, tuple(h[0] for h in homes), tuple(h[1] for h in homes), via)
-        )
+        vias = {h[2] for h in homes}
+        via = vias.pop() if len(vias) == 1 and vias <= {"cmti", "cmt"} else "sweep"
+        stored = tuple(h[0] for h in homes if h[0] is not None)
+        self._out.put_nowait(Received(message, stored, tuple(h[1] for h in homes), via))
 
     def forget(self, index: int) -> None:
         self._known.pop(index, None)

@@ -53,6 +53,47 @@ class ModemFault(StrEnum):
     LATE = "late"  # every reply comes `late_delay_s` after its command, in order
 
 
+class ModemProfile(StrEnum):
+    """Modem families whose AT dialects the simulator speaks (docs/test-phones.md)."""
+
+    GENERIC = "generic"
+    HUAWEI = "huawei"  # E3372 in stick mode
+    QUECTEL = "quectel"  # EC25
+    SIMCOM = "simcom"  # SIM7600
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileTraits:
+    manufacturer: str
+    model: str
+    memories: tuple[str, ...]  # what AT+CPMS offers; the first is where texts go by default
+    boot_urcs: tuple[str, ...]  # printed after power-up and after AT+CFUN=1,1
+    delivery_urcs: tuple[str, ...] = ()  # status codes the family prints unasked
+
+
+PROFILES = {
+    ModemProfile.GENERIC: ProfileTraits("Hanjullo Simulated Modems", "", ("SM",), ()),
+    ModemProfile.HUAWEI: ProfileTraits(
+        "huawei",
+        "E3372",
+        ("ME",),
+        ("^BOOT:12345678,0,0,0,72", "^SRVST: 2", "^MODE: 5,4", "^SIMST: 1"),
+        ("^RSSI: 20", "^MODE: 17,17"),
+    ),
+    ModemProfile.QUECTEL: ProfileTraits(
+        "Quectel", "EC25", ("SM", "ME", "MT"), ("RDY", "+CPIN: READY", "+QIND: SMS DONE")
+    ),
+    ModemProfile.SIMCOM: ProfileTraits(
+        "SIMCOM INCORPORATED",
+        "SIMCOM_SIM7600E-H",
+        ("SM", "ME"),
+        ("RDY", "+CPIN: READY", "SMS Ready", "PB DONE"),
+    ),
+}
+# Seconds after a reset's OK before the boot codes appear (the modem restarting).
+BOOT_URC_DELAY_S = 0.2
+
+
 @dataclass(slots=True)
 class StoredMessage:
     uid: int
@@ -94,6 +135,7 @@ class SimModem:
         on_space: Callable[[], None] | None = None,
         seed: int = 0,
         late_delay_s: float = 3.0,
+        profile: ModemProfile = ModemProfile.GENERIC,
     ) -> None:
         self.config = modem
         self.name = modem.label
@@ -103,6 +145,9 @@ class SimModem:
         self.smsc = smsc
         self.slow_delay_s = slow_delay_s
         self.late_delay_s = late_delay_s
+        self.profile = profile
+        self.traits = PROFILES[profile]
+        self.memory = self.traits.memories[0]
         self._late_until = 0.0
         self.on_space = on_space
         self.fault = ModemFault.OK
@@ -159,7 +204,13 @@ class SimModem:
         loop.add_reader(master, self._on_readable)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"modem-{self.name}")
+        self.memory = self.traits.memories[0]
+        self._boot_urcs()
         log.info("modem plugged", modem=self.name, pty=name, path=str(self.stable_path))
+
+    def _boot_urcs(self) -> None:
+        for line in self.traits.boot_urcs:
+            self._urc(line)
 
     def unplug(self) -> None:
         """The USB device disappears: the pty closes and the stable path goes away."""
@@ -221,10 +272,14 @@ class SimModem:
             mode, mt = self.settings.cnmi[0], self.settings.cnmi[1]
             if mode and mt == 1:
                 self.counters.cmti_sent += 1
-                self._urc(f'+CMTI: "SM",{index}')
+                self._urc(f'+CMTI: "{self.memory}",{index}')
             elif mode and mt in (2, 3):
                 tpdu_len = len(raw) - raw[0] - 1
                 self._urc(f"+CMT: ,{tpdu_len}\r\n{raw.hex().upper()}")
+                # Routed to the terminal, not stored (27.005 3.4.1, <mt>=2).
+                del self.storage[index]
+        for line in self.traits.delivery_urcs:
+            self._urc(line)
         return True
 
     def inbox(self) -> list[dict[str, Any]]:
@@ -401,15 +456,15 @@ class SimModem:
         if body in ("V1", "Q0", "&C1", "&D2", "+CMMS=2", "+CMMS=0", "+CMMS=1", "+CCWA=0"):
             return [], "OK"
         simple = {
-            "+CGMI": ["Hanjullo Simulated Modems"],
-            "+CGMM": [f"HSM-{self.carrier} LTE"],
+            "+CGMI": [self.traits.manufacturer],
+            "+CGMM": [self.traits.model or f"HSM-{self.carrier} LTE"],
             "+CGMR": ["HSM_1.0.0"],
             "+CGSN": [self.imei],
             "+CBC": ["+CBC: 0,100"],
             "+CSCA?": [f'+CSCA: "{self.smsc}",145'],
             "+CSMS?": ["+CSMS: 0,1,1,1"],
             "+CSMS=?": ["+CSMS: (0,1)"],
-            "+CPMS=?": ['+CPMS: ("SM"),("SM"),("SM")'],
+            "+CPMS=?": ["+CPMS: " + ",".join([self._memory_list()] * 3)],
             "+CNMI=?": ["+CNMI: (0-2),(0-3),(0,2),(0-2),(0,1)"],
             "+CSCS=?": ['+CSCS: ("GSM","IRA","UCS2","HEX")'],
             "+CMGF=?": ["+CMGF: (0)"],
@@ -437,10 +492,13 @@ class SimModem:
                 return [], self._error(4)
             self.settings.cfun = 1 if match.group(2) == "1" else int(match.group(1))
             if match.group(2) == "1":
-                # A reset: settings go back to their defaults, as after a power cycle.
+                # A reset: settings go back to their defaults (echo on again), as after
+                # a power cycle, and the family's boot codes follow.
                 cfun = self.settings.cfun
                 self.settings = _Settings()
                 self.settings.cfun = cfun
+                self.memory = self.traits.memories[0]
+                asyncio.get_running_loop().call_later(BOOT_URC_DELAY_S, self._boot_urcs)
             if self.can_receive() and self.on_space is not None:
                 self.on_space()
             return [], "OK"
@@ -529,6 +587,9 @@ class SimModem:
             ], "OK"
         return [], self._error(4)
 
+    def _memory_list(self) -> str:
+        return "(" + ",".join(f'"{m}"' for m in self.traits.memories) + ")"
+
     def _cpms_counts(self) -> str:
         used, total = len(self.storage), self.capacity
         return f"{used},{total},{used},{total},{used},{total}"
@@ -536,11 +597,15 @@ class SimModem:
     def _storage_command(self, body: str) -> tuple[list[str], str]:
         if body == "+CPMS?":
             used, total = len(self.storage), self.capacity
-            return [f'+CPMS: "SM",{used},{total},"SM",{used},{total},"SM",{used},{total}'], "OK"
+            mem = self.memory
+            return [
+                f'+CPMS: "{mem}",{used},{total},"{mem}",{used},{total},"{mem}",{used},{total}'
+            ], "OK"
         if body.startswith("+CPMS="):
             memories = re.findall(r'"([A-Z]+)"', body)
-            if not memories or any(m != "SM" for m in memories):
+            if not memories or any(m not in self.traits.memories for m in memories):
                 return [], self._error(302, cms=True)
+            self.memory = memories[-1]  # where received texts go (<mem3>)
             return [f"+CPMS: {self._cpms_counts()}"], "OK"
         if body.startswith("+CMGL"):
             match = re.fullmatch(r"\+CMGL(?:=([0-4]))?", body)
@@ -613,6 +678,7 @@ class SimModem:
             "pty": self.pty_name if self.plugged else None,
             "plugged": self.plugged,
             "fault": self.fault.value,
+            "profile": self.profile.value,
             "stored": len(self.storage),
             "capacity": self.capacity,
             "reads": {str(uid): count for uid, count in self.read_log.items()},
