@@ -153,8 +153,8 @@ class GammuPhone(TestPhoneDriver):
         self.connect_timeout_s = connect_timeout_s
         self.state_machine = state_machine
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        # The call the worker is running; one that timed out and is still running means
-        # the worker is stuck in gammu: nothing more is queued behind it.
+        # A call that timed out: while it still runs, the worker is stuck in gammu and
+        # nothing more is queued behind it.
         self._running: concurrent.futures.Future[Any] | None = None
         self._fds: set[int] = set()
         self._tty = ""
@@ -178,7 +178,6 @@ class GammuPhone(TestPhoneDriver):
             self.consecutive_timeouts += 1
             raise CommandTimeout("gammu is still in a call that timed out; the modem is hung")
         running = self._executor.submit(fn, *args, **kwargs)
-        self._running = running
         outcome = asyncio.wrap_future(running)
         # A call given up on still ends (in error, once aborted): nobody awaits it then.
         outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -188,6 +187,7 @@ class GammuPhone(TestPhoneDriver):
             )
         except TimeoutError as exc:
             self.consecutive_timeouts += 1
+            self._running = running  # stuck in gammu: nothing is queued behind it
             raise CommandTimeout(f"gammu {getattr(fn, '__name__', fn)} timed out") from exc
         except gammu.GSMError as exc:
             name = type(exc).__name__
