@@ -171,6 +171,9 @@ class ModemManager:
             return False
         if (datetime.now(UTC) - self.first_sweep_at).total_seconds() < SWEEP_SETTLE_S:
             return False  # what the first sweep surfaced may still be being recorded
+        timed_out = self.driver.last_timeout_at if self.driver is not None else None
+        if timed_out is not None and timed_out >= start:
+            return False  # a late or lost reply may have been a receipt's (issue 18)
         return self.ready_throughout(max(start, self.first_ready_at))
 
     # ---- main loop ----------------------------------------------------------------------

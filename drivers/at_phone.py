@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import serial_asyncio_fast
 import structlog
 
 from drivers import pdu
-from drivers.at import ATError, ATProtocol, PortClosed, Reply
+from drivers.at import ATError, ATProtocol, CommandTimeout, PortClosed, Reply
 from drivers.base import (
     Identity,
     ModemHealth,
@@ -148,7 +149,11 @@ class ATPhone(TestPhoneDriver):
         self.stored.clear()
 
     async def command(self, command: str, expect: tuple[str, ...] = ()) -> Reply:
-        return await self.protocol.engine.command(command, self.command_timeout_s, expect)
+        try:
+            return await self.protocol.engine.command(command, self.command_timeout_s, expect)
+        except CommandTimeout:
+            self.last_timeout_at = datetime.now(UTC)
+            raise
 
     # ---- identity and health --------------------------------------------------------------
     async def identify(self) -> Identity:

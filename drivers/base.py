@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from drivers import pdu
@@ -168,6 +169,9 @@ class TestPhoneDriver(abc.ABC):
 
     def __init__(self, partial_timeout_s: float) -> None:
         self.stored = StoredMessages(partial_timeout_s)
+        # When a command last went unanswered in time: a modem that is late with its
+        # replies may miss a message without any state change to show for it.
+        self.last_timeout_at: datetime | None = None
 
     async def received(self) -> AsyncIterator[Received]:
         """Messages as they arrive: notified ones at once, the rest at the next sweep."""

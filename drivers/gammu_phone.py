@@ -188,6 +188,7 @@ class GammuPhone(TestPhoneDriver):
         except TimeoutError as exc:
             self.consecutive_timeouts += 1
             self._running = running  # stuck in gammu: nothing is queued behind it
+            self.last_timeout_at = datetime.now(UTC)
             raise CommandTimeout(f"gammu {getattr(fn, '__name__', fn)} timed out") from exc
         except gammu.GSMError as exc:
             name = type(exc).__name__
@@ -196,6 +197,7 @@ class GammuPhone(TestPhoneDriver):
                 raise PortClosed(f"gammu: {name}") from exc
             if name == "ERR_TIMEOUT":
                 self.consecutive_timeouts += 1
+                self.last_timeout_at = datetime.now(UTC)
                 raise CommandTimeout(f"gammu: {name}") from exc
             raise DriverError(f"gammu: {name}: {exc}") from exc
         self.consecutive_timeouts = 0
