@@ -113,6 +113,7 @@ class _Settings:
     cops_format: int = 2
     cfun: int = 1
     s_registers: dict[int, int] = field(default_factory=dict)
+    curc: int = 1  # Huawei: periodic status codes on (AT^CURC=0 turns them off)
 
 
 @dataclass(slots=True)
@@ -278,8 +279,9 @@ class SimModem:
                 self._urc(f"+CMT: ,{tpdu_len}\r\n{raw.hex().upper()}")
                 # Routed to the terminal, not stored (27.005 3.4.1, <mt>=2).
                 del self.storage[index]
-        for line in self.traits.delivery_urcs:
-            self._urc(line)
+        if self.settings.curc:
+            for line in self.traits.delivery_urcs:
+                self._urc(line)
         return True
 
     def inbox(self) -> list[dict[str, Any]]:
@@ -433,6 +435,14 @@ class SimModem:
     def _execute_one(self, command: str) -> tuple[list[str], str]:
         upper = command.upper()
         body = upper[2:]
+        if self.profile == ModemProfile.HUAWEI and body.startswith("^CURC"):
+            # gammu and ModemManager switch Huawei's periodic codes off with AT^CURC=0.
+            if body == "^CURC?":
+                return [f"^CURC: {self.settings.curc}"], "OK"
+            if body in ("^CURC=0", "^CURC=1"):
+                self.settings.curc = int(body[-1])
+                return [], "OK"
+            return [], self._error(4)
         match = re.fullmatch(r"S([0-9]{1,2})(=([0-9]{1,3})|\?)", body)
         if match:
             register = int(match.group(1))
