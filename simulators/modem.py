@@ -443,6 +443,9 @@ class SimModem:
                 self.settings.curc = int(body[-1])
                 return [], "OK"
             return [], self._error(4)
+        if self.profile == ModemProfile.HUAWEI and body.startswith("^PORTSEL"):
+            # Which port carries the unsolicited codes (gammu selects this one).
+            return ([], "OK") if body in ("^PORTSEL=0", "^PORTSEL=1") else ([], self._error(4))
         match = re.fullmatch(r"S([0-9]{1,2})(=([0-9]{1,3})|\?)", body)
         if match:
             register = int(match.group(1))
