@@ -100,6 +100,7 @@ class StoredMessage:
     pdu: bytes
     read: bool = False
     reads: int = 0
+    memory: str = "SM"  # the storage it was put in (<mem3> when it arrived)
 
 
 @dataclass(slots=True)
@@ -148,7 +149,7 @@ class SimModem:
         self.late_delay_s = late_delay_s
         self.profile = profile
         self.traits = PROFILES[profile]
-        self.memory = self.traits.memories[0]
+        self.memory = self.read_memory = self.traits.memories[0]
         self._late_until = 0.0
         self.on_space = on_space
         self.fault = ModemFault.OK
@@ -205,7 +206,7 @@ class SimModem:
         loop.add_reader(master, self._on_readable)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"modem-{self.name}")
-        self.memory = self.traits.memories[0]
+        self.memory = self.read_memory = self.traits.memories[0]
         self._boot_urcs()
         log.info("modem plugged", modem=self.name, pty=name, path=str(self.stable_path))
 
@@ -268,7 +269,7 @@ class SimModem:
         for raw in pdus:
             index = next(i for i in range(1, self.capacity + 1) if i not in self.storage)
             self._uid += 1
-            self.storage[index] = StoredMessage(self._uid, raw)
+            self.storage[index] = StoredMessage(self._uid, raw, memory=self.memory)
             self.counters.delivered += 1
             mode, mt = self.settings.cnmi[0], self.settings.cnmi[1]
             if mode and mt == 1:
@@ -510,7 +511,7 @@ class SimModem:
                 cfun = self.settings.cfun
                 self.settings = _Settings()
                 self.settings.cfun = cfun
-                self.memory = self.traits.memories[0]
+                self.memory = self.read_memory = self.traits.memories[0]
                 asyncio.get_running_loop().call_later(BOOT_URC_DELAY_S, self._boot_urcs)
             if self.can_receive() and self.on_space is not None:
                 self.on_space()
@@ -604,12 +605,19 @@ class SimModem:
         return "(" + ",".join(f'"{m}"' for m in self.traits.memories) + ")"
 
     def _cpms_counts(self) -> str:
-        used, total = len(self.storage), self.capacity
+        used, total = len(self._visible()), self.capacity
         return f"{used},{total},{used},{total},{used},{total}"
 
+    def _visible(self) -> dict[int, StoredMessage]:
+        """What the read memory holds ("MT" is SIM and phone memory together)."""
+        if self.read_memory == "MT":
+            return self.storage
+        return {i: m for i, m in self.storage.items() if m.memory == self.read_memory}
+
     def _storage_command(self, body: str) -> tuple[list[str], str]:
+        visible = self._visible()
         if body == "+CPMS?":
-            used, total = len(self.storage), self.capacity
+            used, total = len(visible), self.capacity
             mem = self.memory
             return [
                 f'+CPMS: "{mem}",{used},{total},"{mem}",{used},{total},"{mem}",{used},{total}'
@@ -618,7 +626,9 @@ class SimModem:
             memories = re.findall(r'"([A-Z]+)"', body)
             if not memories or any(m not in self.traits.memories for m in memories):
                 return [], self._error(302, cms=True)
-            self.memory = memories[-1]  # where received texts go (<mem3>)
+            self.read_memory = memories[0]  # what CMGL/CMGR/CMGD act on (<mem1>)
+            if len(memories) >= 3:
+                self.memory = memories[2]  # where received texts go (<mem3>)
             return [f"+CPMS: {self._cpms_counts()}"], "OK"
         if body.startswith("+CMGL"):
             match = re.fullmatch(r"\+CMGL(?:=([0-4]))?", body)
@@ -627,8 +637,8 @@ class SimModem:
             wanted = int(match.group(1) or 0)
             self.counters.cmgl += 1
             lines: list[str] = []
-            for index in sorted(self.storage):
-                stored = self.storage[index]
+            for index in sorted(visible):
+                stored = visible[index]
                 stat = 1 if stored.read else 0
                 if wanted not in (4, stat):
                     continue
@@ -644,7 +654,7 @@ class SimModem:
             self.counters.cmgr += 1
             if not 1 <= index <= self.capacity:
                 return [], self._error(321, cms=True)
-            found = self.storage.get(index)
+            found = visible.get(index)
             if found is None:
                 return [], "OK"
             stat = 1 if found.read else 0
@@ -655,17 +665,18 @@ class SimModem:
             return [], self._error(4)
         index, flag = int(match.group(1)), int(match.group(2) or 0)
         if flag == 4:
-            freed = len(self.storage)
-            self.storage.clear()
+            freed = len(visible)
+            for i in visible:
+                del self.storage[i]
         elif flag in (1, 2, 3):
-            doomed = [i for i, s in self.storage.items() if s.read]
+            doomed = [i for i, s in visible.items() if s.read]
             for i in doomed:
                 del self.storage[i]
             freed = len(doomed)
         else:
             if not 1 <= index <= self.capacity:
                 return [], self._error(321, cms=True)
-            freed = 1 if self.storage.pop(index, None) is not None else 0
+            freed = 1 if index in visible and self.storage.pop(index, None) is not None else 0
         self.counters.deleted += freed
         if freed and self.on_space is not None:
             self.on_space()
