@@ -15,10 +15,16 @@ import sys
 import time
 import tracemalloc
 from datetime import UTC, datetime
+from pathlib import Path
 
-from drivers import pdu, wap
+from drivers import gsm7, pdu, wap
 from drivers.at import ATProtocol
 from drivers.errors import PduError
+
+# The real-world vectors live with their citations in the unit tests; the repository root
+# is on the path when this runs as `python bench/fuzz_codec.py`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.unit import test_pdu_vectors as vectors
 
 WHEN = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -34,6 +40,24 @@ def seeds() -> list[bytes]:
         ),
         *pdu.encode_wap_push("+821012345678", wap.encode_notification(note), WHEN, reference=5),
         pdu.encode_status_report("01012345678", 9, WHEN, WHEN, status=0, smsc="+8210"),
+        *pdu.encode_deliver(
+            "0212345678", "한줄로 KSC5601 " * 12, WHEN, reference=6, encoding=pdu.Encoding.KSC5601
+        ),
+        # Real-world forms (tests/unit/test_pdu_vectors.py cites them): an empty-Subject
+        # notification, a Service Indication part, a 16-bit-reference notification part,
+        # a class-3 text, a 1999 timestamp with an 0xC8 sender.
+        *(
+            bytes.fromhex(v)
+            for v in (
+                vectors.GAMMU_40,
+                vectors.GAMMU_33,
+                vectors.GAMMU_42,
+                vectors.GAMMU_09,
+                vectors.GAMMU_32,
+                *vectors.MESSAGING_MMS,
+                *vectors.MESSAGING_SI,
+            )
+        ),
     ]
 
 
@@ -74,6 +98,9 @@ def one(rng: random.Random, pool: list[bytes], joiner: pdu.Reassembler, at: ATPr
         pass
     with contextlib.suppress(PduError):
         wap.decode_push(data)
+    with contextlib.suppress(PduError):
+        wap.content_type(data)
+    gsm7.decode(list(data[:40]))
     at.data_received(data)
 
 

@@ -317,6 +317,9 @@ class LoggingSection(_Section):
 
 class CarrierNetworkConfig(_Section):
     latency_s: tuple[SecondsOrZero, SecondsOrZero] = (1.0, 4.0)
+    # How the simulated carrier hands a handset a text GSM 7-bit cannot carry: "ucs2",
+    # or "ksc5601" (DCS 0x84, EUC-KR, as Korean carriers do) when the text fits EUC-KR.
+    korean_encoding: Literal["ucs2", "ksc5601"] = "ucs2"
     failure_rate: float = Field(default=0.02, ge=0, le=1)
     failure_codes: list[int] = [7, 8, 9]
     block_keywords: list[str] = []
@@ -352,6 +355,12 @@ class SimModemsSection(_Section):
     storage_capacity: int = Field(default=30, ge=1, le=255)
     smsc: str = "+821000000000"
     slow_delay_s: Seconds = 1.5
+    # The `late` fault: replies this long after their command (past the drivers' timeout).
+    late_delay_s: Seconds = 3.0
+    # The modem family every simulated modem plays ("generic", "huawei", "quectel",
+    # "simcom"); `profiles` overrides it per modem label.
+    profile: Literal["generic", "huawei", "quectel", "simcom"] = "generic"
+    profiles: dict[str, Literal["generic", "huawei", "quectel", "simcom"]] = {}
 
 
 class SimulatorSection(_Section):

@@ -198,6 +198,9 @@ class ModemManager:
         """
         if self.first_ready_at is None or self.storage_read_at is None:
             return False
+        timed_out = self.driver.last_timeout_at if self.driver is not None else None
+        if timed_out is not None and timed_out >= start:
+            return False  # a late or lost reply may have been a receipt's (issue 18)
         return self.ready_throughout(max(start, self.first_ready_at))
 
     def request_read(self) -> None:

@@ -6,7 +6,10 @@ to the one command in flight (its waiter is registered before the command is
 written, each command has its own timeout) and hands unsolicited result codes
 to the listeners registered for their prefix. Whether a line is a reply or a
 notification is decided by its prefix and the command in flight, never by
-timing. :class:`ATProtocol` connects the engine to an asyncio transport
+timing. After a command times out its reply may still come: the engine then
+resynchronises (:meth:`ATEngine._resync`) before it writes anything else, so a
+late reply is drained and can never be taken for the next command's.
+:class:`ATProtocol` connects the engine to an asyncio transport
 (serial_asyncio_fast in production, an in-process pair in tests).
 """
 
@@ -46,8 +49,23 @@ URC_PREFIXES = (
     "^RSSI",
     "+CREG:",
     "^SIMST",
+    # Boot and status codes of the modem families in docs/test-phones.md.
+    "^SRVST",
+    "^SYSINFO",
+    "+QIND:",
+    "SMS Ready",
+    "SMS DONE",
+    "PB DONE",
+    "Call Ready",
 )
 _HEX_LINE = re.compile(r"^[0-9A-Fa-f]+$")
+# The resynchronisation marker: S7 (wait for carrier, V.250 6.3.4) is set to a fresh value
+# and read back in one command line; only that value followed by OK ends the drain. S7
+# matters for data calls only, which a test phone never makes.
+MARKER_REGISTER = 7
+MARKER_VALUES = 255  # S7 accepts 1-255 on every modem family we know
+# A resync may wait this many command timeouts: a slow modem first finishes what it was doing.
+RESYNC_TIMEOUT_FACTOR = 3
 
 
 class ATError(DriverError):
@@ -129,6 +147,29 @@ class _InFlight:
     pdu_may_follow: bool = False
 
 
+@dataclass(slots=True)
+class _Resync:
+    marker: int
+    future: asyncio.Future[None]
+    seen_value: bool = False
+    drained: int = 0
+
+    def take(self, line: str) -> bool:
+        """True when `line` belongs to the drain (stale or the marker's own reply)."""
+        if line.isdigit() and len(line) <= 3 and int(line) == self.marker:
+            self.seen_value = True
+            return True
+        if self.seen_value and line in _FINAL_OK:
+            if not self.future.done():
+                self.future.set_result(None)
+            return True
+        self.seen_value = False
+        if line.startswith(URC_PREFIXES):
+            return False  # notifications still reach their listeners
+        self.drained += 1
+        return True
+
+
 Listener = Callable[[str, str | None], None]
 
 
@@ -141,10 +182,16 @@ class ATEngine:
         self._inflight: _InFlight | None = None
         self._listeners: list[tuple[str, Listener]] = []
         self._pdu_urc: str | None = None
+        self._resync_state: _Resync | None = None
+        self._marker = 0
         self.closed: BaseException | None = None
         self.timeouts = 0
         self.consecutive_timeouts = 0
         self.ignored_lines = 0
+        # True from a command's timeout (or cancellation) until a resync succeeded.
+        self.desynced = False
+        self.resyncs = 0
+        self.drained_lines = 0
 
     def add_listener(self, prefix: str, listener: Listener) -> Callable[[], None]:
         """Call `listener(line, pdu)` for every URC starting with `prefix`; returns a remover."""
@@ -161,6 +208,8 @@ class ATEngine:
         async with self._lock:
             if self.closed is not None:
                 raise PortClosed(f"port closed: {self.closed}")
+            if self.desynced:
+                await self._resync(timeout_s * RESYNC_TIMEOUT_FACTOR, command)
             loop = asyncio.get_running_loop()
             inflight = _InFlight(command, expect, loop.create_future())
             self._inflight = inflight  # the waiter exists before the bytes leave
@@ -173,10 +222,40 @@ class ATEngine:
                 raise CommandTimeout(f"{command}: no final result within {timeout_s}s") from exc
             finally:
                 self._inflight = None
+                if not inflight.future.done():
+                    # Timed out or cancelled: its reply may still come; drain it first.
+                    self.desynced = True
             self.consecutive_timeouts = 0
         if _FINAL_ERROR.match(reply.final):
             raise ATError(command, reply.final)
         return reply
+
+    async def _resync(self, timeout_s: float, before: str) -> None:
+        """Write a marker command and drop every line until the marker's own reply.
+
+        The modem answers commands in order, so whatever a timed-out command still
+        says arrives before the marker's value; it is drained, never matched. Raises
+        :class:`CommandTimeout` (the modem is still not answering) and stays desynced.
+        """
+        self._marker = self._marker % MARKER_VALUES + 1
+        marker = self._marker
+        state = _Resync(marker, asyncio.get_running_loop().create_future())
+        self._resync_state = state
+        try:
+            self._write(f"ATS{MARKER_REGISTER}={marker};S{MARKER_REGISTER}?\r".encode("latin-1"))
+            await asyncio.wait_for(asyncio.shield(state.future), timeout_s)
+        except TimeoutError as exc:
+            self.timeouts += 1
+            self.consecutive_timeouts += 1
+            raise CommandTimeout(
+                f"{before}: not sent, the modem did not resynchronise within {timeout_s}s"
+            ) from exc
+        finally:
+            self._resync_state = None
+            self.drained_lines += state.drained
+        self.desynced = False
+        self.resyncs += 1
+        log.info("AT engine resynchronised", drained_lines=state.drained, marker=marker)
 
     def on_line(self, line: str) -> None:
         if self._pdu_urc is not None:
@@ -185,6 +264,9 @@ class ATEngine:
                 self._dispatch(urc, line)
                 return
             self._dispatch(urc, None)
+        resync = self._resync_state
+        if resync is not None and resync.take(line):
+            return
         inflight = self._inflight
         if inflight is not None and not inflight.future.done():
             if line == inflight.command or line.upper() == inflight.command.upper():
@@ -225,6 +307,8 @@ class ATEngine:
         self.closed = reason
         if self._inflight is not None and not self._inflight.future.done():
             self._inflight.future.set_exception(PortClosed(str(reason)))
+        if self._resync_state is not None and not self._resync_state.future.done():
+            self._resync_state.future.set_exception(PortClosed(str(reason)))
 
 
 class ATProtocol(asyncio.Protocol):

@@ -12,19 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 import serial_asyncio_fast
 import structlog
 
 from drivers import pdu
-from drivers.at import ATError, ATProtocol, PortClosed, Reply
+from drivers.at import ATError, ATProtocol, CommandTimeout, PortClosed, Reply
 from drivers.base import (
     Identity,
     ModemHealth,
     Registration,
     SimState,
     TestPhoneDriver,
+    raise_if_cancelling,
 )
 from drivers.errors import DriverError, PduError
 
@@ -38,10 +40,12 @@ INIT_COMMANDS = (
     "ATE0",
     "AT+CMEE=1",
     "AT+CMGF=0",
-    'AT+CPMS="SM","SM","SM"',
     "AT+CNMI=2,1,0,0,0",
     "AT+COPS=3,2",
 )
+# SIM storage first; a modem without it (a Huawei stick keeps texts in "ME") gets the
+# first memory its AT+CPMS=? offers.
+PREFERRED_MEMORY = "SM"
 # How often incomplete concatenated messages are checked for expiry.
 EXPIRE_CHECK_S = 1.0
 
@@ -105,9 +109,27 @@ class ATPhone(TestPhoneDriver):
         # The adapter calls connection_made on the next loop iteration.
         await asyncio.wait_for(self._protocol.connected.wait(), self.command_timeout_s)
         self._protocol.engine.add_listener("+CMTI:", self._on_cmti)
-        for command in INIT_COMMANDS:
+        self._protocol.engine.add_listener("+CMT:", self._on_cmt)
+        for command in INIT_COMMANDS[:3]:
+            await self.command(command)
+        await self._choose_memory()
+        for command in INIT_COMMANDS[3:]:
             await self.command(command)
         self._reader = asyncio.create_task(self._read_notified(), name=f"at-read-{self.device}")
+
+    async def _choose_memory(self) -> None:
+        memory = PREFERRED_MEMORY
+        try:
+            await self.command(f'AT+CPMS="{memory}","{memory}","{memory}"', ("+CPMS:",))
+            return
+        except ATError:
+            offered = (await self.command("AT+CPMS=?", ("+CPMS:",))).value("+CPMS:") or ""
+        match = re.search(r'"([A-Z]{2})"', offered)
+        if match is None:
+            raise DriverError(f"the modem offers no message storage (AT+CPMS=? -> {offered!r})")
+        memory = match.group(1)
+        await self.command(f'AT+CPMS="{memory}","{memory}","{memory}"', ("+CPMS:",))
+        log.info("message storage chosen", memory=memory, device=self.device)
 
     async def close(self) -> None:
         reader, self._reader = self._reader, None
@@ -127,7 +149,11 @@ class ATPhone(TestPhoneDriver):
         self.stored.clear()
 
     async def command(self, command: str, expect: tuple[str, ...] = ()) -> Reply:
-        return await self.protocol.engine.command(command, self.command_timeout_s, expect)
+        try:
+            return await self.protocol.engine.command(command, self.command_timeout_s, expect)
+        except CommandTimeout:
+            self.last_timeout_at = time.monotonic()
+            raise
 
     # ---- identity and health --------------------------------------------------------------
     async def identify(self) -> Identity:
@@ -171,6 +197,18 @@ class ATPhone(TestPhoneDriver):
         if match:
             self._indices.put_nowait(int(match.group(1)))
 
+    def _on_cmt(self, _line: str, hex_pdu: str | None) -> None:
+        """A text routed straight to us (CNMI <mt>=2): not stored, nothing to delete."""
+        if hex_pdu is None:
+            return
+        try:
+            part = pdu.decode(hex_pdu)
+        except PduError as exc:
+            log.warning("undecodable +CMT PDU dropped", error=str(exc))
+            return
+        if isinstance(part, pdu.Deliver):
+            self.stored.add_direct(hex_pdu.upper(), part)
+
     async def _read_notified(self) -> None:
         while True:
             try:
@@ -178,6 +216,8 @@ class ATPhone(TestPhoneDriver):
             except TimeoutError:
                 self.stored.expire()
                 continue
+            finally:
+                raise_if_cancelling()
             if self.stored.knows(index):
                 continue
             try:
@@ -187,14 +227,44 @@ class ATPhone(TestPhoneDriver):
                     "read after +CMTI failed; the sweep will find it", index=index, error=str(exc)
                 )
                 continue
-            for _, hex_pdu in _pdu_lines(reply, "+CMGR:"):
+            for header, hex_pdu in _pdu_lines(reply, "+CMGR:"):
+                if self.stored.knows(index, hex_pdu):
+                    continue  # a sweep read it while this read waited for the port
+                if not self._trusted(index, header, hex_pdu):
+                    continue
                 self._take(index, hex_pdu, "cmti")
+
+    def _trusted(self, index: int, header: str, hex_pdu: str) -> bool:
+        """Whether a ``+CMGR`` reply can be this index's message.
+
+        ``+CMGR`` does not repeat the index (3GPP TS 27.005 3.4.3), so the engine's
+        resynchronisation is what binds a reply to its command; a reply whose declared
+        length is not its PDU's, or whose PDU another index already holds, is left to
+        the sweep, whose ``+CMGL`` lines name their index.
+        """
+        declared = header.rsplit(",", 1)[-1].strip()
+        if not declared.isdigit() or int(declared) != _tpdu_length(hex_pdu):
+            log.warning("read reply does not match its header; left to the sweep", index=index)
+            return False
+        other = self.stored.held_elsewhere(index, hex_pdu)
+        if other is not None:
+            log.warning(
+                "read reply is another index's message; left to the sweep",
+                index=index,
+                holder=other,
+            )
+            return False
+        return True
 
     async def sweep(self) -> int:
         reply = await self.command("AT+CMGL=4", ("+CMGL:",))
         found = 0
         for header, hex_pdu in _pdu_lines(reply, "+CMGL:"):
-            index = int(header.split(",")[0])
+            first = header.split(",")[0].strip()
+            if not first.isdigit():
+                log.warning("listing line without an index skipped", header=header[:40])
+                continue
+            index = int(first)
             if self.stored.knows(index, hex_pdu):
                 continue
             self._take(index, hex_pdu, "sweep")
@@ -221,6 +291,22 @@ class ATPhone(TestPhoneDriver):
             self.stored.forget(index)
 
 
+def _trim_padding(header: str, hex_pdu: str) -> str:
+    """Drop the trailing ``FF`` octets some modems print past the declared length."""
+    declared = header.rsplit(",", 1)[-1].strip()
+    if not declared.isdigit():
+        return hex_pdu
+    extra = _tpdu_length(hex_pdu) - int(declared)
+    if extra > 0 and hex_pdu.endswith("FF" * extra):
+        return hex_pdu[: -2 * extra]
+    return hex_pdu
+
+
+def _tpdu_length(hex_pdu: str) -> int:
+    """Octets after the SMSC address: what +CMGR/+CMGL declare as the length."""
+    return len(hex_pdu) // 2 - int(hex_pdu[:2], 16) - 1
+
+
 def _pdu_lines(reply: Reply, prefix: str) -> list[tuple[str, str]]:
     """(header after the prefix, hex PDU) pairs; noise lines between them are skipped."""
     pairs: list[tuple[str, str]] = []
@@ -229,6 +315,6 @@ def _pdu_lines(reply: Reply, prefix: str) -> list[tuple[str, str]]:
         if line.startswith(prefix):
             header = line[len(prefix) :].strip()
         elif header is not None and re.fullmatch(r"[0-9A-Fa-f]+", line) and len(line) % 2 == 0:
-            pairs.append((header, line.upper()))
+            pairs.append((header, _trim_padding(header, line.upper())))
             header = None
     return pairs

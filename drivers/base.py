@@ -20,6 +20,18 @@ from drivers import pdu
 from drivers.pdu import Message
 
 
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that Python 3.11's ``asyncio.wait_for`` swallowed.
+
+    When the awaited item is ready in the same loop turn as the cancel, 3.11's
+    ``wait_for`` returns the item and drops the ``CancelledError``; a reader loop
+    around it would then never stop and ``close()`` would wait for it forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class SimState(StrEnum):
     READY = "ready"
     PIN_REQUIRED = "pin-required"
@@ -86,7 +98,7 @@ class Received:
     message: Message | None
     indices: tuple[int, ...]
     raw: tuple[str, ...]  # the parts' PDUs in hex, as the modem printed them
-    via: str  # "cmti" (notified) or "sweep" (found by listing the storage)
+    via: str  # "cmti" (notified), "cmt" (routed to us, not stored) or "sweep" (listed)
     error: str = ""
 
 
@@ -101,7 +113,7 @@ class StoredMessages:
     def __init__(self, partial_timeout_s: float) -> None:
         self.reassembler = pdu.Reassembler(partial_timeout_s)
         self._known: dict[int, str] = {}
-        self._homes: dict[int, tuple[int, str, str]] = {}
+        self._homes: dict[int, tuple[int | None, str, str]] = {}
         self._out: asyncio.Queue[Received] = asyncio.Queue()
         # Messages surfaced so far: the caller counts what it consumed against this.
         self.emitted = 0
@@ -109,6 +121,13 @@ class StoredMessages:
     def knows(self, index: int, raw: str | None = None) -> bool:
         """True when `index` was read (and, given `raw`, still holds that PDU)."""
         return index in self._known and (raw is None or self._known[index] == raw)
+
+    def held_elsewhere(self, index: int, raw: str) -> int | None:
+        """Another index already known to hold exactly `raw` (a read that is not index's)."""
+        for other, known in self._known.items():
+            if other != index and known == raw:
+                return other
+        return None
 
     def add(self, index: int, raw: str, part: pdu.Deliver | None, via: str) -> None:
         """Record a stored PDU; `part` is None for one that is kept but not surfaced."""
@@ -125,17 +144,23 @@ class StoredMessages:
         self.emitted += 1
         self._out.put_nowait(Received(None, (index,), (raw,), via, error))
 
+    def add_direct(self, raw: str, part: pdu.Deliver) -> None:
+        """A part delivered without storage (``+CMT``): surfaced, never deleted."""
+        self._homes[id(part)] = (None, raw, "cmt")
+        for message in self.reassembler.add(part, time.monotonic()):
+            self._emit(message)
+
     def expire(self) -> None:
         for message in self.reassembler.expire(time.monotonic()):
             self._emit(message)
 
     def _emit(self, message: pdu.Message) -> None:
         homes = [self._homes.pop(id(p)) for p in message.parts]
-        via = "cmti" if all(h[2] == "cmti" for h in homes) else "sweep"
+        vias = {h[2] for h in homes}
+        via = vias.pop() if len(vias) == 1 and vias <= {"cmti", "cmt"} else "sweep"
+        stored = tuple(h[0] for h in homes if h[0] is not None)
         self.emitted += 1
-        self._out.put_nowait(
-            Received(message, tuple(h[0] for h in homes), tuple(h[1] for h in homes), via)
-        )
+        self._out.put_nowait(Received(message, stored, tuple(h[1] for h in homes), via))
 
     def forget(self, index: int) -> None:
         self._known.pop(index, None)
@@ -155,6 +180,9 @@ class TestPhoneDriver(abc.ABC):
 
     def __init__(self, partial_timeout_s: float) -> None:
         self.stored = StoredMessages(partial_timeout_s)
+        # When a command last went unanswered in time: a modem that is late with its
+        # replies may miss a message without any state change to show for it.
+        self.last_timeout_at: float | None = None  # monotonic
 
     async def received(self) -> AsyncIterator[Received]:
         """Messages as they arrive: notified ones at once, the rest at the next sweep."""

@@ -15,7 +15,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
+import os
 import tempfile
+import termios
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +36,7 @@ from drivers.base import (
     Registration,
     SimState,
     TestPhoneDriver,
+    raise_if_cancelling,
 )
 from drivers.errors import DriverError, PduError
 
@@ -39,6 +44,8 @@ log = structlog.get_logger("drivers.gammu_phone")
 
 # How often gammu is given the chance to read URCs (its callback fires inside ReadDevice).
 PUMP_INTERVAL_S = 0.1
+# How long close() lets gammu's Terminate talk to a modem that still answers.
+TERMINATE_TIMEOUT_FACTOR = 2
 _T = TypeVar("_T")
 
 _NETWORK_STATE = {
@@ -64,6 +71,47 @@ _GONE = (
     "ERR_DEVICEBUSY",
     "ERR_DEVICENODRIVER",
 )
+
+
+def _device_fds(device: str) -> set[int]:
+    """This process's descriptors open on `device` (resolved: a stable symlink names a pty)."""
+    target = os.path.realpath(device)
+    found: set[int] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{name}") == target:
+                    found.add(int(name))
+    return found
+
+
+def _break_descriptors(fds: set[int], target: str) -> int:
+    """Swap each of gammu's tty descriptors for a broken pipe; how many were swapped.
+
+    The tty (and gammu's exclusive lock on it) is released at once, and a worker stuck
+    in a call to a hung modem fails its next read or write instead of waiting it out
+    (a pipe whose reader is gone: writes get EPIPE, reads of a write end get EBADF).
+    A descriptor that no longer names the tty (gammu closed it, the number was reused)
+    is left alone.
+    """
+    swapped = 0
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") != target:
+                    continue
+            except OSError:
+                continue
+            # gammu set TIOCEXCL; the tty keeps it while anyone else holds it open.
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(fd, termios.TIOCNXCL)
+            os.dup2(writer, fd)
+            swapped += 1
+    finally:
+        os.close(writer)
+    return swapped
 
 
 def part_from_gammu(sms: dict[str, Any]) -> pdu.Deliver:
@@ -98,12 +146,20 @@ class GammuPhone(TestPhoneDriver):
         command_timeout_s: float = 2.0,
         partial_timeout_s: float = 120.0,
         connect_timeout_s: float = 30.0,
+        state_machine: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__(partial_timeout_s)
         self.device = device
         self.command_timeout_s = command_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.state_machine = state_machine
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # A call that timed out: while it still runs, the worker is stuck in gammu and
+        # nothing more is queued behind it.
+        self._running: concurrent.futures.Future[Any] | None = None
+        self._fds: set[int] = set()
+        self._tty = ""
+        self.abandoned_workers = 0
         self._sm: Any = None
         self._locations: asyncio.Queue[int] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,12 +175,21 @@ class GammuPhone(TestPhoneDriver):
     ) -> _T:
         if self._executor is None:
             raise PortClosed("gammu driver is not open")
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        if self._running is not None and not self._running.done():
+            self.consecutive_timeouts += 1
+            raise CommandTimeout("gammu is still in a call that timed out; the modem is hung")
+        running = self._executor.submit(fn, *args, **kwargs)
+        outcome = asyncio.wrap_future(running)
+        # A call given up on still ends (in error, once aborted): nobody awaits it then.
+        outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            result = await asyncio.wait_for(future, limit_s or self.command_timeout_s * 3)
+            result = await asyncio.wait_for(
+                asyncio.shield(outcome), limit_s or self.command_timeout_s * 3
+            )
         except TimeoutError as exc:
             self.consecutive_timeouts += 1
+            self._running = running  # stuck in gammu: nothing is queued behind it
+            self.last_timeout_at = time.monotonic()
             raise CommandTimeout(f"gammu {getattr(fn, '__name__', fn)} timed out") from exc
         except gammu.GSMError as exc:
             name = type(exc).__name__
@@ -133,6 +198,7 @@ class GammuPhone(TestPhoneDriver):
                 raise PortClosed(f"gammu: {name}") from exc
             if name == "ERR_TIMEOUT":
                 self.consecutive_timeouts += 1
+                self.last_timeout_at = time.monotonic()
                 raise CommandTimeout(f"gammu: {name}") from exc
             raise DriverError(f"gammu: {name}: {exc}") from exc
         self.consecutive_timeouts = 0
@@ -149,9 +215,15 @@ class GammuPhone(TestPhoneDriver):
             with tempfile.TemporaryDirectory(prefix="hanjullo-gammu-") as tmp:
                 rc = Path(tmp) / "gammurc"
                 rc.write_text(f"[gammu]\ndevice = {self.device}\nconnection = at\n")
-                sm = gammu.StateMachine()
+                sm = (self.state_machine or gammu.StateMachine)()
                 sm.ReadConfig(Filename=str(rc))
-            sm.Init()
+            before = _device_fds(self.device)
+            self._tty = os.path.realpath(self.device)
+            try:
+                sm.Init()
+            finally:
+                # What Init opened on the tty is gammu's: close() may have to break it.
+                self._fds = _device_fds(self.device) - before
             return sm
 
         self._sm = await self._call(connect, limit_s=self.connect_timeout_s)
@@ -176,13 +248,36 @@ class GammuPhone(TestPhoneDriver):
         self._tasks = []
         sm, self._sm = self._sm, None
         executor, self._executor = self._executor, None
+        running, self._running = self._running, None
+        fds, self._fds = self._fds, set()
         if executor is not None:
-            if sm is not None:
-                loop = asyncio.get_running_loop()
-                terminate = loop.run_in_executor(executor, sm.Terminate)
+            stuck = running is not None and not running.done()
+            if stuck:
+                # Terminate would only queue behind the stuck call: release the tty now
+                # and abort the call (gammu's Abort is the one thread-safe entry point);
+                # the old worker then ends with it.
+                _break_descriptors(fds, self._tty)
+                if sm is not None:
+                    with contextlib.suppress(gammu.GSMError):
+                        sm.Abort()
+            terminate = executor.submit(sm.Terminate) if sm is not None else None
+            if terminate is not None:
+                # After an abort both calls fail at once; a modem that answers is let go.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(terminate, self.command_timeout_s * 2)
-            executor.shutdown(wait=False, cancel_futures=True)
+                    await asyncio.wait_for(
+                        asyncio.shield(asyncio.wrap_future(terminate)),
+                        self.command_timeout_s * TERMINATE_TIMEOUT_FACTOR,
+                    )
+                if not terminate.done() and not stuck:
+                    _break_descriptors(fds, self._tty)  # the modem hung during Terminate
+                    with contextlib.suppress(gammu.GSMError):
+                        sm.Abort()
+                    stuck = True
+            if stuck:
+                self.abandoned_workers += 1
+                log.warning("gammu worker abandoned; its tty was released", device=self.device)
+            # The worker thread ends once its last call returns; a new one serves open().
+            executor.shutdown(wait=False, cancel_futures=False)
         self.stored.clear()
 
     async def _pump(self) -> None:
@@ -252,6 +347,8 @@ class GammuPhone(TestPhoneDriver):
             except TimeoutError:
                 self.stored.expire()
                 continue
+            finally:
+                raise_if_cancelling()
             if self.stored.knows(location):
                 continue
             try:

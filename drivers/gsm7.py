@@ -57,12 +57,21 @@ def encode(text: str) -> list[int]:
 
 
 def decode(septets: list[int]) -> str:
-    """Septets to text; an escape before an unknown code reads as a space (03.38 advice)."""
+    """Septets to text.
+
+    An escape before a code the extension table does not map reads as that code's
+    basic-table character (3GPP TS 23.038 6.2.1.1: "the receiving entity shall display
+    the character from the default alphabet"); two escapes in a row read as a space
+    (the reserved second escape, shown as a space as the spec advises).
+    """
     out: list[str] = []
     escaped = False
     for code in septets:
         if escaped:
-            out.append(_EXTENSION.get(code, " " if code != ESCAPE else ""))
+            if code == ESCAPE:
+                out.append(" ")
+            else:
+                out.append(_EXTENSION.get(code) or _BASIC[code & 0x7F])
             escaped = False
         elif code == ESCAPE:
             escaped = True

@@ -26,12 +26,24 @@ class Encoding(StrEnum):
     GSM7 = "gsm7"
     EIGHT_BIT = "8bit"
     UCS2 = "ucs2"
+    # DCS 0x84, a reserved coding group that Korean carriers use for KSC5601 (EUC-KR);
+    # AOSP's GSM SmsMessage.parseUserData decodes it so.
+    KSC5601 = "ksc5601"
+
+
+# The DCS Korean carriers send KSC5601 texts with.
+KSC5601_DCS = 0x84
+# cp949 is a superset of EUC-KR (KS X 1001): every EUC-KR text decodes the same.
+_KSC5601_CODEC = "cp949"
 
 
 class Kind(StrEnum):
     SMS = "sms"
     STATUS_REPORT = "status-report"
     MMS_NOTIFICATION = "mms-notification"
+    # A WAP push that is not an MMS notification (Service Indication/Loading, other):
+    # kept and recorded, never an LMS.
+    WAP_PUSH = "wap-push"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +192,9 @@ def _read_timestamp(reader: _Reader, what: str) -> datetime:
         if quarters > 79:
             raise ValueError("zone out of range")
         offset = timedelta(minutes=15 * quarters) * (-1 if tz_octet & 0x08 else 1)
-        return datetime(2000 + year, month, day, hour, minute, second, tzinfo=timezone(offset))
+        # Two-digit years: 90-99 are the 1990s, as gammu reads them (GSM predates 2000).
+        century = 1900 if year >= 90 else 2000
+        return datetime(century + year, month, day, hour, minute, second, tzinfo=timezone(offset))
     except ValueError as exc:
         raise PduError(f"{what} is not a valid date: {raw.hex().upper()}") from exc
 
@@ -234,6 +248,8 @@ def _parse_udh(udh: bytes) -> tuple[Concat | None, tuple[int, int] | None]:
 
 
 def _encoding_of(dcs: int) -> Encoding:
+    if dcs == KSC5601_DCS:
+        return Encoding.KSC5601
     group = dcs >> 4
     if group in (0x0, 0x1, 0x2, 0x3) or (group & 0xC) == 0x4:  # general data coding
         if dcs & 0x20 and group < 0x4:
@@ -258,6 +274,12 @@ def _decode_ucs2(data: bytes) -> str:
     # A lone surrogate (a pair split by a sender across parts) decodes as U+FFFD here;
     # the reassembler joins the raw bytes first, so a complete message is exact.
     return data.decode("utf-16-be", errors="replace")
+
+
+def decode_ksc5601(data: bytes) -> str:
+    # A two-byte character split by the sender across parts decodes as U+FFFD here;
+    # the reassembler joins the raw bytes first, as for UCS2.
+    return data.decode(_KSC5601_CODEC, errors="replace")
 
 
 # ---- decode --------------------------------------------------------------------------------
@@ -329,7 +351,12 @@ def _decode_deliver(reader: _Reader, centre: str, first: int) -> Deliver:
             header = raw[1 : 1 + raw[0]]
             raw = raw[1 + raw[0] :]
         data = raw
-        text = _decode_ucs2(raw) if encoding == Encoding.UCS2 else ""
+        if encoding == Encoding.UCS2:
+            text = _decode_ucs2(raw)
+        elif encoding == Encoding.KSC5601:
+            text = decode_ksc5601(raw)
+        else:
+            text = ""
     concat, ports = _parse_udh(header) if udhi else (None, None)
     if encoding == Encoding.EIGHT_BIT and ports is None:
         text = data.decode("latin-1")
@@ -346,7 +373,7 @@ def _decode_status_report(reader: _Reader, centre: str) -> StatusReport:
 
 
 # ---- encode --------------------------------------------------------------------------------
-_SINGLE = {Encoding.GSM7: 160, Encoding.UCS2: 140, Encoding.EIGHT_BIT: 140}
+_SINGLE = {Encoding.GSM7: 160, Encoding.UCS2: 140, Encoding.EIGHT_BIT: 140, Encoding.KSC5601: 140}
 
 
 def _ucs2_units(text: str) -> list[bytes]:
@@ -408,11 +435,13 @@ def encode_deliver(
             )
             for i, chunk in enumerate(chunks_7)
         ]
-    payload_units = (
-        _ucs2_units(text)
-        if encoding == Encoding.UCS2
-        else [bytes([b]) for b in text.encode("latin-1")]
-    )
+    if encoding == Encoding.UCS2:
+        payload_units = _ucs2_units(text)
+    elif encoding == Encoding.KSC5601:
+        # Per character, so a two-byte character never straddles two parts.
+        payload_units = [ch.encode("euc-kr") for ch in text]
+    else:
+        payload_units = [bytes([b]) for b in text.encode("latin-1")]
     payload = b"".join(payload_units)
     if len(payload) <= 140:
         return [_deliver(sender, timestamp, smsc, encoding, b"", data=payload)]
@@ -449,7 +478,12 @@ def _deliver(
     septets: list[int] | None = None,
     data: bytes = b"",
 ) -> bytes:
-    dcs = {Encoding.GSM7: 0x00, Encoding.EIGHT_BIT: 0x04, Encoding.UCS2: 0x08}[encoding]
+    dcs = {
+        Encoding.GSM7: 0x00,
+        Encoding.EIGHT_BIT: 0x04,
+        Encoding.UCS2: 0x08,
+        Encoding.KSC5601: KSC5601_DCS,
+    }[encoding]
     first = 0x04 | (0x40 if udh_body else 0)  # SMS-DELIVER, no more messages waiting
     out = bytearray(_encode_smsc(smsc))
     out.append(first)
@@ -573,7 +607,19 @@ def _join(parts: list[Deliver], complete: bool, missing: tuple[int, ...] = ()) -
     if first.is_wap_push:
         if not complete:
             return _undecoded(parts, missing)
-        note = wap.decode_push(b"".join(p.data for p in parts))
+        push = b"".join(p.data for p in parts)
+        if wap.content_type(push) != wap.MMS_CONTENT_TYPE:
+            return Message(
+                Kind.WAP_PUSH,
+                first.sender,
+                "",
+                first.timestamp,
+                first.encoding,
+                first.concat,
+                tuple(parts),
+                True,
+            )
+        note = wap.decode_push(push)
         sender = note.sender.split("/TYPE=")[0] if note.sender else first.sender
         return Message(
             Kind.MMS_NOTIFICATION,
@@ -597,6 +643,8 @@ def _join(parts: list[Deliver], complete: bool, missing: tuple[int, ...] = ()) -
     if first.encoding == Encoding.UCS2:
         # Join the raw UTF-16 first: a character may straddle two parts' boundary.
         text = _decode_ucs2(b"".join(p.data for p in parts))
+    elif first.encoding == Encoding.KSC5601:
+        text = decode_ksc5601(b"".join(p.data for p in parts))
     else:
         text = "".join(p.text for p in parts)
     return Message(

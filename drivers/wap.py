@@ -17,6 +17,16 @@ WAP_PUSH_PORT = 2948
 WAP_SOURCE_PORT = 9200
 _PUSH_PDU = 0x06
 _CT_MMS = 0x3E  # application/vnd.wap.mms-message
+MMS_CONTENT_TYPE = "application/vnd.wap.mms-message"
+# Well-known content types (WAP-230-WSP table 40) a push to a handset carries.
+_WELL_KNOWN_TYPES = {
+    0x2E: "application/vnd.wap.sic",  # Service Indication
+    0x30: "application/vnd.wap.slc",  # Service Loading
+    0x31: "application/vnd.wap.coc",  # Cache Operation
+    0x36: "application/vnd.wap.connectivity-wbxml",
+    0x3E: MMS_CONTENT_TYPE,
+    0x44: "application/vnd.syncml.notification",
+}
 _APP_ID = 0x2F  # X-Wap-Application-Id
 _APP_MMS_UA = 0x04  # x-wap-application:mms.ua
 
@@ -182,14 +192,41 @@ def _charset_text(raw: bytes, mib: int) -> str:
 
 def _encoded_string_value(reader: _Reader) -> str:
     first = reader.peek()
-    if first > 31:
+    if first > 31 or first == 0:
+        # A text string; a lone NUL is the empty one (MMSCs send an empty Subject so).
         return reader.text().decode("utf-8", errors="replace")
     length = reader.value_length()
     end = reader.pos + length
-    mib = reader.integer()
+    # A MIBenum needs at most two octets: a "long integer" longer than that is an MMSC
+    # writing the MIBenum without its short-integer flag (gammu's tests/at-sms/33.dump:
+    # 0x04 for latin-1).
+    mib = reader.byte() if 2 < reader.peek() < 0x80 else reader.integer()
     sub = _Reader(reader.take(end - reader.pos))
     raw = sub.text() if b"\x00" in sub.data else sub.data
     return _charset_text(raw, mib)
+
+
+def content_type(data: bytes) -> str:
+    """The content type a WSP push PDU declares ("" when it declares none we read).
+
+    Raises :class:`PduError` when `data` is not a WSP push at all.
+    """
+    reader = _Reader(data)
+    reader.byte()  # transaction id
+    if reader.byte() != _PUSH_PDU:
+        raise PduError("not a WSP push PDU")
+    headers = _Reader(reader.take(reader.uintvar()))
+    first = headers.peek()
+    if first & 0x80:
+        code = first & 0x7F
+        return _WELL_KNOWN_TYPES.get(code, f"0x{code:02x}")
+    if first <= 31:  # Content-general-form: value-length, then media type
+        headers.value_length()
+        first = headers.peek()
+        if first & 0x80:
+            code = first & 0x7F
+            return _WELL_KNOWN_TYPES.get(code, f"0x{code:02x}")
+    return headers.text().decode("latin-1").lower()
 
 
 def decode_push(data: bytes) -> MmsNotification:

@@ -29,7 +29,7 @@ from config.logs import setup_for
 from config.model import NodeConfig
 from config.names import Carrier
 from simulators.agent import AgentFault, SimAgent
-from simulators.modem import ModemFault, SimModem
+from simulators.modem import ModemFault, ModemProfile, SimModem
 from simulators.network import CarrierNetwork
 
 log = structlog.get_logger("sim")
@@ -57,6 +57,10 @@ class Simulator:
                     section.modems.slow_delay_s,
                     on_space=self._modem_space,
                     seed=section.seed + index,
+                    late_delay_s=section.modems.late_delay_s,
+                    profile=ModemProfile(
+                        section.modems.profiles.get(modem.label, section.modems.profile)
+                    ),
                 )
             )
         self.network = CarrierNetwork(config, self.modems, self.clock)

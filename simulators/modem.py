@@ -52,6 +52,48 @@ class ModemFault(StrEnum):
     SLOW = "slow"
     # The next AT+CMGD answers +CMS ERROR: 500 and deletes nothing; then back to ok.
     CMGD_FAIL_ONCE = "cmgd-fail-once"
+    LATE = "late"  # every reply comes `late_delay_s` after its command, in order
+
+
+class ModemProfile(StrEnum):
+    """Modem families whose AT dialects the simulator speaks (docs/test-phones.md)."""
+
+    GENERIC = "generic"
+    HUAWEI = "huawei"  # E3372 in stick mode
+    QUECTEL = "quectel"  # EC25
+    SIMCOM = "simcom"  # SIM7600
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileTraits:
+    manufacturer: str
+    model: str
+    memories: tuple[str, ...]  # what AT+CPMS offers; the first is where texts go by default
+    boot_urcs: tuple[str, ...]  # printed after power-up and after AT+CFUN=1,1
+    delivery_urcs: tuple[str, ...] = ()  # status codes the family prints unasked
+
+
+PROFILES = {
+    ModemProfile.GENERIC: ProfileTraits("Hanjullo Simulated Modems", "", ("SM",), ()),
+    ModemProfile.HUAWEI: ProfileTraits(
+        "huawei",
+        "E3372",
+        ("ME",),
+        ("^BOOT:12345678,0,0,0,72", "^SRVST: 2", "^MODE: 5,4", "^SIMST: 1"),
+        ("^RSSI: 20", "^MODE: 17,17"),
+    ),
+    ModemProfile.QUECTEL: ProfileTraits(
+        "Quectel", "EC25", ("SM", "ME", "MT"), ("RDY", "+CPIN: READY", "+QIND: SMS DONE")
+    ),
+    ModemProfile.SIMCOM: ProfileTraits(
+        "SIMCOM INCORPORATED",
+        "SIMCOM_SIM7600E-H",
+        ("SM", "ME"),
+        ("RDY", "+CPIN: READY", "SMS Ready", "PB DONE"),
+    ),
+}
+# Seconds after a reset's OK before the boot codes appear (the modem restarting).
+BOOT_URC_DELAY_S = 0.2
 
 
 @dataclass(slots=True)
@@ -60,6 +102,7 @@ class StoredMessage:
     pdu: bytes
     read: bool = False
     reads: int = 0
+    memory: str = "SM"  # the storage it was put in (<mem3> when it arrived)
 
 
 @dataclass(slots=True)
@@ -72,6 +115,8 @@ class _Settings:
     reg_n: dict[str, int] = field(default_factory=dict)  # CREG / CGREG / CEREG report mode
     cops_format: int = 2
     cfun: int = 1
+    s_registers: dict[int, int] = field(default_factory=dict)
+    curc: int = 1  # Huawei: periodic status codes on (AT^CURC=0 turns them off)
 
 
 @dataclass(slots=True)
@@ -93,6 +138,8 @@ class SimModem:
         slow_delay_s: float,
         on_space: Callable[[], None] | None = None,
         seed: int = 0,
+        late_delay_s: float = 3.0,
+        profile: ModemProfile = ModemProfile.GENERIC,
     ) -> None:
         self.config = modem
         self.name = modem.label
@@ -101,6 +148,11 @@ class SimModem:
         self.capacity = capacity
         self.smsc = smsc
         self.slow_delay_s = slow_delay_s
+        self.late_delay_s = late_delay_s
+        self.profile = profile
+        self.traits = PROFILES[profile]
+        self.memory = self.read_memory = self.traits.memories[0]
+        self._late_until = 0.0
         self.on_space = on_space
         self.fault = ModemFault.OK
         self.storage: dict[int, StoredMessage] = {}
@@ -156,7 +208,13 @@ class SimModem:
         loop.add_reader(master, self._on_readable)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name=f"modem-{self.name}")
+        self.memory = self.read_memory = self.traits.memories[0]
+        self._boot_urcs()
         log.info("modem plugged", modem=self.name, pty=name, path=str(self.stable_path))
+
+    def _boot_urcs(self) -> None:
+        for line in self.traits.boot_urcs:
+            self._urc(line)
 
     def unplug(self) -> None:
         """The USB device disappears: the pty closes and the stable path goes away."""
@@ -213,15 +271,20 @@ class SimModem:
         for raw in pdus:
             index = next(i for i in range(1, self.capacity + 1) if i not in self.storage)
             self._uid += 1
-            self.storage[index] = StoredMessage(self._uid, raw)
+            self.storage[index] = StoredMessage(self._uid, raw, memory=self.memory)
             self.counters.delivered += 1
             mode, mt = self.settings.cnmi[0], self.settings.cnmi[1]
             if mode and mt == 1:
                 self.counters.cmti_sent += 1
-                self._urc(f'+CMTI: "SM",{index}')
+                self._urc(f'+CMTI: "{self.memory}",{index}')
             elif mode and mt in (2, 3):
                 tpdu_len = len(raw) - raw[0] - 1
                 self._urc(f"+CMT: ,{tpdu_len}\r\n{raw.hex().upper()}")
+                # Routed to the terminal, not stored (27.005 3.4.1, <mt>=2).
+                del self.storage[index]
+        if self.settings.curc:
+            for line in self.traits.delivery_urcs:
+                self._urc(line)
         return True
 
     def inbox(self) -> list[dict[str, Any]]:
@@ -335,6 +398,13 @@ class SimModem:
         out = "".join(f"\r\n{line}\r\n" for line in lines) + f"\r\n{final}\r\n"
         if self.fault == ModemFault.GARBAGE:
             out = self._noisy(out)
+        if self.fault == ModemFault.LATE:
+            # Answered after the driver gave up, but in order, as a busy modem does.
+            loop = asyncio.get_running_loop()
+            when = max(loop.time() + self.late_delay_s, self._late_until)
+            self._late_until = when
+            loop.call_at(when, self._write, out.encode("latin-1"))
+            return
         self._write(out.encode("latin-1"))
 
     def _noisy(self, reply: str) -> str:
@@ -355,8 +425,40 @@ class SimModem:
         return self.fault != ModemFault.SIM_LOCKED
 
     def _execute(self, command: str) -> tuple[list[str], str]:
+        """One command line; `;` separates the commands of a compound line (V.250 5.2)."""
+        bodies = command[2:].split(";")
+        lines: list[str] = []
+        for body in bodies:
+            more, final = self._execute_one("AT" + body.strip())
+            lines += more
+            if final != "OK":
+                return lines, final
+        return lines, "OK"
+
+    def _execute_one(self, command: str) -> tuple[list[str], str]:
         upper = command.upper()
         body = upper[2:]
+        if self.profile == ModemProfile.HUAWEI and body.startswith("^CURC"):
+            # gammu and ModemManager switch Huawei's periodic codes off with AT^CURC=0.
+            if body == "^CURC?":
+                return [f"^CURC: {self.settings.curc}"], "OK"
+            if body in ("^CURC=0", "^CURC=1"):
+                self.settings.curc = int(body[-1])
+                return [], "OK"
+            return [], self._error(4)
+        if self.profile == ModemProfile.HUAWEI and body.startswith("^PORTSEL"):
+            # Which port carries the unsolicited codes (gammu selects this one).
+            return ([], "OK") if body in ("^PORTSEL=0", "^PORTSEL=1") else ([], self._error(4))
+        match = re.fullmatch(r"S([0-9]{1,2})(=([0-9]{1,3})|\?)", body)
+        if match:
+            register = int(match.group(1))
+            if match.group(3) is None:
+                return [f"{self.settings.s_registers.get(register, 0):03d}"], "OK"
+            value = int(match.group(3))
+            if value > 255:
+                return [], self._error(4)
+            self.settings.s_registers[register] = value
+            return [], "OK"
         if body in ("", "Z", "&F"):
             if body:
                 self.settings = _Settings()
@@ -370,15 +472,15 @@ class SimModem:
         if body in ("V1", "Q0", "&C1", "&D2", "+CMMS=2", "+CMMS=0", "+CMMS=1", "+CCWA=0"):
             return [], "OK"
         simple = {
-            "+CGMI": ["Hanjullo Simulated Modems"],
-            "+CGMM": [f"HSM-{self.carrier} LTE"],
+            "+CGMI": [self.traits.manufacturer],
+            "+CGMM": [self.traits.model or f"HSM-{self.carrier} LTE"],
             "+CGMR": ["HSM_1.0.0"],
             "+CGSN": [self.imei],
             "+CBC": ["+CBC: 0,100"],
             "+CSCA?": [f'+CSCA: "{self.smsc}",145'],
             "+CSMS?": ["+CSMS: 0,1,1,1"],
             "+CSMS=?": ["+CSMS: (0,1)"],
-            "+CPMS=?": ['+CPMS: ("SM"),("SM"),("SM")'],
+            "+CPMS=?": ["+CPMS: " + ",".join([self._memory_list()] * 3)],
             "+CNMI=?": ["+CNMI: (0-2),(0-3),(0,2),(0-2),(0,1)"],
             "+CSCS=?": ['+CSCS: ("GSM","IRA","UCS2","HEX")'],
             "+CMGF=?": ["+CMGF: (0)"],
@@ -406,10 +508,13 @@ class SimModem:
                 return [], self._error(4)
             self.settings.cfun = 1 if match.group(2) == "1" else int(match.group(1))
             if match.group(2) == "1":
-                # A reset: settings go back to their defaults, as after a power cycle.
+                # A reset: settings go back to their defaults (echo on again), as after
+                # a power cycle, and the family's boot codes follow.
                 cfun = self.settings.cfun
                 self.settings = _Settings()
                 self.settings.cfun = cfun
+                self.memory = self.read_memory = self.traits.memories[0]
+                asyncio.get_running_loop().call_later(BOOT_URC_DELAY_S, self._boot_urcs)
             if self.can_receive() and self.on_space is not None:
                 self.on_space()
             return [], "OK"
@@ -498,18 +603,34 @@ class SimModem:
             ], "OK"
         return [], self._error(4)
 
+    def _memory_list(self) -> str:
+        return "(" + ",".join(f'"{m}"' for m in self.traits.memories) + ")"
+
     def _cpms_counts(self) -> str:
-        used, total = len(self.storage), self.capacity
+        used, total = len(self._visible()), self.capacity
         return f"{used},{total},{used},{total},{used},{total}"
 
+    def _visible(self) -> dict[int, StoredMessage]:
+        """What the read memory holds ("MT" is SIM and phone memory together)."""
+        if self.read_memory == "MT":
+            return self.storage
+        return {i: m for i, m in self.storage.items() if m.memory == self.read_memory}
+
     def _storage_command(self, body: str) -> tuple[list[str], str]:
+        visible = self._visible()
         if body == "+CPMS?":
-            used, total = len(self.storage), self.capacity
-            return [f'+CPMS: "SM",{used},{total},"SM",{used},{total},"SM",{used},{total}'], "OK"
+            used, total = len(visible), self.capacity
+            mem = self.memory
+            return [
+                f'+CPMS: "{mem}",{used},{total},"{mem}",{used},{total},"{mem}",{used},{total}'
+            ], "OK"
         if body.startswith("+CPMS="):
             memories = re.findall(r'"([A-Z]+)"', body)
-            if not memories or any(m != "SM" for m in memories):
+            if not memories or any(m not in self.traits.memories for m in memories):
                 return [], self._error(302, cms=True)
+            self.read_memory = memories[0]  # what CMGL/CMGR/CMGD act on (<mem1>)
+            if len(memories) >= 3:
+                self.memory = memories[2]  # where received texts go (<mem3>)
             return [f"+CPMS: {self._cpms_counts()}"], "OK"
         if body.startswith("+CMGL"):
             match = re.fullmatch(r"\+CMGL(?:=([0-4]))?", body)
@@ -518,8 +639,8 @@ class SimModem:
             wanted = int(match.group(1) or 0)
             self.counters.cmgl += 1
             lines: list[str] = []
-            for index in sorted(self.storage):
-                stored = self.storage[index]
+            for index in sorted(visible):
+                stored = visible[index]
                 stat = 1 if stored.read else 0
                 if wanted not in (4, stat):
                     continue
@@ -535,7 +656,7 @@ class SimModem:
             self.counters.cmgr += 1
             if not 1 <= index <= self.capacity:
                 return [], self._error(321, cms=True)
-            found = self.storage.get(index)
+            found = visible.get(index)
             if found is None:
                 return [], "OK"
             stat = 1 if found.read else 0
@@ -550,17 +671,18 @@ class SimModem:
             return [], self._error(4)
         index, flag = int(match.group(1)), int(match.group(2) or 0)
         if flag == 4:
-            freed = len(self.storage)
-            self.storage.clear()
+            freed = len(visible)
+            for i in visible:
+                del self.storage[i]
         elif flag in (1, 2, 3):
-            doomed = [i for i, s in self.storage.items() if s.read]
+            doomed = [i for i, s in visible.items() if s.read]
             for i in doomed:
                 del self.storage[i]
             freed = len(doomed)
         else:
             if not 1 <= index <= self.capacity:
                 return [], self._error(321, cms=True)
-            freed = 1 if self.storage.pop(index, None) is not None else 0
+            freed = 1 if index in visible and self.storage.pop(index, None) is not None else 0
         self.counters.deleted += freed
         if freed and self.on_space is not None:
             self.on_space()
@@ -586,6 +708,7 @@ class SimModem:
             "pty": self.pty_name if self.plugged else None,
             "plugged": self.plugged,
             "fault": self.fault.value,
+            "profile": self.profile.value,
             "stored": len(self.storage),
             "capacity": self.capacity,
             "reads": {str(uid): count for uid, count in self.read_log.items()},

@@ -131,6 +131,17 @@ class CarrierRules:
         }
 
 
+def _ksc5601_if_it_fits(text: str) -> pdu.Encoding | None:
+    """KSC5601 for a text GSM 7-bit cannot carry and EUC-KR can; else the usual choice."""
+    if pdu.choose_encoding(text) == pdu.Encoding.GSM7:
+        return None
+    try:
+        text.encode("euc-kr")
+    except UnicodeEncodeError:
+        return None
+    return pdu.Encoding.KSC5601
+
+
 def carrier_of(number: str) -> Carrier:
     """A recipient's carrier, assigned deterministically from the number."""
     digest = hashlib.sha256(number.encode()).digest()
@@ -243,7 +254,10 @@ class CarrierNetwork:
                 smsc,
                 reference=reference,
             )
-        return pdu.encode_deliver(sender, text, now, smsc, reference=reference)
+        encoding = None
+        if self.settings[Carrier(modem.carrier)].korean_encoding == "ksc5601":
+            encoding = _ksc5601_if_it_fits(text)
+        return pdu.encode_deliver(sender, text, now, smsc, reference=reference, encoding=encoding)
 
     async def _deliver_later(self, modem: SimModem, item: Submission, delay: float) -> None:
         await asyncio.sleep(delay)

@@ -1,7 +1,8 @@
 """`hanjulloctl pdu decode HEX [--json]`: one PDU as +CMGL/+CMGR print it, decoded.
 
 Needs no configuration. A WAP-push part that carries a whole MMS notification is
-decoded down to the notification; a concatenated part is shown as that part.
+decoded down to the notification; a push of another content type (a Service
+Indication, …) is shown as a `wap-push`; a concatenated part is shown as that part.
 """
 
 from __future__ import annotations
@@ -42,8 +43,15 @@ def describe(hex_pdu: str) -> dict[str, Any]:
     if decoded.ports is not None:
         out["ports"] = {"destination": decoded.ports[0], "source": decoded.ports[1]}
     if decoded.is_wap_push:
-        out["kind"] = pdu.Kind.MMS_NOTIFICATION.value
         out["text"] = ""
+        whole = decoded.concat is None or decoded.concat.total == 1
+        if whole or decoded.concat.seq == 1:  # type: ignore[union-attr]
+            # The push's own headers (its content type) are in its first part.
+            out["content_type"] = wap.content_type(decoded.data)
+            if out["content_type"] != wap.MMS_CONTENT_TYPE:
+                out["kind"] = pdu.Kind.WAP_PUSH.value
+                return out
+        out["kind"] = pdu.Kind.MMS_NOTIFICATION.value
         note: wap.MmsNotification | None = None
         if decoded.concat is None or decoded.concat.total == 1:
             note = wap.decode_push(decoded.data)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from drivers import pdu, wap
-from drivers.at import PortClosed
+from drivers.at import CommandTimeout, PortClosed
 from drivers.at_phone import ATPhone
 from drivers.base import Registration, SimState, TestPhoneDriver
 from drivers.errors import DriverError
@@ -145,3 +147,52 @@ async def test_unplug_fails_commands_with_port_closed(
         for _ in range(20):
             await driver.health()
             await asyncio.sleep(0.05)
+
+
+async def test_late_replies_are_drained_and_never_answer_the_next_read(kt_modem: SimModem) -> None:
+    """A modem whose replies come after the timeout: commands fail, and once it is
+    back to normal every read is its own index's (the late replies were drained)."""
+    kt_modem.late_delay_s = 1.2  # past the 0.5 s timeout, within the 1.5 s resync
+    phone = ATPhone(str(kt_modem.stable_path), 0.5)
+    await phone.open()
+    try:
+        kt_modem.settings.cnmi = (0, 0, 0, 0, 0)
+        send(kt_modem, "first text at index one")
+        send(kt_modem, "second text at index two")
+        kt_modem.set_fault(ModemFault.LATE)
+        with pytest.raises(CommandTimeout):
+            await phone.command("AT+CMGR=1", ("+CMGR:",))
+        kt_modem.set_fault(ModemFault.OK)
+        reply = await phone.command("AT+CMGR=2", ("+CMGR:",))
+        decoded = pdu.decode(reply.lines[-1])
+        assert isinstance(decoded, pdu.Deliver) and decoded.text == "second text at index two"
+        assert phone.protocol.engine.resyncs == 1
+        assert await phone.sweep() == 2
+        texts = sorted([(await next_received(phone)).message.text for _ in range(2)])  # type: ignore[attr-defined]
+        assert texts == ["first text at index one", "second text at index two"]
+    finally:
+        await phone.close()
+
+
+async def test_gammu_recovery_of_a_hung_modem_frees_its_worker_and_tty(
+    kt_modem: SimModem,
+) -> None:
+    """python-gammu itself: a call stuck on a hung modem is aborted, the tty released,
+    and the port opens again at once (ten recoveries with a fake gammu are a unit test)."""
+
+    def counts() -> tuple[int, int]:
+        return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+    before = counts()
+    for _ in range(2):
+        kt_modem.set_fault(ModemFault.OK)
+        phone = GammuPhone(str(kt_modem.stable_path), 0.3)
+        await phone.open()
+        kt_modem.set_fault(ModemFault.HANG)
+        with pytest.raises(DriverError):
+            await phone.health()
+        await phone.close()
+        assert phone.abandoned_workers == 1
+        for thread in [t for t in threading.enumerate() if t.name.startswith("gammu")]:
+            thread.join(timeout=5)
+    assert counts() == before

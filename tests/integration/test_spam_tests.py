@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from config.names import message_hash
+from drivers import pdu
 from simulators.harness import SimulatedNode, wait_for
 from tests import services
 from tests.config_edits import overrides
@@ -509,5 +510,38 @@ def test_receipts_settle_verdicts_while_mariadb_is_down(node_dir: Path) -> None:
         report = completed(node, second, 60)
         assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
         assert agent_rows(second) == 3
+    finally:
+        node.close()
+
+
+KSC5601_NETWORK = {
+    "simulator": {
+        "network": {c: {"korean_encoding": "ksc5601"} for c in ("SKT", "KT", "LGU")},
+        # Past the daemon's command timeout: a late modem's every reply comes too late.
+        "modems": {"late_delay_s": 4.0},
+    }
+}
+
+
+def test_ksc5601_texts_pass_and_a_late_modem_is_never_blocked(node_dir: Path) -> None:
+    """Issue 18 acceptance 1 and 3: a Korean text the carriers deliver as KSC5601 (DCS
+    0x84) matches its hash on every carrier; a modem whose replies come after the
+    timeout ends pass or device_error, never blocked."""
+    node = start(node_dir, overrides(fast_spam, KSC5601_NETWORK))
+    try:
+        text = "한줄로 KSC5601 문자 시험입니다"
+        report = spam_test(node, "--message", text)
+        assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+        rows = fetch(
+            "SELECT DISTINCT text, raw_pdus[1] FROM modem_receipts WHERE test_id = $1::uuid",
+            report["test_id"],
+        )
+        assert {r[0] for r in rows} == {text}
+        assert all(pdu.decode(r[1]).dcs == pdu.KSC5601_DCS for r in rows)  # type: ignore[union-attr]
+
+        node.sim_ctl("modem", "LGU", "late")
+        report = spam_test(node, "--message", "늦은 응답 모뎀 시험")
+        assert verdicts(report)["LGU"] in ("pass", "device_error")
+        assert {verdicts(report)["SKT"], verdicts(report)["KT"]} == {"pass"}
     finally:
         node.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import tracemalloc
 from collections.abc import Callable
 
@@ -36,6 +37,9 @@ class FakeModem(asyncio.Transport):
         self.written.append(data)
         command = data.decode().strip()
         reply = self.replies.get(command)
+        marker = re.fullmatch(r"ATS7=(\d+);S7\?", command)
+        if marker is not None:  # the engine's resynchronisation marker
+            reply = f"\r\n{int(marker.group(1)):03d}\r\n\r\nOK\r\n".encode()
         if reply is None:
             return  # silence: the command will time out
         loop = asyncio.get_running_loop()

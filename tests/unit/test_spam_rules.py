@@ -248,6 +248,20 @@ def test_an_lms_matches_a_notification_with_its_subject_and_a_plausible_size() -
     assert not expected.matches({**notification, "kind": "sms"})
 
 
+def test_an_lms_matches_a_notification_without_subject_by_sender_and_stated_size() -> None:
+    """The rule of docs/test-phones.md for MMSCs that blank the Subject (gammu 40.dump)."""
+    body = "한" * 300  # 600 bytes in EUC-KR
+    expected = Expected.of("LMS", "0212345678", message_hash("정기 세일"), "정기 세일", body)
+    for subject in ("", None):
+        blank = receipt(kind="mms-notification", text_hash=message_hash(""), subject=subject)
+        assert expected.matches({**blank, "mms_size": 96857})
+        assert not expected.matches({**blank, "mms_size": None})  # nothing to tell it by
+        assert not expected.matches({**blank, "mms_size": 120})  # too small to be it
+        assert not expected.matches({**blank, "mms_size": 96857, "sender": "0299998888"})
+    sms_test = Expected.of("SMS", "0212345678", message_hash(""), None, None)
+    assert not sms_test.matches(receipt(kind="mms-notification", text_hash=message_hash("")))
+
+
 def test_a_blocked_canary_flags_a_pass_clears_and_anything_else_leaves_the_flag() -> None:
     earlier = at(-600)
     assert canary_flag(None, Verdict.BLOCKED, at(0)) == at(0)
