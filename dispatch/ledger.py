@@ -193,6 +193,14 @@ async def append_epoch(cur: aiomysql.Cursor, node_id: str, epoch: int, host: str
     )
 
 
+async def release_writer(conn: aiomysql.Connection, node_id: str) -> None:
+    """Give the role up on `conn` before closing it: the server frees a closed session's
+    lock only once it has noticed the close, and a successor trying in that moment would
+    be told the node is held."""
+    async with conn.cursor() as cur:
+        await cur.execute(f"SELECT RELEASE_LOCK({_LOCK_NAME})", (node_id,))
+
+
 async def still_writer(conn: aiomysql.Connection, node_id: str) -> bool:
     """Whether `conn`'s session still holds the node's writer lock (also keeps the session
     from idling out)."""

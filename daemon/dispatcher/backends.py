@@ -8,6 +8,7 @@ parallel connections. No SQL here: the statements are `dispatch/store/` and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -296,5 +297,8 @@ class MySQLWriterLock:
     async def release(self) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
+            with contextlib.suppress(Exception):
+                # Handed over at once on a clean stop; a dead session frees it anyway.
+                await asyncio.wait_for(ledger.release_writer(conn, self._node), 2)
             with contextlib.suppress(Exception):
                 conn.close()

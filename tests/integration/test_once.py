@@ -160,7 +160,7 @@ async def test_one_writer_per_node_and_a_takeover_fences_the_old_epoch(fakes: Fa
             await old.write("SMSQ_SEND_1", batch(run_ref, 5), (1, 5))
         old.fence = fence
         await old.write("SMSQ_SEND_1", batch(run_ref, 5), (1, 5))
-        await first.release()  # the holder dies: its session and lock end with it
+        await first.release()  # the holder stops: the role is free at once
         taken = await second.take()
         assert taken is not None and taken.epoch == fence.epoch + 1
         with pytest.raises(DependencyDown, match="another daemon took the writer role"):
