@@ -572,3 +572,40 @@ def test_an_lms_matches_by_sender_and_size_when_the_subject_is_blank(node_dir: P
         assert all(r[3] >= len(body.encode("euc-kr")) for r in rows)
     finally:
         node.close()
+
+
+# Two nodes cover the four families: three on one node, generic (the default) on the other.
+PROFILE_LAYOUTS = {
+    "huawei-quectel-simcom": {"SKT": "huawei", "KT": "quectel", "LGU": "simcom"},
+    "generic": {"SKT": "generic", "KT": "generic", "LGU": "generic"},
+}
+
+
+@pytest.mark.parametrize("layout", PROFILE_LAYOUTS, ids=str)
+def test_every_modem_profile_runs_a_spam_test(node_dir: Path, layout: str) -> None:
+    """Issue 18 acceptance 4: a spam test end to end through the daemon's drivers and
+    every simulated modem family; the verdicts are the network's ground truth, a pass
+    where the text reached the handset and a blocked where a carrier's filter took it."""
+    profiles = PROFILE_LAYOUTS[layout]
+    node = start(node_dir, overrides(fast_spam, {"simulator": {"modems": {"profiles": profiles}}}))
+    try:
+        sim = json.loads(node.sim_ctl("status", "--json").stdout)
+        assert {m["name"]: m["profile"] for m in sim["modems"]} == profiles
+        node.sim_ctl("rules", "KT", "--block-keyword", "무료")
+        for text, expected in (
+            ("한줄로 모뎀 제품군 시험 안내", {"SKT": "pass", "KT": "pass", "LGU": "pass"}),
+            ("한줄로 무료 체험 안내", {"SKT": "pass", "KT": "blocked", "LGU": "pass"}),
+        ):
+            seen = {d["ref"] for d in sim["network"]["decisions"]}
+            report = spam_test(node, "--message", text)
+            sim = json.loads(node.sim_ctl("status", "--json").stdout)
+            truth = {
+                d["carrier"]: "blocked" if d["blocked"] else "pass"
+                for d in sim["network"]["decisions"]
+                if d["ref"] not in seen and d["code"] in (6, 1000)
+            }
+            assert truth == expected, sim["network"]["decisions"]
+            assert verdicts(report) == truth
+        assert set(handset_copies(report["test_id"])) == {"SKT", "LGU"}
+    finally:
+        node.close()
