@@ -320,6 +320,10 @@ class CarrierNetworkConfig(_Section):
     # How the simulated carrier hands a handset a text GSM 7-bit cannot carry: "ucs2",
     # or "ksc5601" (DCS 0x84, EUC-KR, as Korean carriers do) when the text fits EUC-KR.
     korean_encoding: Literal["ucs2", "ksc5601"] = "ucs2"
+    # The Subject of the MMS notification an LMS reaches a handset as: "subject" (the LMS's),
+    # "empty" (the header present and blank) or "missing" (no header), as some MMSCs send it
+    # (gammu tests/at-sms/40.dump); docs/test-phones.md, "Matching an LMS".
+    mms_subject: Literal["subject", "empty", "missing"] = "subject"
     failure_rate: float = Field(default=0.02, ge=0, le=1)
     failure_codes: list[int] = [7, 8, 9]
     block_keywords: list[str] = []

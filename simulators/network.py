@@ -9,7 +9,9 @@ reaches the handset. Unregistered sender numbers fail with 9008; advertising in
 Test phones (``[[modems]] phone``) are routed to their modem simulator. A text
 for a test phone always ends in that handset's storage: while the modem is
 unplugged, locked, unregistered or full, the network holds it and retries. A
-modem fault never changes the result the agent reports.
+modem fault never changes the result the agent reports. An LMS reaches a test
+phone as an MMS notification whose Subject is the LMS's, blank or absent, as the
+carrier's ``mms_subject`` says (docs/test-phones.md, "Matching an LMS").
 """
 
 from __future__ import annotations
@@ -240,9 +242,10 @@ class CarrierNetwork:
         if msg_type in (MessageType.LMS.agent_code, MessageType.MMS.agent_code):
             body = text.encode("utf-8")
             number = next(self._refs)
+            shown = self.settings[Carrier(modem.carrier)].mms_subject
             note = wap.MmsNotification(
                 sender=international(sender),
-                subject=subject or "",
+                subject={"subject": subject or "", "empty": "", "missing": None}[shown],
                 size=len(body) + len((subject or "").encode("utf-8")) + 200,
                 location=f"http://mms.sim.hanjullo/{modem.carrier.lower()}/{number:08d}",
                 transaction_id=f"T{number:010d}",

@@ -545,3 +545,67 @@ def test_ksc5601_texts_pass_and_a_late_modem_is_never_blocked(node_dir: Path) ->
         assert {verdicts(report)["SKT"], verdicts(report)["KT"]} == {"pass"}
     finally:
         node.close()
+
+
+BLANK_SUBJECTS = {
+    "simulator": {"network": {"KT": {"mms_subject": "empty"}, "LGU": {"mms_subject": "missing"}}}
+}
+
+
+def test_an_lms_matches_by_sender_and_size_when_the_subject_is_blank(node_dir: Path) -> None:
+    """Issue 18 acceptance 2: KT's notification carries an empty Subject, LGU's none at all
+    (as gammu's tests/at-sms/40.dump); the LMS still matches there by its sender and a
+    stated size that holds the body (docs/test-phones.md, "Matching an LMS")."""
+    node = start(node_dir, overrides(fast_spam, BLANK_SUBJECTS))
+    try:
+        body = "빈 제목 알림 시험 " * 40
+        report = spam_test(node, "--lms", "--subject", "겨울 정기 세일", "--message", body)
+        assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
+        rows = fetch(
+            "SELECT carrier, kind, subject, mms_size FROM modem_receipts WHERE test_id = $1::uuid",
+            report["test_id"],
+        )
+        by_carrier = {r[0]: r[1:] for r in rows}
+        assert len(rows) == 3 and {r[1] for r in rows} == {"mms-notification"}
+        assert by_carrier["SKT"][1] == "겨울 정기 세일"
+        assert by_carrier["KT"][1] in ("", None) and by_carrier["LGU"][1] in ("", None)
+        assert all(r[3] >= len(body.encode("euc-kr")) for r in rows)
+    finally:
+        node.close()
+
+
+# Two nodes cover the four families: three on one node, generic (the default) on the other.
+PROFILE_LAYOUTS = {
+    "huawei-quectel-simcom": {"SKT": "huawei", "KT": "quectel", "LGU": "simcom"},
+    "generic": {"SKT": "generic", "KT": "generic", "LGU": "generic"},
+}
+
+
+@pytest.mark.parametrize("layout", PROFILE_LAYOUTS, ids=str)
+def test_every_modem_profile_runs_a_spam_test(node_dir: Path, layout: str) -> None:
+    """Issue 18 acceptance 4: a spam test end to end through the daemon's drivers and
+    every simulated modem family; the verdicts are the network's ground truth, a pass
+    where the text reached the handset and a blocked where a carrier's filter took it."""
+    profiles = PROFILE_LAYOUTS[layout]
+    node = start(node_dir, overrides(fast_spam, {"simulator": {"modems": {"profiles": profiles}}}))
+    try:
+        sim = json.loads(node.sim_ctl("status", "--json").stdout)
+        assert {m["name"]: m["profile"] for m in sim["modems"]} == profiles
+        node.sim_ctl("rules", "KT", "--block-keyword", "무료")
+        for text, expected in (
+            ("한줄로 모뎀 제품군 시험 안내", {"SKT": "pass", "KT": "pass", "LGU": "pass"}),
+            ("한줄로 무료 체험 안내", {"SKT": "pass", "KT": "blocked", "LGU": "pass"}),
+        ):
+            seen = {d["ref"] for d in sim["network"]["decisions"]}
+            report = spam_test(node, "--message", text)
+            sim = json.loads(node.sim_ctl("status", "--json").stdout)
+            truth = {
+                d["carrier"]: "blocked" if d["blocked"] else "pass"
+                for d in sim["network"]["decisions"]
+                if d["ref"] not in seen and d["code"] in (6, 1000)
+            }
+            assert truth == expected, sim["network"]["decisions"]
+            assert verdicts(report) == truth
+        assert set(handset_copies(report["test_id"])) == {"SKT", "LGU"}
+    finally:
+        node.close()

@@ -8,9 +8,12 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from config.clock import NodeClock
 from config.example import sim_example
 from config.loader import validate
+from drivers import pdu
 from simulators.modem import ModemFault, SimModem
 from simulators.network import CarrierNetwork, CarrierRules, Submission, carrier_of
 
@@ -58,5 +61,35 @@ async def test_a_modem_fault_never_changes_the_reported_result(tmp_path: Path) -
         Submission(item.dest_no, item.call_back, item.text, item.msg_type, None, (), "t#2")
     )
     assert healthy.code == unplugged.code == 6
+    await network.close()
+    await modem.close()
+
+
+@pytest.mark.parametrize(
+    ("shown", "subject"), [("subject", "가을 세일"), ("empty", ""), ("missing", None)]
+)
+async def test_an_lms_notification_shows_the_subject_as_the_carrier_is_set(
+    tmp_path: Path, shown: str, subject: str | None
+) -> None:
+    """`mms_subject`: the LMS's Subject, a blank one or none at all (as some MMSCs send
+    it); the sender, the stated size and the location are there in every form."""
+    raw = tomllib.loads(sim_example(tmp_path))
+    raw["simulator"].setdefault("network", {}).setdefault("KT", {})["mms_subject"] = shown
+    config = validate(raw)
+    modem = next(SimModem(m, 5, "+8210", 1.0) for m in config.modems if m.carrier == "KT")
+    network = CarrierNetwork(config, [modem], NodeClock(None))
+    body = "한" * 300
+    parts = network.handset_pdus(modem, "0212345678", body, "L", "가을 세일")
+    joiner = pdu.Reassembler(timeout_s=60)
+    out: list[pdu.Message] = []
+    for part in parts:
+        decoded = pdu.decode(part)
+        assert isinstance(decoded, pdu.Deliver) and decoded.is_wap_push
+        out += joiner.add(decoded, 0.0)
+    (message,) = out
+    assert message.kind == pdu.Kind.MMS_NOTIFICATION and message.mms is not None
+    assert message.mms.subject == subject
+    assert message.mms.size is not None and message.mms.size >= len(body.encode("euc-kr"))
+    assert message.sender == "+82212345678" and message.mms.location.startswith("http://")
     await network.close()
     await modem.close()
