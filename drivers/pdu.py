@@ -609,16 +609,7 @@ def _join(parts: list[Deliver], complete: bool, missing: tuple[int, ...] = ()) -
             return _undecoded(parts, missing)
         push = b"".join(p.data for p in parts)
         if wap.content_type(push) != wap.MMS_CONTENT_TYPE:
-            return Message(
-                Kind.WAP_PUSH,
-                first.sender,
-                "",
-                first.timestamp,
-                first.encoding,
-                first.concat,
-                tuple(parts),
-                True,
-            )
+            return _textless(Kind.WAP_PUSH, first, parts, complete=True)
         note = wap.decode_push(push)
         sender = note.sender.split("/TYPE=")[0] if note.sender else first.sender
         return Message(
@@ -718,6 +709,17 @@ def _undecoded(parts: list[Deliver], missing: tuple[int, ...]) -> Message:
     """A message kept although its text cannot be given (parts missing or undecodable)."""
     first = min(parts, key=lambda p: p.concat.seq if p.concat else 0)
     kind = Kind.MMS_NOTIFICATION if first.is_wap_push else Kind.SMS
+    return _textless(kind, first, parts, complete=False, missing=missing)
+
+
+def _textless(
+    kind: Kind,
+    first: Deliver,
+    parts: list[Deliver],
+    complete: bool,
+    missing: tuple[int, ...] = (),
+) -> Message:
+    """A message with no text of ours to give, headed by its `first` part."""
     return Message(
         kind,
         first.sender,
@@ -726,7 +728,7 @@ def _undecoded(parts: list[Deliver], missing: tuple[int, ...]) -> Message:
         first.encoding,
         first.concat,
         tuple(parts),
-        False,
+        complete,
         None,
         missing,
     )
