@@ -15,7 +15,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 import aiomysql
 import asyncpg
@@ -28,7 +28,6 @@ from dispatch.guards import CheckedPage, Fields
 from dispatch.handoff import RowValues, StagedRows
 from dispatch.ledger import Fence, Holder, PullEntry
 from dispatch.outcomes import Result
-from dispatch.runs import show
 from dispatch.store import progress, results, runs, training
 from dispatch.store.runs import Conn, Run, RunStatus
 from dispatch.store.training import RunMetrics
@@ -140,9 +139,6 @@ class PostgresRunBook:
 
     async def record_metrics(self, ref: str, metrics: RunMetrics) -> None:
         await self._on(training.record_metrics, ref, metrics)
-
-    async def show(self, run_id: uuid.UUID) -> dict[str, Any] | None:
-        return await self._on(show, run_id)
 
 
 class MySQLAgentTables:

@@ -92,9 +92,6 @@ class Dispatcher:
     def drain(self, number: int, on: bool) -> dict[str, Any]:
         return controls.drain(self.ctx, number, on)
 
-    async def show(self, run_id: uuid.UUID) -> dict[str, Any] | None:
-        return await self.ctx.book.show(run_id)
-
     async def sync_once(self) -> int:
         return await results.sync_once(self.ctx)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from daemon.agents import AgentStatus
 from dispatch.guards import CheckedPage, Fields
@@ -69,9 +69,6 @@ class RunBook(Protocol):
         self, run_id: uuid.UUID, codes: Sequence[int]
     ) -> list[tuple[int, int]]: ...
     async def record_metrics(self, ref: str, metrics: RunMetrics) -> None: ...
-
-    # the operator's view (dispatch/runs.py)
-    async def show(self, run_id: uuid.UUID) -> dict[str, Any] | None: ...
 
 
 class AgentTables(Protocol):

@@ -351,10 +351,6 @@ class FakeBook:
     async def record_metrics(self, ref: str, metrics: RunMetrics) -> None:
         self.metrics[ref] = metrics
 
-    async def show(self, run_id: uuid.UUID) -> dict[str, Any] | None:
-        run = self.runs.get(run_id)
-        return None if run is None else {"run_id": str(run.id), "status": run.status.value}
-
 
 @dataclass
 class AgentRow:
