@@ -305,7 +305,8 @@ class ModemManager:
             elif state == ModemState.MISCONFIGURED:
                 self._read_requested.clear()  # no proof from a misconfigured phone
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._read_requested.wait(), phones.health_interval_s)
+                async with asyncio.timeout(phones.health_interval_s):
+                    await self._read_requested.wait()
 
     async def _read_storage(self, driver: TestPhoneDriver, consumer: asyncio.Task[None]) -> None:
         """One listing of the storage; once every message surfaced so far is recorded,
@@ -320,7 +321,8 @@ class ModemManager:
             if left <= 0:
                 return  # not all recorded yet: no proof from this listing
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._progress.wait()
         if self._stored < target:
             return
         if self._receipt_problem:
@@ -381,7 +383,8 @@ class ModemManager:
         driver, self.driver = self.driver, None
         if driver is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(driver.close(), 5)
+                async with asyncio.timeout(5):
+                    await driver.close()
 
     # ---- receipts -----------------------------------------------------------------------
     async def _consume(self, driver: TestPhoneDriver) -> None:

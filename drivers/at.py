@@ -9,6 +9,10 @@ notification is decided by its prefix and the command in flight, never by
 timing. After a command times out its reply may still come: the engine then
 resynchronises (:meth:`ATEngine._resync`) before it writes anything else, so a
 late reply is drained and can never be taken for the next command's.
+Every wait here is an ``asyncio.timeout`` block, never ``asyncio.wait_for``: on Python
+3.11 ``wait_for`` returns a result that is ready in the same loop turn as a cancel and
+drops the cancel, so the daemon's receipt loop would go on and a modem's close() would
+wait for it forever.
 :class:`ATProtocol` connects the engine to an asyncio transport
 (serial_asyncio_fast in production, an in-process pair in tests).
 """
@@ -215,7 +219,8 @@ class ATEngine:
             self._inflight = inflight  # the waiter exists before the bytes leave
             try:
                 self._write(command.encode("latin-1") + b"\r")
-                reply = await asyncio.wait_for(asyncio.shield(inflight.future), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    reply = await asyncio.shield(inflight.future)
             except TimeoutError as exc:
                 self.timeouts += 1
                 self.consecutive_timeouts += 1
@@ -243,7 +248,8 @@ class ATEngine:
         self._resync_state = state
         try:
             self._write(f"ATS{MARKER_REGISTER}={marker};S{MARKER_REGISTER}?\r".encode("latin-1"))
-            await asyncio.wait_for(asyncio.shield(state.future), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(state.future)
         except TimeoutError as exc:
             self.timeouts += 1
             self.consecutive_timeouts += 1

@@ -26,7 +26,6 @@ from drivers.base import (
     Registration,
     SimState,
     TestPhoneDriver,
-    raise_if_cancelling,
 )
 from drivers.errors import DriverError, PduError
 
@@ -107,7 +106,8 @@ class ATPhone(TestPhoneDriver):
     async def open(self) -> None:
         self._transport, self._protocol = await self.opener(self.device)
         # The adapter calls connection_made on the next loop iteration.
-        await asyncio.wait_for(self._protocol.connected.wait(), self.command_timeout_s)
+        async with asyncio.timeout(self.command_timeout_s):
+            await self._protocol.connected.wait()
         self._protocol.engine.add_listener("+CMTI:", self._on_cmti)
         self._protocol.engine.add_listener("+CMT:", self._on_cmt)
         for command in INIT_COMMANDS[:3]:
@@ -144,7 +144,8 @@ class ATPhone(TestPhoneDriver):
             if protocol is not None:
                 # The adapter finishes closing in a task of its own; wait for it.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(protocol.lost.wait(), self.command_timeout_s)
+                    async with asyncio.timeout(self.command_timeout_s):
+                        await protocol.lost.wait()
         self._protocol = None
         self.stored.clear()
 
@@ -212,12 +213,11 @@ class ATPhone(TestPhoneDriver):
     async def _read_notified(self) -> None:
         while True:
             try:
-                index = await asyncio.wait_for(self._indices.get(), EXPIRE_CHECK_S)
+                async with asyncio.timeout(EXPIRE_CHECK_S):
+                    index = await self._indices.get()
             except TimeoutError:
                 self.stored.expire()
                 continue
-            finally:
-                raise_if_cancelling()
             if self.stored.knows(index):
                 continue
             try:

@@ -20,18 +20,6 @@ from drivers import pdu
 from drivers.pdu import Message
 
 
-def raise_if_cancelling() -> None:
-    """Re-raise a cancellation that Python 3.11's ``asyncio.wait_for`` swallowed.
-
-    When the awaited item is ready in the same loop turn as the cancel, 3.11's
-    ``wait_for`` returns the item and drops the ``CancelledError``; a reader loop
-    around it would then never stop and ``close()`` would wait for it forever.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class SimState(StrEnum):
     READY = "ready"
     PIN_REQUIRED = "pin-required"

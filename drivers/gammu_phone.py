@@ -36,7 +36,6 @@ from drivers.base import (
     Registration,
     SimState,
     TestPhoneDriver,
-    raise_if_cancelling,
 )
 from drivers.errors import DriverError, PduError
 
@@ -183,9 +182,8 @@ class GammuPhone(TestPhoneDriver):
         # A call given up on still ends (in error, once aborted): nobody awaits it then.
         outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            result = await asyncio.wait_for(
-                asyncio.shield(outcome), limit_s or self.command_timeout_s * 3
-            )
+            async with asyncio.timeout(limit_s or self.command_timeout_s * 3):
+                result = await asyncio.shield(outcome)
         except TimeoutError as exc:
             self.consecutive_timeouts += 1
             self._running = running  # stuck in gammu: nothing is queued behind it
@@ -264,10 +262,8 @@ class GammuPhone(TestPhoneDriver):
             if terminate is not None:
                 # After an abort both calls fail at once; a modem that answers is let go.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(
-                        asyncio.shield(asyncio.wrap_future(terminate)),
-                        self.command_timeout_s * TERMINATE_TIMEOUT_FACTOR,
-                    )
+                    async with asyncio.timeout(self.command_timeout_s * TERMINATE_TIMEOUT_FACTOR):
+                        await asyncio.shield(asyncio.wrap_future(terminate))
                 if not terminate.done() and not stuck:
                     _break_descriptors(fds, self._tty)  # the modem hung during Terminate
                     with contextlib.suppress(gammu.GSMError):
@@ -343,12 +339,11 @@ class GammuPhone(TestPhoneDriver):
     async def _read_notified(self) -> None:
         while True:
             try:
-                location = await asyncio.wait_for(self._locations.get(), 1.0)
+                async with asyncio.timeout(1.0):
+                    location = await self._locations.get()
             except TimeoutError:
                 self.stored.expire()
                 continue
-            finally:
-                raise_if_cancelling()
             if self.stored.knows(location):
                 continue
             try:

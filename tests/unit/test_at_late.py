@@ -274,3 +274,34 @@ def test_resync_that_times_out_sends_nothing_and_stays_desynced() -> None:
         loop.close()
     assert written == ["AT+CSQ", "ATS7=1;S7?"]  # the delete never left the engine
     assert protocol.engine.desynced and protocol.engine.consecutive_timeouts == 2
+
+
+def test_a_cancel_that_arrives_with_the_reply_still_cancels_the_caller() -> None:
+    """Python 3.11's ``wait_for`` returns the reply and drops a cancel that lands in the
+    same loop turn; the daemon's receipt loop then never stopped and the modem's close()
+    waited for it forever (the random search's seed 24). The caller must be cancelled."""
+    loop = VirtualClockLoop()
+    protocol = ATProtocol()
+    LateModem(protocol, delays=[0.5])  # it connects itself to the protocol
+
+    async def scenario() -> tuple[bool, bool]:
+        caller = asyncio.create_task(protocol.engine.command("AT+CMGD=1", TIMEOUT_S))
+        await asyncio.sleep(0)  # the command is written; its OK is due at 0.5
+
+        def reply_and_cancel() -> None:
+            protocol.data_received(b"\r\nOK\r\n")
+            caller.cancel()
+
+        loop.call_at(0.25, reply_and_cancel)
+        try:
+            await caller
+        except asyncio.CancelledError:
+            return True, protocol.engine.desynced
+        return False, protocol.engine.desynced
+
+    try:
+        cancelled, desynced = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert cancelled, "the reply swallowed the caller's cancel"
+    assert not desynced  # its whole reply arrived: nothing is left to drain
