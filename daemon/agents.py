@@ -107,7 +107,8 @@ class AgentStatus:
 
 async def port_accepts(host: str, port: int, timeout_s: float) -> bool:
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError):
         return False
     writer.close()
@@ -166,10 +167,10 @@ class AgentMonitor:
         try:
             if self._conn is None:
                 self._conn = await agent_tables.connect(config.mysql)
-            backlogs = await asyncio.wait_for(
-                agent_tables.read_backlogs(self._conn, {a.number: a.table for a in config.agents}),
-                config.mysql.connect_timeout_s * 2,
-            )
+            async with asyncio.timeout(config.mysql.connect_timeout_s * 2):
+                backlogs = await agent_tables.read_backlogs(
+                    self._conn, {a.number: a.table for a in config.agents}
+                )
         except MYSQL_ERRORS as exc:
             mysql_error = f"mysql unreachable: {type(exc).__name__}: {exc}"
             self._close()
@@ -233,7 +234,8 @@ class AgentMonitor:
             log.error("agent restart command could not run", agent=number, error=str(exc))
             return
         try:
-            output, _ = await asyncio.wait_for(proc.communicate(), RESTART_TIMEOUT_S)
+            async with asyncio.timeout(RESTART_TIMEOUT_S):
+                output, _ = await proc.communicate()
         except TimeoutError:
             proc.kill()
             await proc.wait()

@@ -49,7 +49,8 @@ class PostgresKeeper:
     async def wait_ready(self, timeout_s: float = 10.0) -> asyncpg.Pool:
         """The pool once PostgreSQL is reachable; DependencyDown after `timeout_s`."""
         try:
-            await asyncio.wait_for(self.ready.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.ready.wait()
         except TimeoutError as exc:
             raise DependencyDown("postgres unreachable") from exc
         return self.require()

@@ -145,7 +145,8 @@ class Supervisor:
                 backoff = self.backoff_initial_s
             self.backoffs.setdefault(component.name, deque(maxlen=20)).append(backoff)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+                async with asyncio.timeout(backoff):
+                    await self._stopping.wait()
             backoff = min(backoff * 2, self.backoff_max_s)
 
     async def stop(self, timeout_s: float) -> list[str]:

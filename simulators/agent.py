@@ -134,7 +134,8 @@ class SimAgent:
             for task in list(self._admin_clients):
                 task.cancel()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await server.wait_closed()
 
     async def set_fault(self, fault: AgentFault) -> None:
         self.fault = fault

@@ -141,7 +141,8 @@ class SpamTestEngine:
                         health.degraded(f"{type(exc).__name__}: {exc}")
                     interval = ctx.section.poll_interval_s if ctx.active else IDLE_POLL_S
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(ctx.wake.wait(), interval)
+                        async with asyncio.timeout(interval):
+                            await ctx.wake.wait()
         finally:
             await agent_tables.close_pool(self.tables.pool)
             self.tables.pool = None
