@@ -214,8 +214,7 @@ class LateRepliesMachine(RuleBasedStateMachine):
 
 
 # Derandomized: the suite runs the same 150 scenarios every time, so CI passes or fails on
-# the code, not on the draw. Searching further is a bench-sized job: a random search found a
-# scenario (hypothesis seed 24) whose `close()` never finishes; see docs/test-phones.md.
+# the code, not on the draw. Searching fresh seeds is a bench-sized job: bench/late_replies.py.
 LateRepliesMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None, derandomize=True
 )
