@@ -20,7 +20,6 @@ from config.names import message_hash, normalise_phone, stored_text
 from dispatch.spamtests import receipts as store
 from dispatch.spamtests.receipts import ReceiptRow, Recorded
 from drivers.base import Received
-from drivers.pdu import Kind
 
 __all__ = ["UNDECODABLE", "Recorded", "digest", "mark_deleted", "prune", "record", "row_of"]
 
@@ -65,7 +64,7 @@ def row_of(modem: ModemConfig, received: Received) -> ReceiptRow:
         modem=modem.label,
         carrier=modem.carrier.value,
         phone=modem.phone,
-        kind="mms-notification" if message.kind == Kind.MMS_NOTIFICATION else "sms",
+        kind=message.kind.value,  # sms, mms-notification or wap-push (never a status report)
         sender=normalise_phone(message.sender),
         sender_raw=stored_text(message.sender),
         text=text,

@@ -330,6 +330,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             CHECK (kind IN ('sms', 'mms-notification', 'undecodable'));
         """,
     ),
+    Migration(
+        10,
+        "a WAP push that is not an MMS notification is recorded as a wap-push",
+        """
+        -- A Service Indication/Loading or other push was recorded as 'sms' with an empty
+        -- text; it is kept under its own kind and matches no test.
+        ALTER TABLE modem_receipts DROP CONSTRAINT IF EXISTS modem_receipts_kind_check;
+        ALTER TABLE modem_receipts ADD CONSTRAINT modem_receipts_kind_check
+            CHECK (kind IN ('sms', 'mms-notification', 'wap-push', 'undecodable'));
+        """,
+    ),
 )
 
 

@@ -22,7 +22,7 @@ class ReceiptRow:
     modem: str  # the phone's label
     carrier: str
     phone: str
-    kind: str  # 'sms' | 'mms-notification'
+    kind: str  # 'sms' | 'mms-notification' | 'wap-push' | 'undecodable'
     sender: str  # normalised
     sender_raw: str
     text: str

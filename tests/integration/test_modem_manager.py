@@ -227,6 +227,25 @@ async def test_a_receipt_found_again_is_not_recorded_twice(managed: Managed) -> 
     assert later.new and later.id != first.id
 
 
+async def test_a_service_indication_is_recorded_as_a_wap_push_in_postgres(
+    managed: Managed,
+) -> None:
+    """python-messaging's Service Indication (tests/unit/test_pdu_vectors.py cites it): the
+    receipts table takes it under its own kind (before: recorded as an empty 'sms')."""
+    from drivers.base import Received
+    from tests.unit.test_pdu_vectors import MESSAGING_SI, join
+
+    received = Received(join(MESSAGING_SI), (3, 4), MESSAGING_SI, "sweep")
+    assert managed.manager.postgres is not None
+    pool = managed.manager.postgres.require()
+    recorded = await receipts.record(
+        pool, managed.config.node.id, managed.config.modems[1], received
+    )
+    async with pool.acquire() as conn:
+        kind = await conn.fetchval("SELECT kind FROM modem_receipts WHERE id = $1", recorded.id)
+    assert recorded.new and kind == "wap-push"
+
+
 async def test_gammu_driver_survives_unplug_and_replug(tmp_path: Path, kt_modem: SimModem) -> None:
     config = node_config(tmp_path)
     gammu_kt = config.modems[1].model_copy(update={"driver": "gammu"})

@@ -4,6 +4,7 @@ that same form (issue 13, item 2)."""
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from daemon.receipts import row_of
 from dispatch.spamtests.rules import Expected, expected_hash
 from drivers import pdu
 from drivers.base import Received
+from tests.unit.test_pdu_vectors import MESSAGING_SI, join
 
 SENT = datetime(2026, 11, 17, 3, 0, tzinfo=UTC)
 
@@ -76,3 +78,18 @@ def test_an_undecodable_pdu_is_a_receipt_of_its_own_kind_that_matches_nothing(
     assert not expected.matches(
         {"sender": row.sender, "text_hash": row.text_hash, "kind": row.kind, "complete": False}
     )
+
+
+def test_a_service_indication_is_recorded_as_a_wap_push_and_matches_no_test(
+    tmp_path: Path,
+) -> None:
+    """python-messaging's two-part Service Indication (tests/unit/test_pdu_vectors.py cites
+    it): kept as a receipt, labelled for what it is, never an SMS nor an LMS receipt."""
+    config = validate(tomllib.loads(sim_example(tmp_path)))
+    message = join(MESSAGING_SI)
+    row = row_of(config.modems[0], Received(message, (1, 2), MESSAGING_SI, "sweep"))
+    assert row.kind == "wap-push"
+    as_read = dataclasses.asdict(row)
+    for mtype in (MessageType.SMS, MessageType.LMS):
+        expected = Expected.of(mtype, message.sender, row.text_hash, None, "x")
+        assert not expected.matches(as_read)
