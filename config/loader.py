@@ -370,6 +370,17 @@ def daemon_problems(config: NodeConfig) -> list[Problem]:
                 "rand -hex 32) in the daemon's EnvironmentFile (systemd/INSTALL.md)",
             )
         )
+    plane = config.control_plane
+    if plane.dsn.get_secret_value() and not plane.advertise_url:
+        problems.append(
+            Problem(
+                "control_plane.advertise_url",
+                _MISSING,
+                "a node that heartbeats into the registry must say where the control plane "
+                "reaches it; fix: advertise_url = the https URL of this node's nginx "
+                '(e.g. "https://node7.example:8443"), or remove control_plane.dsn',
+            )
+        )
     return problems
 
 
