@@ -20,6 +20,7 @@ from pydantic_settings import EnvSettingsSource
 from config.model import (
     AgentConfig,
     ApiSection,
+    ControlPlaneSection,
     DispatchSection,
     LineGroupConfig,
     ModemConfig,
@@ -354,6 +355,22 @@ def validate(raw: dict[str, Any], source: str = "(inline)") -> NodeConfig:
 
 def load_config(path: Path) -> NodeConfig:
     return validate(read_raw(path), str(path))
+
+
+def load_control_plane(path: Path) -> ControlPlaneSection:
+    """Only `[control_plane]` of the file (with its ``HANJULLO_CONTROL_PLANE__…``
+    overrides): what the fleet commands need, on a node or on a control plane's machine,
+    whose file has no agents, groups or phones."""
+    raw = read_raw(path)
+    section = raw.get("control_plane", {})
+    try:
+        return ControlPlaneSection.model_validate(section)
+    except ValidationError as exc:
+        problems = [
+            Problem(f"control_plane.{p.field}", p.value, p.message)
+            for p in _field_problems(section, exc)
+        ]
+        raise ConfigError(str(path), problems) from exc
 
 
 def daemon_problems(config: NodeConfig) -> list[Problem]:

@@ -74,7 +74,7 @@ class ControlPlane:
             stale["headroom"] = {
                 "score": 0.0,
                 "verdict": "unknown",
-                "reasons": ["capacity not measured: the node's own PostgreSQL is unreachable"],
+                "reasons": [f"capacity not measured: {stale['unmeasured']}"],
             }
             return stale
         self.last_capacity = measured
@@ -116,8 +116,9 @@ class ControlPlane:
                 section = self.runtime.config.control_plane
                 started = time.monotonic()
                 try:
-                    stamped = await asyncio.wait_for(self.beat(), section.timeout_s * 3)
-                    health.running(f"heartbeat to {where} at {stamped}")
+                    await asyncio.wait_for(self.beat(), section.timeout_s * 3)
+                    # A reason that stays the same: a change of state is logged, a beat not.
+                    health.running(f"heartbeats to {where}")
                 except PG_ERRORS as exc:
                     await self._drop()
                     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

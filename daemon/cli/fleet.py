@@ -19,15 +19,17 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import h11
 
-from config.model import ControlPlaneSection
+from config.loader import load_control_plane
+from config.model import DEFAULT_CONFIG_PATH, ControlPlaneSection
 from daemon import registry
-from daemon.cli.common import CtlError, Subparsers, node_config
+from daemon.cli.common import CtlError, Subparsers
 
 DEFAULT_TIMEOUT_S = 10.0
 # The most of a node's /v1/status read (a status is a few tens of KiB).
@@ -36,7 +38,7 @@ REGISTRY_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Timeo
 
 
 def section(args: argparse.Namespace) -> ControlPlaneSection:
-    plane = node_config(args).control_plane
+    plane = load_control_plane(Path(getattr(args, "config", None) or DEFAULT_CONFIG_PATH))
     if not plane.dsn.get_secret_value():
         raise CtlError(
             "no registry: [control_plane] dsn is empty; fix: set it (or "

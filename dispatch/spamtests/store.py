@@ -396,23 +396,25 @@ async def prune_canaries(conn: Conn, node_id: str, retention: timedelta) -> str:
 # ---- capacity (daemon/capacity.py, docs/fleet.md) ---------------------------------------
 # Spam tests use every phone at once: the phones are busy while any test is active.
 PHONES_SQL = """
-WITH tests AS (
-    SELECT tstzrange(started_at, greatest(started_at, coalesce(completed_at, $2))) AS span,
+WITH w AS (
+    SELECT $2::timestamptz AS now,
+           tstzrange($2::timestamptz - interval '1 hour', $2::timestamptz) AS hour,
+           tstzrange($2::timestamptz - interval '1 day', $2::timestamptz) AS day
+), tests AS (
+    SELECT tstzrange(started_at, greatest(started_at, coalesce(completed_at, w.now))) AS span,
            extract(epoch FROM started_at - created_at) AS wait_s
-    FROM spam_filter_tests
+    FROM spam_filter_tests, w
     WHERE node_id = $1 AND started_at IS NOT NULL
-      AND coalesce(completed_at, $2) >= $2 - interval '1 day'
+      AND coalesce(completed_at, w.now) >= lower(w.day)
 ), busy AS (
-    SELECT range_agg(span * tstzrange($2 - interval '1 hour', $2)) AS hour,
-           range_agg(span * tstzrange($2 - interval '1 day', $2)) AS day
-    FROM tests
+    SELECT range_agg(span * w.hour) AS hour, range_agg(span * w.day) AS day FROM tests, w
 )
-SELECT (SELECT coalesce(sum(extract(epoch FROM upper(r) - lower(r))), 0)
+SELECT (SELECT coalesce(sum(extract(epoch FROM upper(r) - lower(r))), 0)::double precision
         FROM busy, unnest(busy.hour) AS r) AS busy_hour_s,
-       (SELECT coalesce(sum(extract(epoch FROM upper(r) - lower(r))), 0)
+       (SELECT coalesce(sum(extract(epoch FROM upper(r) - lower(r))), 0)::double precision
         FROM busy, unnest(busy.day) AS r) AS busy_day_s,
        (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY greatest(wait_s, 0))
-        FROM tests WHERE lower(span) >= $2 - interval '1 hour') AS wait_p95_hour_s,
+        FROM tests, w WHERE lower(span) >= lower(w.hour)) AS wait_p95_hour_s,
        (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY greatest(wait_s, 0))
         FROM tests) AS wait_p95_day_s
 """
