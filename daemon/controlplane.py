@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import structlog
 
 from daemon import capacity, registry
+from daemon.metrics import CONTROL_PLANE_STORE
 from daemon.runtime import Runtime
 from daemon.stores import PG_ERRORS, PostgresKeeper
 from daemon.supervisor import DependencyDown, Health
@@ -54,6 +55,9 @@ class ControlPlane:
         self.conn: asyncpg.Connection | None = None
         self.last_capacity: dict[str, Any] = {}
         self.beats = 0
+        # Seams for the unit tests (tests/unit/test_fleet.py).
+        self.connect: Callable[..., Awaitable[asyncpg.Connection]] = asyncpg.connect
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def _measure(self, timeout_s: float) -> dict[str, Any]:
         """This interval's capacity; while the node's own PostgreSQL is down, the last one
@@ -87,7 +91,7 @@ class ControlPlane:
         timeout = section.timeout_s
         measured = await self._measure(timeout)
         if self.conn is None or self.conn.is_closed():
-            self.conn = await asyncpg.connect(
+            self.conn = await self.connect(
                 section.dsn.get_secret_value(), timeout=timeout, command_timeout=timeout
             )
         stamped = await self.conn.fetchval(
@@ -111,20 +115,23 @@ class ControlPlane:
 
     async def run(self, health: Health) -> None:
         where = registry.safe_dsn(self.runtime.config.control_plane.dsn.get_secret_value())
+        metrics = self.runtime.metrics
         try:
             while True:
                 section = self.runtime.config.control_plane
                 started = time.monotonic()
                 try:
                     await asyncio.wait_for(self.beat(), section.timeout_s * 3)
+                    metrics.heartbeat_last.labels(CONTROL_PLANE_STORE).set_to_current_time()
                     # A reason that stays the same: a change of state is logged, a beat not.
                     health.running(f"heartbeats to {where}")
                 except PG_ERRORS as exc:
+                    metrics.heartbeat_failures.labels(CONTROL_PLANE_STORE).inc()
                     await self._drop()
                     reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                     what = "refused" if isinstance(exc, asyncpg.PostgresError) else "unreachable"
                     health.degraded(f"central registry {where} {what}: {reason}")
                 elapsed = time.monotonic() - started
-                await asyncio.sleep(max(0.0, section.heartbeat_interval_s - elapsed))
+                await self.sleep(max(0.0, section.heartbeat_interval_s - elapsed))
         finally:
             await self._drop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,10 @@ from config.loader import ConfigError, daemon_problems, load_control_plane, vali
 from config.model import ControlPlaneSection
 from daemon import capacity, registry
 from daemon.cli import fleet
-from daemon.controlplane import inputs_of
+from daemon.controlplane import ControlPlane, inputs_of
+from daemon.runtime import Runtime
+from daemon.stores import PostgresKeeper
+from daemon.supervisor import ComponentState, Health
 from simulators.fleet import site_for
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -265,3 +269,96 @@ async def test_a_status_call_reads_json_and_refuses_anything_else() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+class _FakeConn:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.closed = False
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    async def fetchval(self, sql: str, *args: Any, **options: Any) -> Any:
+        self.calls.append((sql, *args))
+        return NOW
+
+    def terminate(self) -> None:
+        self.closed = True
+
+
+class _Stop(Exception):
+    """Ends the component's loop at its first sleep."""
+
+
+def _plane(tmp_path: Path) -> ControlPlane:
+    raw = tomllib.loads(sim_example(tmp_path))
+    raw["control_plane"] = {
+        "dsn": "postgresql://hanjullo_node_x:secret@db.example/registry",
+        "advertise_url": "https://node.example:8443",
+        "heartbeat_interval_s": 7,
+    }
+    runtime = Runtime.create(validate(raw))
+    snapshot = {**STATUS, "line_groups": [], "modems": [], "runs": []}
+    return ControlPlane(runtime, PostgresKeeper(runtime), lambda: snapshot)
+
+
+async def test_a_heartbeat_carries_the_row_and_says_when_capacity_was_not_measured(
+    tmp_path: Path,
+) -> None:
+    plane = _plane(tmp_path)
+    conns: list[_FakeConn] = []
+
+    async def connect(dsn: str, **kwargs: Any) -> _FakeConn:
+        conns.append(_FakeConn())
+        return conns[-1]
+
+    plane.connect = connect
+    await plane.beat()
+    await plane.beat()
+    assert len(conns) == 1 and len(conns[0].calls) == 2
+    sql, node_id, _name, url, _version, sent, interval = conns[0].calls[0]
+    assert sql == registry.HEARTBEAT_SQL
+    assert (node_id, url, interval) == (
+        plane.runtime.config.node.id,
+        "https://node.example:8443",
+        7,
+    )
+    measured = json.loads(sent)
+    # The node's own PostgreSQL is not up in this test: the heartbeat goes, unmeasured.
+    assert measured["headroom"]["verdict"] == "unknown" and "unmeasured" in measured
+    conns[0].closed = True
+    await plane.beat()
+    assert len(conns) == 2
+
+
+async def test_the_component_is_degraded_while_the_registry_is_down_and_recovers(
+    tmp_path: Path,
+) -> None:
+    plane = _plane(tmp_path)
+    down = True
+
+    async def connect(dsn: str, **kwargs: Any) -> _FakeConn:
+        if down:
+            raise ConnectionRefusedError("connection refused")
+        return _FakeConn()
+
+    async def sleep(seconds: float) -> None:
+        raise _Stop
+
+    plane.connect = connect
+    plane.sleep = sleep
+    health = Health("control-plane")
+    with pytest.raises(_Stop):
+        await plane.run(health)
+    assert health.state == ComponentState.DEGRADED
+    assert "secret" not in health.status.reason
+    assert health.status.reason.startswith(
+        "central registry postgresql://hanjullo_node_x@db.example/registry unreachable"
+    )
+    failures = plane.runtime.metrics.heartbeat_failures.labels("control-plane")
+    assert failures._value.get() == 1
+    down = False
+    with pytest.raises(_Stop):
+        await plane.run(health)
+    assert health.state == ComponentState.RUNNING
