@@ -412,6 +412,8 @@ def main(argv: list[str]) -> int:
     )
     try:
         fleet.start()
+        if stop:
+            return 0
         fleet.wait_all_ok(timeout_s=max(60.0, 6 * args.heartbeat_interval))
         print(fleet.ctl("fleet", "status"), end="", flush=True)
         print(

@@ -369,7 +369,10 @@ def cmd_remove_node(args: argparse.Namespace) -> int:
         finally:
             await conn.close()
 
-    had_role = asyncio.run(remove())
+    try:
+        had_role = asyncio.run(remove())
+    except asyncpg.PostgresError as exc:
+        raise CtlError(f"fleet remove-node failed: {exc}") from exc
     print(f"node {args.node_id} removed" + ("" if had_role else " (it had no role)"))
     return 0
 

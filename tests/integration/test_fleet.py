@@ -16,9 +16,11 @@ import socket
 import subprocess
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -434,3 +436,53 @@ def test_the_fleet_files_are_where_the_docs_say(fleet: SimulatedFleet) -> None:
     )
     assert operator.returncode == 0 and "3 ok" in operator.stdout, operator.stderr
     assert Path(fleet.fleet_toml).read_text().count("client_cert") == 1
+
+
+def test_hanjullo_sim_fleet_prints_the_view_and_stops_everything_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("nginx's workers run as a user of their own: needs root")
+    directory = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [
+            *command("hanjullo-sim"),
+            "fleet",
+            "--nodes",
+            "1",
+            "--dir",
+            str(directory),
+            "--first-instance",
+            "14",
+            "--heartbeat-interval",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        wait_for(
+            lambda: any("fleet: 1 nodes (1 ok" in line for line in lines) or proc.poll(),
+            90,
+            "the fleet view on stdout",
+            interval_s=0.2,
+        )
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        config = directory / "node14" / "node.toml"
+        port = urlsplit(tomllib.loads(config.read_text())["control_plane"]["advertise_url"]).port
+        assert (directory / "fleet.toml").exists() and (directory / "operator.toml").exists()
+        node_socket = directory / "node14" / "node.sock"
+        assert node_socket.exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    # Everything it started is gone: the daemon's socket, the simulator, nginx's port.
+    assert not node_socket.exists()
+    assert port is not None
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
