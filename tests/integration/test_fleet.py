@@ -404,8 +404,29 @@ def test_with_the_central_database_down_nodes_keep_sending_and_recover_by_themse
         result = _fleet_ctl(fleet, "status")
         assert result.returncode == 1 and result.stdout == ""
         assert "registry" in result.stderr and fleet.central_db in result.stderr
-        # Every node keeps sending.
+        # Every node keeps sending, and testing.
+        tester = subprocess.Popen(
+            [
+                *command("hanjulloctl"),
+                "spam-test",
+                "--callback",
+                CALLBACK,
+                "--message",
+                "central down 안내",
+                "--wait",
+                "--timeout",
+                "60",
+                "--json",
+                "--config",
+                str(_node(fleet, INSTANCES[0]).config_path),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         _all_send_and_complete(fleet, INSTANCES, "central-down")
+        report = _sent(tester)
+        assert report["status"] == "completed" and report["overall"] == "pass", report
         assert all(state == "degraded" for state, _ in _plane_states(fleet).values())
     finally:
         _central(fleet, allow=True)
