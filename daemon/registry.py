@@ -18,6 +18,7 @@ Who writes what:
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -108,7 +109,10 @@ def role_of(node_id: str) -> str:
 
 
 def safe_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages and logs."""
+    """The DSN without its password, for messages and logs (a URL, or libpq's
+    ``key=value`` form)."""
+    if "://" not in dsn:
+        return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
     parts = urlsplit(dsn)
     if parts.password is None:
         return dsn

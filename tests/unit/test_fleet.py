@@ -116,6 +116,8 @@ def test_dsns_keep_their_password_out_of_messages_and_name_the_node_role() -> No
     fleet_dsn = "postgresql://cp:secret@db.example:5433/registry"
     assert registry.safe_dsn(fleet_dsn) == "postgresql://cp@db.example:5433/registry"
     assert registry.safe_dsn("postgresql://cp@db/registry") == "postgresql://cp@db/registry"
+    assert registry.safe_dsn("host=db password='a b' dbname=r") == "host=db password=*** dbname=r"
+    assert registry.safe_dsn("host=db password=s3cret") == "host=db password=***"
     node = registry.node_dsn(fleet_dsn, "node-7", "p/w")
     assert node == "postgresql://hanjullo_node_node-7:p%2Fw@db.example:5433/registry"
 
