@@ -364,3 +364,25 @@ async def test_the_component_is_degraded_while_the_registry_is_down_and_recovers
     with pytest.raises(_Stop):
         await plane.run(health)
     assert health.state == ComponentState.RUNNING
+
+
+def test_between_measurements_a_heartbeat_carries_what_is_true_now(tmp_path: Path) -> None:
+    plane = _plane(tmp_path)
+    measured = {**_capacity([False, False, False]), "companies_30d": 2}
+    measured["phones"]["spam_tests_queued"] = 0
+    measured["headroom"] = capacity.verdict(measured)
+    now = {
+        "bulk_groups": {"bulk-1": 3, "bulk-2": 3, "bulk-3": 3},
+        "held_now": {"bulk-1", "bulk-2", "bulk-3"},
+        "phones_total": 3,
+        "phones_ready": 3,
+        "spam_tests_queued": 4,
+        "runs_waiting": 1,
+    }
+    present = plane._with_present(measured, now)
+    assert all(g["held_now"] for g in present["bulk_groups"])
+    assert present["phones"]["spam_tests_queued"] == 4 and present["runs_waiting"] == 1
+    assert present["headroom"]["score"] == 0.0 and present["companies_30d"] == 2
+    # The measurement itself is left as it was.
+    assert measured["headroom"]["score"] == 1.0
+    assert not any(g["held_now"] for g in measured["bulk_groups"])
