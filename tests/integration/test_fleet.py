@@ -9,6 +9,7 @@ with a 1 s heartbeat so that "three intervals" is short; each test leaves every 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,14 +18,18 @@ import subprocess
 import threading
 import time
 import tomllib
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 import redis
 
+from daemon import capacity
 from simulators.fleet import SimulatedFleet, free_port
 from simulators.harness import SimulatedNode, command, wait_for
 from tests import services
@@ -507,3 +512,94 @@ def test_hanjullo_sim_fleet_prints_the_view_and_stops_everything_on_sigterm(
     assert port is not None
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_capacity_is_measured_from_the_nodes_own_rows(fleet: SimulatedFleet) -> None:
+    """`daemon/capacity.py` on a real node database, with runs and spam tests of a node id
+    no daemon has, at times relative to one `now`."""
+    database = f"node{INSTANCES[0]}"
+    node_id = f"capacity-probe-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+
+    def ago(**delta: float) -> datetime:
+        return now - timedelta(**delta)
+
+    runs = [
+        # bulk-1: held 30 min of the hour after a 10 min wait; earlier, an hour (no wait).
+        ("a", "bulk-1", "completed", ago(minutes=50), ago(minutes=40), ago(minutes=10)),
+        ("c", "bulk-1", "completed", ago(hours=5), ago(hours=5), ago(hours=4)),
+        # bulk-2: held for 90 min and still sending, after a 30 min wait.
+        ("b", "bulk-2", "sending", ago(hours=2), ago(minutes=90), None),
+        # 40 days ago: outside every window.
+        ("z", "bulk-3", "completed", ago(days=40), ago(days=40), ago(days=40)),
+    ]
+    run_ids = [uuid.uuid4() for _ in runs]
+
+    async def scenario() -> dict[str, Any]:
+        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=database)
+        try:
+            for run_id, (company, group, status, queued, since, done) in zip(
+                run_ids, runs, strict=True
+            ):
+                await conn.execute(
+                    "INSERT INTO campaign_runs (id, node_id, company_id, line_group, status,"
+                    " queued_at, group_since, completed_at, updated_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz,"
+                    " coalesce($8::timestamptz, $9))",
+                    run_id, node_id, company, group, status, queued, since, done, now,
+                )  # fmt: skip
+            # Results: 4 landed 20 min ago (run a), 2 three hours ago (run c).
+            for seq, (run_id, at) in enumerate(
+                [(run_ids[0], ago(minutes=20))] * 4 + [(run_ids[1], ago(hours=3))] * 2
+            ):
+                await conn.execute(
+                    "INSERT INTO campaign_run_recipients (run_id, seq, phone, message_text,"
+                    " state, delivered_at) VALUES ($1, $2, '01000000000', 'x', 'final', $3)",
+                    run_id, seq, at,
+                )  # fmt: skip
+            # Two overlapping spam tests: the phones busy 29 to 15 min ago, each waited 60 s.
+            for company, created, started, done in (
+                ("c", ago(minutes=30), ago(minutes=29), ago(minutes=19)),
+                ("d", ago(minutes=26), ago(minutes=25), ago(minutes=15)),
+            ):
+                await conn.execute(
+                    "INSERT INTO spam_filter_tests (node_id, company_id, callback_number,"
+                    " message_content_sms, status, created_at, started_at, completed_at)"
+                    " VALUES ($1, $2, '0212345678', 'x', 'completed', $3, $4, $5)",
+                    node_id, company, created, started, done,
+                )  # fmt: skip
+            return await capacity.measure(
+                conn,
+                node_id,
+                now,
+                bulk_groups={"bulk-1": 3, "bulk-2": 3, "bulk-3": 3},
+                held_now={"bulk-2"},
+                phones_total=3,
+                phones_ready=3,
+                spam_tests_queued=0,
+                runs_waiting=0,
+            )
+        finally:
+            await conn.execute("DELETE FROM campaign_runs WHERE node_id = $1", node_id)
+            await conn.execute("DELETE FROM spam_filter_tests WHERE node_id = $1", node_id)
+            await conn.close()
+
+    measured = asyncio.run(scenario())
+    groups = {g["name"]: g for g in measured["bulk_groups"]}
+    assert groups["bulk-1"]["held_share"] == {"hour": 0.5, "day": 0.0625}
+    assert groups["bulk-1"]["wait_p95_s"] == {"hour": 600.0, "day": 570.0}
+    assert groups["bulk-2"]["held_share"] == {"hour": 1.0, "day": 0.0625}
+    assert groups["bulk-2"]["wait_p95_s"] == {"hour": None, "day": 1800.0}
+    assert groups["bulk-3"]["held_share"] == {"hour": 0.0, "day": 0.0}
+    assert measured["agents"]["free_share"]["hour"] == 0.5
+    assert measured["agents"]["results_per_s"] == {"hour": round(4 / 3600, 4), "day": 0.0001}
+    assert measured["phones"]["utilisation"]["hour"] == round(14 * 60 / 3600, 4)
+    assert measured["phones"]["spam_test_wait_p95_s"] == {"hour": 60.0, "day": 60.0}
+    assert measured["companies_30d"] == 4
+    headroom = measured["headroom"]
+    # The least free share (the agents' 50 % of the hour), halved for bulk-1's 600 s wait and
+    # again for the spam tests' 60 s.
+    assert headroom["score"] == 0.125, headroom
+    assert headroom["verdict"] == "full"
+    assert "runs waited up to 600 s (p95) for a group in the hour" in headroom["reasons"]
+    assert "spam tests waited 60 s (p95) for the phones in the hour" in headroom["reasons"]
