@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import h11
+from rich.cells import cell_len
 
 from config.loader import load_control_plane
 from config.model import DEFAULT_CONFIG_PATH, ControlPlaneSection
@@ -282,9 +283,14 @@ def render(view: FleetView) -> str:
                 str(row["spam_tests_queued"]) if row else "-",
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-           for line in lines]  # fmt: skip
+    # By display width: a Hangul syllable (a node's name) takes two columns.
+    widths = [max(cell_len(line[i]) for line in lines) for i in range(len(header))]
+    out = [
+        "  ".join(
+            cell + " " * (w - cell_len(cell)) for cell, w in zip(line, widths, strict=True)
+        ).rstrip()
+        for line in lines
+    ]
     for node in view.nodes:
         if node.reason:
             out.append(f"{node.row.id}: {node.state}: {node.reason}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.cells import cell_len
 
 from config.example import sim_example
 from config.loader import ConfigError, daemon_problems, load_control_plane, validate
@@ -168,6 +169,14 @@ def test_totals_add_up_the_nodes_that_answered_and_count_every_state() -> None:
     assert set(shape["nodes"][0]) == {"id", "name", "state", "reason", "heartbeat_age_s", "status"}
     assert shape["nodes"][2]["status"] is None
     text = fleet.render(view)
+    korean = fleet.render(
+        fleet.FleetView(
+            [fleet.NodeView(dataclasses.replace(_row("k", 1.0, 1.0), name="서울 1호"))], 0.1, totals
+        )
+    )
+    header, row = korean.split("\n")[:2]
+    # Columns line up by display width: the state column starts at the same column.
+    assert cell_len(header[: header.index("state")]) == cell_len(row[: row.index("ok")])
     assert "c: unreachable: x" in text and "3 nodes (2 ok, 0 stale, 1 unreachable)" in text
 
 
