@@ -42,8 +42,11 @@ SIM_MCC_MNC = {"SKT": ["45005"], "KT": ["45008", "45002", "45004"], "LGU": ["450
 SIM_REGISTERED_SENDERS = ["0212345678", "15886000"]
 
 
-# Redis serves databases 0-15 by default; 0 stays the un-numbered node's.
-MAX_INSTANCE = 15
+# Redis serves databases 0-15 by default; 0 stays the un-numbered node's. Instances above
+# 15 (a simulated fleet of eight at 11-18) share database N - 15 with instance N - 15: every
+# key the daemon writes is namespaced by its node id (`daemon.stores.RedisKeeper.key`).
+REDIS_DATABASES = 16
+MAX_INSTANCE = 30
 
 
 def instance_databases(instance: int | None) -> tuple[str, int]:
@@ -52,7 +55,8 @@ def instance_databases(instance: int | None) -> tuple[str, int]:
         return "test", 0
     if not 1 <= instance <= MAX_INSTANCE:
         raise ValueError(f"instance must be 1-{MAX_INSTANCE}, not {instance}")
-    return f"node{instance}", instance
+    redis_db = instance if instance < REDIS_DATABASES else instance - (REDIS_DATABASES - 1)
+    return f"node{instance}", redis_db
 
 
 def _q(value: str | Path) -> str:

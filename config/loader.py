@@ -20,6 +20,7 @@ from pydantic_settings import EnvSettingsSource
 from config.model import (
     AgentConfig,
     ApiSection,
+    ControlPlaneSection,
     DispatchSection,
     LineGroupConfig,
     ModemConfig,
@@ -356,6 +357,22 @@ def load_config(path: Path) -> NodeConfig:
     return validate(read_raw(path), str(path))
 
 
+def load_control_plane(path: Path) -> ControlPlaneSection:
+    """Only `[control_plane]` of the file (with its ``HANJULLO_CONTROL_PLANE__…``
+    overrides): what the fleet commands need, on a node or on a control plane's machine,
+    whose file has no agents, groups or phones."""
+    raw = read_raw(path)
+    section = raw.get("control_plane", {})
+    try:
+        return ControlPlaneSection.model_validate(section)
+    except ValidationError as exc:
+        problems = [
+            Problem(f"control_plane.{p.field}", p.value, p.message)
+            for p in _field_problems(section, exc)
+        ]
+        raise ConfigError(str(path), problems) from exc
+
+
 def daemon_problems(config: NodeConfig) -> list[Problem]:
     """What the daemon needs beyond a valid file: settings the CLI can do without (an
     operator's shell does not see the daemon's EnvironmentFile)."""
@@ -368,6 +385,17 @@ def daemon_problems(config: NodeConfig) -> list[Problem]:
                 "the daemon needs it as the HMAC key of ai_training_logs.source_ref; fix: set "
                 "HANJULLO_DISPATCH__TRAINING_SECRET to a long random value (e.g. openssl "
                 "rand -hex 32) in the daemon's EnvironmentFile (systemd/INSTALL.md)",
+            )
+        )
+    plane = config.control_plane
+    if plane.dsn.get_secret_value() and not plane.advertise_url:
+        problems.append(
+            Problem(
+                "control_plane.advertise_url",
+                _MISSING,
+                "a node that heartbeats into the registry must say where the control plane "
+                "reaches it; fix: advertise_url = the https URL of this node's nginx "
+                '(e.g. "https://node7.example:8443"), or remove control_plane.dsn',
             )
         )
     return problems

@@ -236,6 +236,37 @@ class ApiSection(_Section):
         return value
 
 
+class ControlPlaneSection(_Section):
+    """The central registry this node heartbeats into, and the fleet commands' client
+    certificate (docs/fleet.md). With no `dsn` the node heartbeats nowhere (a node of its
+    own, or a fleet not set up yet) and has no `control-plane` component."""
+
+    # The central PostgreSQL: on a node, its own login role (`hanjulloctl fleet add-node`);
+    # for the fleet commands, one that may read every row. A secret: usually from
+    # HANJULLO_CONTROL_PLANE__DSN in the EnvironmentFile.
+    dsn: SecretStr = SecretStr("")
+    # The https URL at which the control plane reaches this node's API through its nginx.
+    advertise_url: str = ""
+    heartbeat_interval_s: Seconds = 10.0
+    # A heartbeat (connect and upsert) that takes longer than this has failed.
+    timeout_s: Seconds = 5.0
+    # The fleet commands' TLS: the CA of the nodes' server certificates, and the client
+    # certificate and key they present (a fleet certificate may only read).
+    ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if value and re.fullmatch(r"https://[^/\s]+(/\S*)?", value) is None:
+            raise ValueError(
+                "must be the https URL of this node's nginx, without a trailing path "
+                'beyond its prefix; fix: e.g. advertise_url = "https://node7.example:8443"'
+            )
+        return value.rstrip("/")
+
+
 class DispatchSection(_Section):
     poll_interval_s: Seconds = 5.0
     batch_size: int = Field(default=1000, ge=1, le=50_000)
@@ -392,6 +423,7 @@ class NodeConfig(BaseSettings):
     modems: list[ModemConfig] = []
     socket: SocketSection = SocketSection()
     api: ApiSection = ApiSection()
+    control_plane: ControlPlaneSection = ControlPlaneSection()
     dispatch: DispatchSection = DispatchSection()
     supervision: SupervisionSection = SupervisionSection()
     spam_tests: SpamTestSection = SpamTestSection()

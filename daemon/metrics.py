@@ -59,6 +59,7 @@ RECEIPT_BUCKETS_S = (1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 45.0
 FAILOVER_REASONS = ("unreachable", "stalled", "drained")
 MODEM_RECOVERY_REASONS = ("hung", "port_lost", "driver_error", "receipt_failed")
 STORES = ("postgres", "redis")
+CONTROL_PLANE_STORE = "control-plane"
 # The answers a socket's series start with at zero: served, and refused by its roles.
 SHOWN_STATUSES = ("200", "403")
 
@@ -221,6 +222,9 @@ class NodeMetrics:
                 self.modem_recoveries.labels(modem.label, reason)
         for store in STORES:
             self.heartbeat_failures.labels(store)
+        if config.control_plane.dsn.get_secret_value():
+            # The heartbeat into the central registry (docs/fleet.md), when there is one.
+            self.heartbeat_failures.labels(CONTROL_PLANE_STORE)
         for socket in ("status", *(("read", "control") if config.api.proxy_user else ())):
             for status in SHOWN_STATUSES:
                 self.api_requests.labels(socket, status)

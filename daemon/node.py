@@ -26,6 +26,7 @@ from config.logs import setup_for
 from daemon import receipts
 from daemon.agents import AgentMonitor, AgentState
 from daemon.api import NodeAPI
+from daemon.controlplane import ControlPlane
 from daemon.dispatcher import Dispatcher
 from daemon.housekeeping import Housekeeping
 from daemon.http import ProxyRoles, SocketRoles, UnixHTTPServer
@@ -313,6 +314,11 @@ class Node:
         ]
         if runtime.config.api.proxy_user:
             components.insert(1, ProxySockets(self))
+        # A node with no registry to heartbeat into has no `control-plane` component.
+        self.control_plane: ControlPlane | None = None
+        if runtime.config.control_plane.dsn.get_secret_value():
+            self.control_plane = ControlPlane(runtime, self.postgres, self.snapshot)
+            components.append(self.control_plane)
         for component in components:
             self.supervisor.add(component)
         self.stop_requested = asyncio.Event()

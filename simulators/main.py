@@ -404,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
         help="a fault-injecting TCP proxy: hanjullo-sim proxy serve|ctl (see proxy --help)",
     )
+    sub.add_parser(
+        "fleet",
+        add_help=False,
+        help="K simulated nodes, a central registry and one nginx: fleet --nodes K --dir DIR",
+    )
     ctl = sub.add_parser("ctl", parents=[common], help="control the running simulator")
     ctl_sub = ctl.add_subparsers(dest="what", required=True)
 
@@ -456,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
         from simulators import faultproxy
 
         return faultproxy.main(words[1:])
+    if words[:1] == ["fleet"]:
+        # A whole fleet: it writes every node's configuration itself.
+        from simulators import fleet
+
+        return fleet.main(words[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "config", None):

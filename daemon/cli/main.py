@@ -15,11 +15,11 @@ from config.loader import ConfigError
 from config.logs import setup_logging
 from config.model import DEFAULT_CONFIG_PATH
 from config.version import package_version
-from daemon.cli import node_setup, pdu, runs, spam, status
+from daemon.cli import fleet, node_setup, pdu, runs, spam, status
 from daemon.cli.common import CtlError
 
 # In the order `hanjulloctl --help` lists them.
-COMMAND_MODULES = (status, node_setup, pdu, runs, spam)
+COMMAND_MODULES = (status, node_setup, pdu, runs, spam, fleet)
 
 
 def build_parser() -> argparse.ArgumentParser:

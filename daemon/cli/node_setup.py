@@ -123,7 +123,8 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     example.add_argument(
         "--instance",
         type=int,
-        help="node N's own databases (PostgreSQL and MySQL node<N>, Redis db N), N = 1-15",
+        help="node N's own databases (PostgreSQL and MySQL node<N>, Redis db N, or N - 15 above "
+        "15), N = 1-30",
     )
     example.set_defaults(func=cmd_config_example)
 

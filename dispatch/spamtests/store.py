@@ -391,3 +391,48 @@ async def prune_canaries(conn: Conn, node_id: str, retention: timedelta) -> str:
             CANARY,
         )
     )
+
+
+# ---- capacity (daemon/capacity.py, docs/fleet.md) ---------------------------------------
+# Spam tests use every phone at once: the phones are busy while any test is active.
+PHONES_SQL = """
+WITH w AS (
+    SELECT $2::timestamptz AS now,
+           tstzrange($2::timestamptz - interval '1 hour', $2::timestamptz) AS hour,
+           tstzrange($2::timestamptz - interval '1 day', $2::timestamptz) AS day
+), tests AS (
+    SELECT tstzrange(started_at, greatest(started_at, coalesce(completed_at, w.now))) AS span,
+           extract(epoch FROM started_at - created_at) AS wait_s
+    FROM spam_filter_tests, w
+    WHERE node_id = $1 AND started_at IS NOT NULL
+      AND coalesce(completed_at, w.now) >= lower(w.day)
+), busy AS (
+    SELECT range_agg(span * w.hour) AS hour, range_agg(span * w.day) AS day FROM tests, w
+)
+SELECT (SELECT coalesce(sum(extract(epoch FROM upper(r) - lower(r))), 0)::double precision
+        FROM busy, unnest(busy.hour) AS r) AS busy_hour_s,
+       (SELECT coalesce(sum(extract(epoch FROM upper(r) - lower(r))), 0)::double precision
+        FROM busy, unnest(busy.day) AS r) AS busy_day_s,
+       (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY greatest(wait_s, 0))
+        FROM tests, w WHERE lower(span) >= lower(w.hour)) AS wait_p95_hour_s,
+       (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY greatest(wait_s, 0))
+        FROM tests) AS wait_p95_day_s
+"""
+
+TEST_COMPANIES_SQL = """
+SELECT DISTINCT company_id FROM spam_filter_tests
+WHERE node_id = $1 AND created_at >= $2 AND company_id IS NOT NULL
+"""
+
+
+async def phones_busy(conn: Conn, node_id: str, now: datetime) -> dict[str, Any]:
+    """Seconds the phones were busy with a test in the last hour and day (``busy_hour_s``,
+    ``busy_day_s``), and the p95 wait from queued to started (``wait_p95_hour_s``,
+    ``wait_p95_day_s``, None without tests)."""
+    row = await conn.fetchrow(PHONES_SQL, node_id, now)
+    assert row is not None  # aggregates: always one row
+    return dict(row)
+
+
+async def test_companies_since(conn: Conn, node_id: str, since: datetime) -> set[str]:
+    return {r["company_id"] for r in await conn.fetch(TEST_COMPANIES_SQL, node_id, since)}

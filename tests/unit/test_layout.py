@@ -35,9 +35,9 @@ CHECKED_FOR_CYCLES = (*ALLOWED, "tests", "bench")
 # The CLI is a client of the daemon's socket and of the databases' contracts: it imports
 # none of the daemon's runtime (components, supervisor, status server), only these.
 CLI = "daemon.cli"
-CLI_MAY_IMPORT = ("config", "drivers", "dispatch", CLI, "daemon.schema")
+CLI_MAY_IMPORT = ("config", "drivers", "dispatch", CLI, "daemon.schema", "daemon.registry")
 # Modules of the daemon that the CLI shares; they must stay free of the runtime themselves.
-SHARED_WITH_CLI = ("daemon.schema",)
+SHARED_WITH_CLI = ("daemon.schema", "daemon.registry")
 
 
 @dataclass(frozen=True, slots=True)
