@@ -308,12 +308,15 @@ http {{
             raise FleetError(f"nginx exited: see {self.dir / 'nginx.stderr'}")
 
     # ---- lifecycle ------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, progress: Callable[[str], None] = lambda _: None) -> None:
+        """Start everything; `progress` is told each step (starting takes a minute)."""
         # The proxy's sockets must be reachable by nginx's user: not under a private DIR.
         self.runtime_dir = Path(tempfile.mkdtemp(prefix="hanjullo-fleet-", dir="/tmp"))
         self.runtime_dir.chmod(0o711)
+        progress(f"test CA, fleet and operator certificates under {self.dir / 'pki'}")
         self._make_pki()
         self._write_views()
+        progress("central registry")
         self._registry()
         for n in self.instances:
             self.ports[n] = free_port()
@@ -322,13 +325,17 @@ http {{
                 self.dir / f"node{n}", instance=n, overrides=self._edit_for(n)
             )
             (self.dir / f"node{n}" / "node.toml").chmod(0o600)
-        for node in self.nodes.values():
+        for n, node in self.nodes.items():
+            progress(f"node {n}: db init")
             node.db_init()
+        progress("nginx")
         self._start_nginx()
         if self.with_sims:
-            for node in self.nodes.values():
+            for n, node in self.nodes.items():
+                progress(f"node {n}: simulators")
                 node.start_sim()
-        for node in self.nodes.values():
+        for n, node in self.nodes.items():
+            progress(f"node {n}: daemon")
             node.start_daemon(wait_ready_s=30)
 
     def view(self, timeout_s: float = 10.0, config: Path | None = None) -> dict[str, Any]:
@@ -411,9 +418,10 @@ def main(argv: list[str]) -> int:
         heartbeat_interval_s=args.heartbeat_interval,
     )
     try:
-        fleet.start()
+        fleet.start(lambda step: print(f"starting: {step}", file=sys.stderr, flush=True))
         if stop:
             return 0
+        print("waiting for every node's first heartbeat", file=sys.stderr, flush=True)
         fleet.wait_all_ok(timeout_s=max(60.0, 6 * args.heartbeat_interval))
         print(fleet.ctl("fleet", "status"), end="", flush=True)
         print(
@@ -424,6 +432,7 @@ def main(argv: list[str]) -> int:
         )
         while not stop:
             time.sleep(0.2)
+        print("stopping the fleet", file=sys.stderr, flush=True)
         return 0
     except (FleetError, TimeoutError, OSError, asyncpg.PostgresError) as exc:
         print(f"hanjullo-sim fleet: {exc}", file=sys.stderr)
