@@ -297,12 +297,18 @@ async def committed(
     conn: aiomysql.Connection, run_ref: str, numbers: Sequence[str], seqs: tuple[int, int]
 ) -> set[str]:
     """Which of `numbers` (recipients with seqs in `seqs`) the run has in the agent tables
-    by its ledger: its inserts whose batch overlaps `seqs`, and all its pull-backs."""
+    by its ledger: its inserts whose batch overlaps `seqs`, and all its pull-backs.
+
+    A locking read (`LOCK IN SHARE MODE`): it waits for any transaction still holding an
+    entry of the run uncommitted and reads what that one did. A write whose COMMIT was
+    sent but whose answer never came (a reset connection) may commit after the client
+    gave up on it; a plain read could run in between, miss its entry and have the batch
+    inserted again in the same epoch, where no fence stops it."""
     async with conn.cursor() as cur:
         await cur.execute(
             "SELECT kind, numbers FROM hanjullo_ledger WHERE run_ref = %s"
             " AND (kind = 'pull' OR (kind = 'insert' AND seq_hi >= %s AND seq_lo <= %s))"
-            " ORDER BY id",
+            " ORDER BY id LOCK IN SHARE MODE",
             (run_ref, seqs[0], seqs[1]),
         )
         rows = await cur.fetchall()
@@ -355,7 +361,11 @@ async def close_pulls(
 
 
 async def has_entries(conn: aiomysql.Connection, run_ref: str) -> bool:
-    """Whether the run has any ledger entry (a run handed off before the ledger has none)."""
+    """Whether the run has any ledger entry (a run handed off before the ledger has none);
+    a locking read, like `committed`: an entry whose commit is still on its way counts."""
     async with conn.cursor() as cur:
-        await cur.execute("SELECT 1 FROM hanjullo_ledger WHERE run_ref = %s LIMIT 1", (run_ref,))
+        await cur.execute(
+            "SELECT 1 FROM hanjullo_ledger WHERE run_ref = %s LIMIT 1 LOCK IN SHARE MODE",
+            (run_ref,),
+        )
         return await cur.fetchone() is not None

@@ -232,6 +232,49 @@ async def test_a_batch_cut_on_one_table_while_another_loads_slowly_lands_once(
             await tables.close()
 
 
+async def warm(tables: MySQLAgentTables) -> None:
+    """Open the pool's connections now: a connection opened later commits its session
+    setup, and that COMMIT is not the one a test's rule is after."""
+    assert tables.pool is not None
+    held = [await tables.pool.acquire() for _ in range(tables.pool.maxsize)]
+    for conn in held:
+        tables.pool.release(conn)
+
+
+async def test_a_batch_commit_whose_outcome_the_client_never_learned_lands_once(
+    fakes: Fakes,
+) -> None:
+    """Review finding F4: one table's COMMIT is on its way when its connection resets; the
+    server commits it seconds later. The retry's lookup ran meanwhile, in the same epoch:
+    a plain read of the ledger did not see the entry yet and the rows went in twice."""
+    async with FaultProxy(0, MYSQL, name="mysql") as proxy:
+        runtime = Runtime(config=on_mysql(fakes.ctx.config, proxy.port), clock=fakes.clock)
+        lock, tables = MySQLWriterLock(fakes.ctx.runtime), MySQLAgentTables(runtime)
+        await tables.open()
+        try:
+            tables.fence = await lock.take()
+            fakes.ctx.tables = tables
+            await warm(tables)
+            run = make_run("acme", status=RunStatus.SENDING, line_group="bulk-1", started_at=DAY)
+            run_id = fakes.book.add(run, 900).id
+            await proxy.add_rule(Rule("late", r"\x03COMMIT", RuleAction.ORPHAN, delay_s=3.0))
+            state = fakes.ctx.registry.state(run_id, "acme")
+            await engine.run_handoff(fakes.ctx, state)
+            assert proxy.rule_hits("late") == 1
+            deadline = time.monotonic() + 15
+            while any(
+                c.state != "closed" for c in proxy.connections() if "late" in c.rules_fired
+            ):  # the orphaned COMMIT has reached the server and been answered
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            counts = await run_rows(fakes.ctx.config, str(run_id))
+            assert len(counts) == 900 and set(counts.values()) == {1}, Counter(counts.values())
+            assert fakes.book.runs[run_id].status == RunStatus.DRAINING
+        finally:
+            await lock.release()
+            await tables.close()
+
+
 # ---- acceptance 2: two daemons on one configuration -----------------------------------------
 
 
