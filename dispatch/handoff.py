@@ -237,16 +237,20 @@ async def existing_tables(conn: aiomysql.Connection, tables: Sequence[str]) -> l
     return [t for t in tables if t in have]
 
 
-async def pull_back(conn: aiomysql.Connection, tables: Sequence[str], run_id: str) -> list[str]:
-    """Delete the run's rows no agent has picked up; return their numbers.
+async def pull_back(
+    conn: aiomysql.Connection, fence: Fence | None, tables: Sequence[str], run_id: str
+) -> list[str]:
+    """Delete the run's rows no agent has picked up; return their numbers (the spam-test
+    engine's; its rows are not in the ledger).
 
     The rows are locked first (agents claim with SKIP LOCKED, so none is taken
-    halfway), then deleted, per table in one transaction.
+    halfway), then deleted, per table in one transaction fenced by `fence`.
     """
     numbers: list[str] = []
     for name in tables:
         table = checked_table(name)
         async with transaction(conn) as cur:
+            await ledger.check_fence(cur, fence)
             await cur.execute(
                 f"SELECT seqno, dest_no FROM `{table}` WHERE app_etc1 = %s AND rsv1 = '1'"
                 " FOR UPDATE",

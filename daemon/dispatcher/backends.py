@@ -140,6 +140,9 @@ class PostgresRunBook:
     async def record_metrics(self, ref: str, metrics: RunMetrics) -> None:
         await self._on(training.record_metrics, ref, metrics)
 
+    async def settled_runs(self, run_ids: Sequence[uuid.UUID], horizon_h: float) -> set[uuid.UUID]:
+        return await self._on(results.settled_runs, self._node_id(), run_ids, horizon_h)
+
 
 class MySQLAgentTables:
     """`ports.AgentTables` on a MySQL pool of the component's own (`open`, `close`).
@@ -242,6 +245,12 @@ class MySQLAgentTables:
 
     async def tables_written(self, run_ref: str) -> list[str]:
         return await self._on(ledger.tables_written, run_ref)
+
+    async def ledger_runs(self) -> list[str]:
+        return await self._on(ledger.ledger_runs, self.runtime.config.node.id)
+
+    async def prune_ledger(self, run_refs: Sequence[str]) -> int:
+        return await self._on(ledger.prune, self.runtime.config.node.id, run_refs)
 
     async def move_waiting(self, source: str, targets: Sequence[str]) -> int:
         return await self._on(handoff.move_waiting, self.fence, source, targets)

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ import pytest
 
 from config.model import NodeConfig
 from daemon.dispatcher import handoff as engine
+from daemon.dispatcher import results
 from daemon.dispatcher.backends import MySQLAgentTables, MySQLWriterLock
+from daemon.role import WriterState
 from daemon.runtime import Runtime
+from daemon.spamtest.backends import MySQLTestTables
 from daemon.supervisor import DependencyDown
 from dispatch import agent_tables, handoff, ledger
 from dispatch.handoff import AgentRow
@@ -172,6 +176,70 @@ async def test_one_writer_per_node_and_a_takeover_fences_the_old_epoch(fakes: Fa
     finally:
         await second.release()
         await old.close()
+
+
+async def test_spam_test_rows_are_fenced_by_the_writer_epoch(fakes: Fakes) -> None:
+    """The spam-test engine's agent rows go in (and are pulled back) only under the node's
+    writer epoch: a daemon that lost the role writes no test row."""
+    runtime = fakes.ctx.runtime
+    first, second = MySQLWriterLock(runtime), MySQLWriterLock(runtime)
+    role = WriterState()
+    tables = MySQLTestTables(lambda: role.fence)
+    tables.pool = await agent_tables.create_pool(runtime.config.mysql, maxsize=2)
+    test_ref = str(uuid.uuid4())
+
+    def row(number: str) -> tuple[str, AgentRow]:
+        values = AgentRow(number, "0212345678", "테스트", "S", None, None, test_ref, "")
+        return "SMSQ_SEND_3", values
+
+    try:
+        with pytest.raises(DependencyDown, match="writer role"):  # not the writer (yet)
+            await tables.insert([row("01011110000")])
+        fence = await first.take()
+        assert fence is not None
+        role.taken(fence)
+        assert len(await tables.insert([row("01011110001")])) == 1
+        await first.release()
+        assert await second.take() is not None  # another daemon took the node over
+        with pytest.raises(DependencyDown, match="another daemon took the writer role"):
+            await tables.insert([row("01011110002")])
+        with pytest.raises(DependencyDown, match="another daemon took the writer role"):
+            await tables.pull_back(["SMSQ_SEND_3"], test_ref)
+        rows = await run_rows(runtime.config, test_ref)
+        assert rows == Counter({"01011110001": 1})
+    finally:
+        await second.release()
+        await agent_tables.close_pool(tables.pool)
+
+
+async def test_the_ledger_is_pruned_of_runs_settled_beyond_the_result_horizon(
+    fakes: Fakes,
+) -> None:
+    """`ledger_runs` and `prune` on the real server, driven by the result horizon."""
+    runtime = fakes.ctx.runtime
+    lock, tables = MySQLWriterLock(runtime), MySQLAgentTables(runtime)
+    await tables.open()
+    try:
+        tables.fence = await lock.take()
+        fakes.ctx.tables = tables
+        kept = make_run("acme", status=RunStatus.SENDING, line_group="bulk-1", started_at=DAY)
+        done = make_run("acme", status=RunStatus.SENDING, line_group="bulk-1", started_at=DAY)
+        for run in (kept, done):
+            fakes.book.add(run, 5)
+            for table in ("SMSQ_SEND_1", "SMSQ_SEND_2"):
+                await tables.write(table, batch(str(run.id), 5), (1, 5))
+        await fakes.book.set_status(done.id, RunStatus.COMPLETED, None)
+        fakes.clock.moment = DAY + timedelta(hours=fakes.ctx.settings.result_horizon_h + 1)
+        await results.prune_ledger(fakes.ctx)
+        left = await tables.ledger_runs()
+        assert str(kept.id) in left and str(done.id) not in left
+        assert await tables.tables_written(str(done.id)) == []
+        assert await tables.tables_written(str(kept.id)) == ["SMSQ_SEND_1", "SMSQ_SEND_2"]
+        await run_rows(runtime.config, str(kept.id))
+        await run_rows(runtime.config, str(done.id))
+    finally:
+        await lock.release()
+        await tables.close()
 
 
 async def test_a_load_data_the_server_warned_about_is_rolled_back(fakes: Fakes) -> None:
@@ -369,6 +437,11 @@ def test_two_daemons_on_one_node_one_writes_and_the_other_takes_over_after_a_kil
             interval_s=0.3,
         )
         assert passive["holder"]["pid"] == first_pid
+        # Nor does it test for spam or own the test phones (their ports are the writer's).
+        status = second.status()
+        assert status["modems"] and {m["state"] for m in status["modems"]} == {"passive"}
+        (spam,) = [c for c in status["components"] if c["name"] == "spam-tests"]
+        assert spam["reason"].startswith("passive"), spam
         run_id = send(node, "K", numbers("71", 3_000))
         wait_for(
             lambda: (
@@ -396,6 +469,12 @@ def test_two_daemons_on_one_node_one_writes_and_the_other_takes_over_after_a_kil
             interval_s=0.3,
         )
         assert taken["epoch"] > passive["epoch"]
+        wait_for(
+            lambda: "passive" not in {m["state"] for m in second.status()["modems"]},
+            30,
+            "the new writer to open the test phones",
+            interval_s=0.3,
+        )
         started = time.monotonic()
         info = finished(node, run_id, 120)
         rows = agent_rows(run_id)

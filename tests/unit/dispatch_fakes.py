@@ -314,6 +314,18 @@ class FakeBook:
             or r.status == RunStatus.RESULTS
         ]
 
+    async def settled_runs(self, run_ids: Sequence[uuid.UUID], horizon_h: float) -> set[uuid.UUID]:
+        quiet_since = self.clock.now() - timedelta(hours=horizon_h)
+        final = ("completed", "cancelled", "rejected")
+        return {
+            i
+            for i in run_ids
+            if i not in self.runs
+            or (
+                self.runs[i].status in final and self.updated.get(i, self.clock.now()) < quiet_since
+            )
+        }
+
     async def apply_results(self, run_id: uuid.UUID, results: Sequence[Result]) -> list[int]:
         codes = []
         by_number = {r.dest_no: r for r in results}
@@ -535,6 +547,14 @@ class FakeAgentTables:
     async def close_pulls(self, entries: Sequence[PullEntry]) -> None:
         for entry in entries:
             self._entry("pulled", entry.run_ref, entry.table, [], ref=entry.id)
+
+    async def ledger_runs(self) -> list[str]:
+        return sorted({e.run_ref for e in self.ledger})
+
+    async def prune_ledger(self, run_refs: Sequence[str]) -> int:
+        before = len(self.ledger)
+        self.ledger = [e for e in self.ledger if e.run_ref not in run_refs]
+        return before - len(self.ledger)
 
     async def tables_written(self, run_ref: str) -> list[str]:
         return sorted(

@@ -286,6 +286,40 @@ async def test_a_stopped_run_is_read_for_results_only_until_the_horizon(tmp_path
     assert run_id not in f.ctx.registry.runs
 
 
+async def test_the_ledger_keeps_only_runs_not_settled_beyond_the_result_horizon(
+    tmp_path: Path,
+) -> None:
+    """Bounded state: a final run's entries go once it has been unchanged beyond the result
+    horizon; a recent final run, an active one and one whose pull-back bookkeeping is
+    unfinished keep theirs."""
+    f = dispatcher(tmp_path)
+    refs = {}
+    for name, status in (
+        ("completed", RunStatus.COMPLETED),
+        ("cancelled", RunStatus.CANCELLED),
+        ("unfinished-pull", RunStatus.CANCELLED),
+        ("sending", RunStatus.SENDING),
+        ("paused", RunStatus.PAUSED),
+    ):
+        run_id, ref = sending(f, 5)
+        f.tables.insert("SMSQ_SEND_1", [phone(i) for i in range(1, 6)], ref)
+        await f.book.set_status(run_id, status, None)
+        refs[name] = ref
+    pulled = await f.tables.pull_back(["SMSQ_SEND_1"], refs["unfinished-pull"])
+    assert pulled  # its 'pulled' entry is not written: PostgreSQL never marked them
+    gone = str(uuid.uuid4())  # a run no longer in PostgreSQL
+    f.tables.insert("SMSQ_SEND_2", [phone(1)], gone)
+    horizon = timedelta(hours=f.ctx.settings.result_horizon_h)
+    f.clock.moment = DAY + horizon / 2
+    assert await results.prune_ledger(f.ctx) == 1  # only the run that is gone
+    assert await f.tables.ledger_runs() == sorted(refs.values())
+    f.clock.moment = DAY + horizon + timedelta(minutes=1)
+    assert await results.prune_ledger(f.ctx) == 2
+    kept = {refs["unfinished-pull"], refs["sending"], refs["paused"]}
+    assert set(await f.tables.ledger_runs()) == kept
+    assert await results.prune_ledger(f.ctx) == 0
+
+
 # ---- a stop whose pull-back failed is finished by the running daemon -----------------------
 
 
