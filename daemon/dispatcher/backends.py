@@ -108,9 +108,14 @@ class PostgresRunBook:
         await self._on(progress.record_verify_until, run_id, seq)
 
     async def record_batch(
-        self, run_id: uuid.UUID, size: int, last_seq: int, pulled_seqs: Sequence[int] | None
+        self,
+        run_id: uuid.UUID,
+        size: int,
+        last_seq: int,
+        pulled_seqs: Sequence[int] | None,
+        verify_until: int = 0,
     ) -> None:
-        await self._on(progress.record_batch, run_id, size, last_seq, pulled_seqs)
+        await self._on(progress.record_batch, run_id, size, last_seq, pulled_seqs, verify_until)
 
     async def record_pull_back(
         self, run_id: uuid.UUID, numbers: list[str], status: RunStatus, reason: str | None

@@ -53,7 +53,12 @@ class RunBook(Protocol):
     ) -> Sequence[Fields]: ...
     async def record_verify_until(self, run_id: uuid.UUID, seq: int) -> None: ...
     async def record_batch(
-        self, run_id: uuid.UUID, size: int, last_seq: int, pulled_seqs: Sequence[int] | None
+        self,
+        run_id: uuid.UUID,
+        size: int,
+        last_seq: int,
+        pulled_seqs: Sequence[int] | None,
+        verify_until: int = 0,
     ) -> None: ...
     async def record_pull_back(
         self, run_id: uuid.UUID, numbers: list[str], status: RunStatus, reason: str | None

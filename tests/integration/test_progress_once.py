@@ -56,6 +56,20 @@ async def test_a_batch_or_a_pulled_page_recorded_twice_is_counted_once(tmp_path:
         for _ in range(2):
             await progress.record_batch(conn, run_id, 3, 5, [3, 4, 5])
         assert await counted() == (20, 20)
+
+        # The next batch's verify_until comes with a checkpoint, even one recorded twice
+        # (the checkpoint does not move then, the crash window must still be covered).
+        async def verify_until() -> int:
+            return int(
+                await conn.fetchval("SELECT verify_until FROM campaign_runs WHERE id = $1", run_id)
+            )
+
+        await progress.record_batch(conn, run_id, 10, 20, None, verify_until=30)
+        assert await counted() == (20, 20) and await verify_until() == 30
+        await progress.record_batch(conn, run_id, 3, 5, [3, 4, 5], verify_until=40)
+        assert await verify_until() == 40
+        await progress.record_batch(conn, run_id, 10, 30, None, verify_until=35)
+        assert await counted() == (30, 30) and await verify_until() == 40  # never lowered
     finally:
         await conn.execute("DELETE FROM campaign_run_recipients WHERE run_id = $1", run_id)
         await conn.execute("DELETE FROM campaign_runs WHERE id = $1", run_id)

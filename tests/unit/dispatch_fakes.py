@@ -256,11 +256,19 @@ class FakeBook:
         self._change(run_id, touch=False, verify_until=max(self.runs[run_id].verify_until, seq))
 
     async def record_batch(
-        self, run_id: uuid.UUID, size: int, last_seq: int, pulled_seqs: Sequence[int] | None
+        self,
+        run_id: uuid.UUID,
+        size: int,
+        last_seq: int,
+        pulled_seqs: Sequence[int] | None,
+        verify_until: int = 0,
     ) -> None:
         self._maybe_fail("record_batch")
-        # As the store: counted only as far as it clears a mark or moves the checkpoint.
+        # As the store: counted only as far as it clears a mark or moves the checkpoint;
+        # verify_until raised either way, in the same statement.
         run = self.runs[run_id]
+        if verify_until > run.verify_until:
+            run = self._change(run_id, touch=False, verify_until=verify_until)
         if pulled_seqs is not None:
             cleared = 0
             for r in self.recipients[run_id]:

@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.exceptions
@@ -318,6 +319,36 @@ async def test_the_ledger_keeps_only_runs_not_settled_beyond_the_result_horizon(
     kept = {refs["unfinished-pull"], refs["sending"], refs["paused"]}
     assert set(await f.tables.ledger_runs()) == kept
     assert await results.prune_ledger(f.ctx) == 0
+
+
+async def test_a_batch_planned_ahead_needs_no_statement_of_its_own_before_it_goes_out(
+    tmp_path: Path,
+) -> None:
+    """Acceptance 5: the verify_until of the batch planned while the previous one was
+    written goes into that one's checkpoint, so only the run's first batch records it by
+    itself (one PostgreSQL round trip fewer on every later batch's path). The crash window
+    stays covered: before each batch is written, verify_until reaches its last seq."""
+    f = dispatcher(tmp_path, batch_size=100)
+    run_id, run_ref = sending(f, 500)
+    own: list[int] = []
+    covered: list[bool] = []
+    record_verify_until, write = f.book.record_verify_until, f.tables.write
+
+    async def counted(run: uuid.UUID, seq: int) -> None:
+        own.append(seq)
+        await record_verify_until(run, seq)
+
+    async def checked(table: str, staged: Any, seqs: tuple[int, int]) -> None:
+        covered.append(f.book.runs[run_id].verify_until >= seqs[1])
+        await write(table, staged, seqs)
+
+    f.book.record_verify_until = counted  # type: ignore[method-assign]
+    f.tables.write = checked  # type: ignore[method-assign]
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.run_handoff(f.ctx, state)
+    assert placed(f, run_ref) == Counter({phone(i): 1 for i in range(1, 501)})
+    assert own == [100]  # the first batch only; the other four came with a checkpoint
+    assert covered and all(covered)
 
 
 # ---- a stop whose pull-back failed is finished by the running daemon -----------------------
