@@ -41,6 +41,7 @@ import structlog
 from config.logs import mask_phones
 from config.model import ModemConfig, ModemDriver
 from daemon import receipts
+from daemon.role import WriterState, while_writer
 from daemon.runtime import Runtime
 from daemon.stores import PG_ERRORS, PostgresKeeper
 from daemon.supervisor import ComponentState, DependencyDown, Health
@@ -76,6 +77,8 @@ class ModemState(StrEnum):
     HUNG = "hung"
     RESETTING = "resetting"
     MISCONFIGURED = "misconfigured"
+    # Another daemon is the node's writer: this one leaves the port to it (`daemon/role.py`).
+    PASSIVE = "passive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,11 +122,18 @@ def make_driver(modem: ModemConfig, runtime: Runtime, device: str) -> TestPhoneD
 
 class ModemManager:
     def __init__(
-        self, runtime: Runtime, modem: ModemConfig, postgres: PostgresKeeper | None = None
+        self,
+        runtime: Runtime,
+        modem: ModemConfig,
+        postgres: PostgresKeeper | None = None,
+        role: WriterState | None = None,
     ) -> None:
         self.runtime = runtime
         self.modem = modem
         self.postgres = postgres
+        # The node's writer role: the port is opened only while this daemon holds it
+        # (None: always, for a manager on its own).
+        self.role = role
         self.name = f"modem:{modem.label}"
         self.status = ModemStatus()
         self.history: deque[Transition] = deque(maxlen=HISTORY)
@@ -161,6 +171,8 @@ class ModemManager:
                 self._health.running()
             elif state in (ModemState.OPENING, ModemState.INITIALISING):
                 self._health.set(ComponentState.STARTING, reason)
+            elif state == ModemState.PASSIVE:
+                self._health.running(reason)  # by design, not a fault
             else:
                 self._health.degraded(f"{state.value}" + (f": {reason}" if reason else ""))
 
@@ -212,6 +224,19 @@ class ModemManager:
     async def run(self, health: Health) -> None:
         self._health = health
         self._set(self.status.state, self.status.reason)
+        try:
+            if self.role is None:
+                await self._own()
+            else:
+                await while_writer(self.role, self._own, self._passive)
+        finally:
+            await self._close()
+
+    def _passive(self, reason: str) -> None:
+        self._set(ModemState.PASSIVE, reason)
+
+    async def _own(self) -> None:
+        """Open the port and serve it, forever (through every recovery)."""
         try:
             while True:
                 device = resolve_device(self.modem.device)

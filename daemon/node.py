@@ -31,6 +31,7 @@ from daemon.dispatcher import Dispatcher
 from daemon.housekeeping import Housekeeping
 from daemon.http import ProxyRoles, SocketRoles, UnixHTTPServer
 from daemon.modems import ModemManager
+from daemon.role import WriterState
 from daemon.runtime import Runtime, diff_sections
 from daemon.spamtest import SpamTestEngine
 from daemon.stores import PostgresKeeper, RedisKeeper
@@ -297,11 +298,18 @@ class Node:
         self.redis = RedisKeeper(runtime)
         self.agents = AgentMonitor(runtime)
         self.housekeeping = Housekeeping(runtime)
-        self.modems = [ModemManager(runtime, m, self.postgres) for m in runtime.config.modems]
+        # The node's writer role: the dispatcher takes it; the modems and the spam-test
+        # engine act only while this daemon holds it (a second daemon stays passive).
+        self.role = WriterState()
+        self.modems = [
+            ModemManager(runtime, m, self.postgres, self.role) for m in runtime.config.modems
+        ]
         self.housekeeping.add_job("prune-receipts", self._prune_receipts, hour=3, minute=30)
-        self.dispatcher = Dispatcher(runtime, self.postgres, self.redis, self.agents)
+        self.dispatcher = Dispatcher(runtime, self.postgres, self.redis, self.agents, self.role)
         self.housekeeping.add_job("prune-runs", self._prune_runs, hour=4, minute=10)
-        self.spam_tests = SpamTestEngine(runtime, self.postgres, self.agents, self.modems)
+        self.spam_tests = SpamTestEngine(
+            runtime, self.postgres, self.agents, self.modems, self.role
+        )
         components: list[Component] = [
             self.status_server,
             self.postgres,

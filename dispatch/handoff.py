@@ -91,22 +91,21 @@ def tsv_lines(rows: Sequence[RowValues]) -> str:
 
     The number and the text differ per row and are escaped per row; the other
     fields repeat through a batch (callback, type, run, company, mostly subject
-    and file), so each distinct value is escaped once."""
-    memo: dict[str | None, str] = {}
-
-    def once(value: str | None) -> str:
-        escaped = memo.get(value)
-        if escaped is None:
-            escaped = memo[value] = _tsv(value)
-        return escaped
-
-    return "".join(
-        [
-            f"{_tsv(number)}\t{once(callback)}\t{_tsv(text)}\t{once(msg_type)}\t"
-            f"{once(subject)}\t{once(file)}\t{once(run)}\t{once(company)}\n"
-            for number, callback, text, msg_type, subject, file, run, company in rows
-        ]
-    )
+    and file), so the line's pieces around the text are built once per distinct
+    combination (one dict lookup a row instead of six escapes: this runs on the
+    event loop for every row handed off)."""
+    memo: dict[tuple[str | None, ...], tuple[str, str]] = {}
+    lines = []
+    for number, callback, text, msg_type, subject, file, run, company in rows:
+        key = (callback, msg_type, subject, file, run, company)
+        pieces = memo.get(key)
+        if pieces is None:
+            pieces = memo[key] = (
+                f"\t{_tsv(callback)}\t",
+                f"\t{_tsv(msg_type)}\t{_tsv(subject)}\t{_tsv(file)}\t{_tsv(run)}\t{_tsv(company)}\n",
+            )
+        lines.append(f"{_tsv(number)}{pieces[0]}{_tsv(text)}{pieces[1]}")
+    return "".join(lines)
 
 
 @dataclass(slots=True)
@@ -237,16 +236,20 @@ async def existing_tables(conn: aiomysql.Connection, tables: Sequence[str]) -> l
     return [t for t in tables if t in have]
 
 
-async def pull_back(conn: aiomysql.Connection, tables: Sequence[str], run_id: str) -> list[str]:
-    """Delete the run's rows no agent has picked up; return their numbers.
+async def pull_back(
+    conn: aiomysql.Connection, fence: Fence | None, tables: Sequence[str], run_id: str
+) -> list[str]:
+    """Delete the run's rows no agent has picked up; return their numbers (the spam-test
+    engine's; its rows are not in the ledger).
 
     The rows are locked first (agents claim with SKIP LOCKED, so none is taken
-    halfway), then deleted, per table in one transaction.
+    halfway), then deleted, per table in one transaction fenced by `fence`.
     """
     numbers: list[str] = []
     for name in tables:
         table = checked_table(name)
         async with transaction(conn) as cur:
+            await ledger.check_fence(cur, fence)
             await cur.execute(
                 f"SELECT seqno, dest_no FROM `{table}` WHERE app_etc1 = %s AND rsv1 = '1'"
                 " FOR UPDATE",

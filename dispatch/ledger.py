@@ -18,7 +18,9 @@ a ``pulled`` entry naming each once PostgreSQL has marked those recipients; an e
 without it is finished after a crash (`open_pulls`).
 
 Both tables are the node's own (prefixed ``hanjullo_``) and append-only, so the node's
-MySQL account needs no UPDATE. Owns no connection and no state.
+MySQL account needs no UPDATE. The ledger is pruned (`prune`) of runs settled for good: final
+and unchanged beyond the result horizon, with no pull-back left unfinished; it holds the
+active and recent runs only. Owns no connection and no state.
 """
 
 from __future__ import annotations
@@ -122,6 +124,9 @@ class PullEntry:
     table: str
     numbers: list[str]
 
+
+# Runs per IN (…) list.
+LOOKUP_CHUNK = 1000
 
 # The named lock's name: server-wide, so it names the database as well as the node (two
 # nodes' databases on one server never share a lock). Named locks are limited to 64
@@ -297,12 +302,18 @@ async def committed(
     conn: aiomysql.Connection, run_ref: str, numbers: Sequence[str], seqs: tuple[int, int]
 ) -> set[str]:
     """Which of `numbers` (recipients with seqs in `seqs`) the run has in the agent tables
-    by its ledger: its inserts whose batch overlaps `seqs`, and all its pull-backs."""
+    by its ledger: its inserts whose batch overlaps `seqs`, and all its pull-backs.
+
+    A locking read (`LOCK IN SHARE MODE`): it waits for any transaction still holding an
+    entry of the run uncommitted and reads what that one did. A write whose COMMIT was
+    sent but whose answer never came (a reset connection) may commit after the client
+    gave up on it; a plain read could run in between, miss its entry and have the batch
+    inserted again in the same epoch, where no fence stops it."""
     async with conn.cursor() as cur:
         await cur.execute(
             "SELECT kind, numbers FROM hanjullo_ledger WHERE run_ref = %s"
             " AND (kind = 'pull' OR (kind = 'insert' AND seq_hi >= %s AND seq_lo <= %s))"
-            " ORDER BY id",
+            " ORDER BY id LOCK IN SHARE MODE",
             (run_ref, seqs[0], seqs[1]),
         )
         rows = await cur.fetchall()
@@ -354,8 +365,45 @@ async def close_pulls(
     await conn.commit()
 
 
-async def has_entries(conn: aiomysql.Connection, run_ref: str) -> bool:
-    """Whether the run has any ledger entry (a run handed off before the ledger has none)."""
+# Entries deleted per statement by `prune` (short transactions beside the writes).
+PRUNE_CHUNK = 5000
+
+
+async def ledger_runs(conn: aiomysql.Connection, node_id: str) -> list[str]:
+    """The runs the node's ledger has entries of (bounded by `prune`)."""
     async with conn.cursor() as cur:
-        await cur.execute("SELECT 1 FROM hanjullo_ledger WHERE run_ref = %s LIMIT 1", (run_ref,))
+        await cur.execute(
+            "SELECT DISTINCT run_ref FROM hanjullo_ledger WHERE node_id = %s", (node_id,)
+        )
+        return [str(r[0]) for r in await cur.fetchall()]
+
+
+async def prune(conn: aiomysql.Connection, node_id: str, run_refs: Sequence[str]) -> int:
+    """Delete every entry of `run_refs` (runs settled for good: nothing replays, syncs or
+    finishes them again), a chunk per statement; returns the entries deleted."""
+    deleted = 0
+    for start in range(0, len(run_refs), LOOKUP_CHUNK):
+        chunk = list(run_refs[start : start + LOOKUP_CHUNK])
+        marks = ",".join(["%s"] * len(chunk))
+        while True:
+            async with conn.cursor() as cur:
+                await cur.execute(
+                    f"DELETE FROM hanjullo_ledger WHERE node_id = %s AND run_ref IN ({marks})"
+                    f" LIMIT {PRUNE_CHUNK}",
+                    [node_id, *chunk],
+                )
+                deleted += cur.rowcount
+                if cur.rowcount < PRUNE_CHUNK:
+                    break
+    return deleted
+
+
+async def has_entries(conn: aiomysql.Connection, run_ref: str) -> bool:
+    """Whether the run has any ledger entry (a run handed off before the ledger has none);
+    a locking read, like `committed`: an entry whose commit is still on its way counts."""
+    async with conn.cursor() as cur:
+        await cur.execute(
+            "SELECT 1 FROM hanjullo_ledger WHERE run_ref = %s LIMIT 1 LOCK IN SHARE MODE",
+            (run_ref,),
+        )
         return await cur.fetchone() is not None

@@ -23,7 +23,8 @@ connections it names (open ones, new ones, or both):
   Redis commands travel there in plain) with an action on the connection that sent
   it — delay its forwarding, cut it, stall it — taken before the matching bytes are
   forwarded (the server never sees them) or just after (the server got them, the
-  client will never learn the outcome); once, N times or every time.
+  client will never learn the outcome), or an orphan: the client is reset at once
+  and the statement reaches the server later; once, N times or every time.
 
 Every connection has an id and per-connection statistics; every fault the proxy set
 or carried out is in its fault log (time since start, connection, fault, detail).
@@ -100,6 +101,9 @@ class RuleAction(StrEnum):
     DELAY = "delay"  # hold that connection's client->server forwarding for delay_s
     CUT = "cut"  # cut that connection (cut_mode)
     STALL = "stall"  # stall that connection in both directions until `clear()`
+    # Reset the client's side now; the matched statement reaches the server delay_s later
+    # and its answer is dropped: the server runs (commits) what the client gave up on.
+    ORPHAN = "orphan"
 
 
 class ConnState(StrEnum):
@@ -230,6 +234,7 @@ class _Connection:
     connected: bool = False
     killed: bool = False
     cut_on_reply: tuple[CutMode, str] | None = None  # a forward_first cut rule that fired
+    orphaned: bool = False  # an orphan rule reset the client: the server's answers are dropped
 
     def forwarded(self, direction: Direction) -> int:
         if direction is Direction.UP:
@@ -596,6 +601,8 @@ class FaultProxy:
                     await conn.flowing.wait()
                 if direction is Direction.UP and self._rules:
                     await self._forward_with_rules(conn, writer, chunk)
+                elif direction is Direction.DOWN and conn.orphaned:
+                    continue  # nobody is left to read it
                 elif direction is Direction.DOWN and conn.cut_on_reply is not None:
                     mode, reason = conn.cut_on_reply
                     self._note(conn.id, "rule cut", f"{reason[5:]}: {mode}, reply dropped")
@@ -643,6 +650,15 @@ class FaultProxy:
             # server's kernel discard it unread), the client never learns its outcome.
             self._note(conn.id, "rule matched", f"{rule.name}: cut when the server answers")
             conn.cut_on_reply = (rule.cut_mode, f"rule {rule.name}")
+        elif rule.action is RuleAction.ORPHAN:
+            # The client sees a reset now; the server side stays open, gets the matched
+            # bytes (and whatever the client had sent before the reset) after the delay,
+            # then an end of stream: it runs the statement for a client that is gone.
+            self._note(conn.id, "rule orphan", f"{rule.name}: server gets it {rule.delay_s}s on")
+            conn.orphaned = True
+            _set_linger_reset(conn.client_writer)
+            conn.client_writer.transport.abort()
+            await asyncio.sleep(rule.delay_s)
         elif rule.action is RuleAction.CUT:
             self._note(conn.id, "rule cut", f"{rule.name}: {rule.cut_mode}")
             self._kill(conn, rule.cut_mode, f"rule {rule.name}")

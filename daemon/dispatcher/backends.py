@@ -108,9 +108,14 @@ class PostgresRunBook:
         await self._on(progress.record_verify_until, run_id, seq)
 
     async def record_batch(
-        self, run_id: uuid.UUID, size: int, last_seq: int, pulled_seqs: Sequence[int] | None
+        self,
+        run_id: uuid.UUID,
+        size: int,
+        last_seq: int,
+        pulled_seqs: Sequence[int] | None,
+        verify_until: int = 0,
     ) -> None:
-        await self._on(progress.record_batch, run_id, size, last_seq, pulled_seqs)
+        await self._on(progress.record_batch, run_id, size, last_seq, pulled_seqs, verify_until)
 
     async def record_pull_back(
         self, run_id: uuid.UUID, numbers: list[str], status: RunStatus, reason: str | None
@@ -139,6 +144,9 @@ class PostgresRunBook:
 
     async def record_metrics(self, ref: str, metrics: RunMetrics) -> None:
         await self._on(training.record_metrics, ref, metrics)
+
+    async def settled_runs(self, run_ids: Sequence[uuid.UUID], horizon_h: float) -> set[uuid.UUID]:
+        return await self._on(results.settled_runs, self._node_id(), run_ids, horizon_h)
 
 
 class MySQLAgentTables:
@@ -242,6 +250,12 @@ class MySQLAgentTables:
 
     async def tables_written(self, run_ref: str) -> list[str]:
         return await self._on(ledger.tables_written, run_ref)
+
+    async def ledger_runs(self) -> list[str]:
+        return await self._on(ledger.ledger_runs, self.runtime.config.node.id)
+
+    async def prune_ledger(self, run_refs: Sequence[str]) -> int:
+        return await self._on(ledger.prune, self.runtime.config.node.id, run_refs)
 
     async def move_waiting(self, source: str, targets: Sequence[str]) -> int:
         return await self._on(handoff.move_waiting, self.fence, source, targets)

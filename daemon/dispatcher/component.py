@@ -5,8 +5,9 @@ outside 08:00-21:00 KST, keeps a sending run's handoff task alive, releases a dr
 run's group, resumes a held run in the morning; then grants free groups to waiting runs
 and forgets the runs no longer active. It wakes on ``NOTIFY hanjullo_runs``, at the
 advertising window's edges, and every `dispatch.poll_interval_s`. Background loops renew
-leases, sync results and fail agents over. The decisions live in the sibling modules;
-this module only composes them, and builds the real backends (`backends.py`).
+leases, sync results, fail agents over and prune the commit ledger. The decisions live in
+the sibling modules; this module only composes them, and builds the real backends
+(`backends.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from daemon.agents import AgentMonitor
 from daemon.dispatcher import controls, failover, grants, handoff, results, view, writer
 from daemon.dispatcher.backends import MySQLAgentTables, MySQLWriterLock, PostgresRunBook
 from daemon.dispatcher.context import ERRORS, Context
+from daemon.role import WriterState
 from daemon.runtime import Runtime
 from daemon.stores import PostgresKeeper, RedisKeeper
 from daemon.supervisor import DependencyDown, Health
@@ -39,20 +41,29 @@ log = structlog.get_logger("dispatcher")
 WATCHED = (*ACTIVE, RunStatus.CANCELLED)
 # A status request waits this long for the runs before showing the last view.
 REFRESH_TIMEOUT_S = 2.0
+# How often the ledger is pruned of runs settled for good: the horizon is hours (48 by
+# default), so an hour's lag keeps the ledger to the active and recent runs.
+LEDGER_PRUNE_S = 3600.0
 
 
 class Dispatcher:
     name = "dispatcher"
 
     def __init__(
-        self, runtime: Runtime, postgres: PostgresKeeper, redis: RedisKeeper, agents: AgentMonitor
+        self,
+        runtime: Runtime,
+        postgres: PostgresKeeper,
+        redis: RedisKeeper,
+        agents: AgentMonitor,
+        role: WriterState | None = None,
     ) -> None:
         self.runtime = runtime
         self.postgres = postgres
         self.redis = redis
         self.tables = MySQLAgentTables(runtime)
         self.writer_lock = MySQLWriterLock(runtime)
-        self.writer = writer.WriterState()
+        # The node's writer role, shared with the components that wait for it.
+        self.writer = role if role is not None else WriterState()
         self.ctx = Context(
             runtime,
             book=PostgresRunBook(postgres.require, lambda: runtime.config.node.id),
@@ -129,6 +140,7 @@ class Dispatcher:
                     self._every("lease-renewal", self._renew_s, grants.renew_leases),
                     asyncio.create_task(self._sync_loop(), name="result-sync"),
                     self._every("agent-failover", self._check_s, self._failover),
+                    self._every("ledger-prune", lambda: LEDGER_PRUNE_S, self._prune_ledger),
                 ]
                 health.running()
                 while True:
@@ -149,6 +161,7 @@ class Dispatcher:
                             ctx.wake.wait(), min(ctx.settings.poll_interval_s, until_edge + 0.001)
                         )
         finally:
+            self.writer.suspended()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -156,7 +169,6 @@ class Dispatcher:
             self.tables.fence = None
             await self.tables.close()
             await self.writer_lock.release()
-            self.writer.role, self.writer.epoch = writer.Role.STARTING, None
 
     def _notified(self, *_: object) -> None:
         self.ctx.wake.set()
@@ -185,6 +197,13 @@ class Dispatcher:
         # Retried at the next check; the agent monitor reports the outage itself.
         with contextlib.suppress(*ERRORS, DependencyDown):
             await failover.failover_once(ctx)
+
+    @staticmethod
+    async def _prune_ledger(ctx: Context) -> None:
+        try:
+            await results.prune_ledger(ctx)
+        except (*ERRORS, DependencyDown) as exc:  # retried at the next interval
+            log.warning("ledger prune failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _sync_loop(self) -> None:
         failing = ""

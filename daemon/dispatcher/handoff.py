@@ -235,8 +235,11 @@ async def commit_and_plan(
     """Write `batch` and, while the servers load it, plan the one after it.
 
     Only one batch is ever being written without its checkpoint, so a crash leaves at
-    most one batch for the next start to look up."""
-    commit = asyncio.create_task(commit_batch(ctx, state, batch))
+    most one batch for the next start to look up. The planned batch's last seq goes into
+    this batch's checkpoint as its ``verify_until`` (`commit_batch`), so that it needs no
+    statement of its own before it is written."""
+    following: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    commit = asyncio.create_task(commit_batch(ctx, state, batch, following))
     ahead: Batch | None = None
     try:
         if batch.plan.pulled_seqs is None and (
@@ -245,8 +248,10 @@ async def commit_and_plan(
             planned = await next_batch(ctx, state, run, batch.healthy, after=batch.plan.last_seq)
             ahead = planned if isinstance(planned, Batch) else None
     except BaseException:
+        following.set_result(0)
         await asyncio.gather(commit, return_exceptions=True)
         raise
+    following.set_result(0 if ahead is None else ahead.plan.last_seq)
     try:
         inserted = await commit
     except BaseException:
@@ -312,9 +317,13 @@ async def next_batch(
     return batch
 
 
-async def commit_batch(ctx: Context, state: RunState, batch: Batch) -> int:
+async def commit_batch(
+    ctx: Context, state: RunState, batch: Batch, following: asyncio.Future[int] | None = None
+) -> int:
     """Write a planned batch (one statement per agent table, in parallel) and move the
-    checkpoint past it. Returns its size, or -1 when the lease was lost."""
+    checkpoint past it; with it, raise ``verify_until`` to `following`'s seq (the last of
+    the batch planned meanwhile, 0 for none), which that batch then need not record
+    before it goes out. Returns its size, or -1 when the lease was lost."""
     if state.lease_lost:
         batch.discard()
         return -1
@@ -340,7 +349,11 @@ async def commit_batch(ctx: Context, state: RunState, batch: Batch) -> int:
                 raise BatchRejected(f"batch seq {seqs[0]}-{seqs[1]}: {outcome}") from outcome
             if isinstance(outcome, BaseException):
                 raise outcome
-        await ctx.book.record_batch(state.id, plan.size, plan.last_seq, plan.pulled_seqs)
+        upto = 0 if following is None else await following
+        await ctx.book.record_batch(
+            state.id, plan.size, plan.last_seq, plan.pulled_seqs, verify_until=upto
+        )
+        state.verify_until = max(state.verify_until, upto)
     finally:
         batch.discard()
     ctx.count_batch(plan.rows, time.perf_counter() - started)

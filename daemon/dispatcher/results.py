@@ -14,6 +14,8 @@ the context's seams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 from datetime import timedelta
 
 import structlog
@@ -36,6 +38,27 @@ log = structlog.get_logger("dispatcher")
 
 # Results per UPDATE; a burst is applied in parallel chunks on separate connections.
 SYNC_CHUNK = 25_000
+
+
+async def prune_ledger(ctx: Context) -> int:
+    """Delete the ledger entries of runs settled for good (final and unchanged beyond the
+    result horizon, or gone from PostgreSQL): nothing replays, syncs or resumes them again.
+    A run with a pull-back whose bookkeeping is unfinished keeps its entries. Returns the
+    entries deleted; the ledger so holds the active and recent runs only."""
+    refs: dict[uuid.UUID, str] = {}
+    for ref in await ctx.tables.ledger_runs():
+        with contextlib.suppress(ValueError):  # every run_ref is a run id; skip anything else
+            refs[uuid.UUID(ref)] = ref
+    if not refs:
+        return 0
+    unfinished = {p.run_ref for p in await ctx.tables.open_pulls()}
+    settled = await ctx.book.settled_runs(list(refs), ctx.settings.result_horizon_h)
+    gone = sorted(refs[i] for i in settled if refs[i] not in unfinished)
+    if not gone:
+        return 0
+    deleted = await ctx.tables.prune_ledger(gone)
+    log.info("ledger pruned", runs=len(gone), entries=deleted)
+    return deleted
 
 
 async def sync_once(ctx: Context) -> int:

@@ -7,22 +7,21 @@ another daemon holds it, this one stays passive — it writes nothing, says who 
 node (host, pid, since) in its status and log, and asks again every `WRITER_RETRY_S`.
 The writer confirms its lock every `WRITER_CONFIRM_S` (`keep_writer`); a lost lock ends
 the component, whose restart starts passive again. Touches MySQL only through
-`ports.WriterLock`.
+`ports.WriterLock`. The role as held is `daemon/role.py`'s `WriterState`, which the
+spam-test engine and the modem managers wait on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
 
 import structlog
 
 from daemon.dispatcher.context import ERRORS
 from daemon.dispatcher.ports import WriterLock
+from daemon.role import WriterState
 from daemon.supervisor import Health
-from dispatch.ledger import WRITER_SESSION_TIMEOUT_S, Fence, Holder
+from dispatch.ledger import WRITER_SESSION_TIMEOUT_S, Fence
 
 log = structlog.get_logger("dispatcher")
 
@@ -33,33 +32,8 @@ WRITER_RETRY_S = 2.0
 WRITER_CONFIRM_S = WRITER_SESSION_TIMEOUT_S / 6
 
 
-class Role(StrEnum):
-    STARTING = "starting"
-    WRITER = "writer"
-    PASSIVE = "passive"
-
-
 class WriterLost(Exception):
     """This daemon no longer holds the node's writer lock: stop writing at once."""
-
-
-@dataclass(slots=True)
-class WriterState:
-    """What the status shows of the role."""
-
-    role: Role = Role.STARTING
-    epoch: int | None = None
-    holder: Holder | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        held = self.holder
-        return {
-            "role": self.role.value,
-            "epoch": self.epoch,
-            "holder": None
-            if held is None
-            else {"host": held.host, "pid": held.pid, "since": held.since.isoformat()},
-        }
 
 
 async def become_writer(
@@ -74,12 +48,11 @@ async def become_writer(
     while True:
         fence = await lock.take()
         if fence is not None:
-            state.role, state.epoch, state.holder = Role.WRITER, fence.epoch, None
+            state.taken(fence)
             log.info("writer role taken", node=node_id, epoch=fence.epoch)
             return fence
         holder = await lock.holder()
-        state.role, state.holder = Role.PASSIVE, holder
-        state.epoch = None if holder is None else holder.epoch
+        state.passive(holder)
         what = "held by another daemon" if holder is None else holder.describe()
         health.running(f"passive: node {node_id} {what}; this daemon writes nothing")
         if said != (holder.epoch if holder else None):

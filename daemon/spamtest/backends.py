@@ -16,10 +16,11 @@ import aiomysql
 import asyncpg
 
 from daemon.supervisor import DependencyDown
-from dispatch import handoff
+from dispatch import handoff, ledger
 from dispatch.agent_tables import transaction
 from dispatch.fairness import Row
 from dispatch.handoff import AgentRow
+from dispatch.ledger import Fence
 from dispatch.spamtests import agent_rows, store
 from dispatch.spamtests.contract import SpamTestSpec, TestStatus, Verdict
 from dispatch.spamtests.store import NewResult
@@ -116,10 +117,13 @@ class PostgresSpamBook:
 
 
 class MySQLTestTables:
-    """`TestTables` on the engine's MySQL pool (set while the engine runs)."""
+    """`TestTables` on the engine's MySQL pool (set while the engine runs). Its inserts
+    and pull-backs are fenced by the node's writer epoch, like the dispatcher's
+    (`dispatch/ledger.py`): a daemon that lost the role writes no test row."""
 
-    def __init__(self) -> None:
+    def __init__(self, fence: Callable[[], Fence | None]) -> None:
         self.pool: aiomysql.Pool | None = None
+        self.fence = fence
 
     def _my(self) -> aiomysql.Pool:
         if self.pool is None:
@@ -138,8 +142,12 @@ class MySQLTestTables:
 
     async def insert(self, rows: Sequence[tuple[str, AgentRow]]) -> list[int]:
         """Every row in one MySQL transaction: all of them are written or none."""
-        async with self._my().acquire() as conn, transaction(conn) as cur:
-            return [await handoff.insert_row(cur, table, row) for table, row in rows]
+        try:
+            async with self._my().acquire() as conn, transaction(conn) as cur:
+                await ledger.check_fence(cur, self.fence())
+                return [await handoff.insert_row(cur, table, row) for table, row in rows]
+        except (ledger.Fenced, ledger.NotWriter) as exc:
+            raise DependencyDown(str(exc)) from exc
 
     async def final_codes(
         self, table: str, logs: Sequence[str], seqnos: Sequence[int], test_refs: Sequence[str]
@@ -148,5 +156,8 @@ class MySQLTestTables:
             return await agent_rows.final_codes(conn, table, logs, seqnos, test_refs)
 
     async def pull_back(self, tables: Sequence[str], test_ref: str) -> list[str]:
-        async with self._my().acquire() as conn:
-            return await handoff.pull_back(conn, tables, test_ref)
+        try:
+            async with self._my().acquire() as conn:
+                return await handoff.pull_back(conn, self.fence(), tables, test_ref)
+        except (ledger.Fenced, ledger.NotWriter) as exc:
+            raise DependencyDown(str(exc)) from exc

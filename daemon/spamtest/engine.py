@@ -22,6 +22,7 @@ import structlog
 
 from daemon.agents import MYSQL_ERRORS, AgentMonitor
 from daemon.modems import ModemManager
+from daemon.role import WriterState, while_writer
 from daemon.runtime import Runtime
 from daemon.spamtest import attribution, canaries, restore, sending, verdicts, view
 from daemon.spamtest.backends import MySQLTestTables, PostgresSpamBook
@@ -99,10 +100,12 @@ class SpamTestEngine:
         postgres: PostgresKeeper,
         agents: AgentMonitor,
         modems: Sequence[ModemManager],
+        role: WriterState,
     ) -> None:
         self.runtime = runtime
         self.postgres = postgres
-        self.tables = MySQLTestTables()
+        self.role = role
+        self.tables = MySQLTestTables(lambda: role.fence)
         self.ctx = SpamContext(
             runtime,
             book=PostgresSpamBook(postgres.require, lambda: runtime.config.node.id),
@@ -122,30 +125,35 @@ class SpamTestEngine:
         self.ctx.wake.set()
 
     async def run(self, health: Health) -> None:
-        ctx = self.ctx
         await self.postgres.wait_ready()
-        ctx.started = ctx.monotonic()
         self.tables.pool = await agent_tables.create_pool(self.runtime.config.mysql, maxsize=3)
         try:
-            async with self.postgres.listening(NOTIFY_CHANNEL, self._notified):
-                await restore.restore(ctx)
-                health.running()
-                while True:
-                    # Cleared before the pass: a receipt recorded during it wakes the next one.
-                    ctx.wake.clear()
-                    try:
-                        async with self.lock:
-                            await tick(ctx)
-                        health.running()
-                    except (*ERRORS, DependencyDown) as exc:
-                        health.degraded(f"{type(exc).__name__}: {exc}")
-                    interval = ctx.section.poll_interval_s if ctx.active else IDLE_POLL_S
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(interval):
-                            await ctx.wake.wait()
+            # Only the node's writer tests: a passive daemon (another holds the node) sends
+            # nothing and owns no phone; a lost role stops the loop, restored when it is back.
+            await while_writer(self.role, lambda: self._serve(health), health.running)
         finally:
             await agent_tables.close_pool(self.tables.pool)
             self.tables.pool = None
+
+    async def _serve(self, health: Health) -> None:
+        ctx = self.ctx
+        ctx.started = ctx.monotonic()  # the phones open from now, with the role
+        async with self.postgres.listening(NOTIFY_CHANNEL, self._notified):
+            await restore.restore(ctx)
+            health.running()
+            while True:
+                # Cleared before the pass: a receipt recorded during it wakes the next one.
+                ctx.wake.clear()
+                try:
+                    async with self.lock:
+                        await tick(ctx)
+                    health.running()
+                except (*ERRORS, DependencyDown) as exc:
+                    health.degraded(f"{type(exc).__name__}: {exc}")
+                interval = ctx.section.poll_interval_s if ctx.active else IDLE_POLL_S
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await ctx.wake.wait()
 
     async def cancel(self, test_id: uuid.UUID) -> dict[str, Any]:
         return await cancel(self.ctx, self.lock, test_id)

@@ -157,11 +157,14 @@ async def record_batch(
     size: int,
     last_seq: int,
     pulled_seqs: Sequence[int] | None,
+    verify_until: int = 0,
 ) -> None:
     """A batch is in the agent tables: move the checkpoint past it (or, for a page of
     pulled-back recipients, clear their mark) and count it, in one transaction. Counted
     only as far as it changes something: after a takeover the old writer and the new one
-    may both record one batch, and it is counted once."""
+    may both record one batch, and it is counted once. `verify_until`: the next batch's
+    last seq, already planned, recorded in the same statement as `record_verify_until`
+    would (one round trip fewer before that batch goes out)."""
     async with conn.transaction():
         if pulled_seqs is not None:
             # Only the recipients whose mark this clears are counted.
@@ -172,20 +175,26 @@ async def record_batch(
                               RETURNING 1)
                    UPDATE campaign_runs
                    SET inserted_count = inserted_count + (SELECT count(*) FROM u),
-                       updated_at = now()
+                       verify_until = greatest(verify_until, $3), updated_at = now()
                    WHERE id = $1""",
                 run_id,
                 list(pulled_seqs),
+                verify_until,
             )
         else:
-            # Only a checkpoint this moves is counted.
+            # Only a checkpoint this moves is counted (the right-hand sides read the row
+            # as it was); verify_until is raised either way.
             await conn.execute(
-                """UPDATE campaign_runs SET next_seq = $2, inserted_count = inserted_count + $3,
-                       updated_at = now()
-                   WHERE id = $1 AND next_seq < $2""",
+                """UPDATE campaign_runs SET next_seq = greatest(next_seq, $2),
+                       inserted_count = inserted_count
+                           + CASE WHEN next_seq < $2 THEN $3 ELSE 0 END,
+                       updated_at = CASE WHEN next_seq < $2 THEN now() ELSE updated_at END,
+                       verify_until = greatest(verify_until, $4)
+                   WHERE id = $1""",
                 run_id,
                 last_seq,
                 size,
+                verify_until,
             )
 
 

@@ -49,6 +49,30 @@ async def runs_awaiting_results(conn: Conn, node_id: str, horizon_h: float) -> l
     return [Run.of(r) for r in rows]
 
 
+# Runs that will not change again: no result comes to them after the horizon.
+_FINAL = (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.REJECTED)
+
+
+async def settled_runs(
+    conn: Conn, node_id: str, run_ids: Sequence[uuid.UUID], horizon_h: float
+) -> set[uuid.UUID]:
+    """Which of `run_ids` are settled for good: final (completed, cancelled, rejected) and
+    unchanged for `horizon_h` hours, or no longer in PostgreSQL at all (their ledger
+    entries are then never read again: `dispatch/ledger.py`'s prune)."""
+    rows = await conn.fetch(
+        """SELECT u.id FROM unnest($2::uuid[]) AS u(id)
+           LEFT JOIN campaign_runs c ON c.id = u.id
+           WHERE c.id IS NULL
+              OR (c.node_id = $1 AND c.status = ANY($3::text[])
+                  AND c.updated_at < now() - make_interval(secs => $4 * 3600.0))""",
+        node_id,
+        list(run_ids),
+        [s.value for s in _FINAL],
+        horizon_h,
+    )
+    return {r["id"] for r in rows}
+
+
 async def apply_results(conn: Conn, run_id: uuid.UUID, results: Sequence[Result]) -> list[int]:
     """Record results of recipients still pending and bump the run's counters, in one
     transaction. Returns the status codes of the recipients that changed (each once)."""

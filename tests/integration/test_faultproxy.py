@@ -407,6 +407,31 @@ async def test_rules_slow_first_table_while_the_second_table_s_connection_is_cut
     await pool.wait_closed()
 
 
+async def test_rule_orphan_commits_after_the_client_saw_its_connection_reset(
+    my_proxy: FaultProxy, tables: tuple[str, str]
+) -> None:
+    """Issue 12, review finding F4's fault: the client's COMMIT is on its way when its
+    connection resets; the server commits it later, for a client that is gone."""
+    first, _ = tables
+    await my_proxy.add_rule(Rule("late", r"\x03COMMIT", RuleAction.ORPHAN, delay_s=1.0))
+    conn = await my_connect(my_proxy.port)
+    await conn.begin()
+    await my_query(conn, f"INSERT INTO {first} VALUES (7, '01012345678')")
+    started = time.monotonic()
+    with pytest.raises(pymysql.err.OperationalError) as lost:
+        await conn.commit()
+    assert lost.value.args[0] in (2013, 2006) and time.monotonic() - started < 1.0
+    assert (7, "01012345678") not in rows(first)  # not committed yet: the COMMIT is held
+    for _ in range(200):  # up to 10 s: the held COMMIT reaches the server after 1 s
+        if (7, "01012345678") in rows(first):
+            break
+        await asyncio.sleep(0.05)
+    assert (7, "01012345678") in rows(first)
+    (info,) = my_proxy.connections()
+    assert info.rules_fired == ("late",)
+    conn.close()
+
+
 async def test_rule_on_postgres_statement_text_cuts_only_that_connection(
     pg_proxy: FaultProxy,
 ) -> None:

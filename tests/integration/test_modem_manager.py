@@ -15,9 +15,11 @@ from config.model import NodeConfig
 from config.names import message_hash
 from daemon import receipts, schema
 from daemon.modems import ModemManager, ModemState
+from daemon.role import WriterState
 from daemon.runtime import Runtime
 from daemon.stores import PostgresKeeper
 from daemon.supervisor import Health
+from dispatch.ledger import Fence, Holder
 from drivers import pdu
 from simulators.modem import ModemFault, SimModem
 from tests.integration.modem_fixtures import node_config
@@ -58,7 +60,7 @@ class Managed:
 
 
 async def start_manager(
-    config: NodeConfig, modem: SimModem, index: int = 1
+    config: NodeConfig, modem: SimModem, index: int = 1, role: WriterState | None = None
 ) -> tuple[ModemManager, list[asyncio.Task[None]]]:
     runtime = Runtime.create(config)
     conn = await schema.connect_pg(config)
@@ -70,7 +72,7 @@ async def start_manager(
     postgres = PostgresKeeper(runtime)
     tasks = [asyncio.create_task(postgres.run(Health("postgres")))]
     await asyncio.wait_for(postgres.ready.wait(), 10)
-    manager = ModemManager(runtime, config.modems[index], postgres)
+    manager = ModemManager(runtime, config.modems[index], postgres, role)
     tasks.append(asyncio.create_task(manager.run(Health(manager.name))))
     return manager, tasks
 
@@ -88,6 +90,35 @@ async def managed(tmp_path: Path, kt_modem: SimModem) -> AsyncIterator[Managed]:
     await until(lambda: manager.ready, 10, "the modem to be ready")
     yield Managed(config, manager, kt_modem)
     await stop(tasks)
+
+
+async def test_a_passive_daemon_leaves_the_port_alone_until_it_is_the_writer(
+    tmp_path: Path, kt_modem: SimModem
+) -> None:
+    """Issue 12: a second daemon of the node (passive: another holds the writer role) must
+    not open the test phone's port; it opens it when it becomes the writer, and closes it
+    when another daemon is seen holding the role."""
+    config = node_config(tmp_path)
+    role = WriterState()
+    manager, tasks = await start_manager(config, kt_modem, role=role)
+    try:
+        role.passive(Holder("other-host", 4242, datetime.now(UTC), 1))
+        await until(lambda: manager.status.state == ModemState.PASSIVE, 5, "passive")
+        assert "other-host pid 4242" in manager.status.reason
+        await asyncio.sleep(0.5)  # a manager that ignored the role would have opened by now
+        assert manager.driver is None and kt_modem.counters.commands == 0
+        role.taken(Fence(config.node.id, 2))
+        await until(lambda: manager.ready, 10, "the modem to be ready as the writer")
+        assert kt_modem.counters.commands > 0
+        role.passive(Holder("other-host", 4343, datetime.now(UTC), 3))
+        await until(lambda: manager.status.state == ModemState.PASSIVE, 5, "passive again")
+        commands = kt_modem.counters.commands
+        Managed(config, manager, kt_modem).send("while passive")
+        await asyncio.sleep(0.5)
+        assert kt_modem.counters.commands == commands  # nobody reads the port now
+        assert len(kt_modem.storage) == 1  # left on the phone for the writer
+    finally:
+        await stop(tasks)
 
 
 async def test_cmti_receipt_is_recorded_at_once_without_polling(managed: Managed) -> None:

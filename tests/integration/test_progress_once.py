@@ -10,7 +10,7 @@ from pathlib import Path
 from config.example import sim_example
 from config.loader import validate
 from daemon import schema
-from dispatch.store import progress
+from dispatch.store import progress, results
 
 
 async def test_a_batch_or_a_pulled_page_recorded_twice_is_counted_once(tmp_path: Path) -> None:
@@ -56,7 +56,54 @@ async def test_a_batch_or_a_pulled_page_recorded_twice_is_counted_once(tmp_path:
         for _ in range(2):
             await progress.record_batch(conn, run_id, 3, 5, [3, 4, 5])
         assert await counted() == (20, 20)
+
+        # The next batch's verify_until comes with a checkpoint, even one recorded twice
+        # (the checkpoint does not move then, the crash window must still be covered).
+        async def verify_until() -> int:
+            return int(
+                await conn.fetchval("SELECT verify_until FROM campaign_runs WHERE id = $1", run_id)
+            )
+
+        await progress.record_batch(conn, run_id, 10, 20, None, verify_until=30)
+        assert await counted() == (20, 20) and await verify_until() == 30
+        await progress.record_batch(conn, run_id, 3, 5, [3, 4, 5], verify_until=40)
+        assert await verify_until() == 40
+        await progress.record_batch(conn, run_id, 10, 30, None, verify_until=35)
+        assert await counted() == (30, 30) and await verify_until() == 40  # never lowered
     finally:
         await conn.execute("DELETE FROM campaign_run_recipients WHERE run_id = $1", run_id)
         await conn.execute("DELETE FROM campaign_runs WHERE id = $1", run_id)
+        await conn.close()
+
+
+async def test_settled_runs_are_final_and_quiet_beyond_the_horizon_or_gone(
+    tmp_path: Path,
+) -> None:
+    """Which runs' ledger entries may go (`results.settled_runs`, on the real PostgreSQL)."""
+    config = validate(tomllib.loads(sim_example(tmp_path)))
+    conn = await schema.connect_pg(config)
+    ids = {name: uuid.uuid4() for name in ("old", "recent", "sending", "other-node", "gone")}
+    try:
+        await schema.migrate_pg(conn)
+        for name, status, node, age_h in (
+            ("old", "completed", config.node.id, 49),
+            ("recent", "cancelled", config.node.id, 47),
+            ("sending", "sending", config.node.id, 49),
+            ("other-node", "completed", "another-node", 49),
+        ):
+            await conn.execute(
+                """INSERT INTO campaign_runs (id, node_id, company_id, status, created_at,
+                       updated_at)
+                   VALUES ($1, $2, 'acme', $3, now(), now() - make_interval(hours => $4))""",
+                ids[name],
+                node,
+                status,
+                age_h,
+            )
+        settled = await results.settled_runs(conn, config.node.id, list(ids.values()), 48.0)
+        assert settled == {ids["old"], ids["gone"]}
+    finally:
+        await conn.execute(
+            "DELETE FROM campaign_runs WHERE id = ANY($1::uuid[])", list(ids.values())
+        )
         await conn.close()

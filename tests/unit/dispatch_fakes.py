@@ -256,11 +256,19 @@ class FakeBook:
         self._change(run_id, touch=False, verify_until=max(self.runs[run_id].verify_until, seq))
 
     async def record_batch(
-        self, run_id: uuid.UUID, size: int, last_seq: int, pulled_seqs: Sequence[int] | None
+        self,
+        run_id: uuid.UUID,
+        size: int,
+        last_seq: int,
+        pulled_seqs: Sequence[int] | None,
+        verify_until: int = 0,
     ) -> None:
         self._maybe_fail("record_batch")
-        # As the store: counted only as far as it clears a mark or moves the checkpoint.
+        # As the store: counted only as far as it clears a mark or moves the checkpoint;
+        # verify_until raised either way, in the same statement.
         run = self.runs[run_id]
+        if verify_until > run.verify_until:
+            run = self._change(run_id, touch=False, verify_until=verify_until)
         if pulled_seqs is not None:
             cleared = 0
             for r in self.recipients[run_id]:
@@ -313,6 +321,18 @@ class FakeBook:
             if (r.line_group and r.status in may and r.inserted_count > r.results and recent(r))
             or r.status == RunStatus.RESULTS
         ]
+
+    async def settled_runs(self, run_ids: Sequence[uuid.UUID], horizon_h: float) -> set[uuid.UUID]:
+        quiet_since = self.clock.now() - timedelta(hours=horizon_h)
+        final = ("completed", "cancelled", "rejected")
+        return {
+            i
+            for i in run_ids
+            if i not in self.runs
+            or (
+                self.runs[i].status in final and self.updated.get(i, self.clock.now()) < quiet_since
+            )
+        }
 
     async def apply_results(self, run_id: uuid.UUID, results: Sequence[Result]) -> list[int]:
         codes = []
@@ -535,6 +555,14 @@ class FakeAgentTables:
     async def close_pulls(self, entries: Sequence[PullEntry]) -> None:
         for entry in entries:
             self._entry("pulled", entry.run_ref, entry.table, [], ref=entry.id)
+
+    async def ledger_runs(self) -> list[str]:
+        return sorted({e.run_ref for e in self.ledger})
+
+    async def prune_ledger(self, run_refs: Sequence[str]) -> int:
+        before = len(self.ledger)
+        self.ledger = [e for e in self.ledger if e.run_ref not in run_refs]
+        return before - len(self.ledger)
 
     async def tables_written(self, run_ref: str) -> list[str]:
         return sorted(

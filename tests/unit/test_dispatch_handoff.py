@@ -15,6 +15,7 @@ import structlog
 from daemon.dispatcher import controls, handoff
 from daemon.dispatcher.component import Dispatcher
 from daemon.stores import PostgresKeeper, RedisKeeper
+from dispatch import handoff as dispatch_handoff
 from dispatch.planner import needs_lookup, room_left
 from dispatch.store.runs import RunStatus
 from tests.unit.dispatch_fakes import DAY, Fakes, dispatcher, make_run, phone
@@ -207,3 +208,29 @@ async def test_an_outage_is_retried_with_backoff_that_restarts_after_progress(
     counts = placed(f, run_ref)
     assert len(counts) == 300 and set(counts.values()) == {1}
     assert f.book.runs[run_id].status == RunStatus.DRAINING
+
+
+def _unescaped(field: str) -> str | None:
+    """LOAD DATA's reading of one field (ESCAPED BY '\\', `\\N` for NULL)."""
+    if field == "\\N":
+        return None
+    names = {"t": "\t", "n": "\n", "r": "\r", "0": "\0", "\\": "\\"}
+    out, chars = [], iter(field)
+    for char in chars:
+        out.append(names[next(chars)] if char == "\\" else char)
+    return "".join(out)
+
+
+def test_load_data_lines_carry_every_field_as_given_whatever_repeats() -> None:
+    """The lines LOAD DATA reads back into exactly the rows given: escapes in any field,
+    NULLs, and fields that repeat through a batch or change from one row to the next."""
+    rows = [
+        ("01012345678", "0212345678", "첫\t줄\n둘째 \\ 줄\r\0끝", "S", None, None, "run", "co"),
+        ("01012345679", "0212345678", "plain", "S", None, None, "run", "co"),
+        ("01012345680", "02\t9", "제목 있음", "L", "제\\목", "a.jpg", "run", "co\nx"),
+        ("01012345681", "0212345678", "", "S", None, None, "run", "co"),
+    ]
+    lines = dispatch_handoff.tsv_lines(rows)
+    assert lines.endswith("\n") and lines.count("\n") == len(rows)
+    back = [tuple(_unescaped(f) for f in line.split("\t")) for line in lines[:-1].split("\n")]
+    assert back == rows

@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.exceptions
@@ -284,6 +285,70 @@ async def test_a_stopped_run_is_read_for_results_only_until_the_horizon(tmp_path
     assert reads == []  # past it: no longer read every interval
     f.ctx.registry.prune({r.id for r in await f.book.runs_awaiting_results(48.0)})
     assert run_id not in f.ctx.registry.runs
+
+
+async def test_the_ledger_keeps_only_runs_not_settled_beyond_the_result_horizon(
+    tmp_path: Path,
+) -> None:
+    """Bounded state: a final run's entries go once it has been unchanged beyond the result
+    horizon; a recent final run, an active one and one whose pull-back bookkeeping is
+    unfinished keep theirs."""
+    f = dispatcher(tmp_path)
+    refs = {}
+    for name, status in (
+        ("completed", RunStatus.COMPLETED),
+        ("cancelled", RunStatus.CANCELLED),
+        ("unfinished-pull", RunStatus.CANCELLED),
+        ("sending", RunStatus.SENDING),
+        ("paused", RunStatus.PAUSED),
+    ):
+        run_id, ref = sending(f, 5)
+        f.tables.insert("SMSQ_SEND_1", [phone(i) for i in range(1, 6)], ref)
+        await f.book.set_status(run_id, status, None)
+        refs[name] = ref
+    pulled = await f.tables.pull_back(["SMSQ_SEND_1"], refs["unfinished-pull"])
+    assert pulled  # its 'pulled' entry is not written: PostgreSQL never marked them
+    gone = str(uuid.uuid4())  # a run no longer in PostgreSQL
+    f.tables.insert("SMSQ_SEND_2", [phone(1)], gone)
+    horizon = timedelta(hours=f.ctx.settings.result_horizon_h)
+    f.clock.moment = DAY + horizon / 2
+    assert await results.prune_ledger(f.ctx) == 1  # only the run that is gone
+    assert await f.tables.ledger_runs() == sorted(refs.values())
+    f.clock.moment = DAY + horizon + timedelta(minutes=1)
+    assert await results.prune_ledger(f.ctx) == 2
+    kept = {refs["unfinished-pull"], refs["sending"], refs["paused"]}
+    assert set(await f.tables.ledger_runs()) == kept
+    assert await results.prune_ledger(f.ctx) == 0
+
+
+async def test_a_batch_planned_ahead_needs_no_statement_of_its_own_before_it_goes_out(
+    tmp_path: Path,
+) -> None:
+    """Acceptance 5: the verify_until of the batch planned while the previous one was
+    written goes into that one's checkpoint, so only the run's first batch records it by
+    itself (one PostgreSQL round trip fewer on every later batch's path). The crash window
+    stays covered: before each batch is written, verify_until reaches its last seq."""
+    f = dispatcher(tmp_path, batch_size=100)
+    run_id, run_ref = sending(f, 500)
+    own: list[int] = []
+    covered: list[bool] = []
+    record_verify_until, write = f.book.record_verify_until, f.tables.write
+
+    async def counted(run: uuid.UUID, seq: int) -> None:
+        own.append(seq)
+        await record_verify_until(run, seq)
+
+    async def checked(table: str, staged: Any, seqs: tuple[int, int]) -> None:
+        covered.append(f.book.runs[run_id].verify_until >= seqs[1])
+        await write(table, staged, seqs)
+
+    f.book.record_verify_until = counted  # type: ignore[method-assign]
+    f.tables.write = checked  # type: ignore[method-assign]
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.run_handoff(f.ctx, state)
+    assert placed(f, run_ref) == Counter({phone(i): 1 for i in range(1, 501)})
+    assert own == [100]  # the first batch only; the other four came with a checkpoint
+    assert covered and all(covered)
 
 
 # ---- a stop whose pull-back failed is finished by the running daemon -----------------------
