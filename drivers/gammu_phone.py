@@ -358,7 +358,10 @@ class GammuPhone(TestPhoneDriver):
                 )
                 continue
             for sms in messages:
-                self._take(int(sms.get("Location", location)), sms, "cmti")
+                found_at = int(sms.get("Location", location))
+                if self.stored.knows(found_at):
+                    continue  # a sweep read it while this read waited for the worker
+                self._take(found_at, sms, "cmti")
 
     async def sweep(self) -> int:
         found = 0
