@@ -155,8 +155,8 @@ def test_a_view_row_counts_agents_bulk_groups_waiting_runs_phones_and_tests() ->
 
 def test_totals_add_up_the_nodes_that_answered_and_count_every_state() -> None:
     nodes = [
-        fleet.NodeView(_row("a", 1.0, 1.0), status=STATUS),
-        fleet.NodeView(_row("b", 1.0, 1.0), status=STATUS),
+        fleet.NodeView(_row("a", 1.0, 1.0), status=STATUS, summary=fleet.summary(STATUS)),
+        fleet.NodeView(_row("b", 1.0, 1.0), status=STATUS, summary=fleet.summary(STATUS)),
         fleet.NodeView(_row("c", 99.0, 1.0), state="unreachable", reason="x"),
     ]
     totals = fleet.totals(nodes)
@@ -280,6 +280,57 @@ async def test_a_status_call_reads_json_and_refuses_anything_else() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_node_answering_json_of_another_shape_is_unreachable_and_the_view_goes_on() -> None:
+    good = {**STATUS, "node": {"id": "good"}}
+    bodies = {
+        "good": good,
+        "list": [],
+        "string": "x",
+        "agents": {**good, "node": {"id": "agents"}, "agents": [1]},
+        "carrier": {**good, "node": {"id": "carrier"}, "modems": [{"state": "ready"}]},
+        "copied": good,
+        "nameless": {**STATUS},
+    }
+    raw = {name: json.dumps(body).encode() for name, body in bodies.items()}
+    raw["deep"] = b"[" * 100_000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        body = raw[line.split()[1].decode().split("/")[1]]
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    rows = [
+        dataclasses.replace(_row(name, 1.0, 1.0), base_url=f"http://127.0.0.1:{port}/{name}")
+        for name in raw
+    ]
+    try:
+        view = await fleet.call_nodes(rows, None, 10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    nodes = {n.row.id: n for n in view.nodes}
+    assert nodes["good"].state == "ok" and nodes["good"].reason is None
+    broken = set(raw) - {"good"}
+    assert {n for n, node in nodes.items() if node.state == "unreachable"} == broken
+    assert all(nodes[n].reason and nodes[n].status is None for n in broken)
+    assert "answered for node 'good', not for 'copied'" in str(nodes["copied"].reason)
+    assert "answered for node None" in str(nodes["nameless"].reason)
+    assert "nested too deeply" in str(nodes["deep"].reason)
+    assert "list, not an object" in str(nodes["list"].reason)
+    # The others' rows and the totals are still drawn; only the good node's status counts.
+    assert view.totals["ok"] == 1 and view.totals["unreachable"] == len(broken)
+    assert view.totals["agents_ok"] == 2 and view.totals["phones_ready"]["SKT"] == 1
+    text = fleet.render(view)
+    assert "deep: unreachable: ValueError: answered JSON nested too deeply" in text
+    json.dumps(view.as_json())
 
 
 class _FakeConn:
