@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import ssl
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from daemon.controlplane import ControlPlane, inputs_of
 from daemon.runtime import Runtime
 from daemon.stores import PostgresKeeper
 from daemon.supervisor import ComponentState, Health
+from simulators import pki
 from simulators.fleet import site_for
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -331,6 +333,45 @@ async def test_a_node_answering_json_of_another_shape_is_unreachable_and_the_vie
     text = fleet.render(view)
     assert "deep: unreachable: ValueError: answered JSON nested too deeply" in text
     json.dumps(view.as_json())
+
+
+async def test_a_node_that_handshakes_and_never_answers_costs_its_timeout_and_no_tls_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authority = pki.Authority(pki.name("test CA"))
+    cert, key = authority.issue("127.0.0.1", server=True).write(tmp_path, "server")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    (tmp_path / "ca.crt").write_bytes(authority.cert_pem)
+    client_context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    connected = asyncio.Event()
+    release = asyncio.Event()
+
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()  # the handshake is done; it never reads nor answers
+        await release.wait()
+        writer.close()
+
+    waited: list[object] = []
+    real_wait_closed = asyncio.StreamWriter.wait_closed
+
+    async def wait_closed(self: asyncio.StreamWriter) -> None:
+        waited.append(self)
+        await real_wait_closed(self)
+
+    monkeypatch.setattr(asyncio.StreamWriter, "wait_closed", wait_closed)
+    server = await asyncio.start_server(black_hole, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(TimeoutError):
+            await fleet.get_json(f"https://127.0.0.1:{port}/v1/status", client_context, 0.2)
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+    assert connected.is_set()
+    # A TLS close would wait for the black hole's close_notify: the connection is aborted.
+    assert waited == []
 
 
 class _FakeConn:
