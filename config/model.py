@@ -247,7 +247,10 @@ class ControlPlaneSection(_Section):
     dsn: SecretStr = SecretStr("")
     # The https URL at which the control plane reaches this node's API through its nginx.
     advertise_url: str = ""
-    heartbeat_interval_s: Seconds = 10.0
+    # Bounded as the registry's node_heartbeat() bounds it (daemon/registry.py): the row's
+    # staleness is three of these, so 0 would make a node stale at once and a day would
+    # keep a dead node fresh for three.
+    heartbeat_interval_s: Annotated[float, Field(ge=1, le=300), AfterValidator(_finite)] = 10.0
     # A heartbeat (connect and upsert) that takes longer than this has failed.
     timeout_s: Seconds = 5.0
     # The fleet commands' TLS: the CA of the nodes' server certificates, and the client

@@ -32,6 +32,9 @@ NODE_ROLE_PREFIX = "hanjullo_node_"
 NODE_GROUP_ROLE = "hanjullo_fleet_node"
 # A row is stale once its heartbeat is older than this many of the node's intervals.
 STALE_AFTER_INTERVALS = 3
+# The heartbeat intervals node_heartbeat() accepts (as [control_plane] heartbeat_interval_s).
+MIN_INTERVAL_S = 1
+MAX_INTERVAL_S = 300
 
 INIT_SQL = f"""
 CREATE TABLE IF NOT EXISTS nodes (
@@ -72,6 +75,16 @@ BEGIN
             USING ERRCODE = '42501',
                   HINT = 'give this node the DSN `hanjulloctl fleet add-node ' || p_id
                          || '` printed';
+    END IF;
+    -- The row's staleness is three of its intervals: a node must not be able to keep its
+    -- row fresh for days, or make it unreadable with a NaN.
+    IF p_interval_s IS NULL OR p_interval_s = 'NaN'::double precision
+       OR p_interval_s < {MIN_INTERVAL_S} OR p_interval_s > {MAX_INTERVAL_S} THEN
+        RAISE EXCEPTION 'heartbeat interval % s is outside {MIN_INTERVAL_S}-{MAX_INTERVAL_S} s',
+            coalesce(p_interval_s::text, 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'set [control_plane] heartbeat_interval_s between {MIN_INTERVAL_S} '
+                         || 'and {MAX_INTERVAL_S}';
     END IF;
     INSERT INTO nodes AS n (id, name, base_url, version, capacity, heartbeat_interval_s,
                             last_heartbeat_at, registered_at)

@@ -187,6 +187,27 @@ def test_three_nodes_register_and_the_view_shows_each_with_its_own_run(
         check=False,
     )
     assert forged.returncode != 0 and "heartbeats for node" in forged.stderr
+    # Nor keep its own row fresh for days with an interval of its choosing (nor NaN, NULL).
+    own = fleet.node_ids[INSTANCES[0]]
+
+    async def bad_intervals() -> list[str | None]:
+        conn = await asyncpg.connect(dsn)
+        codes = []
+        try:
+            for interval in (None, float("nan"), 0.5, 0.0, -1.0, 301.0, float("inf")):
+                try:
+                    await conn.fetchval(
+                        "SELECT node_heartbeat($1, 'x', 'x', 'x', '{}', $2)", own, interval
+                    )
+                except asyncpg.PostgresError as exc:
+                    codes.append(exc.sqlstate)
+                else:
+                    codes.append(None)
+        finally:
+            await conn.close()
+        return codes
+
+    assert asyncio.run(bad_intervals()) == ["22023"] * 7
     read = subprocess.run(
         ["psql", dsn, "-Atc", "UPDATE nodes SET assigned_companies = 99"],
         capture_output=True,

@@ -234,6 +234,13 @@ def test_the_fleet_commands_read_only_the_control_plane_section(tmp_path: Path) 
     with pytest.raises(ConfigError) as caught:
         load_control_plane(path)
     assert caught.value.problems[0].field == "control_plane.advertise_url"
+    for interval in ("0.5", "301", "nan"):
+        path.write_text(f"[control_plane]\nheartbeat_interval_s = {interval}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_control_plane(path)
+        assert caught.value.problems[0].field == "control_plane.heartbeat_interval_s"
+    path.write_text("[control_plane]\nheartbeat_interval_s = 300\n")
+    assert load_control_plane(path).heartbeat_interval_s == 300
     assert ControlPlaneSection(advertise_url="https://n.example:8443/").advertise_url == (
         "https://n.example:8443"
     )
