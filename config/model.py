@@ -259,6 +259,20 @@ class ControlPlaneSection(_Section):
     client_cert: Path | None = None
     client_key: Path | None = None
 
+    @field_validator("dsn")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        # A URL: the fleet commands derive each node's DSN from it (its server, database
+        # and options), and mask its password in messages by its URL syntax.
+        dsn = value.get_secret_value()
+        if dsn and re.match(r"(?i)postgres(ql)?://", dsn) is None:
+            raise ValueError(
+                "must be a postgresql:// URL (not libpq's key=value form); fix: e.g. "
+                'dsn = "postgresql://hanjullo_cp@db.example:5432/registry" (the password in '
+                "HANJULLO_CONTROL_PLANE__DSN, not the file)"
+            )
+        return value
+
     @field_validator("advertise_url")
     @classmethod
     def _https(cls, value: str) -> str:

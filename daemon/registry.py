@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -121,29 +121,43 @@ def role_of(node_id: str) -> str:
     return NODE_ROLE_PREFIX + node_id
 
 
+# The query keys of a libpq URL that are the caller's credentials: never shown, and never
+# handed to a node (its DSN carries its own role and password).
+CREDENTIAL_KEYS = frozenset({"password", "sslpassword", "user", "passfile"})
+# Nor the control plane's client certificate: a node logs in with its password.
+NOT_FOR_NODES = CREDENTIAL_KEYS | {"sslcert", "sslkey"}
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")
+_URL_USERINFO = re.compile(r"(?i)^([a-z][a-z0-9+.-]*://)([^/?#]*)@")
+_KEYWORD_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
 def safe_dsn(dsn: str) -> str:
     """The DSN without its password, for messages and logs (a URL, or libpq's
-    ``key=value`` form)."""
+    ``key=value`` form). Text only, never a parse: it does not raise on a DSN libpq would
+    refuse or that urllib cannot read (several hosts, a port that is no number)."""
     if "://" not in dsn:
-        return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return _KEYWORD_PASSWORD.sub(r"\1***", dsn)
+
+    def user_only(match: re.Match[str]) -> str:
+        return match.group(1) + match.group(2).split(":", 1)[0] + "@"
+
+    return _SECRET_QUERY.sub(r"\1***", _URL_USERINFO.sub(user_only, dsn, count=1))
 
 
 def node_dsn(fleet_dsn: str, node_id: str, password: str) -> str:
-    """The DSN a node logs in with: the registry's server and database, the node's role."""
+    """The DSN a node logs in with: the registry's server(s), database and connection
+    options, the node's role; none of the control plane's own credentials."""
     parts = urlsplit(fleet_dsn)
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{quote(role_of(node_id), safe='')}:{quote(password, safe='')}@{host}" + (
-        f":{parts.port}" if parts.port else ""
+    hosts = parts.netloc.rpartition("@")[2] or "127.0.0.1"
+    query = urlencode(
+        [
+            (key, value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+            if key.lower() not in NOT_FOR_NODES
+        ]
     )
-    return urlunsplit((parts.scheme or "postgresql", netloc, parts.path, parts.query, ""))
+    netloc = f"{quote(role_of(node_id), safe='')}:{quote(password, safe='')}@{hosts}"
+    return urlunsplit((parts.scheme or "postgresql", netloc, parts.path, query, ""))
 
 
 async def init_registry(conn: asyncpg.Connection) -> None:

@@ -123,6 +123,25 @@ def test_dsns_keep_their_password_out_of_messages_and_name_the_node_role() -> No
     assert registry.safe_dsn("host=db password=s3cret") == "host=db password=***"
     node = registry.node_dsn(fleet_dsn, "node-7", "p/w")
     assert node == "postgresql://hanjullo_node_node-7:p%2Fw@db.example:5433/registry"
+    # The control plane's credentials in the query go to no node, and show in no message.
+    in_query = "postgresql://db.example/registry?user=cp&sslmode=verify-full&password=s3cret"
+    assert registry.safe_dsn(in_query) == (
+        "postgresql://db.example/registry?user=cp&sslmode=verify-full&password=***"
+    )
+    node = registry.node_dsn(in_query + "&passfile=/root/.pgpass&sslpassword=k", "n", "pw")
+    assert node == "postgresql://hanjullo_node_n:pw@db.example/registry?sslmode=verify-full"
+    # Several hosts, a port that is no number: urllib cannot read them, safe_dsn still masks.
+    multi = "postgresql://cp:secret@h1:5432,h2:5433/registry?target_session_attrs=read-write"
+    assert registry.safe_dsn(multi) == (
+        "postgresql://cp@h1:5432,h2:5433/registry?target_session_attrs=read-write"
+    )
+    assert registry.safe_dsn("postgresql://cp:s@cret@db:x/r") == "postgresql://cp@db:x/r"
+    assert registry.node_dsn(multi, "n", "pw") == (
+        "postgresql://hanjullo_node_n:pw@h1:5432,h2:5433/registry?target_session_attrs=read-write"
+    )
+    assert registry.node_dsn("postgresql://cp@[::1]:5432/r", "n", "pw") == (
+        "postgresql://hanjullo_node_n:pw@[::1]:5432/r"
+    )
 
 
 STATUS = {
@@ -234,6 +253,12 @@ def test_the_fleet_commands_read_only_the_control_plane_section(tmp_path: Path) 
     with pytest.raises(ConfigError) as caught:
         load_control_plane(path)
     assert caught.value.problems[0].field == "control_plane.advertise_url"
+    path.write_text('[control_plane]\ndsn = "host=db password=s3cret dbname=r"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_control_plane(path)
+    assert caught.value.problems[0].field == "control_plane.dsn"
+    assert "postgresql:// URL" in str(caught.value.problems[0])
+    assert "s3cret" not in str(caught.value.problems[0])
     for interval in ("0.5", "301", "nan"):
         path.write_text(f"[control_plane]\nheartbeat_interval_s = {interval}\n")
         with pytest.raises(ConfigError) as caught:
