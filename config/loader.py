@@ -55,6 +55,12 @@ class ConfigError(Exception):
 
 
 _MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "(missing)"})()
+# Stands for the value of a secret field in a problem: the message must not show it.
+_HIDDEN: Any = type("_Hidden", (), {"__repr__": lambda self: "(a secret, not shown)"})()
+# The fields whose values a problem must not show (a DSN may carry a password), by their
+# own name: a section may be validated on its own (load_control_plane). training_secret's
+# only problem is a blank one, which is worth showing.
+SECRET_FIELDS = frozenset({"dsn"})
 
 
 def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,7 +99,9 @@ def _field_problems(raw: dict[str, Any], error: ValidationError) -> list[Problem
             message = "required; fix: add it to the file"
         elif item["type"] == "extra_forbidden":
             message = "unknown setting; fix: remove it or check its spelling"
-        problems.append(Problem(_loc_str(loc), _lookup(raw, loc), message))
+        where = _loc_str(loc)
+        value = _HIDDEN if loc and loc[-1] in SECRET_FIELDS else _lookup(raw, loc)
+        problems.append(Problem(where, value, message))
     return problems
 
 

@@ -247,7 +247,10 @@ class ControlPlaneSection(_Section):
     dsn: SecretStr = SecretStr("")
     # The https URL at which the control plane reaches this node's API through its nginx.
     advertise_url: str = ""
-    heartbeat_interval_s: Seconds = 10.0
+    # Bounded as the registry's node_heartbeat() bounds it (daemon/registry.py): the row's
+    # staleness is three of these, so 0 would make a node stale at once and a day would
+    # keep a dead node fresh for three.
+    heartbeat_interval_s: Annotated[float, Field(ge=1, le=300), AfterValidator(_finite)] = 10.0
     # A heartbeat (connect and upsert) that takes longer than this has failed.
     timeout_s: Seconds = 5.0
     # The fleet commands' TLS: the CA of the nodes' server certificates, and the client
@@ -255,6 +258,20 @@ class ControlPlaneSection(_Section):
     ca: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+
+    @field_validator("dsn")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        # A URL: the fleet commands derive each node's DSN from it (its server, database
+        # and options), and mask its password in messages by its URL syntax.
+        dsn = value.get_secret_value()
+        if dsn and re.match(r"(?i)postgres(ql)?://", dsn) is None:
+            raise ValueError(
+                "must be a postgresql:// URL (not libpq's key=value form); fix: e.g. "
+                'dsn = "postgresql://hanjullo_cp@db.example:5432/registry" (the password in '
+                "HANJULLO_CONTROL_PLANE__DSN, not the file)"
+            )
+        return value
 
     @field_validator("advertise_url")
     @classmethod

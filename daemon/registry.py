@@ -23,7 +23,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -32,6 +32,9 @@ NODE_ROLE_PREFIX = "hanjullo_node_"
 NODE_GROUP_ROLE = "hanjullo_fleet_node"
 # A row is stale once its heartbeat is older than this many of the node's intervals.
 STALE_AFTER_INTERVALS = 3
+# The heartbeat intervals node_heartbeat() accepts (as [control_plane] heartbeat_interval_s).
+MIN_INTERVAL_S = 1
+MAX_INTERVAL_S = 300
 
 INIT_SQL = f"""
 CREATE TABLE IF NOT EXISTS nodes (
@@ -73,6 +76,16 @@ BEGIN
                   HINT = 'give this node the DSN `hanjulloctl fleet add-node ' || p_id
                          || '` printed';
     END IF;
+    -- The row's staleness is three of its intervals: a node must not be able to keep its
+    -- row fresh for days, or make it unreadable with a NaN.
+    IF p_interval_s IS NULL OR p_interval_s = 'NaN'::double precision
+       OR p_interval_s < {MIN_INTERVAL_S} OR p_interval_s > {MAX_INTERVAL_S} THEN
+        RAISE EXCEPTION 'heartbeat interval % s is outside {MIN_INTERVAL_S}-{MAX_INTERVAL_S} s',
+            coalesce(p_interval_s::text, 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'set [control_plane] heartbeat_interval_s between {MIN_INTERVAL_S} '
+                         || 'and {MAX_INTERVAL_S}';
+    END IF;
     INSERT INTO nodes AS n (id, name, base_url, version, capacity, heartbeat_interval_s,
                             last_heartbeat_at, registered_at)
     VALUES (own, p_name, p_base_url, p_version, p_capacity, p_interval_s, now(), now())
@@ -108,29 +121,43 @@ def role_of(node_id: str) -> str:
     return NODE_ROLE_PREFIX + node_id
 
 
+# The query keys of a libpq URL that are the caller's credentials: never shown, and never
+# handed to a node (its DSN carries its own role and password).
+CREDENTIAL_KEYS = frozenset({"password", "sslpassword", "user", "passfile"})
+# Nor the control plane's client certificate: a node logs in with its password.
+NOT_FOR_NODES = CREDENTIAL_KEYS | {"sslcert", "sslkey"}
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:ssl)?password=)[^&#]*")
+_URL_USERINFO = re.compile(r"(?i)^([a-z][a-z0-9+.-]*://)([^/?#]*)@")
+_KEYWORD_PASSWORD = re.compile(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
 def safe_dsn(dsn: str) -> str:
     """The DSN without its password, for messages and logs (a URL, or libpq's
-    ``key=value`` form)."""
+    ``key=value`` form). Text only, never a parse: it does not raise on a DSN libpq would
+    refuse or that urllib cannot read (several hosts, a port that is no number)."""
     if "://" not in dsn:
-        return re.sub(r"(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn)
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return _KEYWORD_PASSWORD.sub(r"\1***", dsn)
+
+    def user_only(match: re.Match[str]) -> str:
+        return match.group(1) + match.group(2).split(":", 1)[0] + "@"
+
+    return _SECRET_QUERY.sub(r"\1***", _URL_USERINFO.sub(user_only, dsn, count=1))
 
 
 def node_dsn(fleet_dsn: str, node_id: str, password: str) -> str:
-    """The DSN a node logs in with: the registry's server and database, the node's role."""
+    """The DSN a node logs in with: the registry's server(s), database and connection
+    options, the node's role; none of the control plane's own credentials."""
     parts = urlsplit(fleet_dsn)
-    host = parts.hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{quote(role_of(node_id), safe='')}:{quote(password, safe='')}@{host}" + (
-        f":{parts.port}" if parts.port else ""
+    hosts = parts.netloc.rpartition("@")[2] or "127.0.0.1"
+    query = urlencode(
+        [
+            (key, value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+            if key.lower() not in NOT_FOR_NODES
+        ]
     )
-    return urlunsplit((parts.scheme or "postgresql", netloc, parts.path, parts.query, ""))
+    netloc = f"{quote(role_of(node_id), safe='')}:{quote(password, safe='')}@{hosts}"
+    return urlunsplit((parts.scheme or "postgresql", netloc, parts.path, query, ""))
 
 
 async def init_registry(conn: asyncpg.Connection) -> None:

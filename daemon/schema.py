@@ -341,6 +341,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             CHECK (kind IN ('sms', 'mms-notification', 'wap-push', 'undecodable'));
         """,
     ),
+    Migration(
+        11,
+        "a run records when it released its line group",
+        """
+        -- Set when a run leaves sending/draining (dispatch/store/runs.py set_status): the
+        -- end of its hold for the capacity measurement. completed_at can come 48 h later,
+        -- after the results, and updated_at moves with every result sync.
+        ALTER TABLE campaign_runs ADD COLUMN IF NOT EXISTS group_released_at timestamptz;
+        """,
+    ),
 )
 
 

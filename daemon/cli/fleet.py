@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import ssl
 import sys
@@ -132,13 +131,17 @@ async def _get_json(url: str, context: ssl.SSLContext | None) -> Any:
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                 break
     finally:
-        writer.close()
-        with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        # Abort, not close: a TLS close waits for the peer's close_notify, which a node that
+        # handshook and never reads does not send, and a node's timeout is all it may cost
+        # the view. Nothing is lost: the request said connection: close and the answer was
+        # read to its end.
+        writer.transport.abort()
     try:
         payload = json.loads(body)
     except ValueError:
         payload = None
+    except RecursionError:
+        raise ValueError("answered JSON nested too deeply to read") from None
     if status != 200:
         detail = payload.get("error") if isinstance(payload, dict) else bytes(body[:200])
         raise ValueError(f"answered {status}: {detail!r}")
@@ -153,6 +156,8 @@ class NodeView:
     state: str = "ok"
     reason: str | None = None
     status: dict[str, Any] | None = None
+    # summary(status), computed once where a status of the wrong shape is caught.
+    summary: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
@@ -176,17 +181,25 @@ class FleetView:
         return {"nodes": [n.as_json() for n in self.nodes], "totals": self.totals}
 
 
-def summary(status: dict[str, Any] | None) -> dict[str, Any]:
-    """One node's row of the view, from its /v1/status (nothing when it did not answer)."""
+def summary(status: Any) -> dict[str, Any]:
+    """One node's row of the view, from its /v1/status (nothing when it did not answer).
+
+    A status of another shape raises TypeError, AttributeError or KeyError: `_call` marks
+    that node unreachable, and the view goes on with the others."""
     if status is None:
         return {}
+    if not isinstance(status, dict):
+        raise TypeError(f"the status is a JSON {type(status).__name__}, not an object")
     agents = status.get("agents", [])
     bulk = [g for g in status.get("line_groups", []) if g.get("type") == "bulk"]
     phones: Counter[str] = Counter()
     for modem in status.get("modems", []):
-        phones[modem["carrier"]] += 0
+        carrier = modem["carrier"]
+        if not isinstance(carrier, str):
+            raise TypeError(f"a modem's carrier is {carrier!r}, not a name")
+        phones[carrier] += 0
         if modem.get("state") == "ready":
-            phones[modem["carrier"]] += 1
+            phones[carrier] += 1
     return {
         "agents_ok": sum(1 for a in agents if a.get("state") == "ok"),
         "agents_total": len(agents),
@@ -215,7 +228,7 @@ def totals(nodes: list[NodeView]) -> dict[str, Any]:
     }
     phones: Counter[str] = Counter()
     for node in nodes:
-        row = summary(node.status)
+        row = node.summary
         for key in ("agents_ok", "agents_total", "groups_held", "groups_total", "runs_waiting"):
             out[key] += row.get(key, 0)
         out["spam_tests_queued"] += row.get("spam_tests_queued", 0)
@@ -225,16 +238,37 @@ def totals(nodes: list[NodeView]) -> dict[str, Any]:
     return out
 
 
-async def _call(node: NodeView, context: ssl.SSLContext, timeout_s: float) -> None:
+# What a node's answer can raise, past the network: not JSON, JSON nested too deep for the
+# parser, JSON of another shape than a /v1/status (`summary`).
+ANSWER_ERRORS = (ValueError, RecursionError, AttributeError, KeyError, TypeError)
+
+
+def _checked(node: NodeView, status: Any) -> dict[str, Any]:
+    """`status` if it is this node's /v1/status; its summary is `node.summary`."""
+    if not isinstance(status, dict):
+        raise TypeError(f"the status is a JSON {type(status).__name__}, not an object")
+    own = status.get("node")
+    answered = own.get("id") if isinstance(own, dict) else None
+    if answered != node.row.id:
+        # Its registered base_url leads to another node (a copied advertise_url): showing
+        # that node's state as this one's would be a lie.
+        raise ValueError(f"answered for node {answered!r}, not for {node.row.id!r}")
+    node.summary = summary(status)
+    return status
+
+
+async def _call(node: NodeView, context: ssl.SSLContext | None, timeout_s: float) -> None:
     started = time.monotonic()
     try:
         if not node.row.base_url:
             raise ValueError("the node registered no base_url ([control_plane] advertise_url)")
-        node.status = await get_json(node.row.base_url + "/v1/status", context, timeout_s)
+        answer = await get_json(node.row.base_url + "/v1/status", context, timeout_s)
+        node.status = _checked(node, answer)
     except TimeoutError:
         node.state, node.reason = "unreachable", f"no answer within {timeout_s:g} s"
-    except (OSError, ssl.SSLError, ValueError, h11.ProtocolError) as exc:
-        node.state, node.reason = "unreachable", f"{type(exc).__name__}: {exc}"
+    except (OSError, ssl.SSLError, h11.ProtocolError, *ANSWER_ERRORS) as exc:
+        node.state, node.reason = "unreachable", f"{type(exc).__name__}: {exc}"[:300]
+        node.status, node.summary = None, {}
     else:
         if node.row.stale:
             node.state, node.reason = "stale", node.row.stale_reason()
@@ -249,6 +283,13 @@ async def build_view(plane: ControlPlaneSection, timeout_s: float) -> FleetView:
     read (the nodes' own failures are their rows' states)."""
     context = tls_context(plane)
     rows = await _rows(plane, timeout_s)
+    return await call_nodes(rows, context, timeout_s)
+
+
+async def call_nodes(
+    rows: list[registry.NodeRow], context: ssl.SSLContext | None, timeout_s: float
+) -> FleetView:
+    """Call every node of `rows` at once; whatever one answers is that node's row only."""
     started = time.monotonic()
     nodes = [NodeView(row) for row in rows]
     await asyncio.gather(*(_call(n, context, timeout_s) for n in nodes))
@@ -268,7 +309,7 @@ def render(view: FleetView) -> str:
     )  # fmt: skip
     lines = [header]
     for node in view.nodes:
-        row = summary(node.status)
+        row = node.summary
         lines.append(
             (
                 node.row.id,

@@ -9,11 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from dispatch.store.runs import Conn
+from dispatch.store.runs import HOLDS_GROUP_SQL, Conn
 
-# A group is held from the moment its run took it until the run completed (or, for a run
-# that stopped otherwise, its last update); a run still holding it is held until now.
-GROUPS_SQL = """
+# A group is held from the moment its run took it until the run released it (it left
+# sending/draining: group_released_at; rows from before schema 11 have only completed_at,
+# or their last update); a run still holding it is held until now. Not until completed_at:
+# a run waits for its results for up to 48 h after it released its group.
+GROUPS_SQL = f"""
 WITH w AS (
     SELECT $2::timestamptz AS now,
            tstzrange($2::timestamptz - interval '1 hour', $2::timestamptz) AS hour,
@@ -22,8 +24,9 @@ WITH w AS (
     SELECT line_group,
            tstzrange(group_since,
                      greatest(group_since,
-                              CASE WHEN status IN ('sending', 'draining') THEN w.now
-                                   ELSE coalesce(completed_at, updated_at) END)) AS span,
+                              CASE WHEN status IN ({HOLDS_GROUP_SQL}) THEN w.now
+                                   ELSE coalesce(group_released_at, completed_at, updated_at)
+                              END)) AS span,
            extract(epoch FROM group_since - greatest(queued_at, coalesce(scheduled_at, queued_at)))
                AS wait_s
     FROM campaign_runs, w

@@ -44,6 +44,8 @@ ACTIVE = (
     RunStatus.HELD,
     RunStatus.PAUSED,
 )
+# HOLDS_GROUP as an SQL list.
+HOLDS_GROUP_SQL = ", ".join(f"'{s.value}'" for s in HOLDS_GROUP)
 # Statuses from which nothing is sent any more.
 FINISHED = (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.REJECTED)
 
@@ -128,12 +130,21 @@ async def status_of(conn: Conn, run_id: uuid.UUID) -> RunStatus | None:
     return None if value is None else RunStatus(value)
 
 
+# The right-hand `status` is the row's status before the update: a run that leaves the
+# group-holding states stamps when (the capacity measurement's end of its hold).
+SET_STATUS_SQL = f"""
+UPDATE campaign_runs SET status = $2, status_reason = $3, updated_at = now(),
+    completed_at = CASE WHEN $2 IN ('completed', 'cancelled') THEN now() ELSE completed_at END,
+    group_released_at = CASE WHEN status IN ({HOLDS_GROUP_SQL})
+                              AND $2 NOT IN ({HOLDS_GROUP_SQL})
+                             THEN now() ELSE group_released_at END
+WHERE id = $1
+"""
+
+
 async def set_status(conn: Conn, run_id: uuid.UUID, status: RunStatus, reason: str | None) -> None:
     await conn.execute(
-        """UPDATE campaign_runs SET status = $2, status_reason = $3, updated_at = now(),
-               completed_at = CASE WHEN $2 IN ('completed', 'cancelled')
-                                   THEN now() ELSE completed_at END
-           WHERE id = $1""",
+        SET_STATUS_SQL,
         run_id,
         status.value,
         reason,
@@ -146,7 +157,8 @@ async def take_group(conn: Conn, run_id: uuid.UUID, group: str, now: datetime) -
     `now` is the node clock, like the agents': it starts the run's log-table window."""
     result = await conn.execute(
         """UPDATE campaign_runs SET status = 'sending', line_group = $2,
-               group_since = now(), started_at = coalesce(started_at, $3),
+               group_since = now(), group_released_at = NULL,
+               started_at = coalesce(started_at, $3),
                status_reason = NULL, updated_at = now()
            WHERE id = $1 AND status = 'queued'""",
         run_id,

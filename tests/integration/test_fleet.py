@@ -187,6 +187,27 @@ def test_three_nodes_register_and_the_view_shows_each_with_its_own_run(
         check=False,
     )
     assert forged.returncode != 0 and "heartbeats for node" in forged.stderr
+    # Nor keep its own row fresh for days with an interval of its choosing (nor NaN, NULL).
+    own = fleet.node_ids[INSTANCES[0]]
+
+    async def bad_intervals() -> list[str | None]:
+        conn = await asyncpg.connect(dsn)
+        codes = []
+        try:
+            for interval in (None, float("nan"), 0.5, 0.0, -1.0, 301.0, float("inf")):
+                try:
+                    await conn.fetchval(
+                        "SELECT node_heartbeat($1, 'x', 'x', 'x', '{}', $2)", own, interval
+                    )
+                except asyncpg.PostgresError as exc:
+                    codes.append(exc.sqlstate)
+                else:
+                    codes.append(None)
+        finally:
+            await conn.close()
+        return codes
+
+    assert asyncio.run(bad_intervals()) == ["22023"] * 7
     read = subprocess.run(
         ["psql", dsn, "-Atc", "UPDATE nodes SET assigned_companies = 99"],
         capture_output=True,
@@ -526,27 +547,30 @@ def test_capacity_is_measured_from_the_nodes_own_rows(fleet: SimulatedFleet) -> 
 
     runs = [
         # bulk-1: held 30 min of the hour after a 10 min wait; earlier, an hour (no wait).
-        ("a", "bulk-1", "completed", ago(minutes=50), ago(minutes=40), ago(minutes=10)),
-        ("c", "bulk-1", "completed", ago(hours=5), ago(hours=5), ago(hours=4)),
+        ("a", "bulk-1", "completed", ago(minutes=50), ago(minutes=40), ago(minutes=10), None),
+        ("c", "bulk-1", "completed", ago(hours=5), ago(hours=5), ago(hours=4), None),
         # bulk-2: held for 90 min and still sending, after a 30 min wait.
-        ("b", "bulk-2", "sending", ago(hours=2), ago(minutes=90), None),
+        ("b", "bulk-2", "sending", ago(hours=2), ago(minutes=90), None, None),
         # 40 days ago: outside every window.
-        ("z", "bulk-3", "completed", ago(days=40), ago(days=40), ago(days=40)),
+        ("z", "bulk-3", "completed", ago(days=40), ago(days=40), ago(days=40), None),
+        # bulk-3: held an hour, released an hour ago; the run waits for its results since
+        # (not completed, its row updated by each result sync): free in the hour.
+        ("a", "bulk-3", "results", ago(hours=2), ago(hours=2), None, ago(hours=1)),
     ]
     run_ids = [uuid.uuid4() for _ in runs]
 
     async def scenario() -> dict[str, Any]:
         conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=database)
         try:
-            for run_id, (company, group, status, queued, since, done) in zip(
+            for run_id, (company, group, status, queued, since, done, released) in zip(
                 run_ids, runs, strict=True
             ):
                 await conn.execute(
                     "INSERT INTO campaign_runs (id, node_id, company_id, line_group, status,"
-                    " queued_at, group_since, completed_at, updated_at)"
+                    " queued_at, group_since, completed_at, updated_at, group_released_at)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz,"
-                    " coalesce($8::timestamptz, $9))",
-                    run_id, node_id, company, group, status, queued, since, done, now,
+                    " coalesce($8::timestamptz, $9), $10)",
+                    run_id, node_id, company, group, status, queued, since, done, now, released,
                 )  # fmt: skip
             # Results: 4 landed 20 min ago (run a), 2 three hours ago (run c).
             for seq, (run_id, at) in enumerate(
@@ -590,7 +614,7 @@ def test_capacity_is_measured_from_the_nodes_own_rows(fleet: SimulatedFleet) -> 
     assert groups["bulk-1"]["wait_p95_s"] == {"hour": 600.0, "day": 570.0}
     assert groups["bulk-2"]["held_share"] == {"hour": 1.0, "day": 0.0625}
     assert groups["bulk-2"]["wait_p95_s"] == {"hour": None, "day": 1800.0}
-    assert groups["bulk-3"]["held_share"] == {"hour": 0.0, "day": 0.0}
+    assert groups["bulk-3"]["held_share"] == {"hour": 0.0, "day": round(1 / 24, 4)}
     assert measured["agents"]["free_share"]["hour"] == 0.5
     assert measured["agents"]["results_per_s"] == {"hour": round(4 / 3600, 4), "day": 0.0001}
     assert measured["phones"]["utilisation"]["hour"] == round(14 * 60 / 3600, 4)

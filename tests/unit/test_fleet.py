@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import ssl
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +22,11 @@ from config.loader import ConfigError, daemon_problems, load_control_plane, vali
 from config.model import ControlPlaneSection
 from daemon import capacity, registry
 from daemon.cli import fleet
-from daemon.controlplane import ControlPlane, inputs_of
+from daemon.controlplane import MEASURE_EVERY_S, ControlPlane, inputs_of
 from daemon.runtime import Runtime
 from daemon.stores import PostgresKeeper
-from daemon.supervisor import ComponentState, Health
+from daemon.supervisor import ComponentState, DependencyDown, Health
+from simulators import pki
 from simulators.fleet import site_for
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
@@ -121,6 +123,25 @@ def test_dsns_keep_their_password_out_of_messages_and_name_the_node_role() -> No
     assert registry.safe_dsn("host=db password=s3cret") == "host=db password=***"
     node = registry.node_dsn(fleet_dsn, "node-7", "p/w")
     assert node == "postgresql://hanjullo_node_node-7:p%2Fw@db.example:5433/registry"
+    # The control plane's credentials in the query go to no node, and show in no message.
+    in_query = "postgresql://db.example/registry?user=cp&sslmode=verify-full&password=s3cret"
+    assert registry.safe_dsn(in_query) == (
+        "postgresql://db.example/registry?user=cp&sslmode=verify-full&password=***"
+    )
+    node = registry.node_dsn(in_query + "&passfile=/root/.pgpass&sslpassword=k", "n", "pw")
+    assert node == "postgresql://hanjullo_node_n:pw@db.example/registry?sslmode=verify-full"
+    # Several hosts, a port that is no number: urllib cannot read them, safe_dsn still masks.
+    multi = "postgresql://cp:secret@h1:5432,h2:5433/registry?target_session_attrs=read-write"
+    assert registry.safe_dsn(multi) == (
+        "postgresql://cp@h1:5432,h2:5433/registry?target_session_attrs=read-write"
+    )
+    assert registry.safe_dsn("postgresql://cp:s@cret@db:x/r") == "postgresql://cp@db:x/r"
+    assert registry.node_dsn(multi, "n", "pw") == (
+        "postgresql://hanjullo_node_n:pw@h1:5432,h2:5433/registry?target_session_attrs=read-write"
+    )
+    assert registry.node_dsn("postgresql://cp@[::1]:5432/r", "n", "pw") == (
+        "postgresql://hanjullo_node_n:pw@[::1]:5432/r"
+    )
 
 
 STATUS = {
@@ -155,8 +176,8 @@ def test_a_view_row_counts_agents_bulk_groups_waiting_runs_phones_and_tests() ->
 
 def test_totals_add_up_the_nodes_that_answered_and_count_every_state() -> None:
     nodes = [
-        fleet.NodeView(_row("a", 1.0, 1.0), status=STATUS),
-        fleet.NodeView(_row("b", 1.0, 1.0), status=STATUS),
+        fleet.NodeView(_row("a", 1.0, 1.0), status=STATUS, summary=fleet.summary(STATUS)),
+        fleet.NodeView(_row("b", 1.0, 1.0), status=STATUS, summary=fleet.summary(STATUS)),
         fleet.NodeView(_row("c", 99.0, 1.0), state="unreachable", reason="x"),
     ]
     totals = fleet.totals(nodes)
@@ -232,6 +253,19 @@ def test_the_fleet_commands_read_only_the_control_plane_section(tmp_path: Path) 
     with pytest.raises(ConfigError) as caught:
         load_control_plane(path)
     assert caught.value.problems[0].field == "control_plane.advertise_url"
+    path.write_text('[control_plane]\ndsn = "host=db password=s3cret dbname=r"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_control_plane(path)
+    assert caught.value.problems[0].field == "control_plane.dsn"
+    assert "postgresql:// URL" in str(caught.value.problems[0])
+    assert "s3cret" not in str(caught.value.problems[0])
+    for interval in ("0.5", "301", "nan"):
+        path.write_text(f"[control_plane]\nheartbeat_interval_s = {interval}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_control_plane(path)
+        assert caught.value.problems[0].field == "control_plane.heartbeat_interval_s"
+    path.write_text("[control_plane]\nheartbeat_interval_s = 300\n")
+    assert load_control_plane(path).heartbeat_interval_s == 300
     assert ControlPlaneSection(advertise_url="https://n.example:8443/").advertise_url == (
         "https://n.example:8443"
     )
@@ -280,6 +314,96 @@ async def test_a_status_call_reads_json_and_refuses_anything_else() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_node_answering_json_of_another_shape_is_unreachable_and_the_view_goes_on() -> None:
+    good = {**STATUS, "node": {"id": "good"}}
+    bodies = {
+        "good": good,
+        "list": [],
+        "string": "x",
+        "agents": {**good, "node": {"id": "agents"}, "agents": [1]},
+        "carrier": {**good, "node": {"id": "carrier"}, "modems": [{"state": "ready"}]},
+        "copied": good,
+        "nameless": {**STATUS},
+    }
+    raw = {name: json.dumps(body).encode() for name, body in bodies.items()}
+    raw["deep"] = b"[" * 100_000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        body = raw[line.split()[1].decode().split("/")[1]]
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    rows = [
+        dataclasses.replace(_row(name, 1.0, 1.0), base_url=f"http://127.0.0.1:{port}/{name}")
+        for name in raw
+    ]
+    try:
+        view = await fleet.call_nodes(rows, None, 10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    nodes = {n.row.id: n for n in view.nodes}
+    assert nodes["good"].state == "ok" and nodes["good"].reason is None
+    broken = set(raw) - {"good"}
+    assert {n for n, node in nodes.items() if node.state == "unreachable"} == broken
+    assert all(nodes[n].reason and nodes[n].status is None for n in broken)
+    assert "answered for node 'good', not for 'copied'" in str(nodes["copied"].reason)
+    assert "answered for node None" in str(nodes["nameless"].reason)
+    assert "nested too deeply" in str(nodes["deep"].reason)
+    assert "list, not an object" in str(nodes["list"].reason)
+    # The others' rows and the totals are still drawn; only the good node's status counts.
+    assert view.totals["ok"] == 1 and view.totals["unreachable"] == len(broken)
+    assert view.totals["agents_ok"] == 2 and view.totals["phones_ready"]["SKT"] == 1
+    text = fleet.render(view)
+    assert "deep: unreachable: ValueError: answered JSON nested too deeply" in text
+    json.dumps(view.as_json())
+
+
+async def test_a_node_that_handshakes_and_never_answers_costs_its_timeout_and_no_tls_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authority = pki.Authority(pki.name("test CA"))
+    cert, key = authority.issue("127.0.0.1", server=True).write(tmp_path, "server")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    (tmp_path / "ca.crt").write_bytes(authority.cert_pem)
+    client_context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    connected = asyncio.Event()
+    release = asyncio.Event()
+
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()  # the handshake is done; it never reads nor answers
+        await release.wait()
+        writer.close()
+
+    waited: list[object] = []
+    real_wait_closed = asyncio.StreamWriter.wait_closed
+
+    async def wait_closed(self: asyncio.StreamWriter) -> None:
+        waited.append(self)
+        await real_wait_closed(self)
+
+    monkeypatch.setattr(asyncio.StreamWriter, "wait_closed", wait_closed)
+    server = await asyncio.start_server(black_hole, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(TimeoutError):
+            await fleet.get_json(f"https://127.0.0.1:{port}/v1/status", client_context, 0.2)
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+    assert connected.is_set()
+    # A TLS close would wait for the black hole's close_notify: the connection is aborted.
+    assert waited == []
 
 
 class _FakeConn:
@@ -373,6 +497,27 @@ async def test_the_component_is_degraded_while_the_registry_is_down_and_recovers
     with pytest.raises(_Stop):
         await plane.run(health)
     assert health.state == ComponentState.RUNNING
+
+
+async def test_a_failed_measurement_is_tried_again_a_minute_later_not_at_every_beat(
+    tmp_path: Path,
+) -> None:
+    plane = _plane(tmp_path)
+    attempts = 0
+
+    def require() -> Any:
+        nonlocal attempts
+        attempts += 1
+        raise DependencyDown("postgres is down")
+
+    plane.postgres.require = require  # type: ignore[method-assign]
+    first = await plane._measure(1.0)
+    second = await plane._measure(1.0)
+    assert attempts == 1 and first == second
+    assert second["headroom"]["verdict"] == "unknown" and "postgres is down" in second["unmeasured"]
+    plane.measured_at -= MEASURE_EVERY_S
+    await plane._measure(1.0)
+    assert attempts == 2
 
 
 def test_between_measurements_a_heartbeat_carries_what_is_true_now(tmp_path: Path) -> None:
