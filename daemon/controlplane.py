@@ -82,10 +82,10 @@ class ControlPlane:
         try:
             pool = self.postgres.require()
             async with pool.acquire(timeout=timeout_s) as conn:
-                measured = await asyncio.wait_for(
-                    capacity.measure(conn, node_id, self.runtime.clock.now(), **inputs),
-                    timeout_s,
-                )
+                async with asyncio.timeout(timeout_s):
+                    measured = await capacity.measure(
+                        conn, node_id, self.runtime.clock.now(), **inputs
+                    )
         except (*PG_ERRORS, DependencyDown) as exc:
             stale = dict(self.last_capacity)
             stale["unmeasured"] = f"the node's PostgreSQL: {type(exc).__name__}: {exc}"
@@ -151,7 +151,8 @@ class ControlPlane:
                 section = self.runtime.config.control_plane
                 started = time.monotonic()
                 try:
-                    await asyncio.wait_for(self.beat(), section.timeout_s * 3)
+                    async with asyncio.timeout(section.timeout_s * 3):
+                        await self.beat()
                     metrics.heartbeat_last.labels(CONTROL_PLANE_STORE).set_to_current_time()
                     # A reason that stays the same: a change of state is logged, a beat not.
                     health.running(f"heartbeats to {where}")
