@@ -60,8 +60,6 @@ class ControlPlane:
         self.conn: asyncpg.Connection | None = None
         self.last_capacity: dict[str, Any] = {}
         self.measured_at = -math.inf
-        # What the heartbeats carry until the next attempt when the last one failed.
-        self.unmeasured: dict[str, Any] | None = None
         self.beats = 0
         # Seams for the unit tests (tests/unit/test_fleet.py).
         self.connect: Callable[..., Awaitable[asyncpg.Connection]] = asyncpg.connect
@@ -72,13 +70,8 @@ class ControlPlane:
         with the reason (the heartbeat still goes: the node is alive)."""
         node_id = self.runtime.config.node.id
         inputs = inputs_of(self.snapshot())
-        if time.monotonic() - self.measured_at < MEASURE_EVERY_S:
-            # A failed measurement is tried again a minute later too, not at every beat:
-            # a node whose PostgreSQL hangs would otherwise spend timeout_s of each beat.
-            if self.unmeasured is not None:
-                return self.unmeasured
-            if self.last_capacity:
-                return self._with_present(self.last_capacity, inputs)
+        if self.last_capacity and time.monotonic() - self.measured_at < MEASURE_EVERY_S:
+            return self._with_present(self.last_capacity, inputs)
         try:
             pool = self.postgres.require()
             async with pool.acquire(timeout=timeout_s) as conn:
@@ -94,9 +87,8 @@ class ControlPlane:
                 "verdict": "unknown",
                 "reasons": [f"capacity not measured: {stale['unmeasured']}"],
             }
-            self.unmeasured, self.measured_at = stale, time.monotonic()
             return stale
-        self.last_capacity, self.unmeasured = measured, None
+        self.last_capacity = measured
         self.measured_at = time.monotonic()
         return measured
 

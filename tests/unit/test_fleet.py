@@ -22,10 +22,10 @@ from config.loader import ConfigError, daemon_problems, load_control_plane, vali
 from config.model import ControlPlaneSection
 from daemon import capacity, registry
 from daemon.cli import fleet
-from daemon.controlplane import MEASURE_EVERY_S, ControlPlane, inputs_of
+from daemon.controlplane import ControlPlane, inputs_of
 from daemon.runtime import Runtime
 from daemon.stores import PostgresKeeper
-from daemon.supervisor import ComponentState, DependencyDown, Health
+from daemon.supervisor import ComponentState, Health
 from simulators import pki
 from simulators.fleet import site_for
 
@@ -497,27 +497,6 @@ async def test_the_component_is_degraded_while_the_registry_is_down_and_recovers
     with pytest.raises(_Stop):
         await plane.run(health)
     assert health.state == ComponentState.RUNNING
-
-
-async def test_a_failed_measurement_is_tried_again_a_minute_later_not_at_every_beat(
-    tmp_path: Path,
-) -> None:
-    plane = _plane(tmp_path)
-    attempts = 0
-
-    def require() -> Any:
-        nonlocal attempts
-        attempts += 1
-        raise DependencyDown("postgres is down")
-
-    plane.postgres.require = require  # type: ignore[method-assign]
-    first = await plane._measure(1.0)
-    second = await plane._measure(1.0)
-    assert attempts == 1 and first == second
-    assert second["headroom"]["verdict"] == "unknown" and "postgres is down" in second["unmeasured"]
-    plane.measured_at -= MEASURE_EVERY_S
-    await plane._measure(1.0)
-    assert attempts == 2
 
 
 def test_between_measurements_a_heartbeat_carries_what_is_true_now(tmp_path: Path) -> None:
