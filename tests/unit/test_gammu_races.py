@@ -18,6 +18,7 @@ import gammu
 
 from drivers import pdu
 from drivers.gammu_phone import GammuPhone
+from tests.unit.test_gammu_recovery import HungModemStateMachine
 
 SENT = datetime(2026, 11, 17, 3, 0, tzinfo=UTC)
 
@@ -29,28 +30,14 @@ def stored_sms() -> dict[str, Any]:
     return sms
 
 
-class OneMessageStateMachine:
+class OneMessageStateMachine(HungModemStateMachine):
     """Holds one message at location 1; the listing waits until the read is queued."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.sms = stored_sms()
         self.read_queued = threading.Event()
         self.listed = False
-
-    def ReadConfig(self, Filename: str) -> None:
-        pass
-
-    def Init(self) -> None:
-        pass
-
-    def SetIncomingCallback(self, _callback: Any) -> None:
-        pass
-
-    def SetIncomingSMS(self, _enable: bool) -> None:
-        pass
-
-    def ReadDevice(self) -> int:
-        return 0
 
     def GetNextSMS(self, Folder: int, Start: bool = False, Location: int = 0) -> list[Any]:
         if Start and not self.listed:
@@ -61,12 +48,6 @@ class OneMessageStateMachine:
 
     def GetSMS(self, Folder: int, Location: int) -> list[Any]:
         return [self.sms]
-
-    def GetManufacturer(self) -> str:
-        return "Fake"
-
-    def Terminate(self) -> None:
-        pass
 
 
 async def test_a_read_queued_behind_a_sweep_that_found_its_message_surfaces_it_once() -> None:
