@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import serial
 
 from config.clock import KST
 from config.names import add_months
-from simulators.harness import SimulatedNode, instance_database, mysql
+from simulators.harness import SimulatedNode, command, instance_database, mysql
 
 FINAL = (b"\r\nOK\r\n", b"ERROR\r\n", b"ERROR: ")
 
@@ -151,3 +152,38 @@ def pg_to_node_offset(offset: float) -> float:
 
 def month_of(moment: datetime) -> str:
     return moment.astimezone(KST).strftime("%Y%m")
+
+
+def start_send(
+    node: SimulatedNode,
+    company: str,
+    callback: str,
+    phones: list[str],
+    message: str,
+    wait: bool = True,
+) -> subprocess.Popen[str]:
+    """`hanjulloctl send --json` on `node` in the background (the phones from a file); the
+    caller reads its JSON answer when it needs it."""
+    path = node.dir / f"phones-{company}.txt"
+    path.write_text("\n".join(phones) + "\n")
+    return subprocess.Popen(
+        [
+            *command("hanjulloctl"),
+            "send",
+            "--company",
+            company,
+            "--callback",
+            callback,
+            "--phones",
+            str(path),
+            "--message",
+            message,
+            *(["--wait"] if wait else []),
+            "--json",
+            "--config",
+            str(node.config_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -34,7 +34,7 @@ from simulators.fleet import SimulatedFleet, free_port
 from simulators.harness import SimulatedNode, command, wait_for
 from tests import services
 from tests.integration.conftest import fast_network
-from tests.integration.helpers import pg_fetch
+from tests.integration.helpers import pg_fetch, start_send
 
 INSTANCES = (11, 12, 13)
 INTERVAL_S = 1.0
@@ -77,29 +77,7 @@ def _phones(count: int, seed: int) -> list[str]:
 def _send(
     node: SimulatedNode, company: str, phones: list[str], wait: bool
 ) -> subprocess.Popen[str]:
-    path = node.dir / f"phones-{company}.txt"
-    path.write_text("\n".join(phones) + "\n")
-    return subprocess.Popen(
-        [
-            *command("hanjulloctl"),
-            "send",
-            "--company",
-            company,
-            "--callback",
-            CALLBACK,
-            "--phones",
-            str(path),
-            "--message",
-            f"{company} 안내 문자",
-            *(["--wait"] if wait else []),
-            "--json",
-            "--config",
-            str(node.config_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_send(node, company, CALLBACK, phones, f"{company} 안내 문자", wait)
 
 
 def _sent(proc: subprocess.Popen[str], timeout_s: float = 90) -> dict[str, Any]:
@@ -244,16 +222,13 @@ def test_place_proposes_the_node_with_most_headroom_after_node_1_is_made_busy(
         for i in range(3)
     ]
     try:
+
+        def held_bulk_groups() -> int:
+            groups = _rows(fleet.view())[one]["status"]["line_groups"] or []
+            return sum(1 for g in groups if g["type"] == "bulk" and g["holder"] is not None)
+
         wait_for(
-            lambda: (
-                _rows(fleet.view())[one]["status"]["line_groups"]
-                and sum(
-                    1
-                    for g in _rows(fleet.view())[one]["status"]["line_groups"]
-                    if g["type"] == "bulk" and g["holder"] is not None
-                )
-                == 3
-            ),
+            lambda: held_bulk_groups() == 3,
             60,
             "node 1's three bulk groups held",
             interval_s=0.5,

@@ -20,13 +20,12 @@ from simulators.harness import (
     MYSQL_CONNECTIONS_DAEMON,
     MYSQL_CONNECTIONS_SIMULATOR,
     SimulatedNode,
-    command,
     mysql,
     mysql_headroom,
 )
 from tests import services
 from tests.integration.conftest import fast_network
-from tests.integration.helpers import pg_fetch
+from tests.integration.helpers import pg_fetch, start_send
 
 INSTANCES = (6, 7)
 CALLBACK = "0212345678"
@@ -87,29 +86,7 @@ def test_each_numbered_node_has_its_own_databases_ports_sockets_and_phones(
 
 
 def _send(node: SimulatedNode, n: int) -> subprocess.Popen[str]:
-    phones = node.dir / "phones.txt"
-    phones.write_text("\n".join(PHONES[n]) + "\n")
-    return subprocess.Popen(
-        [
-            *command("hanjulloctl"),
-            "send",
-            "--company",
-            f"multi-{n}",
-            "--callback",
-            CALLBACK,
-            "--phones",
-            str(phones),
-            "--message",
-            f"node {n} 안내 문자",
-            "--wait",
-            "--json",
-            "--config",
-            str(node.config_path),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_send(node, f"multi-{n}", CALLBACK, PHONES[n], f"node {n} 안내 문자")
 
 
 def _agent_rows(database: str) -> list[tuple[str, str]]:
