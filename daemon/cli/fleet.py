@@ -86,7 +86,8 @@ def tls_context(plane: ControlPlaneSection) -> ssl.SSLContext:
 async def get_json(url: str, context: ssl.SSLContext | None, timeout_s: float) -> Any:
     """GET `url` (https, or http) and its JSON; raises on anything but 200 with JSON, and
     TimeoutError past `timeout_s` for the whole exchange."""
-    return await asyncio.wait_for(_get_json(url, context), timeout_s)
+    async with asyncio.timeout(timeout_s):
+        return await _get_json(url, context)
 
 
 async def _get_json(url: str, context: ssl.SSLContext | None) -> Any:
