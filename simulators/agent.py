@@ -228,7 +228,8 @@ class SimAgent:
             await cur.execute(
                 f"SELECT seqno, dest_no, call_back, msg_contents, msg_type, title_str,"
                 f" file_name1, file_name2, file_name3, file_name4, file_name5"
-                f" FROM `{self.table}` WHERE rsv1 = '1' AND sendreq_time <= NOW()"
+                f" FROM `{self.table}` FORCE INDEX (PRIMARY)"
+                f" WHERE rsv1 = '1' AND sendreq_time <= NOW()"
                 f" ORDER BY seqno LIMIT %s FOR UPDATE SKIP LOCKED",
                 (allowed,),
             )
