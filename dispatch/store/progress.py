@@ -20,6 +20,23 @@ import asyncpg
 from dispatch.guards import CheckedPage
 from dispatch.store.runs import Conn, RunStatus, skip_counts
 
+# ---- keyset pages -------------------------------------------------------------------------
+
+
+async def keyset_page(conn: Conn, query: str, *args: object) -> list[asyncpg.Record]:
+    """One page of a run's recipients in ``seq`` order, read along the primary key.
+
+    A run just handed over is not in the planner's statistics yet (autoanalyze comes later,
+    if at all before the run ends), so PostgreSQL expects a few hundred recipients for it
+    and plans a bitmap scan of every recipient after the page's start, then a sort: each
+    page costs as much as the rest of the run, and paging through 300,000 fresh recipients
+    took 3.5 s instead of 0.6 s. A keyset page's right plan is always the primary key's
+    index scan (it stops at the limit), so bitmap scans are off for the page's statement."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL enable_bitmapscan = off")
+        return await conn.fetch(query, *args)
+
+
 # ---- the guard pass ---------------------------------------------------------------------
 
 
@@ -35,14 +52,17 @@ async def checked_numbers(conn: Conn, run_id: uuid.UUID, upto: int) -> set[str]:
     return {r["number"] for r in rows}
 
 
+RECIPIENTS_AFTER = """SELECT seq, phone, message_text, subject, attachments
+    FROM campaign_run_recipients WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"""
+
+
 async def recipients_after(
     conn: Conn, run_id: uuid.UUID, after: int, limit: int
 ) -> list[asyncpg.Record]:
     """The next `limit` recipients to check: seq, phone, message_text, subject, attachments."""
-    return await conn.fetch(
-        """SELECT seq, phone, message_text, subject, attachments
-           FROM campaign_run_recipients WHERE run_id = $1 AND seq > $2
-           ORDER BY seq LIMIT $3""",
+    return await keyset_page(
+        conn,
+        RECIPIENTS_AFTER,
         run_id,
         after,
         limit,
@@ -102,17 +122,17 @@ async def finish_checking(conn: Conn, run_id: uuid.UUID) -> dict[str, int]:
 # ---- the handoff's pages and checkpoints ------------------------------------------------
 
 _PAGE = "seq, coalesce(phone_norm, phone) AS number, message_text, subject, attachments"
+PULLED_PAGE = f"""SELECT {_PAGE}, true AS pulled FROM campaign_run_recipients
+    WHERE run_id = $1 AND is_pulled ORDER BY seq LIMIT $2"""
+PENDING_PAGE = f"""SELECT {_PAGE}, false AS pulled FROM campaign_run_recipients
+    WHERE run_id = $1 AND state = 'pending' AND seq > $2 AND ($4 OR seq <= $5)
+    ORDER BY seq LIMIT $3"""
 
 
 async def pulled_page(conn: Conn, run_id: uuid.UUID, limit: int) -> list[asyncpg.Record]:
     """Recipients pulled back from the agent tables (pause, night hold, breaker), oldest
     first: seq, number, message_text, subject, attachments, pulled (true)."""
-    return await conn.fetch(
-        f"""SELECT {_PAGE}, true AS pulled FROM campaign_run_recipients
-            WHERE run_id = $1 AND is_pulled ORDER BY seq LIMIT $2""",
-        run_id,
-        limit,
-    )
+    return await keyset_page(conn, PULLED_PAGE, run_id, limit)
 
 
 async def checkpoint(conn: Conn, run_id: uuid.UUID) -> int:
@@ -130,10 +150,9 @@ async def pending_page(
 ) -> list[asyncpg.Record]:
     """The next pending recipients after seq `after`, up to `checked_upto` (None: the guard
     pass is complete): seq, number, message_text, subject, attachments, pulled (false)."""
-    return await conn.fetch(
-        f"""SELECT {_PAGE}, false AS pulled FROM campaign_run_recipients
-            WHERE run_id = $1 AND state = 'pending' AND seq > $2 AND ($4 OR seq <= $5)
-            ORDER BY seq LIMIT $3""",
+    return await keyset_page(
+        conn,
+        PENDING_PAGE,
         run_id,
         after,
         limit,
