@@ -45,7 +45,7 @@ from daemon.role import WriterState, while_writer
 from daemon.runtime import Runtime
 from daemon.stores import PG_ERRORS, PostgresKeeper
 from daemon.supervisor import ComponentState, DependencyDown, Health
-from drivers.at import CommandTimeout, PortClosed
+from drivers.at import ATError, CommandTimeout, PortClosed
 from drivers.at_phone import ATPhone
 from drivers.base import ModemHealth, Received, SimState, TestPhoneDriver
 from drivers.errors import DriverError
@@ -61,6 +61,15 @@ RESETS_BEFORE_REPLUG_WAIT = 1
 # How long a listing waits for what it surfaced to be recorded before it proves nothing
 # (health checks go on meanwhile; PostgreSQL being slow or down is the usual cause).
 READ_PROOF_WAIT_S = 5.0
+# How a SIM error that ended a session is reported (the health check says the same of an
+# AT+CPIN? answer).
+_SIM_PROBLEM = {
+    SimState.PIN_REQUIRED: "SIM locked (pin-required)",
+    SimState.PUK_REQUIRED: "SIM locked (puk-required)",
+    SimState.ABSENT: "SIM not inserted",
+    SimState.READY: "SIM error",
+    SimState.UNKNOWN: "SIM error",
+}
 
 
 class ReceiptFault(Exception):
@@ -287,12 +296,18 @@ class ModemManager:
         except (OSError, DriverError) as exc:
             self._count_recovery("driver_error")
             self._failures += 1
-            self._set(
-                ModemState.ABSENT
-                if resolve_device(self.modem.device) is None
-                else ModemState.DEGRADED,
-                f"{type(exc).__name__}: {exc}",
-            )
+            sim = exc.sim if isinstance(exc, ATError) else None
+            if sim is not None:
+                # A locked or missing SIM fails AT+CPMS or AT+CMGL before the health check
+                # asks AT+CPIN?: the operator must act, whichever command noticed first.
+                self._set(ModemState.MISCONFIGURED, f"{_SIM_PROBLEM[sim]} ({exc})")
+            else:
+                self._set(
+                    ModemState.ABSENT
+                    if resolve_device(self.modem.device) is None
+                    else ModemState.DEGRADED,
+                    f"{type(exc).__name__}: {exc}",
+                )
             await asyncio.sleep(min(phones.backoff_max_s, 0.5 * 2 ** min(self._failures, 5)))
         finally:
             if consumer is not None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from drivers.base import SimState
 from drivers.errors import DriverError
 
 log = structlog.get_logger("drivers.at")
@@ -72,6 +73,25 @@ MARKER_VALUES = 255  # S7 accepts 1-255 on every modem family we know
 RESYNC_TIMEOUT_FACTOR = 3
 
 
+# SIM errors by code: SIM not inserted, PIN required, PUK required (PIN2/PUK2 and PH-SIM
+# are locks too); "SIM busy" and the like are transient and stay out.
+_CME_SIM = {
+    10: SimState.ABSENT,
+    11: SimState.PIN_REQUIRED,
+    12: SimState.PUK_REQUIRED,
+    17: SimState.PIN_REQUIRED,
+    18: SimState.PUK_REQUIRED,
+}
+_CMS_SIM = {
+    310: SimState.ABSENT,
+    311: SimState.PIN_REQUIRED,
+    312: SimState.PIN_REQUIRED,
+    316: SimState.PUK_REQUIRED,
+    317: SimState.PIN_REQUIRED,
+    318: SimState.PUK_REQUIRED,
+}
+
+
 class ATError(DriverError):
     """The modem answered a command with an error."""
 
@@ -81,6 +101,14 @@ class ATError(DriverError):
         match = re.search(r"ERROR: ?(\d+)", final)
         self.code = int(match.group(1)) if match else None
         super().__init__(f"{command} -> {final}")
+
+    @property
+    def sim(self) -> SimState | None:
+        """What the error says of the SIM, if it is a SIM error: a locked or missing SIM
+        fails the storage and message commands (AT+CPMS, AT+CMGL) before AT+CPIN? is asked
+        (3GPP TS 27.007 9.2.1 for +CME ERROR, TS 27.005 3.2.5 for +CMS ERROR)."""
+        table = _CMS_SIM if "+CMS ERROR" in self.final else _CME_SIM
+        return None if self.code is None else table.get(self.code)
 
 
 class CommandTimeout(DriverError):

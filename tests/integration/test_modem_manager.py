@@ -205,6 +205,27 @@ async def test_faults_are_reported_with_their_reason(
     await until(lambda: managed.manager.ready, 5, "ready again")
 
 
+async def test_a_modem_opened_with_its_sim_locked_is_misconfigured_not_degraded(
+    tmp_path: Path, kt_modem: SimModem
+) -> None:
+    """A locked SIM answers AT+CPMS (and AT+CMGL) with +CME ERROR: 11 before AT+CPIN? is
+    ever asked: a session opened, or a sweep run, while the SIM is locked must still say
+    "SIM locked" and ask the operator to act (it said "degraded: ATError" and stayed so,
+    the way the suite's sim-locked case failed when the fault met the first sweep)."""
+    kt_modem.set_fault(ModemFault.SIM_LOCKED)
+    config = node_config(tmp_path)
+    manager, tasks = await start_manager(config, kt_modem)
+    try:
+        await until(lambda: manager.status.state == ModemState.MISCONFIGURED, 10, "misconfigured")
+        assert "SIM locked (pin-required)" in manager.status.reason
+        assert "CPMS" in manager.status.reason  # which command found it
+        assert not manager.ready
+        kt_modem.set_fault(ModemFault.OK)
+        await until(lambda: manager.ready, 10, "ready once the SIM is unlocked")
+    finally:
+        await stop(tasks)
+
+
 async def test_full_storage_makes_the_modem_not_ready(managed: Managed) -> None:
     managed.modem.settings.cnmi = (0, 0, 0, 0, 0)  # notifications lost; the sweep is 30 s away
     for i in range(managed.modem.capacity):
