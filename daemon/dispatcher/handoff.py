@@ -195,6 +195,10 @@ async def handoff_pass(ctx: Context, state: RunState) -> None:
             async with ctx.registry.lock(state.id):
                 if await ctx.book.status_of(state.id) != RunStatus.SENDING:
                     return
+                # What the batch below is planned against: a guard pass that ends while its
+                # page is read must not turn "nothing checked yet" into "nothing left".
+                prepared = state.prepared
+                state.prepared_event.clear()
                 healthy = ctx.healthy(group)
                 batch: Batch | int
                 if not healthy:
@@ -210,11 +214,10 @@ async def handoff_pass(ctx: Context, state: RunState) -> None:
                     inserted = batch
                 else:
                     inserted, ahead = await commit_and_plan(ctx, state, run, batch)
-            if inserted == 0 and not state.prepared:
+            if inserted == 0 and not prepared:
                 if state.guard_pass is not None and state.guard_pass.done():
                     state.guard_pass.result()  # re-raise a failed guard pass
-                state.prepared_event.clear()
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(TimeoutError):  # set since the snapshot: at once
                     await asyncio.wait_for(state.prepared_event.wait(), GUARD_WAIT_S)
                 continue
             if inserted == 0:

@@ -119,6 +119,34 @@ async def test_the_guard_pass_runs_ahead_and_its_skips_are_never_sent(tmp_path: 
     assert f.book.skipped[run_id] == {"duplicate": 1, "invalid_number": 1}
 
 
+async def test_a_guard_pass_that_ends_while_a_page_is_read_does_not_drain_the_run(
+    tmp_path: Path,
+) -> None:
+    """Found by bench/chaos.py (seed 2): the handoff read the pending page while nothing
+    was checked yet (an empty page); the guard pass finished while that read was on its
+    way, and the handoff took the empty page for "everything inserted": the run drained
+    and completed with none of its 5,000 recipients sent."""
+    f = dispatcher(tmp_path, batch_size=50)
+    run_id, run_ref = sending(f, 120, prepared=False)
+    state = f.ctx.registry.state(run_id, "acme")
+    read_page = f.book.pending_page
+
+    async def page_answered_after_the_guard_pass(
+        run: uuid.UUID, after: int, limit: int, checked_upto: int | None
+    ) -> list[dict[str, Any]]:
+        page = await read_page(run, after, limit, checked_upto)  # the statement's snapshot
+        if state.guard_pass is not None:  # its answer arrives once the guard pass ended
+            await state.guard_pass
+        return page
+
+    f.book.pending_page = page_answered_after_the_guard_pass  # type: ignore[method-assign]
+    await asyncio.wait_for(handoff.handoff_pass(f.ctx, state), 10)
+    counts = placed(f, run_ref)
+    assert len(counts) == 120 and set(counts.values()) == {1}
+    run = f.book.runs[run_id]
+    assert run.status == RunStatus.DRAINING and run.inserted_count == 120
+
+
 async def test_a_dead_handoff_is_logged_counted_and_restarted_after_its_backoff(
     tmp_path: Path,
 ) -> None:
