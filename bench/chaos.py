@@ -202,10 +202,12 @@ class ModemWindow:
 
 @dataclass(slots=True)
 class Flow:
-    """A restart after kill -9 waiting for the first ledger insert after `after_id`."""
+    """A restart after kill -9 waiting for the first ledger insert after `after_id` of one
+    of `runs` (those the killed daemon left recipients of, by the ledger)."""
 
     spawned_at: float
     after_id: int
+    runs: list[str]
 
 
 @dataclass(slots=True)
@@ -519,41 +521,67 @@ class Chaos:
         assert self.node.daemon is not None
         pid = self.node.daemon.pid
         self.node.stop_daemon(signal.SIGKILL)
-        after = None
+        flow = None
         if in_handoff:
             with contextlib.suppress(Exception):
-                after = self.last_insert_id()
+                flow = self.rows_left()
         why = "mid-handoff" if in_handoff else "no handoff to time"
         if self.second is not None:
             why = "while a second daemon runs"
+        elif in_handoff and flow is None:
+            why = "mid-handoff, but its last rows had landed"
         self.fault("daemon-kill9", f"pid {pid} ({why})")
         spawned = time.monotonic()
         self.start_daemon()
-        if after is not None:
-            self.flows.append(Flow(spawned, after))
+        if flow is not None:
+            flow.spawned_at = spawned
+            self.flows.append(flow)
 
-    def last_insert_id(self) -> int:
+    def rows_left(self) -> Flow | None:
+        """The runs of the current wave with recipients the ledger has not inserted yet
+        (read after the kill: what the killed daemon committed is all there), and the
+        ledger's last entry; None when there are none."""
+        wave = self.waves[-1]
         conn = mysql()
         try:
             with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT COALESCE(MAX(id), 0) FROM hanjullo_ledger WHERE kind = 'insert'"
-                )
+                cur.execute("SELECT COALESCE(MAX(id), 0) FROM hanjullo_ledger")
                 row = cur.fetchone()
-                return int(row[0]) if row else 0
+                last = int(row[0]) if row else 0
+                marks = ", ".join(["%s"] * len(wave.runs))
+                cur.execute(
+                    "SELECT run_ref, SUM(row_count) FROM hanjullo_ledger"
+                    f" WHERE kind = 'insert' AND run_ref IN ({marks}) GROUP BY run_ref",
+                    wave.runs,
+                )
+                done = {str(ref): int(n) for ref, n in cur.fetchall()}
+        finally:
+            conn.close()
+        left = [r for r in wave.runs if done.get(r, 0) < wave.size]
+        return Flow(0.0, last, left) if left else None
+
+    def first_insert_after(self, flow: Flow) -> bool:
+        conn = mysql()
+        try:
+            with conn.cursor() as cur:
+                marks = ", ".join(["%s"] * len(flow.runs))
+                cur.execute(
+                    "SELECT 1 FROM hanjullo_ledger WHERE id > %s AND kind = 'insert'"
+                    f" AND run_ref IN ({marks}) LIMIT 1",
+                    [flow.after_id, *flow.runs],
+                )
+                return cur.fetchone() is not None
         finally:
             conn.close()
 
     def check_flows(self) -> None:
-        if not self.flows:
-            return
-        try:
-            last = self.last_insert_id()
-        except Exception:
-            return
         now = time.monotonic()
         for flow in list(self.flows):
-            if last > flow.after_id:
+            try:
+                flowing = self.first_insert_after(flow)
+            except Exception:
+                continue
+            if flowing:
                 self.results.flow_s.append(now - flow.spawned_at)
                 self.log("flow", f"rows flow again {now - flow.spawned_at:.2f}s after the restart")
                 self.flows.remove(flow)
@@ -808,10 +836,18 @@ def overlaps(window: ModemWindow, start: datetime, end: datetime) -> bool:
     return window.start <= end and window.end >= start
 
 
-def check_invariants(chaos: Chaos, end_sample: Sample | None) -> list[str]:
+def check_invariants(chaos: Chaos, end_sample: Sample | None) -> tuple[list[str], list[str]]:
+    """Every invariant of the run: the violations, and what was checked (for the report)."""
     violations: list[str] = []
+    checked: list[str] = []
     runs = [r for w in chaos.waves for r in w.runs]
     counts = agent_table_counts(runs + chaos.tests)
+    rows_total = sum(counts.get(r, (0, 0))[0] for r in runs)
+    distinct_total = sum(counts.get(r, (0, 0))[1] for r in runs)
+    checked.append(
+        f"agent tables: {rows_total} rows of {distinct_total} distinct numbers"
+        f" for {len(runs)} runs (one statement)"
+    )
 
     # Every run final, its counters agreeing, every recipient in the agent tables once.
     for run_id, view in run_views(chaos.node, runs).items():
@@ -846,7 +882,17 @@ def check_invariants(chaos: Chaos, end_sample: Sample | None) -> list[str]:
         chaos.tests,
     )
     sent_rows: Counter[str] = Counter()
+    verdicts = Counter(str(r[2]) for r in results)
+    truth_checked = during_fault = 0
     for test_id, carrier, result, table, msgkey, decided_at in results:
+        if msgkey is not None and f"{table}#{msgkey}" in chaos.decisions:
+            truth_checked += 1
+        started = by_id[test_id][4] if test_id in by_id else None
+        if decided_at is not None and started is not None:
+            during_fault += any(
+                w.carrier == carrier and overlaps(w, started, decided_at)
+                for w in chaos.modem_windows
+            )
         if msgkey is not None:
             sent_rows[test_id] += 1
         decision = chaos.decisions.get(f"{table}#{msgkey}") if msgkey is not None else None
@@ -882,6 +928,11 @@ def check_invariants(chaos: Chaos, end_sample: Sample | None) -> list[str]:
                 f"test {test_id}: {rows} agent rows ({distinct} numbers) for"
                 f" {sent_rows[test_id]} carriers sent"
             )
+    checked.append(
+        f"verdicts: {', '.join(f'{v} {n}' for v, n in sorted(verdicts.items()))};"
+        f" {truth_checked} against the simulator's decisions, {during_fault} while the"
+        " carrier's modem was faulted"
+    )
     missing = set(chaos.tests) - set(by_id)
     violations += [f"test {t}: not in spam_filter_tests" for t in sorted(missing)]
 
@@ -906,6 +957,11 @@ def check_invariants(chaos: Chaos, end_sample: Sample | None) -> list[str]:
             violations.append(
                 f"receipt {rid}: a stranger's text attributed to test {own or claimed}"
             )
+    attributed = sum(1 for r in receipts if r[4] or r[5])
+    checked.append(
+        f"receipts: {len(receipts)}, {attributed} attributed to a test;"
+        f" {len(chaos.strangers)} NUL texts from strangers"
+    )
     seen = Counter(
         (normalise_phone(s), t)
         for _, _, s, t, *_ in receipts
@@ -929,7 +985,7 @@ def check_invariants(chaos: Chaos, end_sample: Sample | None) -> list[str]:
             )
         if end_sample.fds > start.fds + FD_GROWTH:
             violations.append(f"daemon fds {end_sample.fds} at the end, {start.fds} at its start")
-    return violations
+    return violations, checked
 
 
 # ---- the report -----------------------------------------------------------------------------
@@ -939,7 +995,13 @@ def rate(waves: list[Wave]) -> float | None:
     return sum(w.recipients for w in done) / seconds if seconds > 0 else None
 
 
-def report(chaos: Chaos, end_sample: Sample | None, violations: list[str], args: Any) -> None:
+def report(
+    chaos: Chaos,
+    end_sample: Sample | None,
+    violations: list[str],
+    checked: list[str],
+    args: Any,
+) -> None:
     res = chaos.results
     print(f"seed {args.seed}, {args.minutes:g} minutes of chaos, node at {chaos.node.dir}")
     print("faults injected:")
@@ -974,6 +1036,8 @@ def report(chaos: Chaos, end_sample: Sample | None, violations: list[str], args:
             f" RSS {start.rss_kb / 1024:.1f} -> {end_sample.rss_kb / 1024:.1f} MB,"
             f" fds {start.fds} -> {end_sample.fds}"
         )
+    for line in checked:
+        print(f"checked {line}")
     for note in res.notes:
         print(f"note: {note}")
     for violation in violations:
@@ -1047,8 +1111,8 @@ def main() -> int:
         if node.daemon is not None and node.daemon.poll() is None:
             pid = node.daemon.pid
             end_sample = Sample(pid, chaos.now(), rss_kb(pid), fd_count(pid))
-        violations = check_invariants(chaos, end_sample)
-        report(chaos, end_sample, violations, args)
+        violations, checked = check_invariants(chaos, end_sample)
+        report(chaos, end_sample, violations, checked, args)
     finally:
         with contextlib.suppress(Exception):
             chaos.heal_due(everything=True)
