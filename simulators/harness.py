@@ -229,12 +229,19 @@ class SimulatedNode:
     def db_init(self) -> None:
         self.ctl("db", "init")
 
-    def start_sim(self, timeout_s: float = 20.0, env: dict[str, str] | None = None) -> None:
-        """Start the simulator; `env` adds to its environment (``HANJULLO_…`` overrides)."""
+    def start_sim(
+        self,
+        timeout_s: float = 20.0,
+        env: dict[str, str] | None = None,
+        config_path: Path | None = None,
+    ) -> None:
+        """Start the simulator; `env` adds to its environment (``HANJULLO_…`` overrides);
+        `config_path`: another configuration file than the node's (one whose servers are
+        reached directly while the daemon's go through fault proxies)."""
         mysql_headroom(MYSQL_CONNECTIONS_SIMULATOR)
         log = (self.dir / "sim.stderr").open("ab")
         self.sim = subprocess.Popen(
-            [*command("hanjullo-sim"), "--config", str(self.config_path)],
+            [*command("hanjullo-sim"), "--config", str(config_path or self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=log,
             start_new_session=True,
@@ -251,8 +258,14 @@ class SimulatedNode:
     def _sim_dead(self) -> bool:
         return self.sim is not None and self.sim.poll() is not None
 
-    def start_daemon(self, wait_ready_s: float = 10.0, env: dict[str, str] | None = None) -> float:
-        """Start the daemon; return seconds from spawn to READY=1."""
+    def start_daemon(
+        self,
+        wait_ready_s: float = 10.0,
+        env: dict[str, str] | None = None,
+        config_path: Path | None = None,
+    ) -> float:
+        """Start the daemon (on `config_path` instead of the node's configuration, e.g. one
+        whose servers are behind fault proxies); return seconds from spawn to READY=1."""
         mysql_headroom(MYSQL_CONNECTIONS_DAEMON)
         if self.notify is None:
             self.notify = NotifyListener(self.dir / "notify.sock")
@@ -260,7 +273,7 @@ class SimulatedNode:
         log = (self.dir / "noded.stderr").open("ab")
         self.daemon_started_at = time.monotonic()
         self.daemon = subprocess.Popen(
-            [*command("hanjullo-noded"), "--config", str(self.config_path)],
+            [*command("hanjullo-noded"), "--config", str(config_path or self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=log,
             start_new_session=True,
