@@ -156,10 +156,13 @@ class Dispatcher:
                     # Wake at 08:00 and 21:00 KST sharp, not up to a poll interval later.
                     now = ctx.now()
                     until_edge = (next_ad_window_edge(now) - now).total_seconds()
+                    # A timeout block, not wait_for: on 3.11 a wait_for whose wake lands
+                    # with a cancel drops the cancel, and the component would not stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            ctx.wake.wait(), min(ctx.settings.poll_interval_s, until_edge + 0.001)
-                        )
+                        async with asyncio.timeout(
+                            min(ctx.settings.poll_interval_s, until_edge + 0.001)
+                        ):
+                            await ctx.wake.wait()
         finally:
             self.writer.suspended()
             for task in background:

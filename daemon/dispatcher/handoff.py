@@ -218,7 +218,8 @@ async def handoff_pass(ctx: Context, state: RunState) -> None:
                 if state.guard_pass is not None and state.guard_pass.done():
                     state.guard_pass.result()  # re-raise a failed guard pass
                 with contextlib.suppress(TimeoutError):  # set since the snapshot: at once
-                    await asyncio.wait_for(state.prepared_event.wait(), GUARD_WAIT_S)
+                    async with asyncio.timeout(GUARD_WAIT_S):  # keeps a cancel (not wait_for)
+                        await state.prepared_event.wait()
                 continue
             if inserted == 0:
                 await ctx.set_status(state.id, RunStatus.DRAINING, None)

@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import structlog
@@ -145,6 +145,47 @@ async def test_a_guard_pass_that_ends_while_a_page_is_read_does_not_drain_the_ru
     assert len(counts) == 120 and set(counts.values()) == {1}
     run = f.book.runs[run_id]
     assert run.status == RunStatus.DRAINING and run.inserted_count == 120
+
+
+async def test_a_handoff_waiting_for_the_guard_pass_stops_when_cancelled_as_it_wakes(
+    tmp_path: Path,
+) -> None:
+    """A handoff waiting for the guard pass's next page is cancelled (the component stops)
+    in the loop turn the guard pass wakes it: it must stop. With asyncio.wait_for on 3.11
+    the wake won and the cancel was dropped: the handoff went on, and the component's stop
+    waited for it."""
+    f = dispatcher(tmp_path, batch_size=50)
+    run_id, _ = sending(f, 120, prepared=False)
+    state = f.ctx.registry.state(run_id, "acme")
+    never = asyncio.Event()
+
+    async def guard_page_that_never_comes(*_: object) -> list[dict[str, Any]]:
+        await never.wait()
+        return []
+
+    f.book.recipients_after = guard_page_that_never_comes  # type: ignore[method-assign]
+
+    class Watched(asyncio.Event):
+        """The guard pass's event, telling the test when the handoff waits on it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.waited = asyncio.Event()
+
+        async def wait(self) -> Literal[True]:
+            self.waited.set()
+            return await super().wait()
+
+    state.prepared_event = watched = Watched()
+    task = asyncio.create_task(handoff.handoff_pass(f.ctx, state))
+    await asyncio.wait_for(watched.waited.wait(), 5)
+    state.prepared_event.set()  # the guard pass wakes it...
+    task.cancel()  # ...in the turn the component stops
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert state.guard_pass is not None
+    state.guard_pass.cancel()  # the component's stop_all cancels it too
+    await asyncio.gather(state.guard_pass, return_exceptions=True)
 
 
 async def test_a_dead_handoff_is_logged_counted_and_restarted_after_its_backoff(
