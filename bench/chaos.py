@@ -375,7 +375,7 @@ class Chaos:
         if not wave.runs:
             return True
         rows = pg_fetch(
-            "SELECT count(*) FROM campaign_runs"
+            "SELECT count(*) FROM hanjullo.runs"
             " WHERE id = ANY($1::uuid[]) AND status = 'completed'",
             wave.runs,
         )
@@ -385,7 +385,7 @@ class Chaos:
         """Some run holds its group and has recipients left to hand to the agents."""
         try:
             rows = pg_fetch(
-                "SELECT count(*) FROM campaign_runs WHERE id = ANY($1::uuid[])"
+                "SELECT count(*) FROM hanjullo.runs WHERE id = ANY($1::uuid[])"
                 " AND status = 'sending' AND inserted_count > 0"
                 " AND inserted_count < target_count",
                 [r for w in self.waves for r in w.runs],
@@ -781,9 +781,9 @@ class Chaos:
                     if wave.done_at is None and self.wave_done(wave):
                         wave.done_at = time.monotonic()
                 (left,) = pg_fetch(
-                    "SELECT (SELECT count(*) FROM campaign_runs WHERE id = ANY($1::uuid[])"
+                    "SELECT (SELECT count(*) FROM hanjullo.runs WHERE id = ANY($1::uuid[])"
                     "        AND status NOT IN ('completed', 'cancelled', 'rejected'))"
-                    "     + (SELECT count(*) FROM spam_filter_tests WHERE id = ANY($2::uuid[])"
+                    "     + (SELECT count(*) FROM hanjullo.spam_tests WHERE id = ANY($2::uuid[])"
                     "        AND status NOT IN ('completed', 'cancelled'))",
                     runs,
                     self.tests,
@@ -872,13 +872,13 @@ def check_invariants(chaos: Chaos, end_sample: Sample | None) -> tuple[list[str]
     # Spam tests: final, verdicts against the simulator's ground truth and the faults.
     tests = pg_fetch(
         "SELECT id::text, status, message_content_sms, callback_number, started_at"
-        " FROM spam_filter_tests WHERE id = ANY($1::uuid[])",
+        " FROM hanjullo.spam_tests WHERE id = ANY($1::uuid[])",
         chaos.tests,
     )
     by_id = {t[0]: t for t in tests}
     results = pg_fetch(
         "SELECT test_id::text, carrier, result, sms_table, sms_msgkey, decided_at"
-        " FROM spam_filter_test_results WHERE test_id = ANY($1::uuid[])",
+        " FROM hanjullo.spam_test_results WHERE test_id = ANY($1::uuid[])",
         chaos.tests,
     )
     sent_rows: Counter[str] = Counter()
@@ -934,13 +934,13 @@ def check_invariants(chaos: Chaos, end_sample: Sample | None) -> tuple[list[str]
         " carrier's modem was faulted"
     )
     missing = set(chaos.tests) - set(by_id)
-    violations += [f"test {t}: not in spam_filter_tests" for t in sorted(missing)]
+    violations += [f"test {t}: not in hanjullo.spam_tests" for t in sorted(missing)]
 
     # Receipts: each one attributed to a test (as its pass or late) carries that test's
     # text and sender; a stranger's text belongs to no test and is recorded once.
     receipts = pg_fetch(
         "SELECT r.id, r.carrier, r.sender, r.text, r.test_id::text, x.test_id::text"
-        " FROM modem_receipts r LEFT JOIN spam_filter_test_results x"
+        " FROM hanjullo.modem_receipts r LEFT JOIN hanjullo.spam_test_results x"
         "   ON r.id IN (x.receipt_id, x.late_receipt_id)"
     )
     for rid, carrier, sender, text, own, claimed in receipts:

@@ -38,7 +38,7 @@ async def wait_inserted(run_id: str, started: float, limit_s: float = 900.0) -> 
     try:
         while True:
             row = await conn.fetchrow(
-                "SELECT inserted_count, target_count FROM campaign_runs WHERE id = $1",
+                "SELECT inserted_count, target_count FROM hanjullo.runs WHERE id = $1",
                 uuid.UUID(run_id),
             )
             if row is not None and row["inserted_count"] == row["target_count"]:

@@ -66,7 +66,7 @@ async def make_run(config: NodeConfig, size: int) -> uuid.UUID:
     try:
         async with conn.transaction():
             await conn.execute(
-                """INSERT INTO campaign_runs (id, node_id, company_id, callback_number,
+                """INSERT INTO hanjullo.runs (id, node_id, company_id, callback_number,
                        status, line_group, started_at, prepared, prepared_upto, next_seq,
                        inserted_count, target_count)
                    VALUES ($1, $2, 'bench', '0212345678', 'results', 'bulk-1', now(), true,
@@ -76,7 +76,8 @@ async def make_run(config: NodeConfig, size: int) -> uuid.UUID:
                 size,
             )
             await conn.copy_records_to_table(
-                "campaign_run_recipients",
+                "run_recipients",
+                schema_name="hanjullo",
                 records=((run_id, i, f"0106{i:07d}", "bench") for i in range(1, size + 1)),
                 columns=["run_id", "seq", "phone", "message_text"],
             )
@@ -139,13 +140,13 @@ async def run(size: int, small: int) -> int:
                 pool = postgres.require()
                 async with pool.acquire() as c:
                     await c.execute(
-                        "UPDATE campaign_runs SET status = 'paused' WHERE node_id = $1"
+                        "UPDATE hanjullo.runs SET status = 'paused' WHERE node_id = $1"
                         " AND id <> $2",
                         config.node.id,
                         run_id,
                     )
                     await c.execute(
-                        "UPDATE campaign_runs SET status = 'results' WHERE id = $1", run_id
+                        "UPDATE hanjullo.runs SET status = 'results' WHERE id = $1", run_id
                     )
                 await dispatcher.sync_once()  # first cycle reads from the beginning
                 QUERIES.clear()
@@ -153,7 +154,7 @@ async def run(size: int, small: int) -> int:
                 idle[n] = sum(QUERIES.values())
             run_id = runs[size]
             async with postgres.require().acquire() as c:
-                await c.execute("UPDATE campaign_runs SET status = 'results' WHERE id = $1", run_id)
+                await c.execute("UPDATE hanjullo.runs SET status = 'results' WHERE id = $1", run_id)
             started = time.monotonic()
             await land_results(config, run_id, size, tmp)
             landed = time.monotonic()
@@ -162,7 +163,7 @@ async def run(size: int, small: int) -> int:
                 await dispatcher.sync_once()
                 async with postgres.require().acquire() as c:
                     row = await c.fetchrow(
-                        "SELECT success_count, fail_count, status FROM campaign_runs WHERE id = $1",
+                        "SELECT success_count, fail_count, status FROM hanjullo.runs WHERE id = $1",
                         run_id,
                     )
                 if row is not None and row["success_count"] + row["fail_count"] >= size:

@@ -101,7 +101,7 @@ async def wait_done(node: SimulatedNode, ids: list[str], timeout_s: float) -> No
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             left = await conn.fetchval(
-                "SELECT count(*) FROM spam_filter_tests WHERE id = ANY($1::uuid[])"
+                "SELECT count(*) FROM hanjullo.spam_tests WHERE id = ANY($1::uuid[])"
                 " AND status NOT IN ('completed', 'cancelled')",
                 ids,
             )
@@ -117,7 +117,7 @@ async def measure(ids: list[str]) -> list[Measured]:
     conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=instance_database())
     try:
         tests = await conn.fetch(
-            "SELECT id, company_id, variant_id, created_at, completed_at FROM spam_filter_tests"
+            "SELECT id, company_id, variant_id, created_at, completed_at FROM hanjullo.spam_tests"
             " WHERE id = ANY($1::uuid[]) ORDER BY created_at",
             ids,
         )
@@ -125,7 +125,7 @@ async def measure(ids: list[str]) -> list[Measured]:
         for t in tests:
             rows = await conn.fetch(
                 """SELECT carrier, result, inserted_at, success_seen_at, received_at
-                   FROM spam_filter_test_results WHERE test_id = $1""",
+                   FROM hanjullo.spam_test_results WHERE test_id = $1""",
                 t["id"],
             )
             legs = []
@@ -170,7 +170,7 @@ async def check_truth(node: SimulatedNode, ids: list[str]) -> list[str]:
     try:
         rows = await conn.fetch(
             """SELECT test_id, carrier, sms_table, sms_msgkey, result
-               FROM spam_filter_test_results WHERE test_id = ANY($1::uuid[])""",
+               FROM hanjullo.spam_test_results WHERE test_id = ANY($1::uuid[])""",
             ids,
         )
     finally:

@@ -130,7 +130,7 @@ _ORIGINAL = re.compile(r"\\([\\0])")
 
 
 def stored_text(text: str) -> str:
-    """`text` with each backslash doubled and each NUL as ``\\0``: what ``modem_receipts``
+    """`text` with each backslash doubled and each NUL as ``\\0``: what ``hanjullo.modem_receipts``
     stores and what receipts are matched on (`original_text` reverses it)."""
     return _STORED.sub(lambda m: _STORED_ESCAPES[m.group(0)], text)
 

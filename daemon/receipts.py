@@ -1,4 +1,4 @@
-"""Durable receipts of the test phones: a driver's message as a ``modem_receipts`` row.
+"""Durable receipts of the test phones: a driver's message as a ``hanjullo.modem_receipts`` row.
 
 A message read from a modem is recorded *before* it is deleted from the modem, so a crash
 can neither lose nor double it: a message found again after a restart (recorded, not yet

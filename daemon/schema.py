@@ -1,16 +1,19 @@
 """Storage bootstrap: the node's PostgreSQL schema and the MySQL agent tables.
 
-PostgreSQL changes are numbered migrations recorded in
-``hanjullo_schema_versions``; each runs once, in its own transaction, under an
-advisory lock so two `db init` calls never race. Reference tables of the web
-service keep its names (``campaign_runs``, ``spam_filter_tests`` …) and are
-created only when missing, so the node can share a database with it.
+The node shares PostgreSQL with the Hanjullo web service, and the two own different
+tables. The node's own bookkeeping (runs, their recipients, receipts, exact verdicts)
+lives in the schema ``hanjullo``, created by numbered migrations recorded in
+``hanjullo.schema_versions``; each runs once, in its own transaction, under an advisory
+lock so two `db init` calls never race. The web's tables (public) are never altered:
+on a database without them, `db init` creates the missing ones from ``web_schema.sql``
+(`daemon.webschema`) so the node runs alone (docs/webservice-contract.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -19,6 +22,7 @@ from typing import TypeVar
 import asyncpg
 
 from config.model import NodeConfig
+from daemon import webschema
 from dispatch import agent_tables, ledger
 
 T = TypeVar("T")
@@ -34,68 +38,70 @@ class Migration:
     sql: str
 
 
+# The node's own tables live in this schema; the web service's stay where the web keeps
+# them (public) and are never altered (`daemon.webschema`).
+SCHEMA = "hanjullo"
+# Before the node had a schema of its own, `db init` put its tables into public under the
+# web's names (a database where that ran could never hold the web's own tables: that
+# init failed on them and rolled back). The first migration moves such tables aside.
+LEGACY_SCHEMA = "hanjullo_legacy"
+_LEGACY_TABLES = (
+    "hanjullo_schema_versions",
+    "hanjullo_nodes",
+    "modem_receipts",
+    "campaign_run_recipients",
+    "campaign_runs",
+    "line_group_assignments",
+    "spam_filter_test_results",
+    "spam_filter_tests",
+    "unsubscribes",
+    "ai_training_logs",
+    "spam_filter_devices",
+    "sms_line_groups",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "node registry and reference tables",
+        "the node's own schema; tables of the layout before it moved aside",
+        f"""
+        CREATE SCHEMA IF NOT EXISTS hanjullo;
+        DO $$
+        DECLARE t text;
+        BEGIN
+            IF to_regclass('public.hanjullo_schema_versions') IS NULL THEN
+                RETURN;
+            END IF;
+            CREATE SCHEMA IF NOT EXISTS {LEGACY_SCHEMA};
+            FOREACH t IN ARRAY ARRAY{list(_LEGACY_TABLES)!r}::text[] LOOP
+                IF to_regclass('public.' || t) IS NOT NULL THEN
+                    EXECUTE format('ALTER TABLE public.%I SET SCHEMA {LEGACY_SCHEMA}', t);
+                END IF;
+            END LOOP;
+        END $$;
+        """,
+    ),
+    Migration(
+        2,
+        "node registry and test-phone receipts",
         """
-        CREATE TABLE IF NOT EXISTS hanjullo_nodes (
+        CREATE TABLE IF NOT EXISTS hanjullo.nodes (
             node_id text PRIMARY KEY,
             name text NOT NULL DEFAULT '',
             version text NOT NULL DEFAULT '',
             started_at timestamptz NOT NULL DEFAULT now(),
             last_seen timestamptz NOT NULL DEFAULT now()
         );
-        CREATE TABLE IF NOT EXISTS sms_line_groups (
-            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-            group_name text NOT NULL,
-            group_type text NOT NULL CHECK (group_type IN ('bulk', 'test', 'auth')),
-            sms_tables text[] NOT NULL DEFAULT '{}',
-            is_active boolean NOT NULL DEFAULT true,
-            sort_order integer NOT NULL DEFAULT 0,
-            created_at timestamptz NOT NULL DEFAULT now(),
-            updated_at timestamptz NOT NULL DEFAULT now()
-        );
-        CREATE TABLE IF NOT EXISTS unsubscribes (
-            id bigserial PRIMARY KEY,
-            company_id text NOT NULL,
-            user_id text,
-            phone text NOT NULL,
-            source text NOT NULL DEFAULT '',
-            created_at timestamptz NOT NULL DEFAULT now()
-        );
-        CREATE INDEX IF NOT EXISTS unsubscribes_company_phone ON unsubscribes (company_id, phone);
-        CREATE TABLE IF NOT EXISTS ai_training_logs (
-            id bigserial PRIMARY KEY,
-            source_ref text UNIQUE NOT NULL,
-            company_id text,
-            channel text,
-            sent_count integer NOT NULL DEFAULT 0,
-            success_count integer NOT NULL DEFAULT 0,
-            fail_count integer NOT NULL DEFAULT 0,
-            spam_blocked integer NOT NULL DEFAULT 0,
-            metrics_updated_at timestamptz,
-            created_at timestamptz NOT NULL DEFAULT now()
-        );
-        CREATE TABLE IF NOT EXISTS spam_filter_devices (
-            id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-            carrier text NOT NULL CHECK (carrier IN ('SKT', 'KT', 'LGU')),
-            phone text NOT NULL UNIQUE,
-            is_active boolean NOT NULL DEFAULT true
-        );
-        """,
-    ),
-    Migration(
-        2,
-        "test-phone receipts",
-        """
-        CREATE TABLE IF NOT EXISTS modem_receipts (
+        CREATE TABLE IF NOT EXISTS hanjullo.modem_receipts (
             id bigserial PRIMARY KEY,
             node_id text NOT NULL,
             modem text NOT NULL,
             carrier text NOT NULL,
             phone text NOT NULL,
-            kind text NOT NULL CHECK (kind IN ('sms', 'mms-notification')),
+            -- undecodable: recorded (raw PDUs kept) and deleted from the modem like any
+            -- other, matching no test; wap-push: a push that is not an MMS notification.
+            kind text NOT NULL
+                CHECK (kind IN ('sms', 'mms-notification', 'wap-push', 'undecodable')),
             sender text NOT NULL,
             sender_raw text NOT NULL,
             text text NOT NULL,
@@ -112,23 +118,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             via text NOT NULL,
             deleted_from_modem boolean NOT NULL DEFAULT false,
             test_id uuid,
+            -- How the receipt was attributed: test, late, unmatched (NULL: not looked at yet).
+            match text,
             created_at timestamptz NOT NULL DEFAULT now()
         );
         -- One row per message while it sits on the modem: a restart that finds it again
         -- (recorded, not yet deleted) does not record it twice.
         CREATE UNIQUE INDEX IF NOT EXISTS modem_receipts_on_modem
-            ON modem_receipts (node_id, modem, pdu_digest, storage_indices)
+            ON hanjullo.modem_receipts (node_id, modem, pdu_digest, storage_indices)
             WHERE NOT deleted_from_modem;
-        CREATE INDEX IF NOT EXISTS modem_receipts_received ON modem_receipts (received_at);
+        CREATE INDEX IF NOT EXISTS modem_receipts_received
+            ON hanjullo.modem_receipts (received_at);
         CREATE INDEX IF NOT EXISTS modem_receipts_match
-            ON modem_receipts (carrier, sender, text_hash, received_at);
+            ON hanjullo.modem_receipts (carrier, sender, text_hash, received_at);
+        CREATE INDEX IF NOT EXISTS modem_receipts_unmatched
+            ON hanjullo.modem_receipts (node_id, id) WHERE match IS NULL;
         """,
     ),
     Migration(
         3,
-        "campaign runs and their recipients",
+        "runs and their recipients",
         """
-        CREATE TABLE IF NOT EXISTS campaign_runs (
+        CREATE TABLE IF NOT EXISTS hanjullo.runs (
             id uuid PRIMARY KEY,
             campaign_id uuid,
             run_number integer NOT NULL DEFAULT 1,
@@ -143,30 +154,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             fail_count integer NOT NULL DEFAULT 0,
             message_type text NOT NULL DEFAULT 'SMS',
             message_content text,
-            created_at timestamptz NOT NULL DEFAULT now()
+            node_id text,
+            company_id text,
+            user_id text,
+            callback_number text,
+            message_subject text,
+            is_ad boolean NOT NULL DEFAULT false,
+            queued_at timestamptz NOT NULL DEFAULT now(),
+            line_group text,
+            group_since timestamptz,
+            -- When the run left sending/draining (dispatch/store/runs.py set_status): the end
+            -- of its hold for the capacity measurement; completed_at can come 48 h later.
+            group_released_at timestamptz,
+            status_reason text,
+            prepared boolean NOT NULL DEFAULT false,
+            -- The guard pass streams ahead of the handoff up to here.
+            prepared_upto integer NOT NULL DEFAULT 0,
+            -- Recipients up to next_seq are in the agent tables (or pulled back / skipped).
+            next_seq integer NOT NULL DEFAULT 0,
+            -- Recipients up to verify_until are checked against the tables after a pull-back.
+            verify_until integer NOT NULL DEFAULT 0,
+            inserted_count integer NOT NULL DEFAULT 0,
+            skipped jsonb NOT NULL DEFAULT '{}'::jsonb,
+            systemic_count integer NOT NULL DEFAULT 0,
+            spam_count integer NOT NULL DEFAULT 0,
+            breaker_checked boolean NOT NULL DEFAULT false,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
         );
-        ALTER TABLE campaign_runs
-            ADD COLUMN IF NOT EXISTS node_id text,
-            ADD COLUMN IF NOT EXISTS company_id text,
-            ADD COLUMN IF NOT EXISTS user_id text,
-            ADD COLUMN IF NOT EXISTS callback_number text,
-            ADD COLUMN IF NOT EXISTS message_subject text,
-            ADD COLUMN IF NOT EXISTS is_ad boolean NOT NULL DEFAULT false,
-            ADD COLUMN IF NOT EXISTS queued_at timestamptz NOT NULL DEFAULT now(),
-            ADD COLUMN IF NOT EXISTS line_group text,
-            ADD COLUMN IF NOT EXISTS group_since timestamptz,
-            ADD COLUMN IF NOT EXISTS status_reason text,
-            ADD COLUMN IF NOT EXISTS prepared boolean NOT NULL DEFAULT false,
-            ADD COLUMN IF NOT EXISTS next_seq integer NOT NULL DEFAULT 0,
-            ADD COLUMN IF NOT EXISTS inserted_count integer NOT NULL DEFAULT 0,
-            ADD COLUMN IF NOT EXISTS skipped jsonb NOT NULL DEFAULT '{}'::jsonb,
-            ADD COLUMN IF NOT EXISTS systemic_count integer NOT NULL DEFAULT 0,
-            ADD COLUMN IF NOT EXISTS spam_count integer NOT NULL DEFAULT 0,
-            ADD COLUMN IF NOT EXISTS breaker_checked boolean NOT NULL DEFAULT false,
-            ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
-        CREATE INDEX IF NOT EXISTS campaign_runs_node_status ON campaign_runs (node_id, status);
-        CREATE TABLE IF NOT EXISTS campaign_run_recipients (
-            run_id uuid NOT NULL REFERENCES campaign_runs (id) ON DELETE CASCADE,
+        CREATE INDEX IF NOT EXISTS runs_node_status ON hanjullo.runs (node_id, status);
+        -- Result sync updates every recipient once (pending -> final). With room left on
+        -- each page and no index on the columns it changes, PostgreSQL writes the new
+        -- version next to the old one without touching any index (a HOT update). The
+        -- table ends no larger than with full pages, where each update moved its row.
+        CREATE TABLE IF NOT EXISTS hanjullo.run_recipients (
+            run_id uuid NOT NULL REFERENCES hanjullo.runs (id) ON DELETE CASCADE,
             seq integer NOT NULL,
             phone text NOT NULL,
             message_text text NOT NULL,
@@ -174,17 +196,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             attachments text[],
             phone_norm text,
             state text NOT NULL DEFAULT 'pending'
-                CHECK (state IN ('pending', 'skipped', 'inserted', 'final')),
+                CHECK (state IN ('pending', 'skipped', 'pulled', 'final')),
+            -- Pulled-back rows are found by a flag of their own, so that no index mentions
+            -- the state column the result sync changes.
+            is_pulled boolean NOT NULL DEFAULT false,
             skip_reason text,
             agent integer,
             status_code integer,
             mob_company text,
             delivered_at timestamptz,
             PRIMARY KEY (run_id, seq)
-        );
-        CREATE INDEX IF NOT EXISTS campaign_run_recipients_phone
-            ON campaign_run_recipients (run_id, phone_norm);
-        CREATE TABLE IF NOT EXISTS line_group_assignments (
+        ) WITH (fillfactor = 50);
+        -- A recipient's number as the agent tables know it: normalised only when it differs.
+        CREATE INDEX IF NOT EXISTS run_recipients_number
+            ON hanjullo.run_recipients (run_id, (coalesce(phone_norm, phone)));
+        CREATE INDEX IF NOT EXISTS run_recipients_pulled
+            ON hanjullo.run_recipients (run_id, seq) WHERE is_pulled;
+        CREATE TABLE IF NOT EXISTS hanjullo.line_group_assignments (
             node_id text NOT NULL,
             subject_kind text NOT NULL CHECK (subject_kind IN ('company', 'user')),
             subject_id text NOT NULL,
@@ -195,42 +223,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
-        "implicit insert state: checkpoint by sequence, verify windows after pull-backs",
+        "spam-filter tests and their per-carrier results",
         """
-        ALTER TABLE campaign_runs
-            ADD COLUMN IF NOT EXISTS verify_until integer NOT NULL DEFAULT 0;
-        -- A recipient's number as the agent tables know it: normalised only when it differs.
-        CREATE INDEX IF NOT EXISTS campaign_run_recipients_number
-            ON campaign_run_recipients (run_id, (coalesce(phone_norm, phone)));
-        """,
-    ),
-    Migration(
-        5,
-        "guard pass streamed ahead of the handoff",
-        """
-        ALTER TABLE campaign_runs
-            ADD COLUMN IF NOT EXISTS prepared_upto integer NOT NULL DEFAULT 0;
-        """,
-    ),
-    Migration(
-        6,
-        "recipients pulled back from the agent tables",
-        """
-        ALTER TABLE campaign_run_recipients
-            DROP CONSTRAINT IF EXISTS campaign_run_recipients_state_check;
-        -- 'inserted' (schema 3) is what 'pending' at or below the checkpoint means now.
-        UPDATE campaign_run_recipients SET state = 'pending' WHERE state = 'inserted';
-        ALTER TABLE campaign_run_recipients ADD CONSTRAINT campaign_run_recipients_state_check
-            CHECK (state IN ('pending', 'skipped', 'pulled', 'final'));
-        CREATE INDEX IF NOT EXISTS campaign_run_recipients_pulled
-            ON campaign_run_recipients (run_id, seq) WHERE state = 'pulled';
-        """,
-    ),
-    Migration(
-        7,
-        "spam-filter tests, their per-carrier results and receipt matching",
-        """
-        CREATE TABLE IF NOT EXISTS spam_filter_tests (
+        CREATE TABLE IF NOT EXISTS hanjullo.spam_tests (
             id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
             node_id text NOT NULL,
             company_id text,
@@ -258,12 +253,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             CHECK (message_content_sms IS NOT NULL OR message_content_lms IS NOT NULL),
             CHECK (message_content_lms IS NULL OR message_subject IS NOT NULL)
         );
-        CREATE INDEX IF NOT EXISTS spam_filter_tests_node_status
-            ON spam_filter_tests (node_id, status, created_at);
-        CREATE INDEX IF NOT EXISTS spam_filter_tests_batch ON spam_filter_tests (batch_id);
-        CREATE TABLE IF NOT EXISTS spam_filter_test_results (
+        CREATE INDEX IF NOT EXISTS spam_tests_node_status
+            ON hanjullo.spam_tests (node_id, status, created_at);
+        CREATE INDEX IF NOT EXISTS spam_tests_batch ON hanjullo.spam_tests (batch_id);
+        CREATE TABLE IF NOT EXISTS hanjullo.spam_test_results (
             id bigserial PRIMARY KEY,
-            test_id uuid NOT NULL REFERENCES spam_filter_tests (id) ON DELETE CASCADE,
+            test_id uuid NOT NULL REFERENCES hanjullo.spam_tests (id) ON DELETE CASCADE,
             carrier text NOT NULL CHECK (carrier IN ('SKT', 'KT', 'LGU')),
             message_type text NOT NULL CHECK (message_type IN ('SMS', 'LMS')),
             phone text,
@@ -288,67 +283,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             created_at timestamptz NOT NULL DEFAULT now(),
             UNIQUE (test_id, carrier, message_type)
         );
-        CREATE INDEX IF NOT EXISTS spam_filter_test_results_late
-            ON spam_filter_test_results (modem, decided_at) WHERE NOT received;
-        -- How each receipt was attributed: test, late, unmatched (NULL: not looked at yet).
-        ALTER TABLE modem_receipts ADD COLUMN IF NOT EXISTS match text;
-        CREATE INDEX IF NOT EXISTS modem_receipts_unmatched
-            ON modem_receipts (node_id, id) WHERE match IS NULL;
-        ALTER TABLE ai_training_logs
-            ADD COLUMN IF NOT EXISTS spam_test_blocked integer NOT NULL DEFAULT 0;
-        """,
-    ),
-    Migration(
-        8,
-        "recipients take their one result update in place (HOT)",
-        """
-        -- Result sync updates every recipient once (pending -> final). With room left on
-        -- each page and no index on the columns it changes, PostgreSQL writes the new
-        -- version next to the old one without touching any index (a HOT update). The
-        -- table ends no larger than with full pages, where each update moved its row.
-        ALTER TABLE campaign_run_recipients SET (fillfactor = 50);
-        -- Superseded by the (run_id, coalesce(phone_norm, phone)) index of schema 4.
-        DROP INDEX IF EXISTS campaign_run_recipients_phone;
-        -- Pulled-back rows are found by a flag of their own, so that no index mentions
-        -- the state column the result sync changes.
-        ALTER TABLE campaign_run_recipients
-            ADD COLUMN IF NOT EXISTS is_pulled boolean NOT NULL DEFAULT false;
-        UPDATE campaign_run_recipients SET is_pulled = true WHERE state = 'pulled';
-        DROP INDEX IF EXISTS campaign_run_recipients_pulled;
-        CREATE INDEX IF NOT EXISTS campaign_run_recipients_pulled_rows
-            ON campaign_run_recipients (run_id, seq) WHERE is_pulled;
-        """,
-    ),
-    Migration(
-        9,
-        "a receipt whose PDU cannot be decoded is recorded as such",
-        """
-        -- Recorded (raw PDUs kept) and deleted from the modem like any other, instead of
-        -- taking a storage slot for good; it matches no test.
-        ALTER TABLE modem_receipts DROP CONSTRAINT IF EXISTS modem_receipts_kind_check;
-        ALTER TABLE modem_receipts ADD CONSTRAINT modem_receipts_kind_check
-            CHECK (kind IN ('sms', 'mms-notification', 'undecodable'));
-        """,
-    ),
-    Migration(
-        10,
-        "a WAP push that is not an MMS notification is recorded as a wap-push",
-        """
-        -- A Service Indication/Loading or other push was recorded as 'sms' with an empty
-        -- text; it is kept under its own kind and matches no test.
-        ALTER TABLE modem_receipts DROP CONSTRAINT IF EXISTS modem_receipts_kind_check;
-        ALTER TABLE modem_receipts ADD CONSTRAINT modem_receipts_kind_check
-            CHECK (kind IN ('sms', 'mms-notification', 'wap-push', 'undecodable'));
-        """,
-    ),
-    Migration(
-        11,
-        "a run records when it released its line group",
-        """
-        -- Set when a run leaves sending/draining (dispatch/store/runs.py set_status): the
-        -- end of its hold for the capacity measurement. completed_at can come 48 h later,
-        -- after the results, and updated_at moves with every result sync.
-        ALTER TABLE campaign_runs ADD COLUMN IF NOT EXISTS group_released_at timestamptz;
+        CREATE INDEX IF NOT EXISTS spam_test_results_late
+            ON hanjullo.spam_test_results (modem, decided_at) WHERE NOT received;
         """,
     ),
 )
@@ -395,37 +331,130 @@ async def create_pg_pool(config: NodeConfig, max_size: int = 5) -> asyncpg.Pool:
     return pool
 
 
+class MigrationFailed(Exception):
+    """A migration the database refused: which one, on which object, and the server's
+    words. The migrations before it stay applied; this one left nothing behind."""
+
+    def __init__(self, migration: Migration, target: str, error: asyncpg.PostgresError):
+        self.migration = migration
+        self.target = target
+        self.error = error
+        super().__init__(
+            f"migration {migration.version} ({migration.name}) failed on {target}: "
+            f"{type(error).__name__}: {error}"
+        )
+
+
+def statements(sql: str) -> list[str]:
+    """`sql` cut into its statements, without their comments: at each `;` outside a
+    dollar-quoted body (the migrations hold no `--` or `;` inside a string literal)."""
+    out: list[str] = []
+    current: list[str] = []
+    for i, part in enumerate(sql.split("$$")):
+        if i % 2:  # inside $$ … $$
+            current.append("$$" + part + "$$")
+            continue
+        pieces = _COMMENT_LINES.sub("", part).split(";")  # a comment may hold a `;`
+        current.append(pieces[0])
+        for piece in pieces[1:]:
+            out.append("".join(current))
+            current = [piece]
+    out.append("".join(current))
+    return [text.strip() for text in out if text.strip()]
+
+
+_COMMENT_LINES = re.compile(r"--[^\n]*")
+_OBJECT = re.compile(
+    r"^\s*(?:--[^\n]*\n\s*)*(?P<verb>CREATE|ALTER|DROP)\s+(?:UNIQUE\s+)?"
+    r"(?P<kind>TABLE|INDEX|SCHEMA)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?(?P<name>[\w.]+)"
+    r"(?:\s+ON\s+(?P<on>[\w.]+))?",
+    re.IGNORECASE,
+)
+
+
+def statement_target(statement: str) -> str:
+    """What a statement works on, for an error message: "index x on table y", "table z"."""
+    match = _OBJECT.match(statement)
+    if match is None:
+        first = _COMMENT_LINES.sub("", statement).strip().splitlines()[0]
+        return f"the statement {first[:60]!r}"
+    kind, name = match["kind"].lower(), match["name"]
+    return f"{kind} {name} on table {match['on']}" if match["on"] else f"{kind} {name}"
+
+
 async def applied_versions(conn: asyncpg.Connection) -> list[int]:
-    exists = await conn.fetchval("SELECT to_regclass('hanjullo_schema_versions') IS NOT NULL")
+    exists = await conn.fetchval(f"SELECT to_regclass('{VERSIONS_TABLE}') IS NOT NULL")
     if not exists:
         return []
-    rows = await conn.fetch("SELECT version FROM hanjullo_schema_versions ORDER BY version")
+    rows = await conn.fetch(f"SELECT version FROM {VERSIONS_TABLE} ORDER BY version")
     return [row["version"] for row in rows]
 
 
-async def migrate_pg(conn: asyncpg.Connection) -> list[Migration]:
-    """Apply every migration not yet recorded; return the ones applied now."""
-    applied: list[Migration] = []
+VERSIONS_TABLE = f"{SCHEMA}.schema_versions"
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
+    """One migration and its record, in one transaction of its own."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        for statement in statements(migration.sql):
+            try:
+                await conn.execute(statement)
+            except asyncpg.PostgresError as exc:
+                raise MigrationFailed(migration, statement_target(statement), exc) from exc
         await conn.execute(
-            """CREATE TABLE IF NOT EXISTS hanjullo_schema_versions (
-                   version integer PRIMARY KEY,
-                   name text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
+            f"INSERT INTO {VERSIONS_TABLE} (version, name) VALUES ($1, $2)",
+            migration.version,
+            migration.name,
         )
+
+
+async def migrate_pg(conn: asyncpg.Connection) -> list[Migration]:
+    """Apply every migration not yet recorded, each in its own transaction; return the
+    ones applied now. A session advisory lock keeps two `db init` calls from racing."""
+    applied: list[Migration] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            await conn.execute(
+                f"""CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
         done = set(await applied_versions(conn))
         for migration in MIGRATIONS:
-            if migration.version in done:
-                continue
-            await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO hanjullo_schema_versions (version, name) VALUES ($1, $2)",
-                migration.version,
-                migration.name,
-            )
-            applied.append(migration)
+            if migration.version not in done:
+                await _apply(conn, migration)
+                applied.append(migration)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied
+
+
+async def create_web_tables(conn: asyncpg.Connection) -> list[str]:
+    """The web service's tables this database lacks, created from ``web_schema.sql``, each
+    in its own transaction; a table that exists is left exactly as it is. Their names."""
+    created: list[str] = []
+    for table in webschema.web_tables():
+        exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"public.{table.name}")
+        if exists:
+            continue
+        async with conn.transaction():
+            for statement in table.statements:
+                try:
+                    await conn.execute(statement)
+                except asyncpg.PostgresError as exc:
+                    raise MigrationFailed(
+                        _WEB_TABLES_STEP, statement_target(statement), exc
+                    ) from exc
+        created.append(table.name)
+    return created
+
+
+# How a failure to create a web table is named (it is no numbered migration: what it does
+# depends on the database).
+_WEB_TABLES_STEP = Migration(0, "the web service's tables missing here", "")
 
 
 def latest_version() -> int:
@@ -438,6 +467,7 @@ class InitReport:
     pg_version: int  # the version after this init (dry run: after the real one)
     mysql_created: list[str]
     dry_run: bool = False
+    web_created: list[str] = field(default_factory=list)  # the web service's tables made here
     databases_created: list[str] = field(default_factory=list)  # "postgres:NAME", "mysql:NAME"
 
 
@@ -473,16 +503,31 @@ async def _pg_database_created(config: NodeConfig) -> bool:
     return True
 
 
-async def _init_pg(conn: asyncpg.Connection, config: NodeConfig) -> tuple[list[Migration], int]:
+def device_id(config: NodeConfig, phone: str) -> str:
+    """The stable ``spam_filter_devices.device_id`` of one of this node's test phones (the
+    Android app registers its own id there; the node registers one per configured phone)."""
+    return f"hanjullo-node:{config.node.id}:{phone}"
+
+
+async def _init_pg(
+    conn: asyncpg.Connection, config: NodeConfig
+) -> tuple[list[Migration], int, list[str]]:
     applied = await migrate_pg(conn)
+    web_created = await create_web_tables(conn)
+    # As the Android app registers a phone (routes/spam-filter.ts:712-719): the web gives
+    # every active device a result row in each new test.
     await conn.execute(
-        """INSERT INTO spam_filter_devices (carrier, phone)
-           SELECT * FROM unnest($1::text[], $2::text[])
-           ON CONFLICT (phone) DO UPDATE SET carrier = EXCLUDED.carrier""",
+        """INSERT INTO spam_filter_devices (device_id, carrier, phone, device_name, last_seen_at)
+           SELECT *, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+           ON CONFLICT (device_id) DO UPDATE SET carrier = EXCLUDED.carrier,
+               phone = EXCLUDED.phone, device_name = EXCLUDED.device_name, is_active = true,
+               last_seen_at = now()""",
+        [device_id(config, m.phone) for m in config.modems],
         [m.carrier.value for m in config.modems],
         [m.phone for m in config.modems],
+        [m.name or f"{m.carrier.value} test phone" for m in config.modems],
     )
-    return applied, max(await applied_versions(conn))
+    return applied, max(await applied_versions(conn)), web_created
 
 
 async def init_storage(config: NodeConfig, today: date, dry_run: bool = False) -> InitReport:
@@ -508,16 +553,17 @@ async def init_storage(config: NodeConfig, today: date, dry_run: bool = False) -
     tables = [a.table for a in config.agents]
     if dry_run and not pg_exists:
         applied, version = list(MIGRATIONS), latest_version()
+        web_created = list(webschema.WEB_TABLE_NAMES)
     else:
         conn = await connect_pg(config)
         try:
             if not dry_run:
-                applied, version = await _init_pg(conn, config)
+                applied, version, web_created = await _init_pg(conn, config)
             else:
                 trial = conn.transaction()
                 await trial.start()
                 try:
-                    applied, version = await _init_pg(conn, config)
+                    applied, version, web_created = await _init_pg(conn, config)
                 finally:
                     await trial.rollback()
         finally:
@@ -534,5 +580,10 @@ async def init_storage(config: NodeConfig, today: date, dry_run: bool = False) -
         finally:
             mconn.close()
     return InitReport(
-        [f"{m.version}: {m.name}" for m in applied], version, created, dry_run, databases
+        [f"{m.version}: {m.name}" for m in applied],
+        version,
+        created,
+        dry_run,
+        databases_created=databases,
+        web_created=web_created,
     )

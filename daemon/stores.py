@@ -1,7 +1,7 @@
 """Keepers of the node's PostgreSQL and Redis connections.
 
 Each keeper owns its client, proves it works with a heartbeat (the node's row in
-``hanjullo_nodes``, and a Redis key with a TTL, both readable by the control
+``hanjullo.nodes``, and a Redis key with a TTL, both readable by the control
 plane), and turns an outage into ``degraded`` with the reason. Other components
 borrow the client through :meth:`require`, which raises :class:`DependencyDown`
 while the store is unreachable.
@@ -95,7 +95,7 @@ class PostgresKeeper:
             if not self.schema_ok and not await self._check_schema(conn, health):
                 return
             await conn.execute(
-                """INSERT INTO hanjullo_nodes (node_id, name, version, started_at, last_seen)
+                """INSERT INTO hanjullo.nodes (node_id, name, version, started_at, last_seen)
                    VALUES ($1, $2, $3, $4, now())
                    ON CONFLICT (node_id) DO UPDATE SET name = EXCLUDED.name,
                        version = EXCLUDED.version, started_at = EXCLUDED.started_at,
@@ -111,9 +111,9 @@ class PostgresKeeper:
         health.running()
 
     async def _check_schema(self, conn: asyncpg.Connection | Any, health: Health) -> bool:
-        exists = await conn.fetchval("SELECT to_regclass('hanjullo_schema_versions') IS NOT NULL")
+        exists = await conn.fetchval("SELECT to_regclass('hanjullo.schema_versions') IS NOT NULL")
         have = (
-            await conn.fetchval("SELECT max(version) FROM hanjullo_schema_versions")
+            await conn.fetchval("SELECT max(version) FROM hanjullo.schema_versions")
             if exists
             else None
         ) or 0

@@ -1,7 +1,7 @@
 """Campaign runs: the intake contract the web service writes, and the operator's view.
 
-A run is one row in ``campaign_runs`` (tagged with the node id that must send
-it) and one row per recipient in ``campaign_run_recipients`` with the final,
+A run is one row in ``hanjullo.runs`` (tagged with the node id that must send
+it) and one row per recipient in ``hanjullo.run_recipients`` with the final,
 personalised text. ``NOTIFY hanjullo_runs`` wakes the daemon; it also polls.
 Counters are kept on the run row and updated incrementally by the dispatcher.
 The rules a run is checked against on intake live here; the statements are the
@@ -112,7 +112,7 @@ async def listing(
 
 
 def view(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
-    """One ``campaign_runs`` row as the operator and the control plane see it."""
+    """One ``hanjullo.runs`` row as the operator and the control plane see it."""
     success, fail = row["success_count"], row["fail_count"]
     return {
         "run_id": str(row["id"]),
@@ -141,6 +141,8 @@ def view(row: asyncpg.Record | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def source_ref(secret: str, run_id: uuid.UUID) -> str:
-    """A run's key in ai_training_logs: HMAC-SHA256(secret, run id), so a training row
-    cannot be traced back to its run without the node's secret."""
-    return hmac.new(secret.encode(), str(run_id).encode(), hashlib.sha256).hexdigest()
+    """A run's key in ai_training_logs as the web's training logger makes it
+    (utils/training-logger.ts: the first 32 hex characters of HMAC-SHA256 keyed with its
+    TRAINING_HMAC_SECRET of the id), so a training row cannot be traced back to its run
+    without the secret."""
+    return hmac.new(secret.encode(), str(run_id).encode(), hashlib.sha256).hexdigest()[:32]

@@ -20,7 +20,7 @@ from config.example import sim_example
 from config.loader import ConfigError, load_config
 from config.model import DEFAULT_CONFIG_PATH
 from daemon.cli.common import CtlError, Subparsers, node_config
-from daemon.schema import init_storage
+from daemon.schema import MigrationFailed, init_storage
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -72,7 +72,7 @@ def cmd_db_init(args: argparse.Namespace) -> int:
         report = asyncio.run(init_storage(config, today, dry_run=args.dry_run))
     except OSError as exc:
         raise CtlError(f"cannot reach a database: {exc}") from exc
-    except (asyncpg.PostgresError, pymysql.err.MySQLError) as exc:
+    except (MigrationFailed, asyncpg.PostgresError, pymysql.err.MySQLError) as exc:
         if args.dry_run:
             raise CtlError(
                 f"db init would fail on this database: {exc}; nothing was changed"
@@ -84,6 +84,7 @@ def cmd_db_init(args: argparse.Namespace) -> int:
                 {
                     "postgres_version": report.pg_version,
                     "postgres_applied": report.pg_applied,
+                    "web_tables_created": report.web_created,
                     "mysql_created": report.mysql_created,
                     "databases_created": report.databases_created,
                     "dry_run": report.dry_run,
@@ -101,6 +102,10 @@ def cmd_db_init(args: argparse.Namespace) -> int:
             if report.pg_applied
             else " (up to date)"
         )
+    )
+    print(
+        f"web service tables {would}created: {len(report.web_created)}"
+        + (f" ({', '.join(report.web_created)})" if report.web_created else " (all present)")
     )
     print(
         f"mysql tables {would}created: {len(report.mysql_created)}"

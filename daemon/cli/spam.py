@@ -1,6 +1,6 @@
 """`hanjulloctl spam-test`: queue a spam-filter test (or a batch), wait, show, cancel.
 
-Queuing writes ``spam_filter_tests`` through the same contract as the web
+Queuing writes ``hanjullo.spam_tests`` through the same contract as the web
 service, so it works while the daemon is down; ``--wait`` and ``show`` read
 PostgreSQL; ``cancel`` goes through the daemon, which pulls back rows no agent
 has taken and frees the phones.

@@ -84,8 +84,8 @@ class PostgresRunBook:
     async def recipients_after(self, run_id: uuid.UUID, after: int, limit: int) -> Sequence[Fields]:
         return await self._on(progress.recipients_after, run_id, after, limit)
 
-    async def opted_out(self, company_id: str, numbers: list[str]) -> set[str]:
-        return await self._on(progress.opted_out, company_id, numbers)
+    async def opted_out(self, user_id: str | None, numbers: list[str]) -> set[str]:
+        return await self._on(progress.opted_out, user_id, numbers)
 
     async def record_checked(self, run_id: uuid.UUID, page: CheckedPage) -> None:
         await self._on(progress.record_checked, run_id, page)

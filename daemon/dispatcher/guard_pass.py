@@ -35,7 +35,7 @@ async def guard_pass(ctx: Context, run: Run, state: RunState) -> None:
         opted: set[str] = set()
         if run.is_ad:
             numbers = [normalise_phone(r["phone"]) for r in page]
-            opted = await ctx.book.opted_out(run.company_id, numbers)
+            opted = await ctx.book.opted_out(run.user_id, numbers)
         checked = check_page(page, message_type, opted, seen)
         await ctx.book.record_checked(run.id, checked)
         last = checked.last_seq

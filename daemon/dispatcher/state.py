@@ -39,7 +39,7 @@ class RunState:
     # when it leaves no room), so a batch does not cost a COUNT over the whole backlog.
     waiting: dict[str, int] = field(default_factory=dict)
     counted_at: float = float("-inf")
-    # The highest seq ever written ahead of its checkpoint (campaign_runs.verify_until):
+    # The highest seq ever written ahead of its checkpoint (hanjullo.runs.verify_until):
     # recipients between the checkpoint and it are looked up before they are inserted.
     verify_until: int = 0
     # Batches written since the handoff started; a retry after progress starts its

@@ -1,6 +1,6 @@
 """Receipt attribution: which test a receipt recorded on a phone belongs to.
 
-Receipts are read from ``modem_receipts`` where not yet attributed, in id order, so one
+Receipts are read from ``hanjullo.modem_receipts`` where not yet attributed, in id order, so one
 recorded while the engine was down is attributed after it starts. A receipt goes to the
 test holding its phone when it matches one of that test's slots (sender and text hash,
 or MMS subject and size: `dispatch/spamtests/rules.py:Expected`): the slot passes. One

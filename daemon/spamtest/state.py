@@ -44,7 +44,7 @@ class Slot:
 
     @classmethod
     def restored(cls, result: Row, test: Row) -> Slot:
-        """A slot from its ``spam_filter_test_results`` row and its test's row."""
+        """A slot from its ``hanjullo.spam_test_results`` row and its test's row."""
         mtype = MessageType(result["message_type"])
         return cls(
             result["id"],
@@ -104,7 +104,7 @@ class ActiveTest:
 
     @classmethod
     def of(cls, row: Row, now: datetime) -> ActiveTest:
-        """A test from its ``spam_filter_tests`` row (`now` when it has not started)."""
+        """A test from its ``hanjullo.spam_tests`` row (`now` when it has not started)."""
         return cls(
             row["id"],
             row["company_id"],

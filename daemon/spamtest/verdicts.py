@@ -81,9 +81,9 @@ async def complete(ctx: SpamContext, test: ActiveTest) -> None:
             ctx.sample(slot.carrier, (slot.received_at - slot.success_seen_at).total_seconds())
     blocked = sum(1 for s in test.slots if s.result == Verdict.BLOCKED)
     training = None
-    if test.run_id is not None and blocked:
+    if test.run_id is not None:  # the latest test of the run's text: 0 counts too
         secret = ctx.runtime.config.dispatch.training_secret.get_secret_value()
-        training = SpamBlocked(source_ref(secret, test.run_id), test.company, blocked)
+        training = SpamBlocked(source_ref(secret, test.run_id), blocked)
     await ctx.book.complete_test(test.id, verdict, training)
     ctx.active.pop(test.id, None)
     for slot in test.slots:

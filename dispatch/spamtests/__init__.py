@@ -8,9 +8,9 @@ Module by module:
   the blocked grace, a phone's canary flag (pure);
 - `report.py`: the JSON shape of a test's report (pure);
 - `store.py`: every PostgreSQL statement on the spam-test tables and on the attribution
-  of ``modem_receipts`` (functions taking a connection);
+  of ``hanjullo.modem_receipts`` (functions taking a connection);
 - `agent_rows.py`: what the engine reads of its rows in the test agent tables (MySQL);
-- `receipts.py`: the phones' receipts in ``modem_receipts`` (record, deletion mark, prune).
+- `receipts.py`: the phones' receipts in ``hanjullo.modem_receipts`` (record, deletion mark, prune).
 Names the CLI and the web service's side use are re-exported here.
 """
 

@@ -1,8 +1,8 @@
 """The spam-filter test contract: the vocabulary and what a queued test must be.
 
-The web service (or `hanjulloctl spam-test`) queues a row in ``spam_filter_tests`` and
+The web service (or `hanjulloctl spam-test`) queues a row in ``hanjullo.spam_tests`` and
 NOTIFYs `NOTIFY_CHANNEL`; the engine (`daemon/spamtest/`) runs it and writes one
-``spam_filter_test_results`` row per (carrier × message type). Owns the names of that
+``hanjullo.spam_test_results`` row per (carrier × message type). Owns the names of that
 contract (channel, carriers, verdicts, statuses, sources) and the intake check of a
 test (`SpamTestSpec.check`); holds no SQL (`store.py`) and no rule of a verdict
 (`rules.py`).

@@ -1,4 +1,4 @@
-"""The test phones' receipts in ``modem_receipts``: recording a message before the
+"""The test phones' receipts in ``hanjullo.modem_receipts``: recording a message before the
 modem's copy is deleted, the deletion mark, pruning.
 
 A message found again after a restart (recorded, not yet deleted) hits the partial unique
@@ -17,7 +17,7 @@ from dispatch.store.runs import Conn
 
 @dataclass(frozen=True, slots=True)
 class ReceiptRow:
-    """One message read from a test phone, as ``modem_receipts`` stores it."""
+    """One message read from a test phone, as ``hanjullo.modem_receipts`` stores it."""
 
     modem: str  # the phone's label
     carrier: str
@@ -47,7 +47,7 @@ class Recorded:
 async def record(conn: Conn, node_id: str, row: ReceiptRow) -> Recorded:
     """Record a receipt, or find the one recorded before (not yet deleted from the modem)."""
     recorded = await conn.fetchrow(
-        """INSERT INTO modem_receipts (node_id, modem, carrier, phone, kind, sender,
+        """INSERT INTO hanjullo.modem_receipts (node_id, modem, carrier, phone, kind, sender,
                sender_raw, text, text_hash, subject, mms_size, mms_location, complete,
                sent_at, storage_indices, raw_pdus, pdu_digest, via)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
@@ -77,7 +77,7 @@ async def record(conn: Conn, node_id: str, row: ReceiptRow) -> Recorded:
     if recorded is not None:
         return Recorded(int(recorded["id"]), True)
     existing = await conn.fetchval(
-        """SELECT id FROM modem_receipts WHERE node_id = $1 AND modem = $2
+        """SELECT id FROM hanjullo.modem_receipts WHERE node_id = $1 AND modem = $2
                AND pdu_digest = $3 AND storage_indices = $4 AND NOT deleted_from_modem""",
         node_id,
         row.modem,
@@ -89,14 +89,15 @@ async def record(conn: Conn, node_id: str, row: ReceiptRow) -> Recorded:
 
 async def mark_deleted(conn: Conn, receipt_id: int) -> None:
     await conn.execute(
-        "UPDATE modem_receipts SET deleted_from_modem = true WHERE id = $1", receipt_id
+        "UPDATE hanjullo.modem_receipts SET deleted_from_modem = true WHERE id = $1", receipt_id
     )
 
 
 async def prune(conn: Conn, node_id: str, retention: timedelta) -> int:
     """Delete receipts older than `retention` that are off their modem; how many."""
     result = await conn.execute(
-        "DELETE FROM modem_receipts WHERE node_id = $1 AND received_at < now() - $2::interval"
+        "DELETE FROM hanjullo.modem_receipts"
+        " WHERE node_id = $1 AND received_at < now() - $2::interval"
         " AND deleted_from_modem",
         node_id,
         retention,

@@ -64,7 +64,7 @@ class Expected:
         return cls(mtype, normalise_phone(callback), text_hash, subject, byte_length(body or ""))
 
     def matches(self, receipt: Row) -> bool:
-        """`receipt`: a modem_receipts row (sender normalised when it was recorded)."""
+        """`receipt`: a hanjullo.modem_receipts row (sender normalised when it was recorded)."""
         if receipt["sender"] != self.sender:
             return False
         if self.mtype == MessageType.SMS:

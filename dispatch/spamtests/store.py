@@ -1,5 +1,5 @@
-"""The spam tests' PostgreSQL store: every statement on ``spam_filter_tests``,
-``spam_filter_test_results`` and the attribution columns of ``modem_receipts``.
+"""The spam tests' PostgreSQL store: every statement on ``hanjullo.spam_tests``,
+``hanjullo.spam_test_results`` and the attribution columns of ``hanjullo.modem_receipts``.
 
 Functions take a connection (or a pool's connection proxy) and hold no state; the engine
 reaches them through one interface (`daemon/spamtest/ports.py:SpamBook`), so no engine
@@ -46,7 +46,7 @@ async def create_tests(
             text = spec.sms_text if spec.sms_text is not None else spec.lms_text
             assert text is not None
             test_id = await conn.fetchval(
-                """INSERT INTO spam_filter_tests (node_id, company_id, user_id, callback_number,
+                """INSERT INTO hanjullo.spam_tests (node_id, company_id, user_id, callback_number,
                        message_content_sms, message_content_lms, message_subject, message_hash,
                        source, variant_id, batch_id, run_id, target_modem, created_at)
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
@@ -74,14 +74,14 @@ async def create_tests(
 async def show(conn: Conn, ident: uuid.UUID) -> list[dict[str, Any]]:
     """Reports of a test, or of every test of a batch (by batch id); [] when unknown."""
     tests = await conn.fetch(
-        f"SELECT {TEST_COLUMNS} FROM spam_filter_tests WHERE id = $1 OR batch_id = $1"
+        f"SELECT {TEST_COLUMNS} FROM hanjullo.spam_tests WHERE id = $1 OR batch_id = $1"
         " ORDER BY created_at, variant_id, id",
         ident,
     )
     if not tests:
         return []
     results = await conn.fetch(
-        f"SELECT {RESULT_COLUMNS} FROM spam_filter_test_results WHERE test_id = ANY($1::uuid[])"
+        f"SELECT {RESULT_COLUMNS} FROM hanjullo.spam_test_results WHERE test_id = ANY($1::uuid[])"
         " ORDER BY carrier, message_type",
         [t["id"] for t in tests],
     )
@@ -91,7 +91,7 @@ async def show(conn: Conn, ident: uuid.UUID) -> list[dict[str, Any]]:
 async def nodes_of(conn: Conn, ident: uuid.UUID) -> set[str]:
     """The nodes a test, or the tests of a batch, belong to (empty when unknown)."""
     rows = await conn.fetch(
-        "SELECT DISTINCT node_id FROM spam_filter_tests WHERE id = $1 OR batch_id = $1", ident
+        "SELECT DISTINCT node_id FROM hanjullo.spam_tests WHERE id = $1 OR batch_id = $1", ident
     )
     return {r["node_id"] for r in rows}
 
@@ -104,7 +104,7 @@ async def tests_in(
     None."""
     return list(
         await conn.fetch(
-            """SELECT * FROM spam_filter_tests WHERE node_id = $1 AND status = $2
+            """SELECT * FROM hanjullo.spam_tests WHERE node_id = $1 AND status = $2
                ORDER BY created_at, id LIMIT $3""",
             node_id,
             status.value,
@@ -117,7 +117,7 @@ async def results_of(conn: Conn, test_id: uuid.UUID) -> list[Row]:
     """A test's result rows in the order they were written (whole rows)."""
     return list(
         await conn.fetch(
-            "SELECT * FROM spam_filter_test_results WHERE test_id = $1 ORDER BY id", test_id
+            "SELECT * FROM hanjullo.spam_test_results WHERE test_id = $1 ORDER BY id", test_id
         )
     )
 
@@ -133,7 +133,7 @@ async def receipt_delays(
                       extract(epoch FROM received_at - success_seen_at)::float8 AS delay,
                       row_number() OVER (PARTITION BY carrier
                                          ORDER BY decided_at DESC) AS n
-               FROM spam_filter_test_results r JOIN spam_filter_tests t
+               FROM hanjullo.spam_test_results r JOIN hanjullo.spam_tests t
                     ON t.id = r.test_id AND t.node_id = $3
                WHERE modem = ANY($1::text[]) AND success_seen_at IS NOT NULL
                  AND result = 'pass' AND received_at IS NOT NULL) s
@@ -145,7 +145,7 @@ async def receipt_delays(
     late = await conn.fetch(
         """SELECT r.carrier, extract(epoch FROM m.received_at - r.success_seen_at)::float8
                   AS delay
-           FROM spam_filter_test_results r JOIN modem_receipts m
+           FROM hanjullo.spam_test_results r JOIN hanjullo.modem_receipts m
                 ON m.id = r.late_receipt_id AND m.node_id = $3
            WHERE r.modem = ANY($1::text[]) AND r.late AND r.success_seen_at IS NOT NULL
            ORDER BY r.decided_at DESC LIMIT $2""",
@@ -160,7 +160,7 @@ async def last_canaries(conn: Conn, node_id: str) -> list[tuple[str, str, dateti
     """Each phone's latest completed canary: (modem, overall, completed_at)."""
     rows = await conn.fetch(
         """SELECT DISTINCT ON (target_modem) target_modem, overall, completed_at
-           FROM spam_filter_tests
+           FROM hanjullo.spam_tests
            WHERE node_id = $1 AND source = $2 AND status = 'completed'
            ORDER BY target_modem, completed_at DESC""",
         node_id,
@@ -172,7 +172,7 @@ async def last_canaries(conn: Conn, node_id: str) -> list[tuple[str, str, dateti
 async def last_served(conn: Conn, node_id: str) -> dict[str | None, datetime]:
     """When each company's latest test started (the queue's fairness)."""
     rows = await conn.fetch(
-        """SELECT company_id, max(started_at) AS at FROM spam_filter_tests
+        """SELECT company_id, max(started_at) AS at FROM hanjullo.spam_tests
            WHERE node_id = $1 AND started_at IS NOT NULL GROUP BY company_id""",
         node_id,
     )
@@ -201,7 +201,7 @@ async def start_test(
     start time and the rows' ids, or None when it is no longer queued (cancelled)."""
     async with conn.transaction():
         started_at = await conn.fetchval(
-            """UPDATE spam_filter_tests SET status = 'active', started_at = now()
+            """UPDATE hanjullo.spam_tests SET status = 'active', started_at = now()
                WHERE id = $1 AND status = 'queued' RETURNING started_at""",
             test_id,
         )
@@ -211,7 +211,7 @@ async def start_test(
         for r in results:
             ids.append(
                 await conn.fetchval(
-                    """INSERT INTO spam_filter_test_results (test_id, carrier, message_type,
+                    """INSERT INTO hanjullo.spam_test_results (test_id, carrier, message_type,
                            phone, modem, sms_table, message_hash, result, detail, decided_at)
                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
                                CASE WHEN $8::text IS NULL THEN NULL ELSE now() END)
@@ -234,7 +234,7 @@ async def record_sent(conn: Conn, rows: Sequence[tuple[int, int, datetime | None
     """(result id, agent seqno, inserted at): a row is in the agent table (after the
     MySQL commit); the first insert time is kept."""
     await conn.executemany(
-        """UPDATE spam_filter_test_results SET sms_msgkey = $2,
+        """UPDATE hanjullo.spam_test_results SET sms_msgkey = $2,
                inserted_at = coalesce(inserted_at, $3) WHERE id = $1""",
         rows,
     )
@@ -243,7 +243,7 @@ async def record_sent(conn: Conn, rows: Sequence[tuple[int, int, datetime | None
 async def record_agent_codes(conn: Conn, rows: Sequence[tuple[int, int, datetime | None]]) -> None:
     """(result id, the agent's final code, when a success was first seen)."""
     await conn.executemany(
-        """UPDATE spam_filter_test_results SET status_code = $2,
+        """UPDATE hanjullo.spam_test_results SET status_code = $2,
                success_seen_at = $3 WHERE id = $1""",
         rows,
     )
@@ -252,7 +252,7 @@ async def record_agent_codes(conn: Conn, rows: Sequence[tuple[int, int, datetime
 async def record_verdicts(conn: Conn, rows: Sequence[tuple[int, Verdict, str | None]]) -> None:
     """(result id, verdict, detail) of undecided rows; a decided row keeps its verdict."""
     await conn.executemany(
-        """UPDATE spam_filter_test_results SET result = $2, detail = $3,
+        """UPDATE hanjullo.spam_test_results SET result = $2, detail = $3,
                decided_at = now() WHERE id = $1 AND result IS NULL""",
         [(rid, verdict.value, detail) for rid, verdict, detail in rows],
     )
@@ -268,20 +268,20 @@ async def complete_test(
     carriers to the run's training row, in the same transaction."""
     async with conn.transaction():
         await conn.execute(
-            """UPDATE spam_filter_tests SET status = 'completed', overall = $2,
+            """UPDATE hanjullo.spam_tests SET status = 'completed', overall = $2,
                    completed_at = now() WHERE id = $1 AND status = 'active'""",
             test_id,
             verdict.value,
         )
         if blocked is not None:
-            await training.add_spam_test_blocked(conn, blocked)
+            await training.set_spam_blocked(conn, blocked)
 
 
 async def cancel_test(conn: Conn, node_id: str, test_id: uuid.UUID) -> tuple[bool, str] | None:
     """Cancel a queued or active test: (True, 'cancelled'); (False, its status) when it
     was neither; None when there is no such test."""
     status = await conn.fetchval(
-        """UPDATE spam_filter_tests SET status = 'cancelled', completed_at = now(),
+        """UPDATE hanjullo.spam_tests SET status = 'cancelled', completed_at = now(),
                status_reason = 'cancelled by operator'
            WHERE id = $1 AND node_id = $2 AND status IN ('queued', 'active')
            RETURNING status""",
@@ -290,7 +290,7 @@ async def cancel_test(conn: Conn, node_id: str, test_id: uuid.UUID) -> tuple[boo
     )
     if status is not None:
         return True, str(status)
-    current = await conn.fetchval("SELECT status FROM spam_filter_tests WHERE id = $1", test_id)
+    current = await conn.fetchval("SELECT status FROM hanjullo.spam_tests WHERE id = $1", test_id)
     return None if current is None else (False, str(current))
 
 
@@ -301,7 +301,7 @@ async def unmatched_receipts(conn: Conn, node_id: str, limit: int) -> list[Row]:
         await conn.fetch(
             """SELECT id, modem, carrier, kind, sender, text_hash, subject, mms_size,
                       complete, received_at
-               FROM modem_receipts WHERE node_id = $1 AND match IS NULL
+               FROM hanjullo.modem_receipts WHERE node_id = $1 AND match IS NULL
                ORDER BY id LIMIT $2""",
             node_id,
             limit,
@@ -312,7 +312,7 @@ async def unmatched_receipts(conn: Conn, node_id: str, limit: int) -> list[Row]:
 async def mark_receipt(conn: Conn, receipt_id: int, how: str, test_id: uuid.UUID | None) -> None:
     """How a receipt was attributed: 'test', 'late' or 'unmatched'."""
     await conn.execute(
-        "UPDATE modem_receipts SET match = $2, test_id = $3 WHERE id = $1",
+        "UPDATE hanjullo.modem_receipts SET match = $2, test_id = $3 WHERE id = $1",
         receipt_id,
         how,
         test_id,
@@ -330,7 +330,7 @@ async def record_receipt(
     """A receipt passes its result row and is marked as the test's, in one transaction."""
     async with conn.transaction():
         await conn.execute(
-            """UPDATE spam_filter_test_results SET received = true,
+            """UPDATE hanjullo.spam_test_results SET received = true,
                    received_at = $2, receipt_id = $3, result = 'pass',
                    receipt_delay_s = $4, decided_at = now(), detail = NULL
                WHERE id = $1""",
@@ -349,7 +349,7 @@ async def record_late(
     stays), the receipt is marked, in one transaction."""
     async with conn.transaction():
         await conn.execute(
-            """UPDATE spam_filter_test_results SET late = true, late_receipt_id = $2,
+            """UPDATE hanjullo.spam_test_results SET late = true, late_receipt_id = $2,
                    late_delay_s = $3 WHERE id = $1""",
             result_id,
             receipt_id,
@@ -366,7 +366,7 @@ async def decided_unreceived(conn: Conn, node_id: str, modem: str, horizon: time
             """SELECT r.id, r.test_id, r.carrier, r.result, r.inserted_at, r.success_seen_at,
                       r.message_type, t.callback_number, t.message_subject,
                       t.message_content_lms, r.message_hash
-               FROM spam_filter_test_results r JOIN spam_filter_tests t ON t.id = r.test_id
+               FROM hanjullo.spam_test_results r JOIN hanjullo.spam_tests t ON t.id = r.test_id
                WHERE t.node_id = $3 AND r.modem = $1 AND NOT r.received AND NOT r.late
                  AND r.result IS NOT NULL AND r.result <> 'pass'
                  AND r.decided_at > now() - $2::interval
@@ -383,7 +383,7 @@ async def prune_canaries(conn: Conn, node_id: str, retention: timedelta) -> str:
     as receipts); the command's status."""
     return str(
         await conn.execute(
-            """DELETE FROM spam_filter_tests WHERE node_id = $1 AND source = $3
+            """DELETE FROM hanjullo.spam_tests WHERE node_id = $1 AND source = $3
                AND status IN ('completed', 'cancelled')
                AND completed_at < now() - $2::interval""",
             node_id,
@@ -403,7 +403,7 @@ WITH w AS (
 ), tests AS (
     SELECT tstzrange(started_at, greatest(started_at, coalesce(completed_at, w.now))) AS span,
            extract(epoch FROM started_at - created_at) AS wait_s
-    FROM spam_filter_tests, w
+    FROM hanjullo.spam_tests, w
     WHERE node_id = $1 AND started_at IS NOT NULL
       AND coalesce(completed_at, w.now) >= lower(w.day)
 ), busy AS (
@@ -420,7 +420,7 @@ SELECT (SELECT coalesce(sum(extract(epoch FROM upper(r) - lower(r))), 0)::double
 """
 
 TEST_COMPANIES_SQL = """
-SELECT DISTINCT company_id FROM spam_filter_tests
+SELECT DISTINCT company_id FROM hanjullo.spam_tests
 WHERE node_id = $1 AND created_at >= $2 AND company_id IS NOT NULL
 """
 

@@ -1,7 +1,7 @@
 """What a node measures of its runs for its capacity (`daemon/capacity.py`, docs/fleet.md):
 how long each line group was held, how long runs waited for one, how many results
-landed, and which companies it served. Statements on ``campaign_runs`` and
-``campaign_run_recipients`` only; the windows end at `now`, the node clock.
+landed, and which companies it served. Statements on ``hanjullo.runs`` and
+``hanjullo.run_recipients`` only; the windows end at `now`, the node clock.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ WITH w AS (
                               END)) AS span,
            extract(epoch FROM group_since - greatest(queued_at, coalesce(scheduled_at, queued_at)))
                AS wait_s
-    FROM campaign_runs, w
+    FROM hanjullo.runs, w
     WHERE node_id = $1 AND line_group IS NOT NULL AND group_since IS NOT NULL
       AND coalesce(completed_at, updated_at, w.now) >= lower(w.day)
 )
@@ -48,14 +48,14 @@ RESULTS_SQL = """
 WITH w AS (SELECT $2::timestamptz AS now)
 SELECT count(*) FILTER (WHERE rr.delivered_at >= w.now - interval '1 hour') AS hour,
        count(*) AS day
-FROM campaign_runs r JOIN campaign_run_recipients rr ON rr.run_id = r.id, w
+FROM hanjullo.runs r JOIN hanjullo.run_recipients rr ON rr.run_id = r.id, w
 WHERE r.node_id = $1 AND coalesce(r.completed_at, r.updated_at, w.now) >= w.now - interval '1 day'
   AND rr.delivered_at >= w.now - interval '1 day' AND rr.delivered_at <= w.now
 GROUP BY w.now
 """
 
 COMPANIES_SQL = """
-SELECT DISTINCT company_id FROM campaign_runs
+SELECT DISTINCT company_id FROM hanjullo.runs
 WHERE node_id = $1 AND queued_at >= $2 AND company_id IS NOT NULL
 """
 

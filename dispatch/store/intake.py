@@ -1,7 +1,7 @@
 """What the web service writes for a run (``hanjulloctl send`` writes the same), and its
 pruning once the run is long finished.
 
-A run is one ``campaign_runs`` row and one ``campaign_run_recipients`` row per recipient,
+A run is one ``hanjullo.runs`` row and one ``hanjullo.run_recipients`` row per recipient,
 written in one transaction and followed by ``NOTIFY hanjullo_runs`` (docs/dispatch.md).
 The rules a run must follow are `dispatch/runs.py`'s; this module only stores it.
 """
@@ -42,7 +42,7 @@ async def insert_run(
     `recipients` iterator raises, or (RunRejected) when it yields nothing."""
     async with conn.transaction():
         await conn.execute(
-            """INSERT INTO campaign_runs (id, campaign_id, node_id, company_id, user_id,
+            """INSERT INTO hanjullo.runs (id, campaign_id, node_id, company_id, user_id,
                    callback_number, message_type, message_subject, is_ad, scheduled_at,
                    status, queued_at)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', now())""",
@@ -58,12 +58,12 @@ async def insert_run(
             scheduled_at,
         )
         await conn.copy_records_to_table(
-            "campaign_run_recipients", records=recipients, columns=RECIPIENT_COLUMNS
+            "run_recipients", schema_name="hanjullo", records=recipients, columns=RECIPIENT_COLUMNS
         )
         first = await conn.fetchrow(
-            """UPDATE campaign_runs SET target_count =
-                   (SELECT count(*) FROM campaign_run_recipients WHERE run_id = $1),
-                   message_content = (SELECT message_text FROM campaign_run_recipients
+            """UPDATE hanjullo.runs SET target_count =
+                   (SELECT count(*) FROM hanjullo.run_recipients WHERE run_id = $1),
+                   message_content = (SELECT message_text FROM hanjullo.run_recipients
                                       WHERE run_id = $1 AND seq = 1)
                WHERE id = $1 RETURNING target_count""",
             run_id,
@@ -76,7 +76,7 @@ async def insert_run(
 
 async def run_row(conn: Conn, run_id: uuid.UUID) -> asyncpg.Record | None:
     """Every column of one run, for the operator's view."""
-    return await conn.fetchrow("SELECT * FROM campaign_runs WHERE id = $1", run_id)
+    return await conn.fetchrow("SELECT * FROM hanjullo.runs WHERE id = $1", run_id)
 
 
 async def run_rows(
@@ -101,7 +101,7 @@ async def run_rows(
         clauses.append(f"status = ANY(${len(args)}::text[])")
     args.append(limit)
     rows: list[asyncpg.Record] = await conn.fetch(
-        f"SELECT * FROM campaign_runs WHERE {' AND '.join(clauses)}"
+        f"SELECT * FROM hanjullo.runs WHERE {' AND '.join(clauses)}"
         f" ORDER BY queued_at DESC, run_number DESC, id LIMIT ${len(args)}",
         *args,
     )
@@ -111,7 +111,7 @@ async def run_rows(
 async def prune_finished(conn: Conn, node_id: str, days: int) -> str:
     """Delete the recipients of runs finished more than `days` ago (the runs stay)."""
     result: str = await conn.execute(
-        """DELETE FROM campaign_run_recipients r USING campaign_runs c
+        """DELETE FROM hanjullo.run_recipients r USING hanjullo.runs c
            WHERE r.run_id = c.id AND c.node_id = $1
            AND c.status IN ('completed', 'cancelled', 'rejected')
            AND c.completed_at < now() - make_interval(days => $2)""",

@@ -1,6 +1,6 @@
 """How far a run has got: the guard pass, the handoff's pages and checkpoints, pull-backs.
 
-The checkpoint is ``campaign_runs.next_seq``: every recipient at or below it that is
+The checkpoint is ``hanjullo.runs.next_seq``: every recipient at or below it that is
 neither skipped nor pulled back is in an agent table. ``verify_until`` is the highest
 seq ever written ahead of its checkpoint; recipients between the two are looked up in
 the agent tables before they are inserted again. ``prepared_upto`` is how far the
@@ -44,7 +44,7 @@ async def checked_numbers(conn: Conn, run_id: uuid.UUID, upto: int) -> set[str]:
     """The numbers of the recipients checked (and not skipped) up to `upto`: a restarted
     guard pass finds duplicates against them."""
     rows = await conn.fetch(
-        """SELECT coalesce(phone_norm, phone) AS number FROM campaign_run_recipients
+        """SELECT coalesce(phone_norm, phone) AS number FROM hanjullo.run_recipients
            WHERE run_id = $1 AND seq <= $2 AND state <> 'skipped'""",
         run_id,
         upto,
@@ -53,7 +53,7 @@ async def checked_numbers(conn: Conn, run_id: uuid.UUID, upto: int) -> set[str]:
 
 
 RECIPIENTS_AFTER = """SELECT seq, phone, message_text, subject, attachments
-    FROM campaign_run_recipients WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"""
+    FROM hanjullo.run_recipients WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"""
 
 
 async def recipients_after(
@@ -69,11 +69,19 @@ async def recipients_after(
     )
 
 
-async def opted_out(conn: Conn, company_id: str, numbers: list[str]) -> set[str]:
-    """Which of `numbers` opted out of the company's advertising."""
+async def opted_out(conn: Conn, user_id: str | None, numbers: list[str]) -> set[str]:
+    """Which of `numbers` opted out of the sending user's messages. The web service keeps
+    opt-outs per user (``unsubscribes.user_id``, a users.id; routes/campaigns.ts:1443-1448),
+    never per company: a run without a user, or with an id that is no users.id, has none."""
+    try:
+        user = uuid.UUID(user_id) if user_id else None
+    except ValueError:
+        user = None
+    if user is None:
+        return set()
     rows = await conn.fetch(
-        "SELECT phone FROM unsubscribes WHERE company_id = $1 AND phone = ANY($2::text[])",
-        company_id,
+        "SELECT phone FROM unsubscribes WHERE user_id = $1 AND phone = ANY($2::text[])",
+        user,
         numbers,
     )
     return {r["phone"] for r in rows}
@@ -85,7 +93,7 @@ async def record_checked(conn: Conn, run_id: uuid.UUID, page: CheckedPage) -> No
     async with conn.transaction():
         if page.seqs:
             await conn.execute(
-                """UPDATE campaign_run_recipients r SET phone_norm = u.norm,
+                """UPDATE hanjullo.run_recipients r SET phone_norm = u.norm,
                        state = CASE WHEN u.reason IS NULL THEN r.state ELSE 'skipped' END,
                        skip_reason = u.reason
                    FROM unnest($2::int[], $3::text[], $4::text[]) AS u(seq, norm, reason)
@@ -96,7 +104,7 @@ async def record_checked(conn: Conn, run_id: uuid.UUID, page: CheckedPage) -> No
                 page.reasons,
             )
         await conn.execute(
-            """UPDATE campaign_runs SET prepared_upto = $2,
+            """UPDATE hanjullo.runs SET prepared_upto = $2,
                    skipped = (SELECT coalesce(jsonb_object_agg(k, v), '{}'::jsonb)
                               FROM (SELECT k, sum(v::int) AS v FROM (
                                       SELECT key AS k, value AS v FROM jsonb_each_text(skipped)
@@ -114,7 +122,7 @@ async def finish_checking(conn: Conn, run_id: uuid.UUID) -> dict[str, int]:
     """Mark the run's guard pass complete; return its skip counts."""
     return skip_counts(
         await conn.fetchval(
-            "UPDATE campaign_runs SET prepared = true WHERE id = $1 RETURNING skipped", run_id
+            "UPDATE hanjullo.runs SET prepared = true WHERE id = $1 RETURNING skipped", run_id
         )
     )
 
@@ -122,9 +130,9 @@ async def finish_checking(conn: Conn, run_id: uuid.UUID) -> dict[str, int]:
 # ---- the handoff's pages and checkpoints ------------------------------------------------
 
 _PAGE = "seq, coalesce(phone_norm, phone) AS number, message_text, subject, attachments"
-PULLED_PAGE = f"""SELECT {_PAGE}, true AS pulled FROM campaign_run_recipients
+PULLED_PAGE = f"""SELECT {_PAGE}, true AS pulled FROM hanjullo.run_recipients
     WHERE run_id = $1 AND is_pulled ORDER BY seq LIMIT $2"""
-PENDING_PAGE = f"""SELECT {_PAGE}, false AS pulled FROM campaign_run_recipients
+PENDING_PAGE = f"""SELECT {_PAGE}, false AS pulled FROM hanjullo.run_recipients
     WHERE run_id = $1 AND state = 'pending' AND seq > $2 AND ($4 OR seq <= $5)
     ORDER BY seq LIMIT $3"""
 
@@ -137,7 +145,7 @@ async def pulled_page(conn: Conn, run_id: uuid.UUID, limit: int) -> list[asyncpg
 
 async def checkpoint(conn: Conn, run_id: uuid.UUID) -> int:
     """The run's ``next_seq``."""
-    value = await conn.fetchval("SELECT next_seq FROM campaign_runs WHERE id = $1", run_id)
+    value = await conn.fetchval("SELECT next_seq FROM hanjullo.runs WHERE id = $1", run_id)
     return int(value or 0)
 
 
@@ -164,7 +172,7 @@ async def pending_page(
 async def record_verify_until(conn: Conn, run_id: uuid.UUID, seq: int) -> None:
     """Written before a batch goes out: after a crash, everything up to `seq` is looked up."""
     await conn.execute(
-        "UPDATE campaign_runs SET verify_until = greatest(verify_until, $2) WHERE id = $1",
+        "UPDATE hanjullo.runs SET verify_until = greatest(verify_until, $2) WHERE id = $1",
         run_id,
         seq,
     )
@@ -188,11 +196,11 @@ async def record_batch(
         if pulled_seqs is not None:
             # Only the recipients whose mark this clears are counted.
             await conn.execute(
-                """WITH u AS (UPDATE campaign_run_recipients
+                """WITH u AS (UPDATE hanjullo.run_recipients
                               SET state = 'pending', is_pulled = false
                               WHERE run_id = $1 AND seq = ANY($2::int[]) AND is_pulled
                               RETURNING 1)
-                   UPDATE campaign_runs
+                   UPDATE hanjullo.runs
                    SET inserted_count = inserted_count + (SELECT count(*) FROM u),
                        verify_until = greatest(verify_until, $3), updated_at = now()
                    WHERE id = $1""",
@@ -204,7 +212,7 @@ async def record_batch(
             # Only a checkpoint this moves is counted (the right-hand sides read the row
             # as it was); verify_until is raised either way.
             await conn.execute(
-                """UPDATE campaign_runs SET next_seq = greatest(next_seq, $2),
+                """UPDATE hanjullo.runs SET next_seq = greatest(next_seq, $2),
                        inserted_count = inserted_count
                            + CASE WHEN next_seq < $2 THEN $3 ELSE 0 END,
                        updated_at = CASE WHEN next_seq < $2 THEN now() ELSE updated_at END,
@@ -233,7 +241,7 @@ async def record_pull_back(
     async with conn.transaction():
         stopped = await _mark(conn, run_id, numbers)
         gone = await conn.fetchval(
-            """UPDATE campaign_runs SET inserted_count = inserted_count - $2,
+            """UPDATE hanjullo.runs SET inserted_count = inserted_count - $2,
                    status = $3, status_reason = $4, updated_at = now(),
                    completed_at = CASE WHEN $3 = 'cancelled' THEN now() ELSE completed_at END
                WHERE id = $1 RETURNING inserted_count""",
@@ -250,7 +258,7 @@ async def _mark(conn: Conn, run_id: uuid.UUID, numbers: list[str]) -> int:
     # recipients still pending change: marking the same pull-back twice changes nothing.
     return int(
         await conn.fetchval(
-            """WITH u AS (UPDATE campaign_run_recipients SET state = 'pulled', is_pulled = true
+            """WITH u AS (UPDATE hanjullo.run_recipients SET state = 'pulled', is_pulled = true
                           WHERE run_id = $1 AND state = 'pending'
                           AND coalesce(phone_norm, phone) = ANY($2::text[])
                           RETURNING 1)
@@ -268,7 +276,7 @@ async def mark_pulled(conn: Conn, run_id: uuid.UUID, numbers: list[str]) -> int:
     async with conn.transaction():
         stopped = await _mark(conn, run_id, numbers)
         await conn.execute(
-            """UPDATE campaign_runs SET inserted_count = inserted_count - $2, updated_at = now()
+            """UPDATE hanjullo.runs SET inserted_count = inserted_count - $2, updated_at = now()
                WHERE id = $1""",
             run_id,
             stopped,

@@ -34,12 +34,12 @@ async def runs_awaiting_results(conn: Conn, node_id: str, horizon_h: float) -> l
     handed off, pulled back, a result): results come within the horizon or never, so it
     is not read every interval forever."""
     rows = await conn.fetch(
-        f"""SELECT {RUN_COLUMNS} FROM campaign_runs WHERE node_id = $1
+        f"""SELECT {RUN_COLUMNS} FROM hanjullo.runs WHERE node_id = $1
             AND line_group IS NOT NULL AND status = ANY($2::text[])
             AND inserted_count > success_count + fail_count
             AND (status <> ALL($3::text[])
                  OR updated_at >= now() - make_interval(secs => $4 * 3600.0))
-            UNION SELECT {RUN_COLUMNS} FROM campaign_runs WHERE node_id = $1
+            UNION SELECT {RUN_COLUMNS} FROM hanjullo.runs WHERE node_id = $1
             AND status = 'results'""",
         node_id,
         [s.value for s in _MAY_GET_RESULTS],
@@ -61,7 +61,7 @@ async def settled_runs(
     entries are then never read again: `dispatch/ledger.py`'s prune)."""
     rows = await conn.fetch(
         """SELECT u.id FROM unnest($2::uuid[]) AS u(id)
-           LEFT JOIN campaign_runs c ON c.id = u.id
+           LEFT JOIN hanjullo.runs c ON c.id = u.id
            WHERE c.id IS NULL
               OR (c.node_id = $1 AND c.status = ANY($3::text[])
                   AND c.updated_at < now() - make_interval(secs => $4 * 3600.0))""",
@@ -78,7 +78,7 @@ async def apply_results(conn: Conn, run_id: uuid.UUID, results: Sequence[Result]
     transaction. Returns the status codes of the recipients that changed (each once)."""
     async with conn.transaction():
         changed = await conn.fetch(
-            """UPDATE campaign_run_recipients r SET state = 'final',
+            """UPDATE hanjullo.run_recipients r SET state = 'final',
                    status_code = u.code, mob_company = u.company, delivered_at = u.at
                FROM unnest($2::text[], $3::int[], $4::text[], $5::timestamptz[])
                    AS u(phone, code, company, at)
@@ -94,7 +94,7 @@ async def apply_results(conn: Conn, run_id: uuid.UUID, results: Sequence[Result]
         codes = [int(c["status_code"]) for c in changed]
         tally = Tally.of(codes)
         await conn.execute(
-            """UPDATE campaign_runs SET success_count = success_count + $2,
+            """UPDATE hanjullo.runs SET success_count = success_count + $2,
                    fail_count = fail_count + $3, spam_count = spam_count + $4,
                    systemic_count = systemic_count + $5,
                    updated_at = CASE WHEN $6 THEN now() ELSE updated_at END
@@ -112,7 +112,7 @@ async def apply_results(conn: Conn, run_id: uuid.UUID, results: Sequence[Result]
 async def record_in_flight(conn: Conn, run_id: uuid.UUID, in_flight: int) -> Run:
     """``sent_count`` = results + rows the agents are working on; returns the run as now."""
     row = await conn.fetchrow(
-        f"""UPDATE campaign_runs SET sent_count = success_count + fail_count + $2
+        f"""UPDATE hanjullo.runs SET sent_count = success_count + fail_count + $2
             WHERE id = $1 RETURNING {RUN_COLUMNS}""",
         run_id,
         in_flight,
@@ -124,7 +124,7 @@ async def record_in_flight(conn: Conn, run_id: uuid.UUID, in_flight: int) -> Run
 
 async def mark_breaker_checked(conn: Conn, run_id: uuid.UUID) -> None:
     """The breaker judges a run once, on its first results."""
-    await conn.execute("UPDATE campaign_runs SET breaker_checked = true WHERE id = $1", run_id)
+    await conn.execute("UPDATE hanjullo.runs SET breaker_checked = true WHERE id = $1", run_id)
 
 
 async def commonest_codes(
@@ -132,7 +132,7 @@ async def commonest_codes(
 ) -> list[tuple[int, int]]:
     """The run's most frequent result codes among `codes`, with their counts."""
     rows = await conn.fetch(
-        """SELECT status_code, count(*) AS n FROM campaign_run_recipients
+        """SELECT status_code, count(*) AS n FROM hanjullo.run_recipients
            WHERE run_id = $1 AND status_code = ANY($2::int[])
            GROUP BY status_code ORDER BY n DESC LIMIT $3""",
         run_id,

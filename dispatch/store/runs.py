@@ -1,4 +1,4 @@
-"""``campaign_runs``: a run's state, its grant of a line group, and status changes.
+"""``hanjullo.runs``: a run's state, its grant of a line group, and status changes.
 
 A run's status (`RunStatus`) is the daemon's own: the web service writes a run as
 ``queued`` and the daemon moves it on. The grant of a group is recorded here before
@@ -52,7 +52,7 @@ FINISHED = (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.REJECTED)
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """One ``campaign_runs`` row as the dispatcher reads it (`RUN_COLUMNS` order)."""
+    """One ``hanjullo.runs`` row as the dispatcher reads it (`RUN_COLUMNS` order)."""
 
     id: uuid.UUID
     node_id: str
@@ -98,7 +98,7 @@ class Run:
 
 
 def skip_counts(value: str | Mapping[str, Any] | None) -> dict[str, int]:
-    """``campaign_runs.skipped`` (jsonb: a JSON text unless a codec is set) as counts."""
+    """``hanjullo.runs.skipped`` (jsonb: a JSON text unless a codec is set) as counts."""
     data = json.loads(value) if isinstance(value, str) else (value or {})
     return {str(k): int(v) for k, v in data.items()}
 
@@ -113,7 +113,7 @@ RUN_COLUMNS = (
 
 async def runs_in(conn: Conn, node_id: str, statuses: tuple[RunStatus, ...]) -> list[Run]:
     rows = await conn.fetch(
-        f"SELECT {RUN_COLUMNS} FROM campaign_runs WHERE node_id = $1 AND status = ANY($2::text[])",
+        f"SELECT {RUN_COLUMNS} FROM hanjullo.runs WHERE node_id = $1 AND status = ANY($2::text[])",
         node_id,
         [s.value for s in statuses],
     )
@@ -121,19 +121,19 @@ async def runs_in(conn: Conn, node_id: str, statuses: tuple[RunStatus, ...]) -> 
 
 
 async def fetch_run(conn: Conn, run_id: uuid.UUID) -> Run | None:
-    row = await conn.fetchrow(f"SELECT {RUN_COLUMNS} FROM campaign_runs WHERE id = $1", run_id)
+    row = await conn.fetchrow(f"SELECT {RUN_COLUMNS} FROM hanjullo.runs WHERE id = $1", run_id)
     return None if row is None else Run.of(row)
 
 
 async def status_of(conn: Conn, run_id: uuid.UUID) -> RunStatus | None:
-    value = await conn.fetchval("SELECT status FROM campaign_runs WHERE id = $1", run_id)
+    value = await conn.fetchval("SELECT status FROM hanjullo.runs WHERE id = $1", run_id)
     return None if value is None else RunStatus(value)
 
 
 # The right-hand `status` is the row's status before the update: a run that leaves the
 # group-holding states stamps when (the capacity measurement's end of its hold).
 SET_STATUS_SQL = f"""
-UPDATE campaign_runs SET status = $2, status_reason = $3, updated_at = now(),
+UPDATE hanjullo.runs SET status = $2, status_reason = $3, updated_at = now(),
     completed_at = CASE WHEN $2 IN ('completed', 'cancelled') THEN now() ELSE completed_at END,
     group_released_at = CASE WHEN status IN ({HOLDS_GROUP_SQL})
                               AND $2 NOT IN ({HOLDS_GROUP_SQL})
@@ -156,7 +156,7 @@ async def take_group(conn: Conn, run_id: uuid.UUID, group: str, now: datetime) -
 
     `now` is the node clock, like the agents': it starts the run's log-table window."""
     result = await conn.execute(
-        """UPDATE campaign_runs SET status = 'sending', line_group = $2,
+        """UPDATE hanjullo.runs SET status = 'sending', line_group = $2,
                group_since = now(), group_released_at = NULL,
                started_at = coalesce(started_at, $3),
                status_reason = NULL, updated_at = now()
@@ -171,7 +171,7 @@ async def take_group(conn: Conn, run_id: uuid.UUID, group: str, now: datetime) -
 async def last_served(conn: Conn, node_id: str, companies: list[str]) -> dict[str, datetime]:
     """When each company last got a line group (companies never served are absent)."""
     rows = await conn.fetch(
-        """SELECT company_id, max(group_since) AS last FROM campaign_runs
+        """SELECT company_id, max(group_since) AS last FROM hanjullo.runs
            WHERE node_id = $1 AND company_id = ANY($2::text[])
            AND group_since IS NOT NULL GROUP BY company_id""",
         node_id,
@@ -183,7 +183,7 @@ async def last_served(conn: Conn, node_id: str, companies: list[str]) -> dict[st
 async def assignments(conn: Conn, node_id: str) -> dict[tuple[str, str], str]:
     """The line group assigned to a ('user'|'company', id)."""
     rows = await conn.fetch(
-        "SELECT subject_kind, subject_id, line_group FROM line_group_assignments"
+        "SELECT subject_kind, subject_id, line_group FROM hanjullo.line_group_assignments"
         " WHERE node_id = $1",
         node_id,
     )

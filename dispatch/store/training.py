@@ -1,8 +1,12 @@
 """``ai_training_logs``: a run's sending metrics for the training set, and the carriers
-its spam tests found blocked. The one owner of that table's statements.
+its spam test found blocked. The one owner of that table's statements.
 
-A row is keyed by ``source_ref`` (`dispatch.runs.source_ref`: an HMAC of the run id, so a
-row cannot be traced back to its run without the node's secret); the caller computes it.
+The table is the web service's (its training logger inserts each row when it queues the
+send, utils/training-logger.ts:281-302); the node only updates the metric columns of a row
+that exists, exactly as the web's own ``updateTrainingMetrics`` does (:341-365), and never
+inserts one. A row is keyed by ``source_ref`` (`dispatch.runs.source_ref`: the first 32
+hex characters of an HMAC, so a row cannot be traced back to its run without the secret);
+the caller computes it. Nothing here writes a company id, user id or phone number.
 Owns no connection and no engine state.
 """
 
@@ -17,64 +21,46 @@ from dispatch.store.runs import Conn, Run
 class RunMetrics:
     """What the training set learns of a run's sending."""
 
-    company_id: str
-    channel: str  # the message type
     sent: int
     success: int
     fail: int
-    spam_blocked: int
 
     @classmethod
     def of(cls, run: Run) -> RunMetrics:
-        return cls(
-            run.company_id,
-            run.message_type,
-            run.sent_count,
-            run.success_count,
-            run.fail_count,
-            run.spam_count,
-        )
+        return cls(run.sent_count, run.success_count, run.fail_count)
 
 
-async def record_metrics(conn: Conn, ref: str, metrics: RunMetrics) -> None:
-    """Set the run's counters (the latest result sync wins)."""
-    await conn.execute(
-        """INSERT INTO ai_training_logs (source_ref, company_id, channel, sent_count,
-               success_count, fail_count, spam_blocked, metrics_updated_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-           ON CONFLICT (source_ref) DO UPDATE SET sent_count = EXCLUDED.sent_count,
-               success_count = EXCLUDED.success_count,
-               fail_count = EXCLUDED.fail_count, spam_blocked = EXCLUDED.spam_blocked,
-               metrics_updated_at = now()""",
+async def record_metrics(conn: Conn, ref: str, metrics: RunMetrics) -> bool:
+    """Set the run's counters on its training row (the latest result sync wins); a spam
+    test's blocked count stays, 0 until one is known. False when the web logged no row for
+    this send (nothing is created: the row's other columns are the web's to write)."""
+    status = await conn.execute(
+        """UPDATE ai_training_logs SET sent_count = $2, success_count = $3, fail_count = $4,
+               spam_blocked = COALESCE(spam_blocked, 0), metrics_updated_at = now()
+           WHERE source_ref = $1""",
         ref,
-        metrics.company_id,
-        metrics.channel,
         metrics.sent,
         metrics.success,
         metrics.fail,
-        metrics.spam_blocked,
     )
+    return status != "UPDATE 0"
 
 
 @dataclass(frozen=True, slots=True)
 class SpamBlocked:
-    """Carriers a spam test of a run found blocked (`dispatch/spamtests/store.py`)."""
+    """Carriers the latest spam test of a run's text found blocked
+    (`dispatch/spamtests/store.py`)."""
 
     ref: str  # the run's source_ref
-    company_id: str | None
     blocked: int
 
 
-async def add_spam_test_blocked(conn: Conn, blocked: SpamBlocked) -> None:
-    """Add a completed spam test's blocked carriers to its run's row (created if the run
-    has no metrics yet); result sync's counters are left alone."""
+async def set_spam_blocked(conn: Conn, blocked: SpamBlocked) -> None:
+    """A completed spam test's blocked carriers on its run's training row: the latest test
+    replaces an earlier one's count; result sync's counters are left alone."""
     await conn.execute(
-        """INSERT INTO ai_training_logs (source_ref, company_id, spam_test_blocked,
-               metrics_updated_at) VALUES ($1, $2, $3, now())
-           ON CONFLICT (source_ref) DO UPDATE SET
-               spam_test_blocked = ai_training_logs.spam_test_blocked + $3,
-               metrics_updated_at = now()""",
+        """UPDATE ai_training_logs SET spam_blocked = $2, metrics_updated_at = now()
+           WHERE source_ref = $1""",
         blocked.ref,
-        blocked.company_id,
         blocked.blocked,
     )

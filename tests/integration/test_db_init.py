@@ -1,4 +1,5 @@
-"""`hanjulloctl db init`: idempotent, versioned, tables for this month and the next two."""
+"""`hanjulloctl db init`: idempotent, versioned, tables for this month and the next two; on
+the web service's database it leaves the web's tables exactly as they were."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from daemon.schema import MIGRATIONS, latest_version
 from simulators.harness import SimulatedNode, instance_database, mysql
 from tests import services, webservice
 from tests.config_edits import settings
+from tests.integration.helpers import pg_fetch
 
 
 def test_db_init_is_idempotent_and_versioned(sim_node: SimulatedNode) -> None:
@@ -27,7 +29,7 @@ def test_db_init_is_idempotent_and_versioned(sim_node: SimulatedNode) -> None:
             host="127.0.0.1", user="postgres", database=instance_database()
         )
         try:
-            rows = await conn.fetch("SELECT version FROM hanjullo_schema_versions ORDER BY 1")
+            rows = await conn.fetch("SELECT version FROM hanjullo.schema_versions ORDER BY 1")
             return [r["version"] for r in rows]
         finally:
             await conn.close()
@@ -134,15 +136,23 @@ def test_dry_run_changes_nothing_and_says_what_db_init_would_do(tmp_path: Path) 
         services.drop_databases(name)
 
 
-def test_dry_run_on_the_web_services_database_leaves_it_as_it_was(tmp_path: Path) -> None:
-    """The install notes' `--dry-run first on a database the web service already uses`:
-    every migration is tried there and rolled back; the web's tables stay as they were."""
-    name = f"{instance_database()}_dryweb"
-    services.drop_databases(name)
-    asyncio.run(webservice.create_web_postgres(name))
-    asyncio.run(webservice.create_web_mysql(name))
+def _pg_script(sql: str, database: str) -> None:
+    """Several statements on `database`, as one simple query."""
 
-    async def snapshot() -> tuple[webservice.Catalog, list[str]]:
+    async def run() -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database=database)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _snapshot(name: str) -> tuple[webservice.Catalog, list[str]]:
+    """The web's table definitions in `name`, and every table of its public schema."""
+
+    async def run() -> tuple[webservice.Catalog, list[str]]:
         conn = await webservice.connect_web_postgres(name)
         try:
             tables = await conn.fetch(
@@ -152,16 +162,136 @@ def test_dry_run_on_the_web_services_database_leaves_it_as_it_was(tmp_path: Path
         finally:
             await conn.close()
 
+    return asyncio.run(run())
+
+
+def test_db_init_on_the_web_services_database_leaves_the_webs_tables_as_they_were(
+    tmp_path: Path,
+) -> None:
+    """Acceptance 1 of the web-service contract: the web's definitions (columns, types,
+    defaults, constraints, indexes, triggers) are the same before and after `db init`; the
+    node's own tables are in its own schema; its test phones are registered as devices."""
+    name = f"{instance_database()}_initweb"
+    services.drop_databases(name)
+    asyncio.run(webservice.create_web_postgres(name))
+    asyncio.run(webservice.create_web_mysql(name))
     node = _node_on(tmp_path, name)
     try:
-        before = asyncio.run(snapshot())
-        result = node.ctl("db", "init", "--dry-run", check=False)
-        assert asyncio.run(snapshot()) == before
-        assert "hanjullo_schema_versions" not in before[1]
-        if result.returncode == 0:
-            assert "nothing was changed" in result.stdout
-        else:  # a migration the web's tables refuse: named, nothing changed
-            assert "db init would fail on this database" in result.stderr
-            assert "nothing was changed" in result.stderr
+        before = _snapshot(name)
+        assert before[1] == sorted(webservice.WEB_TABLES)
+        dry = node.ctl("db", "init", "--dry-run")
+        assert "web service tables would be created: 0 (all present)" in dry.stdout
+        assert "nothing was changed" in dry.stdout
+        assert _snapshot(name) == before
+        done = json.loads(node.ctl("db", "init", "--json").stdout)
+        assert done["postgres_applied"] == [f"{m.version}: {m.name}" for m in MIGRATIONS]
+        assert done["web_tables_created"] == []
+        assert _snapshot(name) == before
+        again = json.loads(node.ctl("db", "init", "--json").stdout)
+        assert (again["postgres_applied"], again["web_tables_created"]) == ([], [])
+        assert _snapshot(name) == before
+
+        node_tables = pg_fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'hanjullo' ORDER BY 1",
+            database=name,
+        )
+        assert {"runs", "run_recipients", "modem_receipts", "spam_tests"} <= {
+            t for (t,) in node_tables
+        }
+        devices = pg_fetch(
+            "SELECT carrier, device_id, is_active, last_seen_at IS NOT NULL"
+            " FROM spam_filter_devices ORDER BY carrier",
+            database=name,
+        )
+        config = node.status_config()
+        assert [d[0] for d in devices] == ["KT", "LGU", "SKT"]
+        assert all(d[1].startswith(f"hanjullo-node:{config['node']['id']}:") for d in devices)
+        assert all(d[2] and d[3] for d in devices)
+    finally:
+        services.drop_databases(name)
+
+
+def test_db_init_on_an_empty_database_creates_the_webs_tables_as_the_fixture_has_them(
+    tmp_path: Path,
+) -> None:
+    """A standalone node: the web's tables it reads and writes exist afterwards, defined
+    exactly as on a database the web service made (the fixture)."""
+    name = f"{instance_database()}_initalone"
+    web = f"{instance_database()}_initref"
+    services.drop_databases(name)
+    services.drop_databases(web)
+    asyncio.run(webservice.create_web_postgres(web))
+    node = _node_on(tmp_path, name)
+    try:
+        done = json.loads(node.ctl("db", "init", "--json").stdout)
+        assert done["web_tables_created"] == list(webservice.WEB_TABLES)
+        assert _snapshot(name) == _snapshot(web)
+    finally:
+        services.drop_databases(name)
+        services.drop_databases(web)
+
+
+def test_a_database_of_the_layout_before_the_node_schema_is_moved_aside(tmp_path: Path) -> None:
+    """A node database made before the node's tables moved into their own schema held them
+    in public under the web's names; `db init` moves them to hanjullo_legacy (nothing is
+    dropped) and then makes the web's tables, so the web's queries work there."""
+    name = f"{instance_database()}_initlegacy"
+    services.drop_databases(name)
+    _pg_script(f'CREATE DATABASE "{name}"', "postgres")
+    # What the earlier layout's `db init` left (a few of its tables, as it made them).
+    _pg_script(
+        """CREATE TABLE hanjullo_schema_versions (version integer PRIMARY KEY, name text);
+           INSERT INTO hanjullo_schema_versions VALUES (1, 'node registry');
+           CREATE TABLE campaign_runs (id uuid PRIMARY KEY, node_id text, status text);
+           CREATE TABLE unsubscribes (id bigserial PRIMARY KEY, company_id text, phone text);
+           INSERT INTO campaign_runs VALUES (gen_random_uuid(), 'old', 'completed')""",
+        name,
+    )
+    node = _node_on(tmp_path, name)
+    try:
+        done = json.loads(node.ctl("db", "init", "--json").stdout)
+        assert done["postgres_version"] == latest_version()
+        assert {"campaign_runs", "unsubscribes", "spam_filter_devices"} <= set(
+            done["web_tables_created"]
+        )
+        legacy = pg_fetch("SELECT node_id FROM hanjullo_legacy.campaign_runs", database=name)
+        assert legacy == [("old",)]
+        columns = pg_fetch(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND table_name = 'campaign_runs'",
+            database=name,
+        )
+        assert "node_id" not in {c for (c,) in columns}
+    finally:
+        services.drop_databases(name)
+
+
+def test_a_migration_that_fails_is_named_with_its_object_and_the_earlier_ones_stay(
+    tmp_path: Path,
+) -> None:
+    name = f"{instance_database()}_initfail"
+    services.drop_databases(name)
+    node = _node_on(tmp_path, name)
+    try:
+        node.ctl("db", "init")
+        # Something else already took a name migration 3 creates, with another shape.
+        _pg_script(
+            """DELETE FROM hanjullo.schema_versions WHERE version >= 3;
+               DROP TABLE hanjullo.run_recipients, hanjullo.line_group_assignments;
+               DROP TABLE hanjullo.spam_test_results, hanjullo.spam_tests;
+               ALTER TABLE hanjullo.runs DROP COLUMN node_id""",
+            name,
+        )
+        failed = node.ctl("db", "init", check=False)
+        assert failed.returncode != 0
+        assert (
+            "migration 3 (runs and their recipients) failed on"
+            " index runs_node_status on table hanjullo.runs" in failed.stderr
+        ), failed.stderr
+        assert 'column "node_id" does not exist' in failed.stderr
+        versions = pg_fetch("SELECT version FROM hanjullo.schema_versions", database=name)
+        assert sorted(v for (v,) in versions) == [1, 2]
+        # Nothing after it ran: migration 4's tables are not there.
+        assert pg_fetch("SELECT to_regclass('hanjullo.spam_tests')", database=name) == [(None,)]
     finally:
         services.drop_databases(name)

@@ -202,7 +202,8 @@ def test_fairness_across_companies(node: SimulatedNode) -> None:
         try:
             for company in ("A", "B"):
                 await conn.execute(
-                    "INSERT INTO line_group_assignments VALUES ($1, 'company', $2, 'bulk-1')"
+                    "INSERT INTO hanjullo.line_group_assignments"
+                    " VALUES ($1, 'company', $2, 'bulk-1')"
                     " ON CONFLICT DO NOTHING",
                     config_id,
                     company,
@@ -259,20 +260,24 @@ def test_guards_and_ad_rules(node: SimulatedNode) -> None:
     import asyncio
 
     from daemon.schema import connect_pg
+    from tests.webservice import queries as web
 
     config = __import__("config").load_config(node.config_path)
 
-    async def opt_out() -> None:
+    async def opt_out() -> tuple[uuid.UUID, uuid.UUID]:
+        """Two users of one company; the first opts 01088880002 out, as the web records it
+        (per sending user, never per company)."""
         conn = await connect_pg(config)
         try:
-            await conn.execute(
-                "INSERT INTO unsubscribes (company_id, phone, source)"
-                " VALUES ('G', '01088880002', 'test')"
-            )
+            company = await web.create_company(conn, "G", f"G{uuid.uuid4().hex[:8]}")
+            first = await web.create_user(conn, company, f"g1-{uuid.uuid4().hex[:8]}")
+            second = await web.create_user(conn, company, f"g2-{uuid.uuid4().hex[:8]}")
+            await web.register_unsubscribe(conn, company, first, "010-8888-0002", "manual")
+            return first, second
         finally:
             await conn.close()
 
-    asyncio.run(opt_out())
+    first, second = asyncio.run(opt_out())
     ad = "(광고) 한줄로 세일 무료거부 080-123-4567"
     rows = [
         ("01088880001", ad),
@@ -284,12 +289,16 @@ def test_guards_and_ad_rules(node: SimulatedNode) -> None:
     ]
     set_node_clock(node, kst_today(12))  # daytime, in the real month (docs/clock.md)
     try:
-        run_id = send(node, "G", rows, "--ad")
+        run_id = send(node, "G", rows, "--ad", "--user", str(first))
         info = finished(node, run_id, 60)
+        # The same list sent by the other user: that opt-out is not theirs.
+        theirs = finished(node, send(node, "G", rows, "--ad", "--user", str(second)), 60)
     finally:
         node.sim_ctl("clock", "reset")
     assert info["skipped"] == {"invalid_number": 1, "duplicate": 1, "opted_out": 1, "too_long": 1}
     assert info["inserted"] == 2 and info["target"] == 6
+    assert theirs["skipped"] == {"invalid_number": 1, "duplicate": 1, "too_long": 1}
+    assert theirs["inserted"] == 3
     bad = node.ctl(
         "send",
         "--company",
@@ -318,7 +327,7 @@ def test_ad_run_before_eight_waits_until_eight_sharp(node: SimulatedNode) -> Non
         assert time.time() + offset < eight, "the night ended before it could be observed"
         info = finished(node, run_id, 60)
         assert info["inserted"] == 50
-        granted = pg_fetch("SELECT group_since FROM campaign_runs WHERE id = $1::uuid", run_id)
+        granted = pg_fetch("SELECT group_since FROM hanjullo.runs WHERE id = $1::uuid", run_id)
         node_granted = granted[0][0].timestamp() + pg_offset
         # Not a moment before 08:00:00 by the node clock, and woken at 08:00, not much later.
         assert eight <= node_granted < eight + 5
@@ -335,7 +344,7 @@ def test_ad_run_is_held_at_nine_sharp(paced_node: SimulatedNode) -> None:
         run_id = send(node, "E", [(p, text) for p, _ in numbers("77", 10_000)], "--ad")
         seen: list[tuple[float, str]] = []  # (node time, status)
         while time.time() + offset < nine + 4:
-            (status,) = pg_fetch("SELECT status FROM campaign_runs WHERE id = $1::uuid", run_id)[0]
+            (status,) = pg_fetch("SELECT status FROM hanjullo.runs WHERE id = $1::uuid", run_id)[0]
             seen.append((time.time() + offset, status))
             time.sleep(0.1)
         before = {status for at, status in seen if at < nine}
@@ -344,7 +353,7 @@ def test_ad_run_is_held_at_nine_sharp(paced_node: SimulatedNode) -> None:
         assert "held" not in before  # 20:59:59 is still the evening
         assert after == {"held"}
         pulled = pg_fetch(
-            "SELECT count(*) FROM campaign_run_recipients WHERE run_id = $1::uuid AND is_pulled",
+            "SELECT count(*) FROM hanjullo.run_recipients WHERE run_id = $1::uuid AND is_pulled",
             run_id,
         )[0][0]
         assert pulled > 0  # what the agents had not taken by 21:00 waits for the morning

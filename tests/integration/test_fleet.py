@@ -546,7 +546,7 @@ def test_capacity_is_measured_from_the_nodes_own_rows(fleet: SimulatedFleet) -> 
                 run_ids, runs, strict=True
             ):
                 await conn.execute(
-                    "INSERT INTO campaign_runs (id, node_id, company_id, line_group, status,"
+                    "INSERT INTO hanjullo.runs (id, node_id, company_id, line_group, status,"
                     " queued_at, group_since, completed_at, updated_at, group_released_at)"
                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::timestamptz,"
                     " coalesce($8::timestamptz, $9), $10)",
@@ -557,7 +557,7 @@ def test_capacity_is_measured_from_the_nodes_own_rows(fleet: SimulatedFleet) -> 
                 [(run_ids[0], ago(minutes=20))] * 4 + [(run_ids[1], ago(hours=3))] * 2
             ):
                 await conn.execute(
-                    "INSERT INTO campaign_run_recipients (run_id, seq, phone, message_text,"
+                    "INSERT INTO hanjullo.run_recipients (run_id, seq, phone, message_text,"
                     " state, delivered_at) VALUES ($1, $2, '01000000000', 'x', 'final', $3)",
                     run_id, seq, at,
                 )  # fmt: skip
@@ -567,7 +567,7 @@ def test_capacity_is_measured_from_the_nodes_own_rows(fleet: SimulatedFleet) -> 
                 ("d", ago(minutes=26), ago(minutes=25), ago(minutes=15)),
             ):
                 await conn.execute(
-                    "INSERT INTO spam_filter_tests (node_id, company_id, callback_number,"
+                    "INSERT INTO hanjullo.spam_tests (node_id, company_id, callback_number,"
                     " message_content_sms, status, created_at, started_at, completed_at)"
                     " VALUES ($1, $2, '0212345678', 'x', 'completed', $3, $4, $5)",
                     node_id, company, created, started, done,
@@ -584,8 +584,8 @@ def test_capacity_is_measured_from_the_nodes_own_rows(fleet: SimulatedFleet) -> 
                 runs_waiting=0,
             )
         finally:
-            await conn.execute("DELETE FROM campaign_runs WHERE node_id = $1", node_id)
-            await conn.execute("DELETE FROM spam_filter_tests WHERE node_id = $1", node_id)
+            await conn.execute("DELETE FROM hanjullo.runs WHERE node_id = $1", node_id)
+            await conn.execute("DELETE FROM hanjullo.spam_tests WHERE node_id = $1", node_id)
             await conn.close()
 
     measured = asyncio.run(scenario())

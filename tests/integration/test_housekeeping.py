@@ -27,7 +27,7 @@ async def test_finished_runs_are_pruned_after_the_horizon_and_nothing_else(
             status = "sending" if name == "old_sending" else "completed"
             age = "100 days" if name.startswith("old") else "1 day"
             await conn.execute(
-                f"""INSERT INTO campaign_runs (id, node_id, company_id, status, created_at,
+                f"""INSERT INTO hanjullo.runs (id, node_id, company_id, status, created_at,
                        completed_at)
                    VALUES ($1, $2, 'acme', $3, now() - interval '{age}',
                            CASE WHEN $3 = 'completed' THEN now() - interval '{age}' END)""",
@@ -36,7 +36,8 @@ async def test_finished_runs_are_pruned_after_the_horizon_and_nothing_else(
                 status,
             )
             await conn.copy_records_to_table(
-                "campaign_run_recipients",
+                "run_recipients",
+                schema_name="hanjullo",
                 records=[(run_id, i, f"0105{i:07d}", "안내") for i in range(1, 51)],
                 columns=["run_id", "seq", "phone", "message_text"],
             )
@@ -47,7 +48,7 @@ async def test_finished_runs_are_pruned_after_the_horizon_and_nothing_else(
     try:
         canaries = [
             await conn.fetchval(
-                f"""INSERT INTO spam_filter_tests (node_id, callback_number, message_content_sms,
+                f"""INSERT INTO hanjullo.spam_tests (node_id, callback_number, message_content_sms,
                        source, target_modem, status, overall, completed_at)
                    VALUES ($1, '0212345678', 'hanjullo canary', 'canary', 'KT', 'completed',
                            'pass', now() - interval '{age}') RETURNING id""",
@@ -72,15 +73,15 @@ async def test_finished_runs_are_pruned_after_the_horizon_and_nothing_else(
     try:
         left = {
             name: await conn.fetchval(
-                "SELECT count(*) FROM campaign_run_recipients WHERE run_id = $1", run_id
+                "SELECT count(*) FROM hanjullo.run_recipients WHERE run_id = $1", run_id
             )
             for name, run_id in runs.items()
         }
         kept_canaries = await conn.fetchval(
-            "SELECT count(*) FROM spam_filter_tests WHERE id = ANY($1::uuid[])", canaries
+            "SELECT count(*) FROM hanjullo.spam_tests WHERE id = ANY($1::uuid[])", canaries
         )
         kept_runs = await conn.fetchval(
-            "SELECT count(*) FROM campaign_runs WHERE id = ANY($1::uuid[])", list(runs.values())
+            "SELECT count(*) FROM hanjullo.runs WHERE id = ANY($1::uuid[])", list(runs.values())
         )
     finally:
         await conn.close()

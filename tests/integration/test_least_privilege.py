@@ -73,9 +73,9 @@ def test_the_demo_runs_on_the_documented_least_privilege_grants(
         database=accounts.database,
     )
     assert owners == [(accounts.user,)]
-    runs = pg_fetch("SELECT status, inserted_count FROM campaign_runs", database=accounts.database)
+    runs = pg_fetch("SELECT status, inserted_count FROM hanjullo.runs", database=accounts.database)
     assert runs == [("completed", 997)]
-    tests = pg_fetch("SELECT status FROM spam_filter_tests", database=accounts.database)
+    tests = pg_fetch("SELECT status FROM hanjullo.spam_tests", database=accounts.database)
     assert tests == [("completed",)]
 
     # MySQL: exactly the documented privileges, on the node's database only; no FILE.

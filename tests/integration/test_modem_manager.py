@@ -51,7 +51,7 @@ class Managed:
         conn = await schema.connect_pg(self.config)
         try:
             return await conn.fetch(
-                "SELECT * FROM modem_receipts WHERE node_id = $1 AND text = $2",
+                "SELECT * FROM hanjullo.modem_receipts WHERE node_id = $1 AND text = $2",
                 self.config.node.id,
                 text,
             )
@@ -66,7 +66,7 @@ async def start_manager(
     conn = await schema.connect_pg(config)
     try:
         await schema.migrate_pg(conn)
-        await conn.execute("DELETE FROM modem_receipts WHERE node_id = $1", config.node.id)
+        await conn.execute("DELETE FROM hanjullo.modem_receipts WHERE node_id = $1", config.node.id)
     finally:
         await conn.close()
     postgres = PostgresKeeper(runtime)
@@ -294,7 +294,9 @@ async def test_a_service_indication_is_recorded_as_a_wap_push_in_postgres(
         pool, managed.config.node.id, managed.config.modems[1], received
     )
     async with pool.acquire() as conn:
-        kind = await conn.fetchval("SELECT kind FROM modem_receipts WHERE id = $1", recorded.id)
+        kind = await conn.fetchval(
+            "SELECT kind FROM hanjullo.modem_receipts WHERE id = $1", recorded.id
+        )
     assert recorded.new and kind == "wap-push"
 
 
@@ -328,7 +330,7 @@ async def test_receipts_are_pruned_after_the_retention(managed: Managed) -> None
     node = managed.config.node.id
     async with pool.acquire() as conn:
         await conn.execute(
-            "UPDATE modem_receipts SET received_at = now() - interval '40 days'"
+            "UPDATE hanjullo.modem_receipts SET received_at = now() - interval '40 days'"
             " WHERE node_id = $1 AND text = 'old enough to go'",
             node,
         )
@@ -376,7 +378,7 @@ async def test_the_storage_counts_as_read_once_what_it_held_is_recorded(
     tmp_path: Path, kt_modem: SimModem
 ) -> None:
     """The manager's proof of a complete read (what `blocked` needs): a listing of the
-    storage whose every message is in modem_receipts; a read can be forced."""
+    storage whose every message is in hanjullo.modem_receipts; a read can be forced."""
     config = node_config(tmp_path)
     managed = Managed(config, None, kt_modem)  # type: ignore[arg-type]
     managed.send("열기 전에 도착한 메시지")  # no +CMTI: the modem is not set up yet
@@ -423,7 +425,7 @@ async def test_an_undecodable_pdu_is_recorded_as_such_and_deleted(managed: Manag
     conn = await schema.connect_pg(managed.config)
     try:
         rows = await conn.fetch(
-            "SELECT * FROM modem_receipts WHERE node_id = $1 AND kind = 'undecodable'",
+            "SELECT * FROM hanjullo.modem_receipts WHERE node_id = $1 AND kind = 'undecodable'",
             managed.config.node.id,
         )
     finally:

@@ -143,7 +143,7 @@ def test_two_nodes_send_their_own_runs_and_see_only_their_own(
         assert sorted(dest for dest, _ in rows) == sorted(PHONES[n])
         assert {text for _, text in rows} == {f"node {n} 안내 문자"}
         # PostgreSQL: this node's run only.
-        runs = pg_fetch("SELECT company_id, node_id FROM campaign_runs", database=f"node{n}")
+        runs = pg_fetch("SELECT company_id, node_id FROM hanjullo.runs", database=f"node{n}")
         node_id = nodes[n].status_config()["node"]["id"]
         assert runs == [(f"multi-{n}", node_id)]
         # The daemon's view: its own agents (ports) and phones (ptys), none of the other's.

@@ -545,7 +545,7 @@ def waiting_of(run_id: str) -> int:
 
 def pulled_of(run_id: str) -> int:
     [(pulled,)] = pg_fetch(
-        "SELECT count(*) FROM campaign_run_recipients WHERE run_id = $1 AND is_pulled",
+        "SELECT count(*) FROM hanjullo.run_recipients WHERE run_id = $1 AND is_pulled",
         uuid.UUID(run_id),
     )
     return int(pulled)

@@ -25,20 +25,21 @@ async def test_a_batch_or_a_pulled_page_recorded_twice_is_counted_once(tmp_path:
     try:
         await schema.migrate_pg(conn)
         await conn.execute(
-            """INSERT INTO campaign_runs (id, node_id, company_id, status, created_at)
+            """INSERT INTO hanjullo.runs (id, node_id, company_id, status, created_at)
                VALUES ($1, $2, 'acme', 'sending', now())""",
             run_id,
             config.node.id,
         )
         await conn.copy_records_to_table(
-            "campaign_run_recipients",
+            "run_recipients",
+            schema_name="hanjullo",
             records=[(run_id, i, f"0105{i:07d}", "안내") for i in range(1, 21)],
             columns=["run_id", "seq", "phone", "message_text"],
         )
 
         async def counted() -> tuple[int, int]:
             row = await conn.fetchrow(
-                "SELECT next_seq, inserted_count FROM campaign_runs WHERE id = $1", run_id
+                "SELECT next_seq, inserted_count FROM hanjullo.runs WHERE id = $1", run_id
             )
             assert row is not None
             return int(row["next_seq"]), int(row["inserted_count"])
@@ -51,12 +52,12 @@ async def test_a_batch_or_a_pulled_page_recorded_twice_is_counted_once(tmp_path:
 
         # Seqs 3-5 were pulled back (uncounted); their re-insert is recorded twice.
         await conn.execute(
-            """UPDATE campaign_run_recipients SET state = 'pulled', is_pulled = true
+            """UPDATE hanjullo.run_recipients SET state = 'pulled', is_pulled = true
                WHERE run_id = $1 AND seq BETWEEN 3 AND 5""",
             run_id,
         )
         await conn.execute(
-            "UPDATE campaign_runs SET inserted_count = inserted_count - 3 WHERE id = $1", run_id
+            "UPDATE hanjullo.runs SET inserted_count = inserted_count - 3 WHERE id = $1", run_id
         )
         for _ in range(2):
             await progress.record_batch(conn, run_id, 3, 5, [3, 4, 5])
@@ -66,7 +67,7 @@ async def test_a_batch_or_a_pulled_page_recorded_twice_is_counted_once(tmp_path:
         # (the checkpoint does not move then, the crash window must still be covered).
         async def verify_until() -> int:
             return int(
-                await conn.fetchval("SELECT verify_until FROM campaign_runs WHERE id = $1", run_id)
+                await conn.fetchval("SELECT verify_until FROM hanjullo.runs WHERE id = $1", run_id)
             )
 
         await progress.record_batch(conn, run_id, 10, 20, None, verify_until=30)
@@ -76,8 +77,8 @@ async def test_a_batch_or_a_pulled_page_recorded_twice_is_counted_once(tmp_path:
         await progress.record_batch(conn, run_id, 10, 30, None, verify_until=35)
         assert await counted() == (30, 30) and await verify_until() == 40  # never lowered
     finally:
-        await conn.execute("DELETE FROM campaign_run_recipients WHERE run_id = $1", run_id)
-        await conn.execute("DELETE FROM campaign_runs WHERE id = $1", run_id)
+        await conn.execute("DELETE FROM hanjullo.run_recipients WHERE run_id = $1", run_id)
+        await conn.execute("DELETE FROM hanjullo.runs WHERE id = $1", run_id)
         await conn.close()
 
 
@@ -97,7 +98,7 @@ async def test_settled_runs_are_final_and_quiet_beyond_the_horizon_or_gone(
             ("other-node", "completed", "another-node", 49),
         ):
             await conn.execute(
-                """INSERT INTO campaign_runs (id, node_id, company_id, status, created_at,
+                """INSERT INTO hanjullo.runs (id, node_id, company_id, status, created_at,
                        updated_at)
                    VALUES ($1, $2, 'acme', $3, now(), now() - make_interval(hours => $4))""",
                 ids[name],
@@ -109,7 +110,7 @@ async def test_settled_runs_are_final_and_quiet_beyond_the_horizon_or_gone(
         assert settled == {ids["old"], ids["gone"]}
     finally:
         await conn.execute(
-            "DELETE FROM campaign_runs WHERE id = ANY($1::uuid[])", list(ids.values())
+            "DELETE FROM hanjullo.runs WHERE id = ANY($1::uuid[])", list(ids.values())
         )
         await conn.close()
 
@@ -125,17 +126,22 @@ async def test_a_fresh_run_is_paged_along_its_primary_key_whatever_the_statistic
     large = uuid.uuid4()
     try:
         await schema.migrate_pg(conn)
-        # A copy of the table in this session's temporary schema, which comes first in its
-        # search path: its statistics are this test's alone (and autovacuum leaves it be).
-        await conn.execute(
-            "CREATE TEMP TABLE campaign_run_recipients"
-            " (LIKE public.campaign_run_recipients INCLUDING ALL)"
-        )
+        # Everything below happens in one transaction that is rolled back: the statistics
+        # it takes (ANALYZE inside a transaction) and its rows are this test's alone.
+        trial = conn.transaction()
+        await trial.start()
         # Statistics taken over 400 runs of 100 recipients: a new run is expected to have
         # about a hundred, so the planner would read all of it and sort, page after page.
         earlier = [uuid.uuid4() for _ in range(400)]
+        await conn.execute(
+            """INSERT INTO hanjullo.runs (id, node_id, company_id, status)
+               SELECT unnest($1::uuid[]), $2, 'acme', 'sending'""",
+            [*earlier, large],
+            config.node.id,
+        )
         await conn.copy_records_to_table(
-            "campaign_run_recipients",
+            "run_recipients",
+            schema_name="hanjullo",
             records=[
                 (r, k * 100 + i, "01012345678", "안내")
                 for k, r in enumerate(earlier)
@@ -143,14 +149,15 @@ async def test_a_fresh_run_is_paged_along_its_primary_key_whatever_the_statistic
             ],
             columns=["run_id", "seq", "phone", "message_text"],
         )
-        await conn.execute("ANALYZE campaign_run_recipients")
+        await conn.execute("ANALYZE hanjullo.run_recipients")
         await conn.copy_records_to_table(
-            "campaign_run_recipients",
+            "run_recipients",
+            schema_name="hanjullo",
             records=[(large, i, f"0106{i:07d}", "안내") for i in range(1, 20_001)],
             columns=["run_id", "seq", "phone", "message_text"],
         )
         await conn.execute(
-            "UPDATE campaign_run_recipients SET is_pulled = true WHERE run_id = $1 AND seq > 10",
+            "UPDATE hanjullo.run_recipients SET is_pulled = true WHERE run_id = $1 AND seq > 10",
             large,
         )
         # auto_explain tells this session the plan of every statement it runs.
@@ -164,8 +171,11 @@ async def test_a_fresh_run_is_paged_along_its_primary_key_whatever_the_statistic
         async def plan_of(page: Awaitable[list[asyncpg.Record]]) -> tuple[list[int], str]:
             plans.clear()
             rows = await page
-            await asyncio.sleep(0)  # the notices' listeners run on the next loop turn
-            (text,) = [p for p in plans if "campaign_run_recipients" in p]
+            # Inside a transaction the page's portal stays open, and its plan is logged when
+            # it closes: at the next statement. The listeners run on the next loop turn.
+            await conn.execute("SELECT 1")
+            await asyncio.sleep(0)
+            (text,) = [p for p in plans if "run_recipients" in p]
             return [r["seq"] for r in rows], text
 
         # What the planner does with these statistics when left alone (the bug's cause).
@@ -180,5 +190,6 @@ async def test_a_fresh_run_is_paged_along_its_primary_key_whatever_the_statistic
             read, text = await plan_of(page())
             assert read == seqs
             assert "Index Scan" in text and "Bitmap" not in text and "Sort" not in text, text
+        await trial.rollback()
     finally:
-        await conn.close()  # the temporary table goes with the session
+        await conn.close()

@@ -103,7 +103,7 @@ def results(test_id: str) -> dict[str, dict[str, Any]]:
     rows = fetch(
         """SELECT r.carrier, r.result, r.status_code, r.decided_at, r.received_at,
                   r.late, r.detail, t.started_at, t.completed_at
-           FROM spam_filter_test_results r JOIN spam_filter_tests t ON t.id = r.test_id
+           FROM hanjullo.spam_test_results r JOIN hanjullo.spam_tests t ON t.id = r.test_id
            WHERE r.test_id = $1::uuid""",
         test_id,
     )
@@ -139,7 +139,8 @@ def agent_rows(test_id: str) -> int:
 def handset_copies(test_id: str) -> dict[str, int]:
     """Messages of a test each phone's modem received (from the receipts recorded)."""
     rows = fetch(
-        "SELECT modem, count(*) FROM modem_receipts WHERE test_id = $1::uuid GROUP BY modem",
+        "SELECT modem, count(*) FROM hanjullo.modem_receipts"
+        " WHERE test_id = $1::uuid GROUP BY modem",
         test_id,
     )
     return {r[0]: int(r[1]) for r in rows}
@@ -148,17 +149,18 @@ def handset_copies(test_id: str) -> dict[str, int]:
 def test_a_word_kt_blocks_is_blocked_on_kt_only(node: SimulatedNode) -> None:
     node.sim_ctl("rules", "KT", "--block-keyword", "무료")
     run_id = str(uuid.uuid4())
+    # The web's training logger inserts the run's row when it queues the send; the node
+    # only ever updates it, under the logger's key (32 hex characters of the HMAC).
+    secret = node.status_config()["dispatch"]["training_secret"].encode()
+    reference = hmac.new(secret, run_id.encode(), hashlib.sha256).hexdigest()[:32]
+    fetch("INSERT INTO ai_training_logs (source_ref, message_type) VALUES ($1, 'SMS')", reference)
     report = spam_test(
         node, "--message", "한줄로 무료 체험 안내", "--company", "acme", "--run", run_id
     )
     assert verdicts(report) == {"SKT": "pass", "KT": "blocked", "LGU": "pass"}
     assert report["overall"] == "blocked"
     # The run the test belongs to gets the blocked count, under its untraceable reference.
-    secret = node.status_config()["dispatch"]["training_secret"].encode()
-    reference = hmac.new(secret, run_id.encode(), hashlib.sha256).hexdigest()
-    blocked = fetch(
-        "SELECT spam_test_blocked FROM ai_training_logs WHERE source_ref = $1", reference
-    )
+    blocked = fetch("SELECT spam_blocked FROM ai_training_logs WHERE source_ref = $1", reference)
     assert blocked == [(1,)]
     assert report["carriers"]["KT"]["status_code"] == 6
     assert report["carriers"]["SKT"]["receipt_delay_s"] is not None
@@ -217,7 +219,8 @@ def test_a_failed_delete_and_a_nul_text_never_make_the_next_test_blocked(
     assert verdicts(report)["SKT"] == "pass" and verdicts(report)["LGU"] == "pass"
     assert verdicts(report)["KT"] in ("pass", "device_error")
     stored = fetch(
-        "SELECT carrier, text FROM modem_receipts WHERE sender = $1 ORDER BY carrier", stranger
+        "SELECT carrier, text FROM hanjullo.modem_receipts WHERE sender = $1 ORDER BY carrier",
+        stranger,
     )
     assert [tuple(r) for r in stored] == [("KT", "지우기 실패 메시지"), ("SKT", "널\\0문자")]
     wait_for(
@@ -250,7 +253,8 @@ def test_an_lms_passes_through_mms_notifications(node: SimulatedNode) -> None:
     assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
     assert report["message_type"] == "LMS"
     kinds = fetch(
-        "SELECT DISTINCT kind FROM modem_receipts WHERE test_id = $1::uuid", report["test_id"]
+        "SELECT DISTINCT kind FROM hanjullo.modem_receipts WHERE test_id = $1::uuid",
+        report["test_id"],
     )
     assert kinds == [("mms-notification",)]
 
@@ -339,7 +343,7 @@ def write_crash_window(node: SimulatedNode, text: str) -> str:
     config = node.status_config()
     test_id = str(
         fetch(
-            """INSERT INTO spam_filter_tests (node_id, callback_number, message_content_sms,
+            """INSERT INTO hanjullo.spam_tests (node_id, callback_number, message_content_sms,
                    status, started_at) VALUES ($1, $2, $3, 'active', now()) RETURNING id""",
             config["node"]["id"],
             CALLBACK,
@@ -349,7 +353,7 @@ def write_crash_window(node: SimulatedNode, text: str) -> str:
     phones = {m["carrier"]: m["phone"] for m in config["modems"]}
     for carrier, phone in phones.items():
         fetch(
-            """INSERT INTO spam_filter_test_results (test_id, carrier, message_type, phone,
+            """INSERT INTO hanjullo.spam_test_results (test_id, carrier, message_type, phone,
                    modem, sms_table, message_hash)
                VALUES ($1::uuid, $2, 'SMS', $3, $2, 'SMSQ_SEND_10', $4)""",
             test_id,
@@ -533,7 +537,8 @@ def test_ksc5601_texts_pass_and_a_late_modem_is_never_blocked(node_dir: Path) ->
         report = spam_test(node, "--message", text)
         assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
         rows = fetch(
-            "SELECT DISTINCT text, raw_pdus[1] FROM modem_receipts WHERE test_id = $1::uuid",
+            "SELECT DISTINCT text, raw_pdus[1] FROM hanjullo.modem_receipts"
+            " WHERE test_id = $1::uuid",
             report["test_id"],
         )
         assert {r[0] for r in rows} == {text}
@@ -562,7 +567,8 @@ def test_an_lms_matches_by_sender_and_size_when_the_subject_is_blank(node_dir: P
         report = spam_test(node, "--lms", "--subject", "겨울 정기 세일", "--message", body)
         assert verdicts(report) == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
         rows = fetch(
-            "SELECT carrier, kind, subject, mms_size FROM modem_receipts WHERE test_id = $1::uuid",
+            "SELECT carrier, kind, subject, mms_size FROM hanjullo.modem_receipts"
+            " WHERE test_id = $1::uuid",
             report["test_id"],
         )
         by_carrier = {r[0]: r[1:] for r in rows}

@@ -133,10 +133,10 @@ class FakeBook:
     runs: dict[uuid.UUID, Run] = field(default_factory=dict)
     recipients: dict[uuid.UUID, list[Recipient]] = field(default_factory=dict)
     assigned: dict[tuple[str, str], str] = field(default_factory=dict)
-    unsubscribed: set[tuple[str, str]] = field(default_factory=set)
+    unsubscribed: set[tuple[str | None, str]] = field(default_factory=set)
     skipped: dict[uuid.UUID, Counter[str]] = field(default_factory=dict)
     metrics: dict[str, RunMetrics] = field(default_factory=dict)
-    # When each run last changed (campaign_runs.updated_at), by the node clock.
+    # When each run last changed (hanjullo.runs.updated_at), by the node clock.
     updated: dict[uuid.UUID, datetime] = field(default_factory=dict)
     # Set to make the next call of that name raise (a statement that fails).
     fail: dict[str, BaseException] = field(default_factory=dict)
@@ -217,8 +217,8 @@ class FakeBook:
             for r in page
         ]
 
-    async def opted_out(self, company_id: str, numbers: list[str]) -> set[str]:
-        return {n for n in numbers if (company_id, n) in self.unsubscribed}
+    async def opted_out(self, user_id: str | None, numbers: list[str]) -> set[str]:
+        return {n for n in numbers if (user_id, n) in self.unsubscribed}
 
     async def record_checked(self, run_id: uuid.UUID, page: CheckedPage) -> None:
         by_seq = {r.seq: r for r in self.recipients[run_id]}

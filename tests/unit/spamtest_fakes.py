@@ -266,11 +266,8 @@ class FakeSpamBook:
         test = self.tests[test_id]
         if test["status"] == TestStatus.ACTIVE.value:
             test.update(status="completed", overall=verdict.value, completed_at=self.now())
-        if blocked is not None:
-            row = self.training.setdefault(
-                blocked.ref, {"company_id": blocked.company_id, "spam_test_blocked": 0}
-            )
-            row["spam_test_blocked"] += blocked.blocked
+        if blocked is not None:  # the latest test's count replaces an earlier one's
+            self.training[blocked.ref] = {"spam_blocked": blocked.blocked}
 
     async def cancel_test(self, test_id: uuid.UUID) -> tuple[bool, str] | None:
         test = self.tests.get(test_id)

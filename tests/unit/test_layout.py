@@ -35,9 +35,17 @@ CHECKED_FOR_CYCLES = (*ALLOWED, "tests", "bench")
 # The CLI is a client of the daemon's socket and of the databases' contracts: it imports
 # none of the daemon's runtime (components, supervisor, status server), only these.
 CLI = "daemon.cli"
-CLI_MAY_IMPORT = ("config", "drivers", "dispatch", CLI, "daemon.schema", "daemon.registry")
+CLI_MAY_IMPORT = (
+    "config",
+    "drivers",
+    "dispatch",
+    CLI,
+    "daemon.schema",
+    "daemon.webschema",
+    "daemon.registry",
+)
 # Modules of the daemon that the CLI shares; they must stay free of the runtime themselves.
-SHARED_WITH_CLI = ("daemon.schema", "daemon.registry")
+SHARED_WITH_CLI = ("daemon.schema", "daemon.webschema", "daemon.registry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,11 +265,11 @@ DATABASE_DRIVERS = ("asyncpg", "aiomysql", "redis")
 # its store, and the schema that creates it. Everyone else goes through them.
 SQL_OWNERS = {
     "ai_training_logs": {"dispatch.store.training"},
-    "campaign_runs": {"dispatch.store"},
-    "campaign_run_recipients": {"dispatch.store"},
-    "spam_filter_tests": {"dispatch.spamtests.store"},
-    "spam_filter_test_results": {"dispatch.spamtests.store"},
-    "modem_receipts": {"dispatch.spamtests.store", "dispatch.spamtests.receipts"},
+    "hanjullo.runs": {"dispatch.store"},
+    "hanjullo.run_recipients": {"dispatch.store"},
+    "hanjullo.spam_tests": {"dispatch.spamtests.store"},
+    "hanjullo.spam_test_results": {"dispatch.spamtests.store"},
+    "hanjullo.modem_receipts": {"dispatch.spamtests.store", "dispatch.spamtests.receipts"},
 }
 SCHEMA = "daemon.schema"
 _STATEMENT = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE)\b")

@@ -1,4 +1,4 @@
-"""A phone's message as a ``modem_receipts`` row (`daemon/receipts.py:row_of`): every
+"""A phone's message as a ``hanjullo.modem_receipts`` row (`daemon/receipts.py:row_of`): every
 decodable text is kept losslessly in a form PostgreSQL's text type holds, and matched on
 that same form (issue 13, item 2)."""
 

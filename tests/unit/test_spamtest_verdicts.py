@@ -156,10 +156,9 @@ async def test_the_blocked_carriers_of_a_runs_test_go_to_its_training_row(
     f.wall.advance(26)
     await engine.tick(f.ctx)
     secret = f.ctx.runtime.config.dispatch.training_secret.get_secret_value()
-    assert f.book.training == {
-        source_ref(secret, run_id): {"company_id": "acme", "spam_test_blocked": 2}
-    }
-    # A test of no run, or one nothing blocked, adds nothing.
+    assert f.book.training == {source_ref(secret, run_id): {"spam_blocked": 2}}
+    assert "acme" not in str(f.book.training)  # no plaintext company id
+    # A test of no run leaves the training rows alone.
     other = await started(f)
     for phone in PHONES.values():
         f.tables.report(other, phone, 6)
@@ -167,6 +166,13 @@ async def test_the_blocked_carriers_of_a_runs_test_go_to_its_training_row(
     await engine.tick(f.ctx)
     assert f.book.tests[other]["overall"] == "pass"
     assert len(f.book.training) == 1
+    # The run's next test of its text, which nothing blocked, replaces the count with 0.
+    again = await started(f, run_id=run_id)
+    for phone in PHONES.values():
+        f.tables.report(again, phone, 6)
+        f.book.receive(next(c for c, p in PHONES.items() if p == phone), TEXT)
+    await engine.tick(f.ctx)
+    assert f.book.training == {source_ref(secret, run_id): {"spam_blocked": 0}}
 
 
 async def test_the_status_shows_what_each_carrier_waits_for(tmp_path: Path) -> None:

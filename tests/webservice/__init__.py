@@ -1,7 +1,8 @@
 """A fixture of the Hanjullo web service's databases, for tests against what we did not write.
 
-PostgreSQL: ``schema.sql`` beside this file, our own DDL of every web-service table the node
-reads or writes, as production has them (sources cited in the file). MySQL: the QTmsg agent
+PostgreSQL: ``daemon/web_schema.sql``, our own DDL of every web-service table the node
+reads or writes, as production has them (sources cited in the file; `db init` creates
+them from it on a database that lacks them). MySQL: the QTmsg agent
 tables as the web's ``status/SCHEMA.md:1022-1050`` describes them, and their monthly log
 tables made the way the web makes them, ``CREATE TABLE … LIKE`` the live table
 (``utils/sms-queue.ts:539``). ``queries.py`` holds the web's own queries against them.
@@ -17,35 +18,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import aiomysql
 import asyncpg
 
+from daemon.webschema import WEB_SCHEMA_SQL, WEB_TABLE_NAMES
 from simulators.harness import instance_database
 
-SCHEMA_SQL = Path(__file__).with_name("schema.sql")
+SCHEMA_SQL = WEB_SCHEMA_SQL
 
-# The tables schema.sql creates, in creation order (foreign keys point backwards).
-WEB_TABLES = (
-    "sms_line_groups",
-    "plans",
-    "companies",
-    "users",
-    "sender_numbers",
-    "callback_numbers",
-    "callback_number_assignments",
-    "customers",
-    "unsubscribes",
-    "campaigns",
-    "campaign_runs",
-    "balance_transactions",
-    "spam_filter_devices",
-    "spam_filter_tests",
-    "spam_filter_test_results",
-    "ai_training_logs",
-)
+# The tables web_schema.sql creates, in creation order (foreign keys point backwards).
+WEB_TABLES = WEB_TABLE_NAMES
 
 PG_HOST = "127.0.0.1"
 PG_USER = "postgres"
