@@ -24,6 +24,7 @@ import asyncpg
 from config.model import NodeConfig
 from daemon import webschema
 from dispatch import agent_tables, ledger
+from dispatch.store import web
 
 T = TypeVar("T")
 
@@ -212,13 +213,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             ON hanjullo.run_recipients (run_id, (coalesce(phone_norm, phone)));
         CREATE INDEX IF NOT EXISTS run_recipients_pulled
             ON hanjullo.run_recipients (run_id, seq) WHERE is_pulled;
-        CREATE TABLE IF NOT EXISTS hanjullo.line_group_assignments (
-            node_id text NOT NULL,
-            subject_kind text NOT NULL CHECK (subject_kind IN ('company', 'user')),
-            subject_id text NOT NULL,
-            line_group text NOT NULL,
-            PRIMARY KEY (node_id, subject_kind, subject_id)
-        );
         """,
     ),
     Migration(
@@ -514,6 +508,16 @@ async def _init_pg(
 ) -> tuple[list[Migration], int, list[str]]:
     applied = await migrate_pg(conn)
     web_created = await create_web_tables(conn)
+    if "sms_line_groups" in web_created or "simulator" in config.model_fields_set:
+        # A standalone node: the web's line groups are its configured ones (an existing
+        # group of the same name is left as it is).
+        await web.seed_line_groups(
+            conn,
+            [
+                web.WebGroup(g.name, g.type.value, tuple(config.agent(n).table for n in g.agents))
+                for g in config.line_groups
+            ],
+        )
     # As the Android app registers a phone (routes/spam-filter.ts:712-719): the web gives
     # every active device a result row in each new test.
     await conn.execute(

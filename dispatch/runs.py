@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +22,7 @@ import asyncpg
 
 from config.names import MessageType
 from dispatch.guards import RunRejected, check_ad_run, run_field_problems
-from dispatch.store import intake
+from dispatch.store import intake, web
 from dispatch.store.runs import Conn, skip_counts
 
 
@@ -57,8 +57,15 @@ def _records(
         yield (run_id, seq, r.phone, r.text, r.subject or spec.subject, list(r.attachments) or None)
 
 
-async def create_run(conn: Conn, spec: RunSpec, recipients: Iterable[Recipient]) -> uuid.UUID:
-    """Store a run and its recipients in one transaction and wake the daemon.
+async def create_run(
+    conn: Conn,
+    spec: RunSpec,
+    recipients: Iterable[Recipient],
+    *,
+    run_id: uuid.UUID | None = None,
+) -> uuid.UUID:
+    """Store a run and its recipients in one transaction and wake the daemon (the
+    hand-over; `run_id`: the campaign_runs id where the web made one).
 
     Raises RunRejected (nothing stored) when an advertising text breaks the rules or a
     run field does not fit the agent tables.
@@ -66,7 +73,7 @@ async def create_run(conn: Conn, spec: RunSpec, recipients: Iterable[Recipient])
     problems = run_field_problems(spec.company_id, spec.callback, spec.subject)
     if problems:
         raise RunRejected("; ".join(problems))
-    run_id = uuid.uuid4()
+    run_id = run_id or uuid.uuid4()
     await intake.insert_run(
         conn,
         run_id,
@@ -84,9 +91,56 @@ async def create_run(conn: Conn, spec: RunSpec, recipients: Iterable[Recipient])
     return run_id
 
 
+@dataclass(frozen=True, slots=True)
+class DirectSend:
+    run_id: uuid.UUID  # the campaign_runs id
+    campaign_id: uuid.UUID  # campaigns.id: what every agent row carries in app_etc1
+
+
+async def send_direct(
+    conn: Conn,
+    spec: RunSpec,
+    recipients: Iterable[Recipient],
+    *,
+    simulated: bool,
+    now: datetime,
+) -> DirectSend:
+    """What the web service does for a direct send, then the hand-over, in one transaction
+    (`hanjulloctl send`): the company named by `spec.company_id` (its companies.id; on a
+    `simulated` node an unknown value becomes a company of that name, and the callback is
+    registered for it), a ``campaigns`` row with send_type 'direct' and its ``campaign_runs``
+    row, then the node's run under the campaign_runs id with its recipients. Nothing is
+    stored when the run is rejected. `now` is the node clock (the campaign's name)."""
+    async with conn.transaction():
+        company = await web.company_id(conn, spec.company_id, create=simulated)
+        if simulated:
+            await web.register_callback(conn, company, spec.callback)
+        run_id = uuid.uuid4()
+        campaign = await web.create_direct_campaign(
+            conn,
+            run_id,
+            company=company,
+            user=await web.user_of(conn, spec.user_id),
+            message_type=spec.message_type.value,
+            subject=spec.subject,
+            callback=spec.callback,
+            is_ad=spec.is_ad,
+            scheduled_at=spec.scheduled_at,
+            campaign_name=web.direct_campaign_name(now),
+        )
+        linked = replace(spec, company_id=str(company), campaign_id=campaign)
+        await create_run(conn, linked, recipients, run_id=run_id)
+        await web.set_targets(conn, run_id, campaign)
+    return DirectSend(run_id, campaign)
+
+
 async def show(conn: Conn, run_id: uuid.UUID) -> dict[str, Any] | None:
-    """The operator's view of one run (`hanjulloctl run show`)."""
+    """The operator's view of one run (`hanjulloctl run show`): by its run id, or, given a
+    campaign id, that campaign's newest run."""
     row = await intake.run_row(conn, run_id)
+    if row is None:
+        newest = await intake.run_rows_of_campaign(conn, run_id, limit=1)
+        row = newest[0] if newest else None
     return None if row is None else view(row)
 
 

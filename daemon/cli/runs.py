@@ -31,12 +31,12 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from config.clock import KST
+from config.clock import KST, NodeClock
 from config.names import MessageType
 from daemon.cli.common import CtlError, Subparsers, node_config, post, socket_path
 from daemon.schema import run_with_pg
 from dispatch.guards import RunRejected
-from dispatch.runs import Recipient, RunSpec, create_run
+from dispatch.runs import Recipient, RunSpec, send_direct
 from dispatch.runs import show as show_run
 
 FINISHED = ("completed", "cancelled", "rejected")
@@ -105,17 +105,25 @@ def cmd_send(args: argparse.Namespace) -> int:
         scheduled_at=scheduled,
     )
 
+    # A simulated node (its configuration has a [simulator] section) makes an unknown
+    # company and registers the callback, so demos and tests need no set-up.
+    simulated = "simulator" in config.model_fields_set
+    now = NodeClock(config.clock.file).now_kst()
     try:
-        run_id = run_with_pg(config, lambda conn: create_run(conn, spec, _recipients(args)))
+        sent = run_with_pg(
+            config,
+            lambda conn: send_direct(conn, spec, _recipients(args), simulated=simulated, now=now),
+        )
     except RunRejected as exc:
         raise CtlError(f"run rejected, nothing was sent: {exc}") from exc
     except FileNotFoundError as exc:
         raise CtlError(f"cannot read {exc.filename}") from exc
+    run_id = sent.run_id
     if args.wait:
         final = wait_for_run(args, run_id)
         print(json.dumps(final, ensure_ascii=False) if args.json else _render(final))
     elif args.json:
-        print(json.dumps({"run_id": str(run_id)}))
+        print(json.dumps({"run_id": str(run_id), "campaign_id": str(sent.campaign_id)}))
     else:
         print(run_id)
     return 0

@@ -28,9 +28,10 @@ from dispatch.guards import CheckedPage, Fields
 from dispatch.handoff import RowValues, StagedRows
 from dispatch.ledger import Fence, Holder, PullEntry
 from dispatch.outcomes import Result
-from dispatch.store import progress, results, runs, training
+from dispatch.store import progress, results, runs, training, web
 from dispatch.store.runs import Conn, Run, RunStatus
 from dispatch.store.training import RunMetrics
+from dispatch.store.web import WebGroup
 
 log = structlog.get_logger("dispatcher")
 
@@ -57,6 +58,14 @@ class PostgresRunBook:
         async with self._pool().acquire() as conn:
             return await statement(conn, *args, **kwargs)
 
+    async def _mirrored(self, run_id: uuid.UUID, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """`work` changes a run's status or counters; then the web's rows of the run are
+        brought in line (`dispatch/store/web.py:mirror`) on the same connection."""
+        async with self._pool().acquire() as conn:
+            result = await work(conn)
+            await web.mirror(conn, run_id)
+            return result
+
     async def runs_in(self, statuses: tuple[RunStatus, ...]) -> list[Run]:
         return await self._on(runs.runs_in, self._node_id(), statuses)
 
@@ -67,16 +76,16 @@ class PostgresRunBook:
         return await self._on(runs.status_of, run_id)
 
     async def set_status(self, run_id: uuid.UUID, status: RunStatus, reason: str | None) -> None:
-        await self._on(runs.set_status, run_id, status, reason)
+        await self._mirrored(run_id, lambda c: runs.set_status(c, run_id, status, reason))
 
     async def take_group(self, run_id: uuid.UUID, group: str, now: datetime) -> bool:
-        return await self._on(runs.take_group, run_id, group, now)
+        return await self._mirrored(run_id, lambda c: runs.take_group(c, run_id, group, now))
 
     async def last_served(self, companies: list[str]) -> dict[str, datetime]:
         return await self._on(runs.last_served, self._node_id(), companies)
 
-    async def assignments(self) -> dict[tuple[str, str], str]:
-        return await self._on(runs.assignments, self._node_id())
+    async def assignments(self) -> dict[tuple[str, str], WebGroup]:
+        return await self._on(web.assigned_groups)
 
     async def checked_numbers(self, run_id: uuid.UUID, upto: int) -> set[str]:
         return await self._on(progress.checked_numbers, run_id, upto)
@@ -115,24 +124,31 @@ class PostgresRunBook:
         pulled_seqs: Sequence[int] | None,
         verify_until: int = 0,
     ) -> None:
-        await self._on(progress.record_batch, run_id, size, last_seq, pulled_seqs, verify_until)
+        await self._mirrored(
+            run_id,
+            lambda c: progress.record_batch(c, run_id, size, last_seq, pulled_seqs, verify_until),
+        )
 
     async def record_pull_back(
         self, run_id: uuid.UUID, numbers: list[str], status: RunStatus, reason: str | None
     ) -> tuple[int, int]:
-        return await self._on(progress.record_pull_back, run_id, numbers, status, reason)
+        return await self._mirrored(
+            run_id, lambda c: progress.record_pull_back(c, run_id, numbers, status, reason)
+        )
 
     async def runs_awaiting_results(self, horizon_h: float) -> list[Run]:
         return await self._on(results.runs_awaiting_results, self._node_id(), horizon_h)
 
     async def apply_results(self, run_id: uuid.UUID, found: Sequence[Result]) -> list[int]:
-        return await self._on(results.apply_results, run_id, found)
+        return await self._mirrored(run_id, lambda c: results.apply_results(c, run_id, found))
 
     async def record_in_flight(self, run_id: uuid.UUID, in_flight: int) -> Run:
-        return await self._on(results.record_in_flight, run_id, in_flight)
+        return await self._mirrored(
+            run_id, lambda c: results.record_in_flight(c, run_id, in_flight)
+        )
 
     async def mark_pulled(self, run_id: uuid.UUID, numbers: list[str]) -> int:
-        return await self._on(progress.mark_pulled, run_id, numbers)
+        return await self._mirrored(run_id, lambda c: progress.mark_pulled(c, run_id, numbers))
 
     async def mark_breaker_checked(self, run_id: uuid.UUID) -> None:
         await self._on(results.mark_breaker_checked, run_id)
@@ -144,6 +160,14 @@ class PostgresRunBook:
 
     async def record_metrics(self, ref: str, metrics: RunMetrics) -> None:
         await self._on(training.record_metrics, ref, metrics)
+
+    async def cancelled_by_web(self, statuses: tuple[RunStatus, ...]) -> list[uuid.UUID]:
+        return await self._on(
+            web.cancelled_by_web, self._node_id(), tuple(s.value for s in statuses)
+        )
+
+    async def callback_problem(self, company_id: str, callback: str) -> str | None:
+        return await self._on(web.callback_problem, company_id, callback)
 
     async def settled_runs(self, run_ids: Sequence[uuid.UUID], horizon_h: float) -> set[uuid.UUID]:
         return await self._on(results.settled_runs, self._node_id(), run_ids, horizon_h)

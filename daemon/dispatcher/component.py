@@ -230,6 +230,7 @@ class Dispatcher:
         """One pass of the main loop."""
         ctx = self.ctx
         await controls.finish_pulls(ctx)
+        await controls.cancel_what_the_web_cancelled(ctx)
         runs = await ctx.book.runs_in(WATCHED)
         now = ctx.now()
         held: dict[str, Run] = {}

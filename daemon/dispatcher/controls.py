@@ -17,7 +17,7 @@ import structlog
 from daemon.dispatcher.context import Context
 from daemon.supervisor import DependencyDown
 from dispatch.ledger import PullEntry
-from dispatch.store.runs import FINISHED, HOLDS_GROUP, Run, RunStatus
+from dispatch.store.runs import ACTIVE, FINISHED, HOLDS_GROUP, Run, RunStatus
 
 log = structlog.get_logger("dispatcher")
 
@@ -135,6 +135,25 @@ async def pull_back_stopped(ctx: Context, runs: list[Run]) -> int:
         log.warning("interrupted stop finished: rows pulled back", run=str(run.id), rows=count)
         pulled += count
     return pulled
+
+
+# The web service cancels a campaign by its status (campaign-lifecycle.ts:126-138) after
+# deleting the waiting rows it can see; the node stops the run as `run cancel` would.
+WEB_CANCEL_REASON = "cancelled by the web service"
+
+
+async def cancel_what_the_web_cancelled(ctx: Context) -> int:
+    """Cancel this node's unfinished runs whose campaign the web service cancelled: a
+    queued one never starts, a sending one stops and its waiting rows are pulled back
+    (rows the web deleted are simply not there). Returns the runs cancelled."""
+    cancelled = 0
+    for run_id in await ctx.book.cancelled_by_web(ACTIVE):
+        try:
+            await control(ctx, run_id, "cancel", WEB_CANCEL_REASON)
+        except (KeyError, DependencyDown):
+            continue
+        cancelled += 1
+    return cancelled
 
 
 def drain(ctx: Context, number: int, on: bool) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from daemon.stores import REDIS_ERRORS
 from dispatch.fairness import fair_order
 from dispatch.guards import in_ad_window, run_field_problems
 from dispatch.store.runs import ACTIVE, HOLDS_GROUP, Run, RunStatus
+from dispatch.store.web import WebGroup
 
 log = structlog.get_logger("dispatcher")
 
@@ -48,6 +49,45 @@ def candidate_groups(
     if wanted is not None:
         return [wanted] if wanted in free else []
     return free if pool_free_groups else []
+
+
+def node_groups(
+    web_groups: Mapping[tuple[str, str], WebGroup], ctx: Context
+) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], WebGroup]]:
+    """The web's assignments mapped to this node's configured groups by table name (a web
+    group is the configured group with exactly its tables), and those that map to none."""
+    by_tables = {frozenset(ctx.tables_of(g.name)): g.name for g in ctx.config.line_groups}
+    mapped: dict[tuple[str, str], str] = {}
+    foreign: dict[tuple[str, str], WebGroup] = {}
+    for key, group in web_groups.items():
+        name = by_tables.get(frozenset(group.tables))
+        if name is None:
+            foreign[key] = group
+        else:
+            mapped[key] = name
+    return mapped, foreign
+
+
+def foreign_group_reason(
+    run: Run,
+    mapped: Mapping[tuple[str, str], str],
+    foreign: Mapping[tuple[str, str], WebGroup],
+) -> str | None:
+    """Why `run` waits: the web assigns its user (else its company) a group whose tables are
+    no line group of this node. None when the assignment maps, or there is none."""
+    for kind, subject in (("user", run.user_id), ("company", run.company_id)):
+        if not subject:
+            continue
+        if (kind, subject) in mapped:
+            return None
+        group = foreign.get((kind, subject))
+        if group is not None:
+            return (
+                f"the web service assigns {kind} line group {group.name!r} (tables"
+                f" {', '.join(group.tables)}), which is no line group of this node; fix:"
+                " configure a group of exactly those agents here, or assign another group"
+            )
+    return None
 
 
 def ranked(waiting: list[Run], last_served: Mapping[str, datetime]) -> list[Run]:
@@ -90,7 +130,7 @@ async def grant(
     if not ready:
         return []
     order = ranked(ready, await ctx.book.last_served(sorted({r.company_id for r in ready})))
-    assignments = await ctx.book.assignments()
+    assignments, foreign = node_groups(await ctx.book.assignments(), ctx)
     bulk = {g.name for g in ctx.bulk_groups()}
     granted: list[RunState] = []
     for run in order:
@@ -98,6 +138,11 @@ async def grant(
         # here, before a group is taken or a row written (the subject is per recipient and
         # checked by the guard pass).
         problems = run_field_problems(run.company_id, run.callback_number, None)
+        if not problems:
+            # A sender number the web would not accept for the company (the 9008 breaker
+            # stays as the last line, for what the carriers refuse).
+            unregistered = await ctx.book.callback_problem(run.company_id, run.callback_number)
+            problems = [unregistered] if unregistered else []
         if problems:
             reason = "; ".join(problems)
             await ctx.book.set_status(run.id, RunStatus.REJECTED, reason)
@@ -105,6 +150,13 @@ async def grant(
             continue
         if run.is_ad and not in_ad_window(now):
             await ctx.set_status(run.id, RunStatus.HELD, NIGHT_HOLD_REASON)
+            continue
+        waiting = foreign_group_reason(run, assignments, foreign)
+        if waiting is not None:
+            # Never sent on some other group instead: it waits, and says why.
+            if run.status_reason != waiting:
+                await ctx.set_status(run.id, RunStatus.QUEUED, waiting)
+                log.warning("run waits for a line group this node lacks", run=str(run.id))
             continue
         groups = candidate_groups(run, assignments, bulk, holding, ctx.settings.pool_free_groups)
         for group in groups:

@@ -79,6 +79,19 @@ async def run_row(conn: Conn, run_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM hanjullo.runs WHERE id = $1", run_id)
 
 
+async def run_rows_of_campaign(
+    conn: Conn, campaign_id: uuid.UUID, limit: int
+) -> list[asyncpg.Record]:
+    """Every column of a campaign's runs, newest first."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """SELECT * FROM hanjullo.runs WHERE campaign_id = $1
+           ORDER BY queued_at DESC, run_number DESC, id LIMIT $2""",
+        campaign_id,
+        limit,
+    )
+    return rows
+
+
 async def run_rows(
     conn: Conn,
     node_id: str,

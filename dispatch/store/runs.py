@@ -126,7 +126,15 @@ async def fetch_run(conn: Conn, run_id: uuid.UUID) -> Run | None:
 
 
 async def status_of(conn: Conn, run_id: uuid.UUID) -> RunStatus | None:
-    value = await conn.fetchval("SELECT status FROM hanjullo.runs WHERE id = $1", run_id)
+    """The run's status, read before each batch it hands over. A run whose campaign the
+    web service cancelled reads ``cancelled`` at once (so the batch does not go out), also
+    before the dispatcher's next pass records the cancel itself."""
+    value = await conn.fetchval(
+        """SELECT CASE WHEN k.status = 'cancelled' THEN 'cancelled' ELSE r.status END
+           FROM hanjullo.runs r LEFT JOIN campaigns k ON k.id = r.campaign_id
+           WHERE r.id = $1""",
+        run_id,
+    )
     return None if value is None else RunStatus(value)
 
 
@@ -160,7 +168,9 @@ async def take_group(conn: Conn, run_id: uuid.UUID, group: str, now: datetime) -
                group_since = now(), group_released_at = NULL,
                started_at = coalesce(started_at, $3),
                status_reason = NULL, updated_at = now()
-           WHERE id = $1 AND status = 'queued'""",
+           WHERE id = $1 AND status = 'queued'
+           AND NOT EXISTS (SELECT 1 FROM campaigns k
+                           WHERE k.id = hanjullo.runs.campaign_id AND k.status = 'cancelled')""",
         run_id,
         group,
         now,
@@ -178,13 +188,3 @@ async def last_served(conn: Conn, node_id: str, companies: list[str]) -> dict[st
         companies,
     )
     return {r["company_id"]: r["last"] for r in rows}
-
-
-async def assignments(conn: Conn, node_id: str) -> dict[tuple[str, str], str]:
-    """The line group assigned to a ('user'|'company', id)."""
-    rows = await conn.fetch(
-        "SELECT subject_kind, subject_id, line_group FROM hanjullo.line_group_assignments"
-        " WHERE node_id = $1",
-        node_id,
-    )
-    return {(r["subject_kind"], r["subject_id"]): r["line_group"] for r in rows}

@@ -195,17 +195,20 @@ def test_fairness_across_companies(node: SimulatedNode) -> None:
 
     from daemon.schema import connect_pg
 
-    config_id = node.status()["node"]["id"]
-
     async def assign() -> None:
+        """As the web's admin assigns a company's line group (admin.ts:426): A and B both
+        to bulk-1, which `db init` seeded into sms_line_groups from the configuration."""
+        from dispatch.store import web
+
         conn = await connect_pg(__import__("config").load_config(node.config_path))
         try:
-            for company in ("A", "B"):
+            for code in ("A", "B"):
+                # The companies `send --company A` uses on a simulated node.
+                company = await web.company_id(conn, code, create=True)
                 await conn.execute(
-                    "INSERT INTO hanjullo.line_group_assignments"
-                    " VALUES ($1, 'company', $2, 'bulk-1')"
-                    " ON CONFLICT DO NOTHING",
-                    config_id,
+                    """UPDATE companies SET line_group_id =
+                           (SELECT id FROM sms_line_groups WHERE group_name = 'bulk-1')
+                       WHERE id = $1""",
                     company,
                 )
         finally:

@@ -69,10 +69,13 @@ def test_the_demo_runs_on_the_documented_least_privilege_grants(
     )
     assert (superuser, createdb, createrole) == (False, False, False)
     owners = pg_fetch(
-        "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'",
+        "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname IN ('public', 'hanjullo')",
         database=accounts.database,
     )
     assert owners == [(accounts.user,)]
+    ((acme,),) = pg_fetch(
+        "SELECT id::text FROM companies WHERE company_code = 'acme'", database=accounts.database
+    )
     runs = pg_fetch("SELECT status, inserted_count FROM hanjullo.runs", database=accounts.database)
     assert runs == [("completed", 997)]
     tests = pg_fetch("SELECT status FROM hanjullo.spam_tests", database=accounts.database)
@@ -92,7 +95,7 @@ def test_the_demo_runs_on_the_documented_least_privilege_grants(
             cur.execute("SHOW TABLES LIKE 'SMSQ\\_SEND\\_%'")
             tables = [row[0] for row in cur.fetchall()]
             union = " UNION ALL ".join(
-                f"SELECT app_etc1 FROM `{t}` WHERE app_etc2 = 'acme'" for t in tables
+                f"SELECT app_etc1 FROM `{t}` WHERE app_etc2 = '{acme}'" for t in tables
             )
             cur.execute(f"SELECT COUNT(*) FROM ({union}) AS rows_of_acme")
             (rows,) = cur.fetchone()  # type: ignore[misc]

@@ -34,6 +34,7 @@ from dispatch.ledger import PullEntry
 from dispatch.outcomes import Result, Tally
 from dispatch.store.runs import Run, RunStatus
 from dispatch.store.training import RunMetrics
+from dispatch.store.web import WebGroup
 
 NODE = "node-under-test"
 DAY = datetime(2026, 11, 17, 3, 0, tzinfo=UTC)  # 12:00 KST: inside the advertising window
@@ -132,8 +133,13 @@ class FakeBook:
     clock: SetClock
     runs: dict[uuid.UUID, Run] = field(default_factory=dict)
     recipients: dict[uuid.UUID, list[Recipient]] = field(default_factory=dict)
-    assigned: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The web's assignments: ('user'|'company', id) -> sms_line_groups row (name, tables).
+    assigned: dict[tuple[str, str], WebGroup] = field(default_factory=dict)
     unsubscribed: set[tuple[str | None, str]] = field(default_factory=set)
+    # Runs whose campaign the web service cancelled (campaigns.status = 'cancelled').
+    web_cancelled: set[uuid.UUID] = field(default_factory=set)
+    # (company, callback) the web registered; None: every callback is registered.
+    registered_callbacks: set[tuple[str, str]] | None = None
     skipped: dict[uuid.UUID, Counter[str]] = field(default_factory=dict)
     metrics: dict[str, RunMetrics] = field(default_factory=dict)
     # When each run last changed (hanjullo.runs.updated_at), by the node clock.
@@ -169,14 +175,24 @@ class FakeBook:
 
     async def status_of(self, run_id: uuid.UUID) -> RunStatus | None:
         run = self.runs.get(run_id)
+        if run is not None and run_id in self.web_cancelled:
+            return RunStatus.CANCELLED
         return None if run is None else run.status
+
+    async def callback_problem(self, company_id: str, callback: str) -> str | None:
+        if self.registered_callbacks is None or (company_id, callback) in self.registered_callbacks:
+            return None
+        return f"callback {callback} is registered for the company in neither ..."
+
+    async def cancelled_by_web(self, statuses: tuple[RunStatus, ...]) -> list[uuid.UUID]:
+        return [i for i in self.web_cancelled if i in self.runs and self.runs[i].status in statuses]
 
     async def set_status(self, run_id: uuid.UUID, status: RunStatus, reason: str | None) -> None:
         self._change(run_id, status=status, status_reason=reason)
 
     async def take_group(self, run_id: uuid.UUID, group: str, now: datetime) -> bool:
         run = self.runs[run_id]
-        if run.status != RunStatus.QUEUED:
+        if run.status != RunStatus.QUEUED or run_id in self.web_cancelled:
             return False
         self._change(
             run_id,
@@ -195,7 +211,7 @@ class FakeBook:
                 served[r.company_id] = max(served.get(r.company_id, r.group_since), r.group_since)
         return served
 
-    async def assignments(self) -> dict[tuple[str, str], str]:
+    async def assignments(self) -> dict[tuple[str, str], WebGroup]:
         return dict(self.assigned)
 
     # the guard pass, pages and checkpoints, pull-back

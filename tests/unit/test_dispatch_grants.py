@@ -130,3 +130,46 @@ async def test_a_run_whose_fields_do_not_fit_the_agent_tables_is_rejected_not_gr
         assert rejected.status_reason is not None
         assert rejected.status_reason.startswith(f"{field} "), rejected.status_reason
     assert list(held) == [f.book.runs[fine.id].line_group]
+
+
+async def test_a_run_whose_callback_the_company_never_registered_is_rejected_before_a_grant(
+    tmp_path: Path,
+) -> None:
+    f = dispatcher(tmp_path)
+    f.book.registered_callbacks = {("acme", "0212345678")}
+    good = f.book.add(make_run("acme", callback_number="0212345678"))
+    bad = f.book.add(make_run("acme", callback_number="0298765432"))
+    granted = await grants.grant(f.ctx, [bad, good], {}, DAY)
+    assert [s.id for s in granted] == [good.id]
+    rejected = f.book.runs[bad.id]
+    assert rejected.status == RunStatus.REJECTED and rejected.line_group is None
+    assert rejected.status_reason is not None and "0298765432" in rejected.status_reason
+    assert str(bad.id) not in f.leases.held.values()
+
+
+async def test_the_webs_assignment_decides_the_group_and_one_this_node_lacks_is_never_replaced(
+    tmp_path: Path,
+) -> None:
+    from dispatch.store.web import WebGroup
+
+    f = dispatcher(tmp_path)
+    bulk2 = tuple(reversed(f.ctx.tables_of("bulk-2")))  # the web's order is not the node's
+    f.book.assigned = {
+        ("company", "acme"): WebGroup("영업 2라인", "bulk", bulk2),
+        ("company", "beta"): WebGroup("다른 서버", "bulk", ("SMSQ_SEND_7", "SMSQ_SEND_8")),
+        ("user", "kim"): WebGroup("김 대리", "bulk", tuple(f.ctx.tables_of("bulk-3"))),
+    }
+    acme = f.book.add(make_run("acme"))
+    kims = f.book.add(make_run("acme", user_id="kim"))
+    beta = f.book.add(make_run("beta"))
+    granted = await grants.grant(f.ctx, [acme, kims, beta], {}, DAY)
+    assert {f.book.runs[s.id].line_group for s in granted} == {"bulk-2", "bulk-3"}
+    assert f.book.runs[acme.id].line_group == "bulk-2"
+    assert f.book.runs[kims.id].line_group == "bulk-3"  # the user's group before the company's
+    waiting = f.book.runs[beta.id]
+    assert waiting.status == RunStatus.QUEUED and waiting.line_group is None
+    assert waiting.status_reason is not None
+    assert "'다른 서버'" in waiting.status_reason and "SMSQ_SEND_7" in waiting.status_reason
+    # bulk-1 is free and the node pools free groups, yet the run is not sent there.
+    assert "bulk-1" not in {f.book.runs[s.id].line_group for s in granted}
+    assert await grants.grant(f.ctx, [f.book.runs[beta.id]], {}, DAY) == []

@@ -303,3 +303,58 @@ def test_load_data_lines_carry_every_field_as_given_whatever_repeats() -> None:
     assert lines.endswith("\n") and lines.count("\n") == len(rows)
     back = [tuple(_unescaped(f) for f in line.split("\t")) for line in lines[:-1].split("\n")]
     assert back == rows
+
+
+def _component(f: Fakes) -> Dispatcher:
+    component = Dispatcher(
+        f.ctx.runtime,
+        PostgresKeeper(f.ctx.runtime),
+        RedisKeeper(f.ctx.runtime),
+        f.agents,  # type: ignore[arg-type]
+    )
+    component.ctx = f.ctx
+    return component
+
+
+async def test_a_queued_run_whose_campaign_the_web_cancelled_never_starts(tmp_path: Path) -> None:
+    f = dispatcher(tmp_path)
+    component = _component(f)
+    run = f.book.add(make_run("acme"), 50)
+    f.book.web_cancelled.add(run.id)  # the web's cancel: campaigns.status = 'cancelled'
+    await component.tick()
+    after = f.book.runs[run.id]
+    assert after.status == RunStatus.CANCELLED
+    assert after.status_reason == controls.WEB_CANCEL_REASON
+    assert f.tables.rows(str(run.id)) == [] and run.id not in f.ctx.registry.runs
+    await component.tick()  # and stays so: nothing is granted or inserted later
+    assert f.tables.rows(str(run.id)) == []
+    await component.redis.close()
+
+
+async def test_a_sending_run_the_web_cancelled_stops_before_its_next_batch_and_is_pulled_back(
+    tmp_path: Path,
+) -> None:
+    """The web's cancel deletes the waiting rows it can see, then sets the campaign's status.
+    The run's next batch does not go out; what the web left in the tables is pulled back,
+    and nothing the web deleted comes back."""
+    f = dispatcher(tmp_path, batch_size=90)
+    component = _component(f)
+    run_id, run_ref = sending(f, 450, next_seq=90, verify_until=90, inserted_count=90)
+    numbers = [phone(i) for i in range(1, 91)]
+    f.tables.insert("SMSQ_SEND_1", numbers, run_ref)
+    f.tables.delete("SMSQ_SEND_1", numbers[:30])  # deleted by the web's cancel
+    f.book.web_cancelled.add(run_id)
+    state = f.ctx.registry.state(run_id, "acme")
+    await handoff.handoff_pass(f.ctx, state)
+    assert len(f.tables.rows(run_ref)) == 60  # no further batch went out
+    assert f.book.runs[run_id].next_seq == 90
+    await component.tick()
+    run = f.book.runs[run_id]
+    assert run.status == RunStatus.CANCELLED and run.status_reason == controls.WEB_CANCEL_REASON
+    assert f.tables.rows(run_ref) == []
+    # The 60 pulled back are no longer counted as handed over; the 30 the web deleted are
+    # "already gone" (to the node, as if an agent had taken them) and never re-inserted.
+    assert run.inserted_count == 30
+    await component.tick()
+    assert f.tables.rows(run_ref) == []
+    await component.redis.close()

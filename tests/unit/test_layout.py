@@ -265,6 +265,8 @@ DATABASE_DRIVERS = ("asyncpg", "aiomysql", "redis")
 # its store, and the schema that creates it. Everyone else goes through them.
 SQL_OWNERS = {
     "ai_training_logs": {"dispatch.store.training"},
+    "campaigns": {"dispatch.store"},
+    "campaign_runs": {"dispatch.store.web"},
     "hanjullo.runs": {"dispatch.store"},
     "hanjullo.run_recipients": {"dispatch.store"},
     "hanjullo.spam_tests": {"dispatch.spamtests.store"},
