@@ -105,15 +105,16 @@ async def send_direct(
     simulated: bool,
     now: datetime,
 ) -> DirectSend:
-    """What the web service does for a direct send, then the hand-over, in one transaction
-    (`hanjulloctl send`): the company named by `spec.company_id` (its companies.id; on a
-    `simulated` node an unknown value becomes a company of that name, and the callback is
-    registered for it), a ``campaigns`` row with send_type 'direct' and its ``campaign_runs``
-    row, then the node's run under the campaign_runs id with its recipients. Nothing is
-    stored when the run is rejected. `now` is the node clock (the campaign's name)."""
+    """What the web service does for a direct send, then the hand-over, in one
+    transaction (`hanjulloctl send`): the company named by `spec.company_id` (its
+    companies.id; on a `simulated` node an unknown value becomes a company of that name and
+    code, and the callback is registered for the company made), a ``campaigns`` row with
+    send_type 'direct' and its ``campaign_runs`` row, then the node's run under the
+    campaign_runs id with its recipients. Nothing is stored when the run is rejected.
+    `now` is the node clock (it names the campaign)."""
     async with conn.transaction():
-        company = await web.company_id(conn, spec.company_id, create=simulated)
-        if simulated:
+        company, made = await web.company_made(conn, spec.company_id, create=simulated)
+        if made:
             await web.register_callback(conn, company, spec.callback)
         run_id = uuid.uuid4()
         campaign = await web.create_direct_campaign(

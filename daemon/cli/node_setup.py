@@ -18,22 +18,44 @@ import pymysql
 from config.clock import NodeClock
 from config.example import sim_example
 from config.loader import ConfigError, load_config
-from config.model import DEFAULT_CONFIG_PATH
+from config.model import DEFAULT_CONFIG_PATH, NodeConfig
 from daemon.cli.common import CtlError, Subparsers, node_config
-from daemon.schema import MigrationFailed, init_storage
+from daemon.schema import MigrationFailed, init_storage, run_with_pg
+from dispatch.store import web
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     path = Path(getattr(args, "config", None) or DEFAULT_CONFIG_PATH)
     try:
-        load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         print(f"{path}: {len(exc.problems)} problem(s)")
         for problem in exc.problems:
             print(f"  - {problem}")
         return 1
     print(f"{path}: ok")
+    if getattr(args, "db", False):
+        try:
+            foreign = run_with_pg(config, lambda conn: foreign_web_groups(conn, config))
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise CtlError(f"cannot read the web service's line groups: {exc}") from exc
+        for line in foreign:
+            print(f"  ! {line}")
+        if not foreign:
+            print("web service line groups: every active group is a line group of this node")
     return 0
+
+
+async def foreign_web_groups(conn: asyncpg.Connection, config: NodeConfig) -> list[str]:
+    """The web's active line groups whose tables are no configured group of this node: a
+    run assigned to one waits, with that reason, and is never sent on another group."""
+    ours = {frozenset(config.agent(n).table for n in g.agents): g.name for g in config.line_groups}
+    return [
+        f"web line group {group.name!r} ({group.group_type}: {', '.join(group.tables) or 'no'}"
+        " valid tables) is no line group of this node; runs assigned to it wait"
+        for group in await web.line_groups(conn)
+        if frozenset(group.tables) not in ours
+    ]
 
 
 # The production example: beside the source in a checkout, in /etc/hanjullo once packaged.
@@ -120,6 +142,11 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     cfg = sub.add_parser("config", parents=[common], help="check or generate configuration")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", parents=[common], help="validate; exit 1 on problems")
+    check.add_argument(
+        "--db",
+        action="store_true",
+        help="also read the web service's line groups and name those this node lacks",
+    )
     check.set_defaults(func=cmd_config_check)
     example = cfg_sub.add_parser("example", parents=[common], help="print an example config")
     example.add_argument("--sim", action="store_true", help="a fully simulated node")

@@ -152,12 +152,18 @@ async def company_id(conn: Conn, value: str, *, create: bool) -> uuid.UUID:
     """The ``companies`` row `value` names: its id, or (a simulated node) its code. With
     `create`, an unknown value becomes a company of that name and code, with no line group;
     otherwise it is refused, by name."""
+    company, _ = await company_made(conn, value, create=create)
+    return company
+
+
+async def company_made(conn: Conn, value: str, *, create: bool) -> tuple[uuid.UUID, bool]:
+    """`company_id`, and whether the company was created now."""
     try:
         found = await conn.fetchval("SELECT id FROM companies WHERE id = $1", uuid.UUID(value))
     except ValueError:
         found = await conn.fetchval("SELECT id FROM companies WHERE company_code = $1", value)
     if found is not None:
-        return uuid.UUID(str(found))
+        return uuid.UUID(str(found)), False
     if not create:
         raise RunRejected(
             f"unknown company {value!r}: no companies row has that id; fix: pass the web"
@@ -169,7 +175,7 @@ async def company_id(conn: Conn, value: str, *, create: bool) -> uuid.UUID:
            ON CONFLICT (company_code) DO UPDATE SET name = companies.name RETURNING id""",
         value,
     )
-    return uuid.UUID(str(made))
+    return uuid.UUID(str(made)), True
 
 
 async def register_callback(conn: Conn, company: uuid.UUID, callback: str) -> None:
