@@ -41,19 +41,23 @@ _WEB_STATUS = """CASE r.status
 
 MIRROR_SQL = f"""
 WITH run AS (
-    SELECT r.id, r.campaign_id, r.target_count, r.inserted_count, r.success_count,
-           r.fail_count, {_WEB_STATUS} AS web_status
-    FROM hanjullo.runs r WHERE r.id = $1 AND r.campaign_id IS NOT NULL
+    SELECT s.*,
+           -- The web's cancel of a campaign nothing was sent of: every target failed.
+           CASE WHEN s.web_status = 'cancelled' AND s.inserted_count = 0
+                THEN s.target_count ELSE s.fail_count END AS web_fail
+    FROM (SELECT r.id, r.campaign_id, r.target_count, r.inserted_count, r.success_count,
+                 r.fail_count, {_WEB_STATUS} AS web_status
+          FROM hanjullo.runs r WHERE r.id = $1 AND r.campaign_id IS NOT NULL) s
 ), run_row AS (
     UPDATE campaign_runs c SET status = r.web_status, sent_count = r.inserted_count,
-        success_count = r.success_count,
-        -- The web's cancel of a campaign nothing was sent of: every target failed.
-        fail_count = CASE WHEN r.web_status = 'cancelled' AND r.inserted_count = 0
-                          THEN r.target_count ELSE r.fail_count END,
+        success_count = r.success_count, fail_count = r.web_fail,
         sent_at = CASE WHEN c.sent_at IS NULL AND r.inserted_count > 0
                        THEN now() AT TIME ZONE 'UTC' ELSE c.sent_at END
     FROM run r
     WHERE c.id = r.id AND c.status IS DISTINCT FROM 'cancelled'
+    AND (c.status, c.sent_count, c.success_count, c.fail_count, c.sent_at IS NULL)
+        IS DISTINCT FROM (r.web_status, r.inserted_count, r.success_count, r.web_fail,
+                          r.inserted_count = 0 AND c.sent_at IS NULL)
     RETURNING c.id
 ), totals AS (
     SELECT sum(t.inserted_count)::int AS sent, sum(t.success_count)::int AS ok,
@@ -93,7 +97,8 @@ async def cancelled_by_web(conn: Conn, node_id: str, statuses: tuple[str, ...]) 
     sets ``campaigns.status = 'cancelled'`` and deletes the waiting rows it can see).
 
     First, a queued run follows its campaign's ``scheduled_at`` (the web's reschedule,
-    routes/campaigns.ts:2123): a time moved before the run starts moves the run."""
+    routes/campaigns.ts:2123): a time moved before the run starts moves the run; and one
+    whose time has come has its web rows read ``sending``."""
     await conn.execute(
         """UPDATE hanjullo.runs r SET scheduled_at = k.scheduled_at, updated_at = now()
            FROM campaigns k
@@ -101,6 +106,15 @@ async def cancelled_by_web(conn: Conn, node_id: str, statuses: tuple[str, ...]) 
            AND r.scheduled_at IS DISTINCT FROM k.scheduled_at""",
         node_id,
     )
+    # A run whose time has come reads `sending` even while it waits for a line group (the
+    # web's scheduled list would otherwise complete a past-due campaign without rows).
+    for due in await conn.fetch(
+        """SELECT r.id FROM hanjullo.runs r JOIN campaigns k ON k.id = r.campaign_id
+           WHERE r.node_id = $1 AND r.status = 'queued' AND r.scheduled_at <= now()
+           AND k.status = 'scheduled'""",
+        node_id,
+    ):
+        await mirror(conn, due["id"])
     rows = await conn.fetch(
         """SELECT r.id FROM hanjullo.runs r JOIN campaigns k ON k.id = r.campaign_id
            WHERE r.node_id = $1 AND r.status = ANY($2::text[]) AND k.status = 'cancelled'""",

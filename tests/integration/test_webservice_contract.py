@@ -20,15 +20,30 @@ from typing import Any
 import pytest
 
 from config.clock import KST
-from simulators.harness import SimulatedNode, instance_database, wait_for
+from config.example import instance_databases
+from simulators.harness import SimulatedNode, current_instance, instance_database, wait_for
+from tests import services
 from tests.integration.helpers import mysql, pg_fetch, set_node_clock
 from tests.integration.test_dispatch import fast_dispatch, show, started, write_csv
-from tests.webservice import connect_web_mysql, connect_web_postgres
+from tests.webservice import (
+    connect_web_mysql,
+    connect_web_postgres,
+    create_web_mysql,
+    create_web_postgres,
+)
 from tests.webservice import queries as web
 
 
-@pytest.fixture
-def node(node_dir: Path) -> Iterator[SimulatedNode]:
+@pytest.fixture(params=["db-init-made", "web-made"])
+def node(request: pytest.FixtureRequest, node_dir: Path) -> Iterator[SimulatedNode]:
+    """A running simulated node on either kind of database: one where `db init` made the
+    web's tables (a standalone node), or one the web service made first (the fixture's
+    PostgreSQL schema and production's eleven agent tables), where `db init` adds only the
+    node's own."""
+    services.fresh_databases(*instance_databases(current_instance()))
+    if request.param == "web-made":
+        asyncio.run(create_web_postgres(instance_database()))
+        asyncio.run(create_web_mysql(instance_database()))
     yield from started(node_dir, fast_dispatch)
 
 
