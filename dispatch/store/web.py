@@ -183,6 +183,11 @@ async def company_made(conn: Conn, value: str, *, create: bool) -> tuple[uuid.UU
             f"unknown company {value!r}: no companies row has that id; fix: pass the web"
             " service's companies.id"
         )
+    if len(value) > 20:  # companies.company_code is varchar(20)
+        raise RunRejected(
+            f"unknown company {value!r}: a simulated node makes a new company under that name"
+            " as its company_code, at most 20 characters; fix: a shorter name"
+        )
     # As routes/companies.ts:1255 creates one (name, company_code and company_name).
     made = await conn.fetchval(
         """INSERT INTO companies (name, company_code, company_name) VALUES ($1, $1, $1)
@@ -353,8 +358,8 @@ async def seed_line_groups(conn: Conn, groups: list[WebGroup]) -> list[str]:
     for order, group in enumerate(groups):
         made = await conn.fetchval(
             """INSERT INTO sms_line_groups (group_name, group_type, sms_tables, sort_order)
-               SELECT $1, $2, $3::text[], $4
-               WHERE NOT EXISTS (SELECT 1 FROM sms_line_groups WHERE group_name = $1)
+               SELECT $1::varchar, $2::varchar, $3::text[], $4::integer
+               WHERE NOT EXISTS (SELECT 1 FROM sms_line_groups WHERE group_name = $1::varchar)
                RETURNING id""",
             group.name,
             group.group_type,
