@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import structlog
 
-from daemon.dispatcher.context import Context
+from daemon.dispatcher.context import Context, row_key
 from daemon.dispatcher.controls import control, run_tables
 from daemon.metrics import Outcome
 from dispatch.outcomes import (
@@ -77,10 +77,10 @@ async def sync_run(ctx: Context, run: Run) -> int:
     # moved rows to, a group since removed from the configuration), by the ledger.
     group_tables = await run_tables(ctx, run)
     logs = await ctx.tables.existing(ctx.log_window(run, group_tables))
-    ref = str(run.id)
+    key = row_key(run)
     parts = await asyncio.gather(
-        *(ctx.tables.read_results([t], [], ref, state.watermarks) for t in group_tables),
-        *(ctx.tables.read_results([], [lt], ref, state.watermarks) for lt in logs),
+        *(ctx.tables.read_results([t], [], key, state.watermarks) for t in group_tables),
+        *(ctx.tables.read_results([], [lt], key, state.watermarks) for lt in logs),
     )
     results = [r for found, _ in parts for r in found]
     in_flight = sum(flight for _, flight in parts)

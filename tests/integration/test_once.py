@@ -81,8 +81,8 @@ async def run_rows(config: NodeConfig, run_ref: str) -> Counter[str]:
 
 
 def batch(run_ref: str, count: int, dest: str = "0109{:07d}") -> handoff.StagedRows:
-    rows = [AgentRow(dest.format(i), "0212345678", "안내", "S", None, None, run_ref, "acme")
-            for i in range(count)]  # fmt: skip
+    fixed = ("0212345678", "안내", "S", "", "", "", "", run_ref, "acme", run_ref)
+    rows = [AgentRow(dest.format(i), *fixed) for i in range(count)]
     return handoff.stage(list(rows), as_data=True)
 
 
@@ -189,7 +189,7 @@ async def test_spam_test_rows_are_fenced_by_the_writer_epoch(fakes: Fakes) -> No
     test_ref = str(uuid.uuid4())
 
     def row(number: str) -> tuple[str, AgentRow]:
-        values = AgentRow(number, "0212345678", "테스트", "S", None, None, test_ref, "")
+        values = AgentRow(number, "0212345678", "테스트", "S", None, None, None, None, test_ref, "")
         return "SMSQ_SEND_3", values
 
     try:
