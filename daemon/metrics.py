@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from config.model import NodeConfig
-from dispatch.agent_tables import PENDING_CODES, SPAM_CODES, SUCCESS_CODES
+from dispatch.agent_tables import KAKAO_UNCERTAIN, PENDING_CODES, SPAM_CODES, SUCCESS_CODES
 from dispatch.outcomes import SYSTEMIC_CODES
 from dispatch.store.runs import RunStatus
 
@@ -28,6 +28,7 @@ KNOWN_CODES = frozenset(
     {
         *SUCCESS_CODES,
         *PENDING_CODES,
+        KAKAO_UNCERTAIN,
         *SPAM_CODES,
         *SYSTEMIC_CODES,
         7,

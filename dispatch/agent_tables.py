@@ -32,19 +32,6 @@ SESSION_INIT = (
     " SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"
 )
 
-# Columns written by the application when it queues a message, in insert order.
-INSERT_COLUMNS = (
-    "dest_no",
-    "call_back",
-    "msg_contents",
-    "msg_type",
-    "title_str",
-    "sendreq_time",
-    "file_name1",
-    "app_etc1",
-    "app_etc2",
-)
-
 
 class Rsv1(StrEnum):
     """The ``rsv1`` lifecycle of a row."""
@@ -73,8 +60,13 @@ class StatusCode(IntEnum):
     FORBIDDEN_HOURS = 9012
 
 
+# The web service's code sets (utils/sms-result-map.ts:137-140), which every count the node
+# shows or writes follows: 7305 (Kakao, result uncertain for up to 30 days) is a failure
+# to the web, not pending. The node never sends Kakao (`K` rows), so nothing of its own
+# waits on 7305 either: a row reported with it is final, like every code outside these.
 SUCCESS_CODES = frozenset({6, 1000, 1800, 7830, 7831})
-PENDING_CODES = frozenset({100, 104, 7305})
+PENDING_CODES = frozenset({100, 104})
+KAKAO_UNCERTAIN = 7305
 SPAM_CODES = frozenset({16, 52, 53, 54, 9010})
 
 
@@ -133,15 +125,10 @@ def live_table_ddl(table: str) -> str:
 
 
 def log_table_ddl(table: str, month: date) -> str:
-    name = log_table(table, month)
-    # A log row keeps the seqno it had in the live table.
-    columns = _COLUMNS.replace("seqno INT NOT NULL AUTO_INCREMENT", "seqno INT NOT NULL")
-    return (
-        f"CREATE TABLE IF NOT EXISTS `{name}` ({columns},\n"
-        "  KEY idx_app (app_etc1, repmsg_recvtm),\n"
-        "  KEY idx_done (repmsg_recvtm)\n"
-        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
-    )
+    """A month's log table, made the way the web service makes it (sq:518-560): ``LIKE``
+    the live table, so it has exactly the live table's columns, keys and AUTO_INCREMENT
+    (a moved row keeps its seqno: an explicit value is taken as given)."""
+    return f"CREATE TABLE IF NOT EXISTS `{log_table(table, month)}` LIKE `{checked_table(table)}`"
 
 
 # An agent names the log table a row moves to by its own KST date at the moment of the
@@ -253,7 +240,9 @@ async def transaction(conn: aiomysql.Connection) -> AsyncIterator[aiomysql.Curso
 async def ensure_tables(
     conn: aiomysql.Connection, tables: list[str], today: date, create: bool = True
 ) -> list[str]:
-    """Create every live table and its log tables for this month and the next two.
+    """Create every live table and its log tables for this month and the next two (the
+    web makes this month's and the next; the third is the node's margin at the turn of a
+    month, DOMAIN.md §2), each log table ``LIKE`` its live table, which is created first.
 
     Returns the names that did not exist before; with ``create=False`` (a dry run) only
     lists them.
@@ -271,7 +260,8 @@ async def ensure_tables(
 
 
 def wanted_tables(tables: list[str], today: date) -> list[tuple[str, str]]:
-    """(name, DDL) of every live table and its log tables for this month and the next two."""
+    """(name, DDL) of every live table and its log tables for this month and the next two,
+    each live table before its log tables (they are made ``LIKE`` it)."""
     wanted: list[tuple[str, str]] = []
     for table in tables:
         wanted.append((checked_table(table), live_table_ddl(table)))

@@ -1,7 +1,12 @@
 """What the dispatcher does to the agent tables: insert, find, pull back, move, read results.
 
-Every row carries the run id in ``app_etc1`` and the company in ``app_etc2``;
-within a run the recipient's number (``dest_no``) is its key. Every write of the
+A run's rows are written exactly as the web service writes a campaign's (WEBSERVICE.md §1):
+``app_etc1`` the campaign id (the run id for a run without a campaign), ``app_etc2`` the
+company, ``title_str`` and ``file_name1..3`` ``''`` when absent, ``status_code`` 100, ``rsv1``
+'1', ``sendreq_time`` the server's ``NOW()``. The run id goes into ``bill_id``, which the web
+leaves unused on campaign rows: every read, pull-back and count of a run's rows matches both
+(`RunRowKey`), so two runs of one campaign never see each other's rows. Within a run the
+recipient's number (``dest_no``) is its key. Every write of the
 dispatcher's (a batch per table, a pull-back, a failover move) is one transaction that
 first checks the node's fencing epoch and appends its commit-ledger entry
 (`dispatch/ledger.py`), so after a crash the rows already inserted are known exactly
@@ -14,6 +19,7 @@ so the statement is built here instead of with ``executemany``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,27 +43,67 @@ LOOKUP_CHUNK = 1000
 
 # One row's values in ROW_COLUMNS order; an AgentRow is one, and so is a plain tuple
 # (the handoff builds plain tuples: hundreds of thousands of them per run).
-RowValues = tuple[str, str, str, str, str | None, str | None, str, str]
+RowValues = tuple[
+    str, str, str, str, str | None, str | None, str | None, str | None, str, str, str | None
+]
 
 
 class AgentRow(NamedTuple):
     """One row for an agent table, in ROW_COLUMNS order (a tuple: cheap to build in
-    the hundreds of thousands)."""
+    the hundreds of thousands). A run's rows hold ``''`` where the web writes ``''``
+    (`dispatch.planner.plan_page`); a spam test's rows NULL, with no ``bill_id``."""
 
     dest_no: str
     call_back: str
-    text: str
+    msg_contents: str
     msg_type: str
-    subject: str | None
-    file_name: str | None
-    run_id: str
-    company_id: str
+    title_str: str | None
+    file_name1: str | None
+    file_name2: str | None
+    file_name3: str | None
+    app_etc1: str
+    app_etc2: str
+    bill_id: str | None = None
 
 
 # The agent-table columns an AgentRow fills, in its field order.
 ROW_COLUMNS = (
-    "dest_no, call_back, msg_contents, msg_type, title_str, file_name1, app_etc1, app_etc2"
+    "dest_no, call_back, msg_contents, msg_type, title_str, file_name1, file_name2, file_name3,"
+    " app_etc1, app_etc2, bill_id"
 )
+# Where a row's run id is (its bill_id): the ledger's key of what a batch wrote.
+BILL_ID = AgentRow._fields.index("bill_id")
+
+
+@dataclass(frozen=True, slots=True)
+class RunRowKey:
+    """How a run's agent rows are told from every other row: ``app_etc1``, what the web
+    service counts a campaign's rows by (the campaign id; the run id for a run without a
+    campaign, so such rows are still a run's own), and ``bill_id``, the run id. Every match
+    of the daemon's is on both (``app_etc1`` first: the live tables' index on it serves it);
+    the ledger is keyed by the run id alone (`run_ref`)."""
+
+    app_etc1: str
+    bill_id: str
+
+    @classmethod
+    def of(cls, run_id: uuid.UUID | str, campaign_id: uuid.UUID | str | None) -> RunRowKey:
+        run = str(run_id)
+        return cls(str(campaign_id) if campaign_id else run, run)
+
+    @property
+    def run_ref(self) -> str:
+        """The run's key in the commit ledger (`dispatch/ledger.py`): its run id."""
+        return self.bill_id
+
+    @property
+    def params(self) -> tuple[str, str]:
+        """The values of :data:`MATCH_RUN`'s placeholders."""
+        return (self.app_etc1, self.bill_id)
+
+
+# The condition every statement on a run's rows carries, with `RunRowKey.params`.
+MATCH_RUN = "app_etc1 = %s AND bill_id = %s"
 
 
 class LoadDataRefused(Exception):
@@ -90,19 +136,19 @@ def tsv_lines(rows: Sequence[RowValues]) -> str:
     """The rows as LOAD DATA lines, in ROW_COLUMNS order.
 
     The number and the text differ per row and are escaped per row; the other
-    fields repeat through a batch (callback, type, run, company, mostly subject
-    and file), so the line's pieces around the text are built once per distinct
-    combination (one dict lookup a row instead of six escapes: this runs on the
-    event loop for every row handed off)."""
+    fields repeat through a batch (callback, type, campaign, company, run, mostly
+    subject and files), so the line's pieces around the text are built once per
+    distinct combination (one dict lookup a row instead of nine escapes: this runs on
+    the event loop for every row handed off)."""
     memo: dict[tuple[str | None, ...], tuple[str, str]] = {}
     lines = []
-    for number, callback, text, msg_type, subject, file, run, company in rows:
-        key = (callback, msg_type, subject, file, run, company)
+    for number, callback, text, *rest in rows:
+        key = (callback, *rest)
         pieces = memo.get(key)
         if pieces is None:
             pieces = memo[key] = (
                 f"\t{_tsv(callback)}\t",
-                f"\t{_tsv(msg_type)}\t{_tsv(subject)}\t{_tsv(file)}\t{_tsv(run)}\t{_tsv(company)}\n",
+                "".join(f"\t{_tsv(value)}" for value in rest) + "\n",
             )
         lines.append(f"{_tsv(number)}{pieces[0]}{_tsv(text)}{pieces[1]}")
     return "".join(lines)
@@ -152,9 +198,12 @@ async def load_rows(conn: aiomysql.Connection, table: str, data: bytes) -> int:
     return loaded
 
 
+_MARKS = ",".join(["%s"] * len(AgentRow._fields))
+
+
 def _insert_sql(table: str, rows: int) -> str:
     """A multi-row INSERT of `rows` RowValues; sendreq_time is the server's NOW()."""
-    values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,NOW(),100,'1')"] * rows)
+    values = ",".join([f"({_MARKS},NOW(),100,'1')"] * rows)
     return (
         f"INSERT INTO `{checked_table(table)}` ({ROW_COLUMNS}, sendreq_time, status_code, rsv1)"
         f" VALUES {values}"
@@ -188,7 +237,7 @@ async def write_batch(
     `load_data` and staged, else multi-row INSERTs), every row accounted for, and the
     ledger entry. Returns the rows written; nothing is written unless all of it is."""
     rows = staged.rows
-    run_ref = rows[0][6] if rows else ""
+    run_ref = (rows[0][BILL_ID] or "") if rows else ""
     async with transaction(conn) as cur:
         await ledger.check_fence(cur, fence)
         assert fence is not None
@@ -209,7 +258,7 @@ async def insert_row(cur: aiomysql.Cursor, table: str, row: RowValues) -> int:
 
 
 async def present(
-    conn: aiomysql.Connection, tables: Sequence[str], run_id: str, numbers: Sequence[str]
+    conn: aiomysql.Connection, tables: Sequence[str], key: RunRowKey, numbers: Sequence[str]
 ) -> dict[str, str]:
     """Which of `numbers` already have a row of this run, and in which table."""
     found: dict[str, str] = {}
@@ -221,8 +270,8 @@ async def present(
             async with conn.cursor() as cur:
                 await cur.execute(
                     f"SELECT dest_no FROM `{checked_table(table)}`"
-                    f" WHERE app_etc1 = %s AND dest_no IN ({marks})",
-                    [run_id, *chunk],
+                    f" WHERE {MATCH_RUN} AND dest_no IN ({marks})",
+                    [*key.params, *chunk],
                 )
                 for (dest,) in await cur.fetchall():
                     found[dest] = table
@@ -237,10 +286,11 @@ async def existing_tables(conn: aiomysql.Connection, tables: Sequence[str]) -> l
 
 
 async def pull_back(
-    conn: aiomysql.Connection, fence: Fence | None, tables: Sequence[str], run_id: str
+    conn: aiomysql.Connection, fence: Fence | None, tables: Sequence[str], test_ref: str
 ) -> list[str]:
-    """Delete the run's rows no agent has picked up; return their numbers (the spam-test
-    engine's; its rows are not in the ledger).
+    """Delete a spam test's rows (``app_etc1`` = test id, as the web writes them) no agent
+    has picked up; return their numbers (the spam-test engine's; its rows are not in the
+    ledger).
 
     The rows are locked first (agents claim with SKIP LOCKED, so none is taken
     halfway), then deleted, per table in one transaction fenced by `fence`.
@@ -253,7 +303,7 @@ async def pull_back(
             await cur.execute(
                 f"SELECT seqno, dest_no FROM `{table}` WHERE app_etc1 = %s AND rsv1 = '1'"
                 " FOR UPDATE",
-                (run_id,),
+                (test_ref,),
             )
             rows = await cur.fetchall()
             for start in range(0, len(rows), LOOKUP_CHUNK):
@@ -264,7 +314,7 @@ async def pull_back(
 
 
 async def pull_back_run(
-    conn: aiomysql.Connection, fence: Fence | None, tables: Sequence[str], run_id: str
+    conn: aiomysql.Connection, fence: Fence | None, tables: Sequence[str], key: RunRowKey
 ) -> list[PullEntry]:
     """Delete the run's rows no agent has picked up, from every table in one transaction
     with one ledger entry per table (the intent PostgreSQL's bookkeeping is finished
@@ -278,9 +328,8 @@ async def pull_back_run(
         for name in await existing_tables(conn, tables):
             table = checked_table(name)
             await cur.execute(
-                f"SELECT seqno, dest_no FROM `{table}` WHERE app_etc1 = %s AND rsv1 = '1'"
-                " FOR UPDATE",
-                (run_id,),
+                f"SELECT seqno, dest_no FROM `{table}` WHERE {MATCH_RUN} AND rsv1 = '1' FOR UPDATE",
+                key.params,
             )
             rows = [(int(r[0]), str(r[1])) for r in await cur.fetchall()]
             if rows:
@@ -290,8 +339,8 @@ async def pull_back_run(
                 ids = ",".join(str(seqno) for seqno, _ in rows[start : start + LOOKUP_CHUNK])
                 await cur.execute(f"DELETE FROM `{table}` WHERE seqno IN ({ids})")
             numbers = [n for _, n in rows]
-            entry = await ledger.record(cur, fence, Kind.PULL, run_id, table, numbers)
-            entries.append(PullEntry(entry, run_id, table, numbers))
+            entry = await ledger.record(cur, fence, Kind.PULL, key.run_ref, table, numbers)
+            entries.append(PullEntry(entry, key.run_ref, table, numbers))
     return entries
 
 
@@ -304,13 +353,15 @@ async def move_waiting(
 ) -> int:
     """Move rows waiting in `source` (a dead agent) to `targets`, round-robin, in one
     fenced transaction with the ledger's record of which run's rows went to which table:
-    a row is never in both tables and never in neither."""
+    a row is never in both tables and never in neither. A moved row keeps every column the
+    application wrote (its ``bill_id`` too); the ledger names a run's moved rows by that
+    run id (a row without one, the web's or a spam test's, by its ``app_etc1``)."""
     source = checked_table(source)
     async with transaction(conn) as cur:
         await ledger.check_fence(cur, fence)
         assert fence is not None
         await cur.execute(
-            f"SELECT seqno, app_etc1, dest_no FROM `{source}` WHERE rsv1 = '1'"
+            f"SELECT seqno, COALESCE(bill_id, app_etc1), dest_no FROM `{source}` WHERE rsv1 = '1'"
             " ORDER BY seqno LIMIT %s FOR UPDATE",
             (limit,),
         )
@@ -354,14 +405,16 @@ async def waiting_counts(conn: aiomysql.Connection, tables: Sequence[str]) -> di
         return {name: int(count) for name, count in await cur.fetchall()}
 
 
-async def run_waiting(conn: aiomysql.Connection, tables: Sequence[str], run_id: str) -> int:
+async def run_waiting(conn: aiomysql.Connection, tables: Sequence[str], key: RunRowKey) -> int:
     """The run's rows no agent has picked up yet, across `tables`."""
     union = " UNION ALL ".join(
-        f"SELECT COUNT(*) AS c FROM `{checked_table(t)}` WHERE app_etc1 = %s AND rsv1 = '1'"
+        f"SELECT COUNT(*) AS c FROM `{checked_table(t)}` WHERE {MATCH_RUN} AND rsv1 = '1'"
         for t in tables
     )
     async with conn.cursor() as cur:
-        await cur.execute(f"SELECT COALESCE(SUM(c), 0) FROM ({union}) AS w", [run_id] * len(tables))
+        await cur.execute(
+            f"SELECT COALESCE(SUM(c), 0) FROM ({union}) AS w", [*key.params] * len(tables)
+        )
         row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -370,7 +423,7 @@ async def read_results(
     conn: aiomysql.Connection,
     live: Sequence[str],
     logs: Sequence[str],
-    run_id: str,
+    key: RunRowKey,
     since: Mapping[str, datetime | None],
 ) -> tuple[list[Result], int]:
     """New results of a run and its rows in flight.
@@ -386,8 +439,8 @@ async def read_results(
         async with conn.cursor() as cur:
             await cur.execute(
                 f"SELECT dest_no, status_code, mob_company, repmsg_recvtm, rsv1"
-                f" FROM `{checked_table(table)}` WHERE app_etc1 = %s AND rsv1 IN ('2','3','4')",
-                (run_id,),
+                f" FROM `{checked_table(table)}` WHERE {MATCH_RUN} AND rsv1 IN ('2','3','4')",
+                key.params,
             )
             for dest, code, company, at, rsv1 in await cur.fetchall():
                 if rsv1 == "4":
@@ -395,7 +448,7 @@ async def read_results(
                 else:
                     in_flight += 1
     for table in logs:
-        results += await _read_log_results(conn, table, run_id, since.get(table))
+        results += await _read_log_results(conn, table, key, since.get(table))
     return results, in_flight
 
 
@@ -407,7 +460,7 @@ PACK_ROWS = 4096
 
 
 async def _read_log_results(
-    conn: aiomysql.Connection, table: str, run_id: str, mark: datetime | None
+    conn: aiomysql.Connection, table: str, key: RunRowKey, mark: datetime | None
 ) -> list[Result]:
     """A log table's results of a run, packed server-side into a few long strings.
 
@@ -421,9 +474,9 @@ async def _read_log_results(
         " IFNULL(mob_company, ''),"
         " IFNULL(TIMESTAMPDIFF(SECOND, '1970-01-01 00:00:00', repmsg_recvtm), ''))"
         f" SEPARATOR '{_RECORD}')"
-        f" FROM `{checked_table(table)}` WHERE app_etc1 = %s"
+        f" FROM `{checked_table(table)}` WHERE {MATCH_RUN}"
     )
-    params: list[Any] = [run_id]
+    params: list[Any] = [*key.params]
     if mark is not None:
         query += " AND repmsg_recvtm >= %s"
         params.append(mark.replace(tzinfo=None))

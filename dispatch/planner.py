@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from dispatch.guards import Fields
-from dispatch.handoff import RowValues
+from dispatch.handoff import RowValues, RunRowKey
 
 
 def spread(room: Mapping[int, int], count: int) -> dict[int, int]:
@@ -58,8 +58,12 @@ class RunRowFields:
 
     callback: str
     msg_type: str  # the agent's one-letter code
-    run_ref: str  # app_etc1
+    key: RunRowKey  # app_etc1 (the campaign), bill_id (the run)
     company: str  # app_etc2
+
+
+# Attachments an agent row holds (file_name1..3, as the web writes them; 4 and 5 it never does).
+ROW_FILES = 3
 
 
 @dataclass(slots=True)
@@ -75,6 +79,12 @@ class Plan:
     first_seq: int = 0
 
 
+def _files(attachments: Sequence[str] | None) -> tuple[str, str, str]:
+    """file_name1..3: the first three attachments, ``''`` for each one missing."""
+    first = [*(attachments or ())[:ROW_FILES], "", "", ""]
+    return first[0], first[1], first[2]
+
+
 def plan_page(
     page: Sequence[Fields],
     found: Collection[str],
@@ -84,17 +94,20 @@ def plan_page(
 ) -> Plan:
     """Rows for the page's recipients (seq, number, message_text, subject, attachments,
     pulled) except the numbers in `found`, spread over the agents by their `room`; the
-    agents with the most room left take the most rows."""
+    agents with the most room left take the most rows. A row is what the web service
+    writes (sq:937-950): no subject or no image is ``''``, never NULL."""
+    app_etc1, bill_id = run.key.params
     rows: list[RowValues] = [
         (
             r["number"],
             run.callback,
             r["message_text"],
             run.msg_type,
-            r["subject"],
-            r["attachments"][0] if r["attachments"] else None,
-            run.run_ref,
+            r["subject"] or "",
+            *_files(r["attachments"]),
+            app_etc1,
             run.company,
+            bill_id,
         )
         for r in page
         if r["number"] not in found

@@ -25,7 +25,7 @@ from daemon.runtime import Runtime
 from daemon.supervisor import DependencyDown
 from dispatch import agent_tables, handoff, infile, ledger
 from dispatch.guards import CheckedPage, Fields
-from dispatch.handoff import RowValues, StagedRows
+from dispatch.handoff import RowValues, RunRowKey, StagedRows
 from dispatch.ledger import Fence, Holder, PullEntry
 from dispatch.outcomes import Result
 from dispatch.store import progress, results, runs, training, web
@@ -158,8 +158,8 @@ class PostgresRunBook:
     ) -> list[tuple[int, int]]:
         return await self._on(results.commonest_codes, run_id, codes)
 
-    async def record_metrics(self, ref: str, metrics: RunMetrics) -> None:
-        await self._on(training.record_metrics, ref, metrics)
+    async def record_metrics(self, refs: list[str], metrics: RunMetrics) -> None:
+        await self._on(training.record_metrics, refs, metrics)
 
     async def cancelled_by_web(self, statuses: tuple[RunStatus, ...]) -> list[uuid.UUID]:
         return await self._on(
@@ -215,30 +215,30 @@ class MySQLAgentTables:
     async def waiting_counts(self, tables: Sequence[str]) -> dict[str, int]:
         return await self._on(handoff.waiting_counts, tables)
 
-    async def run_waiting(self, tables: Sequence[str], run_ref: str) -> int:
-        return await self._on(handoff.run_waiting, tables, run_ref)
+    async def run_waiting(self, tables: Sequence[str], key: RunRowKey) -> int:
+        return await self._on(handoff.run_waiting, tables, key)
 
     async def committed(
         self,
         tables: Sequence[str],
-        run_ref: str,
+        key: RunRowKey,
         numbers: Sequence[str],
         seqs: tuple[int, int],
     ) -> set[str]:
-        return await self._on(self._committed, tables, run_ref, numbers, seqs)
+        return await self._on(self._committed, tables, key, numbers, seqs)
 
     @staticmethod
     async def _committed(
         conn: aiomysql.Connection,
         tables: Sequence[str],
-        run_ref: str,
+        key: RunRowKey,
         numbers: Sequence[str],
         seqs: tuple[int, int],
     ) -> set[str]:
-        if await ledger.has_entries(conn, run_ref):
-            return await ledger.committed(conn, run_ref, numbers, seqs)
+        if await ledger.has_entries(conn, key.run_ref):
+            return await ledger.committed(conn, key.run_ref, numbers, seqs)
         # A run handed off before the ledger existed: search its tables as before.
-        return set(await handoff.present(conn, tables, run_ref, numbers))
+        return set(await handoff.present(conn, tables, key, numbers))
 
     async def existing(self, tables: Sequence[str]) -> list[str]:
         return await self._on(handoff.existing_tables, tables)
@@ -261,8 +261,8 @@ class MySQLAgentTables:
                 log.warning("LOAD DATA LOCAL refused; using multi-row INSERT", error=str(exc))
         await handoff.write_batch(conn, self.fence, table, staged, seqs, load_data=False)
 
-    async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[PullEntry]:
-        return await self._on(handoff.pull_back_run, self.fence, tables, run_ref)
+    async def pull_back(self, tables: Sequence[str], key: RunRowKey) -> list[PullEntry]:
+        return await self._on(handoff.pull_back_run, self.fence, tables, key)
 
     async def open_pulls(self) -> list[PullEntry]:
         return await self._on(ledger.open_pulls, self.runtime.config.node.id)
@@ -288,10 +288,10 @@ class MySQLAgentTables:
         self,
         live: Sequence[str],
         logs: Sequence[str],
-        run_ref: str,
+        key: RunRowKey,
         since: Mapping[str, datetime | None],
     ) -> tuple[list[Result], int]:
-        return await self._on(handoff.read_results, live, logs, run_ref, since)
+        return await self._on(handoff.read_results, live, logs, key, since)
 
 
 class MySQLWriterLock:

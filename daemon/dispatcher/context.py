@@ -23,10 +23,17 @@ from daemon.metrics import NodeMetrics
 from daemon.runtime import Runtime
 from daemon.stores import PG_ERRORS, REDIS_ERRORS
 from dispatch import agent_tables
+from dispatch.handoff import RunRowKey
 from dispatch.store.runs import Run, RunStatus
 
 # What a database or Redis outage raises: retried, never a crash.
 ERRORS = (*MYSQL_ERRORS, *PG_ERRORS, *REDIS_ERRORS)
+
+
+def row_key(run: Run) -> RunRowKey:
+    """How the run's agent rows are found: ``app_etc1`` its campaign (the web's key),
+    ``bill_id`` the run itself."""
+    return RunRowKey.of(run.id, run.campaign_id)
 
 
 def healthy_agents(

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from daemon.dispatcher.context import Context
+from daemon.dispatcher.context import Context, row_key
 from daemon.supervisor import DependencyDown
 from dispatch.ledger import PullEntry
 from dispatch.store.runs import ACTIVE, FINISHED, HOLDS_GROUP, Run, RunStatus
@@ -59,7 +59,7 @@ async def control(
             # follow, and an interruption in between is finished by `finish_pulls`.
             tables = await run_tables(ctx, run)
             async with ctx.registry.group_lock(run.line_group):
-                entries = await ctx.tables.pull_back(tables, str(run_id))
+                entries = await ctx.tables.pull_back(tables, row_key(run))
         pulled = [n for e in entries for n in e.numbers]
         stopped, gone = await ctx.book.record_pull_back(run_id, pulled, target, reason)
         await ctx.tables.close_pulls(entries)
@@ -124,10 +124,10 @@ async def pull_back_stopped(ctx: Context, runs: list[Run]) -> int:
             tables = await run_tables(ctx, run)
             # A plain count first: the locking pull-back only where something still waits.
             present = await ctx.tables.existing(tables)
-            if not present or not await ctx.tables.run_waiting(present, str(run.id)):
+            if not present or not await ctx.tables.run_waiting(present, row_key(run)):
                 continue
             async with ctx.registry.group_lock(run.line_group):
-                entries = await ctx.tables.pull_back(tables, str(run.id))
+                entries = await ctx.tables.pull_back(tables, row_key(run))
             if not entries:
                 continue
             count = await ctx.book.mark_pulled(run.id, [n for e in entries for n in e.numbers])

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from daemon.dispatcher.context import Context
+from daemon.dispatcher.context import Context, row_key
 from daemon.dispatcher.state import RunState
 from daemon.stores import REDIS_ERRORS
 from dispatch.fairness import fair_order
@@ -180,7 +180,7 @@ async def release_if_drained(ctx: Context, run: Run) -> bool:
     """A draining run keeps its group until the agents picked up all its rows; then the
     group is released and the run waits for its results."""
     assert run.line_group is not None
-    if await ctx.tables.run_waiting(ctx.tables_of(run.line_group), str(run.id)):
+    if await ctx.tables.run_waiting(ctx.tables_of(run.line_group), row_key(run)):
         return False
     await ctx.set_status(run.id, RunStatus.RESULTS, None)
     await ctx.leases.release(run.line_group, str(run.id))

@@ -26,7 +26,7 @@ import structlog
 
 from config.names import MessageType
 from daemon.dispatcher import controls
-from daemon.dispatcher.context import ERRORS, Context
+from daemon.dispatcher.context import ERRORS, Context, row_key
 from daemon.dispatcher.guard_pass import guard_pass
 from daemon.dispatcher.state import RunState
 from daemon.supervisor import DependencyDown
@@ -300,7 +300,7 @@ async def next_batch(
         group_tables = ctx.tables_of(run.line_group)
         every = [*group_tables, *ctx.log_window(run, group_tables)]
         seqs = (min(r["seq"] for r in page), max(r["seq"] for r in page))
-        found = await ctx.tables.committed(every, str(state.id), [r["number"] for r in page], seqs)
+        found = await ctx.tables.committed(every, row_key(run), [r["number"] for r in page], seqs)
         if found:
             log.info(
                 "rows found in the agent tables before inserting",
@@ -310,7 +310,7 @@ async def next_batch(
     fields = RunRowFields(
         run.callback_number,
         MessageType(run.message_type).agent_code,
-        str(state.id),
+        row_key(run),
         run.company_id,
     )
     plan = plan_page(page, found, room, tables, fields)

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from daemon.agents import AgentStatus
 from dispatch.guards import CheckedPage, Fields
-from dispatch.handoff import RowValues, StagedRows
+from dispatch.handoff import RowValues, RunRowKey, StagedRows
 from dispatch.ledger import Fence, Holder, PullEntry
 from dispatch.outcomes import Result
 from dispatch.store.runs import Run, RunStatus
@@ -79,7 +79,7 @@ class RunBook(Protocol):
     async def commonest_codes(
         self, run_id: uuid.UUID, codes: Sequence[int]
     ) -> list[tuple[int, int]]: ...
-    async def record_metrics(self, ref: str, metrics: RunMetrics) -> None: ...
+    async def record_metrics(self, refs: list[str], metrics: RunMetrics) -> None: ...
     async def settled_runs(
         self, run_ids: Sequence[uuid.UUID], horizon_h: float
     ) -> set[uuid.UUID]: ...
@@ -87,14 +87,15 @@ class RunBook(Protocol):
 
 class AgentTables(Protocol):
     """The MySQL agent tables as the dispatcher uses them (`dispatch/handoff.py`).
-    `run_ref` is what a run's rows carry in ``app_etc1``."""
+    A run's rows are found by its `RunRowKey` (``app_etc1`` and ``bill_id``); the ledger
+    knows a run by its `run_ref` (the run id)."""
 
     async def waiting_counts(self, tables: Sequence[str]) -> dict[str, int]: ...
-    async def run_waiting(self, tables: Sequence[str], run_ref: str) -> int: ...
+    async def run_waiting(self, tables: Sequence[str], key: RunRowKey) -> int: ...
     async def committed(
         self,
         tables: Sequence[str],
-        run_ref: str,
+        key: RunRowKey,
         numbers: Sequence[str],
         seqs: tuple[int, int],
     ) -> set[str]:
@@ -109,7 +110,7 @@ class AgentTables(Protocol):
         """The rows into one table, fenced, with their ledger entry, all or nothing."""
         ...
 
-    async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[PullEntry]:
+    async def pull_back(self, tables: Sequence[str], key: RunRowKey) -> list[PullEntry]:
         """Delete the run's waiting rows and record each table's in the ledger, in one
         fenced transaction."""
         ...
@@ -124,7 +125,7 @@ class AgentTables(Protocol):
         self,
         live: Sequence[str],
         logs: Sequence[str],
-        run_ref: str,
+        key: RunRowKey,
         since: Mapping[str, datetime | None],
     ) -> tuple[list[Result], int]: ...
 

@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import structlog
 
-from daemon.dispatcher.context import Context
+from daemon.dispatcher.context import Context, row_key
 from daemon.dispatcher.controls import control, run_tables
 from daemon.metrics import Outcome
 from dispatch.outcomes import (
@@ -77,10 +77,10 @@ async def sync_run(ctx: Context, run: Run) -> int:
     # moved rows to, a group since removed from the configuration), by the ledger.
     group_tables = await run_tables(ctx, run)
     logs = await ctx.tables.existing(ctx.log_window(run, group_tables))
-    ref = str(run.id)
+    key = row_key(run)
     parts = await asyncio.gather(
-        *(ctx.tables.read_results([t], [], ref, state.watermarks) for t in group_tables),
-        *(ctx.tables.read_results([], [lt], ref, state.watermarks) for lt in logs),
+        *(ctx.tables.read_results([t], [], key, state.watermarks) for t in group_tables),
+        *(ctx.tables.read_results([], [lt], key, state.watermarks) for lt in logs),
     )
     results = [r for found, _ in parts for r in found]
     in_flight = sum(flight for _, flight in parts)
@@ -134,6 +134,11 @@ async def check_breaker(ctx: Context, run: Run) -> bool:
 
 
 async def record_training(ctx: Context, run: Run) -> None:
-    """The run's counters in ``ai_training_logs``."""
+    """The run's counters on its ``ai_training_logs`` row. The web's logger keys an AI
+    send's row by its campaign_runs id (the run id) and a direct send's by its campaigns id
+    (routes/campaigns.ts:920, 1797): the row is looked up under both, and only one exists."""
     secret = ctx.settings.training_secret.get_secret_value()
-    await ctx.book.record_metrics(source_ref(secret, run.id), RunMetrics.of(run))
+    refs = [source_ref(secret, run.id)]
+    if run.campaign_id is not None:
+        refs.append(source_ref(secret, run.campaign_id))
+    await ctx.book.record_metrics(refs, RunMetrics.of(run))

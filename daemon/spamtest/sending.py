@@ -172,6 +172,8 @@ async def ensure_sent(ctx: SpamContext, test: ActiveTest, fresh: bool = False) -
                     slot.mtype.agent_code,
                     test.subject if slot.mtype == MessageType.LMS else None,
                     None,
+                    None,
+                    None,
                     str(test.id),
                     test.company or (CANARY if test.source == CANARY else ""),
                 ),

@@ -80,6 +80,7 @@ class Run:
     next_seq: int
     verify_until: int
     breaker_checked: bool
+    campaign_id: uuid.UUID | None = None  # the web's campaigns.id: its rows' app_etc1
 
     @classmethod
     def of(cls, record: asyncpg.Record) -> Run:
@@ -107,7 +108,7 @@ RUN_COLUMNS = (
     "id, node_id, company_id, user_id, status, status_reason, line_group, message_type,"
     " callback_number, is_ad, scheduled_at, queued_at, group_since, started_at, target_count,"
     " inserted_count, sent_count, success_count, fail_count, spam_count, systemic_count,"
-    " prepared, prepared_upto, next_seq, verify_until, breaker_checked"
+    " prepared, prepared_upto, next_seq, verify_until, breaker_checked, campaign_id"
 )
 
 

@@ -30,15 +30,16 @@ class RunMetrics:
         return cls(run.sent_count, run.success_count, run.fail_count)
 
 
-async def record_metrics(conn: Conn, ref: str, metrics: RunMetrics) -> bool:
-    """Set the run's counters on its training row (the latest result sync wins); a spam
-    test's blocked count stays, 0 until one is known. False when the web logged no row for
-    this send (nothing is created: the row's other columns are the web's to write)."""
+async def record_metrics(conn: Conn, refs: list[str], metrics: RunMetrics) -> bool:
+    """Set the run's counters on its training row, found under any of `refs` (the latest
+    result sync wins); a spam test's blocked count stays, 0 until one is known. False when
+    the web logged no row for this send (nothing is created: the row's other columns are
+    the web's to write)."""
     status = await conn.execute(
         """UPDATE ai_training_logs SET sent_count = $2, success_count = $3, fail_count = $4,
                spam_blocked = COALESCE(spam_blocked, 0), metrics_updated_at = now()
-           WHERE source_ref = $1""",
-        ref,
+           WHERE source_ref = ANY($1::text[])""",
+        refs,
         metrics.sent,
         metrics.success,
         metrics.fail,

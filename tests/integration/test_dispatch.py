@@ -100,7 +100,8 @@ def numbers(prefix: str, count: int) -> list[tuple[str, str]]:
 
 
 def agent_rows(run_id: str) -> dict[str, int]:
-    """Rows of a run per table, live and log tables alike, counted in one statement."""
+    """Rows of a run (its run id in bill_id) per table, live and log tables alike, counted in
+    one statement."""
     conn = mysql()
     try:
         with conn.cursor() as cur:
@@ -111,7 +112,7 @@ def agent_rows(run_id: str) -> dict[str, int]:
                 if r[0].split("_")[2].isdigit() and int(r[0].split("_")[2]) <= 11
             ]
             union = " UNION ALL ".join(
-                f"SELECT '{t}' AS tbl, dest_no FROM `{t}` WHERE app_etc1 = %s" for t in tables
+                f"SELECT '{t}' AS tbl, dest_no FROM `{t}` WHERE bill_id = %s" for t in tables
             )
             cur.execute(
                 f"SELECT tbl, COUNT(*), COUNT(DISTINCT dest_no) FROM ({union}) AS a"
@@ -417,8 +418,7 @@ def test_hung_agent_rows_move_to_the_others(node: SimulatedNode) -> None:
             try:
                 with conn.cursor() as cur:
                     cur.execute(
-                        f"SELECT COUNT(*) FROM SMSQ_SEND_{first} WHERE rsv1 = '1'"
-                        " AND app_etc1 = %s",
+                        f"SELECT COUNT(*) FROM SMSQ_SEND_{first} WHERE rsv1 = '1' AND bill_id = %s",
                         (run_id,),
                     )
                     return cur.fetchone()[0] == 0  # type: ignore[index,no-any-return]

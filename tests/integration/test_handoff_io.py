@@ -22,7 +22,7 @@ async def test_load_data_and_insert_write_the_same_rows() -> None:
 
 
 async def _both_paths(conn: aiomysql.Connection) -> None:
-    run = str(uuid.uuid4())
+    campaign, run = str(uuid.uuid4()), str(uuid.uuid4())
     tables = ["SMSQ_SEND_98", "SMSQ_SEND_97"]
     try:
         await agent_tables.ensure_tables(conn, tables, date.today())
@@ -32,10 +32,13 @@ async def _both_paths(conn: aiomysql.Connection) -> None:
                 "0212345678",
                 text,
                 "L",
-                None if i % 2 else "제목",
-                None,
-                run,
+                "" if i % 2 else "제목",
+                "" if i % 3 else "a.jpg",
+                "",
+                "",
+                campaign,
                 "acme",
+                run,
             )
             for i, text in enumerate(TEXTS)
         ]
@@ -48,18 +51,23 @@ async def _both_paths(conn: aiomysql.Connection) -> None:
             async with conn.cursor() as cur:
                 await cur.execute(
                     f"SELECT dest_no, msg_contents, title_str, msg_type, rsv1, status_code,"
-                    f" app_etc1, app_etc2, sendreq_time IS NOT NULL FROM `{table}`"
-                    f" WHERE app_etc1 = %s ORDER BY dest_no",
-                    (run,),
+                    f" app_etc1, app_etc2, sendreq_time IS NOT NULL, bill_id, file_name1,"
+                    f" file_name2, file_name3 FROM `{table}`"
+                    f" WHERE app_etc1 = %s AND bill_id = %s ORDER BY dest_no",
+                    (campaign, run),
                 )
                 written[table] = await cur.fetchall()
         assert written["SMSQ_SEND_98"] == written["SMSQ_SEND_97"]
         assert [r[1] for r in written["SMSQ_SEND_98"]] == TEXTS
         assert all(r[4] == "1" and r[5] == 100 and r[8] for r in written["SMSQ_SEND_98"])
         assert [r[2] for r in written["SMSQ_SEND_98"]] == [
-            None if i % 2 else "제목" for i in range(len(TEXTS))
+            "" if i % 2 else "제목" for i in range(len(TEXTS))
         ]
+        assert [r[10:] for r in written["SMSQ_SEND_98"]] == [
+            ("" if i % 3 else "a.jpg", "", "") for i in range(len(TEXTS))
+        ]
+        assert {(r[6], r[7], r[9]) for r in written["SMSQ_SEND_98"]} == {(campaign, "acme", run)}
     finally:
         async with conn.cursor() as cur:
             for table in tables:
-                await cur.execute(f"DELETE FROM `{table}` WHERE app_etc1 = %s", (run,))
+                await cur.execute(f"DELETE FROM `{table}` WHERE app_etc1 = %s", (campaign,))

@@ -72,17 +72,17 @@ async def run_rows(config: NodeConfig, run_ref: str) -> Counter[str]:
         found: Counter[str] = Counter()
         async with conn.cursor() as cur:
             for table in TABLES:
-                await cur.execute(f"SELECT dest_no FROM `{table}` WHERE app_etc1 = %s", (run_ref,))
+                await cur.execute(f"SELECT dest_no FROM `{table}` WHERE bill_id = %s", (run_ref,))
                 found.update(r[0] for r in await cur.fetchall())
-                await cur.execute(f"DELETE FROM `{table}` WHERE app_etc1 = %s", (run_ref,))
+                await cur.execute(f"DELETE FROM `{table}` WHERE bill_id = %s", (run_ref,))
         return found
     finally:
         conn.close()
 
 
 def batch(run_ref: str, count: int, dest: str = "0109{:07d}") -> handoff.StagedRows:
-    rows = [AgentRow(dest.format(i), "0212345678", "안내", "S", None, None, run_ref, "acme")
-            for i in range(count)]  # fmt: skip
+    fixed = ("0212345678", "안내", "S", "", "", "", "", run_ref, "acme", run_ref)
+    rows = [AgentRow(dest.format(i), *fixed) for i in range(count)]
     return handoff.stage(list(rows), as_data=True)
 
 
@@ -189,7 +189,7 @@ async def test_spam_test_rows_are_fenced_by_the_writer_epoch(fakes: Fakes) -> No
     test_ref = str(uuid.uuid4())
 
     def row(number: str) -> tuple[str, AgentRow]:
-        values = AgentRow(number, "0212345678", "테스트", "S", None, None, test_ref, "")
+        values = AgentRow(number, "0212345678", "테스트", "S", None, None, None, None, test_ref, "")
         return "SMSQ_SEND_3", values
 
     try:
@@ -533,7 +533,7 @@ def waiting_of(run_id: str) -> int:
     try:
         with conn.cursor() as cur:
             union = " UNION ALL ".join(
-                f"SELECT COUNT(*) AS c FROM SMSQ_SEND_{n} WHERE app_etc1 = %s AND rsv1 = '1'"
+                f"SELECT COUNT(*) AS c FROM SMSQ_SEND_{n} WHERE bill_id = %s AND rsv1 = '1'"
                 for n in range(1, 10)
             )
             cur.execute(f"SELECT SUM(c) FROM ({union}) AS w", [run_id] * 9)

@@ -29,7 +29,7 @@ from daemon.dispatcher.context import Context
 from daemon.runtime import Runtime
 from dispatch.agent_tables import Backlog
 from dispatch.guards import CheckedPage
-from dispatch.handoff import RowValues, StagedRows
+from dispatch.handoff import BILL_ID, RowValues, RunRowKey, StagedRows
 from dispatch.ledger import PullEntry
 from dispatch.outcomes import Result, Tally
 from dispatch.store.runs import Run, RunStatus
@@ -384,19 +384,25 @@ class FakeBook:
         found = Counter(r.status_code for r in self.recipients[run_id] if r.status_code in codes)
         return [(int(code), n) for code, n in found.most_common(3) if code is not None]
 
-    async def record_metrics(self, ref: str, metrics: RunMetrics) -> None:
-        self.metrics[ref] = metrics
+    async def record_metrics(self, refs: list[str], metrics: RunMetrics) -> None:
+        for ref in refs:  # the web logged a row under one of them (AI: run, direct: campaign)
+            self.metrics[ref] = metrics
 
 
 @dataclass
 class AgentRow:
     seqno: int
     dest_no: str
-    run_ref: str
+    run_ref: str  # bill_id: the run id
     rsv1: str = "1"
     status_code: int = 100
     result_at: datetime | None = None
     mob_company: str | None = None
+    app_etc1: str | None = None  # the campaign id; None: the run id (a run without one)
+
+    def of(self, key: RunRowKey) -> bool:
+        """Whether the row is the run's (`handoff.MATCH_RUN`: app_etc1 and bill_id)."""
+        return self.run_ref == key.bill_id and (self.app_etc1 or self.run_ref) == key.app_etc1
 
 
 @dataclass
@@ -464,12 +470,16 @@ class FakeAgentTables:
         rsv1: str = "1",
         ledger: bool = True,
         seqs: tuple[int, int] = (0, 2**31 - 1),
+        app_etc1: str | None = None,
     ) -> None:
         """Rows of the run in `table`, as a daemon of this node commits them (with their
-        ledger entry) or, with ``ledger=False``, as someone else writes them."""
+        ledger entry) or, with ``ledger=False``, as someone else writes them; `app_etc1`
+        the run's campaign (None: a run without one, app_etc1 = its id)."""
         for number in numbers:
             self._seqno += 1
-            self.tables.setdefault(table, []).append(AgentRow(self._seqno, number, run_ref, rsv1))
+            self.tables.setdefault(table, []).append(
+                AgentRow(self._seqno, number, run_ref, rsv1, app_etc1=app_etc1)
+            )
         if ledger and numbers:
             self._entry("insert", run_ref, table, list(numbers), seqs)
 
@@ -489,30 +499,25 @@ class FakeAgentTables:
     async def waiting_counts(self, tables: Sequence[str]) -> dict[str, int]:
         return {t: sum(1 for r in self.tables.get(t, []) if r.rsv1 == "1") for t in tables}
 
-    async def run_waiting(self, tables: Sequence[str], run_ref: str) -> int:
-        return sum(
-            1
-            for t in tables
-            for r in self.tables.get(t, [])
-            if r.run_ref == run_ref and r.rsv1 == "1"
-        )
+    async def run_waiting(self, tables: Sequence[str], key: RunRowKey) -> int:
+        return sum(1 for t in tables for r in self.tables.get(t, []) if r.of(key) and r.rsv1 == "1")
 
     async def committed(
         self,
         tables: Sequence[str],
-        run_ref: str,
+        key: RunRowKey,
         numbers: Sequence[str],
         seqs: tuple[int, int],
     ) -> set[str]:
         self.lookups += 1
         wanted = set(numbers)
-        entries = [e for e in self.ledger if e.run_ref == run_ref]
+        entries = [e for e in self.ledger if e.run_ref == key.run_ref]
         if not entries:  # a run from before the ledger: its tables are searched
             return {
                 r.dest_no
                 for t in tables
                 for r in self.tables.get(t, [])
-                if r.run_ref == run_ref and r.dest_no in wanted
+                if r.of(key) and r.dest_no in wanted
             }
         present: set[str] = set()
         for e in entries:
@@ -533,13 +538,17 @@ class FakeAgentTables:
             await asyncio.sleep(0)  # a turn of the event loop, not a wait for time
         if table in self.fail_write:
             raise self.fail_write.pop(table)
-        self.insert(table, [row[0] for row in staged.rows], staged.rows[0][6], seqs=seqs)
+        first = staged.rows[0]
+        run_ref = first[BILL_ID]
+        assert run_ref is not None
+        app_etc1 = first[8] if first[8] != run_ref else None
+        self.insert(table, [row[0] for row in staged.rows], run_ref, seqs=seqs, app_etc1=app_etc1)
 
-    async def pull_back(self, tables: Sequence[str], run_ref: str) -> list[PullEntry]:
+    async def pull_back(self, tables: Sequence[str], key: RunRowKey) -> list[PullEntry]:
         # SELECT … FOR UPDATE: the rows are found (and locked) first, then deleted by seqno.
+        run_ref = key.run_ref
         found = {
-            t: [r for r in self.tables.get(t, []) if r.run_ref == run_ref and r.rsv1 == "1"]
-            for t in tables
+            t: [r for r in self.tables.get(t, []) if r.of(key) and r.rsv1 == "1"] for t in tables
         }
         self.pulling.set()
         for _ in range(self.slow_pull):
@@ -602,20 +611,20 @@ class FakeAgentTables:
         self,
         live: Sequence[str],
         logs: Sequence[str],
-        run_ref: str,
+        key: RunRowKey,
         since: Mapping[str, datetime | None],
     ) -> tuple[list[Result], int]:
         found, in_flight = [], 0
         for t in live:
             for r in self.tables.get(t, []):
-                if r.run_ref == run_ref and r.rsv1 == "4":
+                if r.of(key) and r.rsv1 == "4":
                     found.append(Result(r.dest_no, r.status_code, r.mob_company, r.result_at, t))
-                elif r.run_ref == run_ref and r.rsv1 in ("2", "3"):
+                elif r.of(key) and r.rsv1 in ("2", "3"):
                     in_flight += 1
         for t in logs:
             mark = since.get(t)
             for r in self.tables.get(t, []):
-                if r.run_ref == run_ref and (mark is None or (r.result_at and r.result_at >= mark)):
+                if r.of(key) and (mark is None or (r.result_at and r.result_at >= mark)):
                     found.append(Result(r.dest_no, r.status_code, r.mob_company, r.result_at, t))
         return found, in_flight
 

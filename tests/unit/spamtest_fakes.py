@@ -385,7 +385,7 @@ class FakeTestTables:
                     "seqno": seqno,
                     "dest_no": row.dest_no,
                     "msg_type": row.msg_type,
-                    "app_etc1": row.run_id,
+                    "app_etc1": row.app_etc1,
                     "rsv1": "1",
                     "status_code": 100,
                 }

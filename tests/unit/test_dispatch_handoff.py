@@ -15,10 +15,12 @@ import structlog
 from daemon.dispatcher import controls, handoff
 from daemon.dispatcher.component import Dispatcher
 from daemon.stores import PostgresKeeper, RedisKeeper
+from dispatch import agent_tables
 from dispatch import handoff as dispatch_handoff
-from dispatch.planner import needs_lookup, room_left
+from dispatch.planner import RunRowFields, needs_lookup, plan_page, room_left
 from dispatch.store.runs import RunStatus
 from tests.unit.dispatch_fakes import DAY, Fakes, dispatcher, make_run, phone
+from tests.webservice import queries as web
 
 
 def sending(f: Fakes, count: int, **fields: object) -> tuple[uuid.UUID, str]:
@@ -293,11 +295,36 @@ def _unescaped(field: str) -> str | None:
 def test_load_data_lines_carry_every_field_as_given_whatever_repeats() -> None:
     """The lines LOAD DATA reads back into exactly the rows given: escapes in any field,
     NULLs, and fields that repeat through a batch or change from one row to the next."""
-    rows = [
-        ("01012345678", "0212345678", "첫\t줄\n둘째 \\ 줄\r\0끝", "S", None, None, "run", "co"),
-        ("01012345679", "0212345678", "plain", "S", None, None, "run", "co"),
-        ("01012345680", "02\t9", "제목 있음", "L", "제\\목", "a.jpg", "run", "co\nx"),
-        ("01012345681", "0212345678", "", "S", None, None, "run", "co"),
+    cam, run = "campaign", "run"
+    rows: list[dispatch_handoff.RowValues] = [
+        (
+            "01012345678",
+            "0212345678",
+            "첫\t줄\n둘째 \\ 줄\r\0끝",
+            "S",
+            "",
+            "",
+            "",
+            "",
+            cam,
+            "co",
+            run,
+        ),
+        ("01012345679", "0212345678", "plain", "S", "", "", "", "", cam, "co", run),
+        (
+            "01012345680",
+            "02\t9",
+            "제목 있음",
+            "M",
+            "제\\목",
+            "a.jpg",
+            "b\tc.jpg",
+            "",
+            cam,
+            "co\nx",
+            run,
+        ),
+        ("01012345681", "0212345678", "", "S", None, None, None, None, "test", "", None),
     ]
     lines = dispatch_handoff.tsv_lines(rows)
     assert lines.endswith("\n") and lines.count("\n") == len(rows)
@@ -358,3 +385,56 @@ async def test_a_sending_run_the_web_cancelled_stops_before_its_next_batch_and_i
     await component.tick()
     assert f.tables.rows(run_ref) == []
     await component.redis.close()
+
+
+def test_a_runs_rows_are_the_webs_with_the_run_id_in_bill_id() -> None:
+    """app_etc1 the campaign, app_etc2 the company, '' for a missing subject and every
+    missing image (file_name1..3, the first three attachments), the run id in bill_id."""
+    campaign, run = uuid.uuid4(), uuid.uuid4()
+    key = dispatch_handoff.RunRowKey.of(run, campaign)
+    assert (key.app_etc1, key.bill_id, key.run_ref) == (str(campaign), str(run), str(run))
+    page = [
+        {"seq": 1, "number": "01011110001", "message_text": "안내", "subject": None,
+         "attachments": None, "pulled": False},
+        {"seq": 2, "number": "01011110002", "message_text": "안내", "subject": "제목",
+         "attachments": ["a.jpg"], "pulled": False},
+        {"seq": 3, "number": "01011110003", "message_text": "안내", "subject": None,
+         "attachments": ["a.jpg", "b.jpg", "c.jpg", "d.jpg"], "pulled": False},
+    ]  # fmt: skip
+    plan = plan_page(
+        page, set(), {1: 10}, {1: "SMSQ_SEND_1"}, RunRowFields("0212345678", "M", key, "co")
+    )
+    rows = [dispatch_handoff.AgentRow(*r) for r in plan.rows["SMSQ_SEND_1"]]
+    assert [(r.title_str, r.file_name1, r.file_name2, r.file_name3) for r in rows] == [
+        ("", "", "", ""),
+        ("제목", "a.jpg", "", ""),
+        ("", "a.jpg", "b.jpg", "c.jpg"),
+    ]
+    assert {(r.app_etc1, r.app_etc2, r.bill_id, r.msg_type) for r in rows} == {
+        (str(campaign), "co", str(run), "M")
+    }
+
+
+def test_a_run_without_a_campaign_keeps_its_id_in_app_etc1() -> None:
+    run = uuid.uuid4()
+    key = dispatch_handoff.RunRowKey.of(run, None)
+    assert key.params == (str(run), str(run)) and key.run_ref == str(run)
+
+
+def test_log_tables_are_made_like_the_live_table_and_7305_is_a_failure() -> None:
+    from datetime import date
+
+    assert agent_tables.log_table_ddl("SMSQ_SEND_3", date(2026, 11, 1)) == (
+        "CREATE TABLE IF NOT EXISTS `SMSQ_SEND_3_202611` LIKE `SMSQ_SEND_3`"
+    )
+    names = [name for name, _ in agent_tables.wanted_tables(["SMSQ_SEND_3"], date(2026, 11, 5))]
+    assert names == [
+        "SMSQ_SEND_3",
+        "SMSQ_SEND_3_202611",
+        "SMSQ_SEND_3_202612",
+        "SMSQ_SEND_3_202701",
+    ]
+    # The web's code sets (utils/sms-result-map.ts:137-140), and only them.
+    assert set(web.PENDING_CODES) == agent_tables.PENDING_CODES
+    assert set(web.SUCCESS_CODES) == agent_tables.SUCCESS_CODES
+    assert agent_tables.is_final(agent_tables.KAKAO_UNCERTAIN)

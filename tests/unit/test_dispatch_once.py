@@ -19,7 +19,7 @@ from daemon.agents import AgentState
 from daemon.dispatcher import controls, failover, grants, handoff, results
 from daemon.dispatcher.component import Dispatcher
 from daemon.stores import PostgresKeeper, RedisKeeper
-from dispatch.handoff import BatchRejected
+from dispatch.handoff import BatchRejected, RunRowKey
 from dispatch.outcomes import Result
 from dispatch.store.runs import RunStatus
 from tests.unit.dispatch_fakes import DAY, AgentRow, Fakes, dispatcher, make_run, phone
@@ -268,7 +268,7 @@ async def test_a_stopped_run_is_read_for_results_only_until_the_horizon(tmp_path
     read_results = f.tables.read_results
 
     async def counted(*args: object) -> tuple[list[Result], int]:
-        reads.append(str(args[2]))
+        reads.append(args[2].bill_id)  # type: ignore[attr-defined]
         return await read_results(*args)  # type: ignore[arg-type]
 
     f.tables.read_results = counted  # type: ignore[method-assign]
@@ -306,7 +306,7 @@ async def test_the_ledger_keeps_only_runs_not_settled_beyond_the_result_horizon(
         f.tables.insert("SMSQ_SEND_1", [phone(i) for i in range(1, 6)], ref)
         await f.book.set_status(run_id, status, None)
         refs[name] = ref
-    pulled = await f.tables.pull_back(["SMSQ_SEND_1"], refs["unfinished-pull"])
+    pulled = await f.tables.pull_back(["SMSQ_SEND_1"], RunRowKey.of(refs["unfinished-pull"], None))
     assert pulled  # its 'pulled' entry is not written: PostgreSQL never marked them
     gone = str(uuid.uuid4())  # a run no longer in PostgreSQL
     f.tables.insert("SMSQ_SEND_2", [phone(1)], gone)
