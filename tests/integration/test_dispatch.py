@@ -217,10 +217,11 @@ def test_fairness_across_companies(node: SimulatedNode) -> None:
 
     asyncio.run(assign())
     # A's first run holds the group long enough for everything below to queue behind it.
-    a_runs = [send(node, "A", numbers(f"5{i}", 40_000 if i == 0 else 300)) for i in range(10)]
-    assert show(node, a_runs[0])["status"] in ("sending", "draining")
+    a_runs = [send(node, "A", numbers(f"5{i}", 80_000 if i == 0 else 300)) for i in range(10)]
+    first = show(node, a_runs[0])
+    assert first["status"] in ("sending", "draining") and first["line_group"] == "bulk-1"
     b_run = send(node, "B", numbers("60", 300))
-    finished(node, b_run, 120)
+    assert finished(node, b_run, 120)["line_group"] == "bulk-1"  # the web's assignment
     b_started = show(node, b_run)["started_at"]
     second = show(node, a_runs[1])
     assert second["started_at"] is None or str(second["started_at"]) > str(b_started)

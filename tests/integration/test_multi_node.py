@@ -151,7 +151,7 @@ def test_two_nodes_send_their_own_runs_and_see_only_their_own(
         # PostgreSQL: this node's run only.
         runs = pg_fetch("SELECT company_id, node_id FROM hanjullo.runs", database=f"node{n}")
         node_id = nodes[n].status_config()["node"]["id"]
-        assert runs == [(f"multi-{n}", node_id)]
+        assert runs == [(finals[n]["company"], node_id)]
         # The daemon's view: its own agents (ports) and phones (ptys), none of the other's.
         status = nodes[n].status()
         mine, theirs = nodes[n].status_config(), nodes[other].status_config()
