@@ -184,13 +184,15 @@ def test_a_direct_send_reads_in_the_webs_tables_as_the_web_would_have_written_it
     )
 
 
-@pytest.mark.parametrize("kill", [False, True], ids=["running", "kill-9"])
+@pytest.mark.parametrize("how", ["web", "web-then-kill-9", "run-cancel"])
 def test_a_scheduled_campaign_cancelled_the_way_the_web_cancels_it_is_never_sent(
-    node: SimulatedNode, kill: bool
+    node: SimulatedNode, how: str
 ) -> None:
     """Acceptance 3: the web's cancel (its statuses, its DELETE of waiting rows) of a campaign
-    scheduled an hour ahead; then the node's clock passes that hour. With `kill`, the daemon
-    dies by kill -9 right after the cancel and starts again."""
+    scheduled an hour ahead; then the node's clock passes that hour. `web-then-kill-9`: the
+    daemon dies by kill -9 right after the cancel and starts again. `run-cancel`: the
+    operator's `hanjulloctl run cancel` instead, which leaves the web's rows as the web's
+    own cancel would."""
     at = datetime.now(KST) + timedelta(hours=1)
     csv = write_csv(node.dir / "later.csv", [(f"0108{i:07d}", "예약 안내") for i in range(200)])
     sent = send_json(
@@ -217,27 +219,137 @@ def test_a_scheduled_campaign_cancelled_the_way_the_web_cancels_it_is_never_sent
             pg, my, uuid.UUID(campaign_id), company, datetime.now(UTC), web.WebEnv()
         )
 
-    _db(cancel)
-    if kill:
+    if how == "run-cancel":
+        node.ctl("run", "cancel", run_id)
+    else:
+        _db(cancel)
+    if how == "web-then-kill-9":
         node.stop_daemon(signal.SIGKILL)
     set_node_clock(node, at + timedelta(minutes=5))  # the campaign's time has come
-    if kill:
+    if how == "web-then-kill-9":
         node.start_daemon()
     try:
         info = wait_for(
             lambda: (i := show(node, run_id))["status"] == "cancelled" and i, 30, "cancelled"
         )
-        assert info["reason"] == "cancelled by the web service"
+        if how != "run-cancel":
+            assert info["reason"] == "cancelled by the web service"
         # Several passes later still nothing: no row was ever written for it.
         time.sleep(2)
         assert rows_of_run(run_id) == [] and info["inserted"] == 0
     finally:
         node.sim_ctl("clock", "reset")
     campaign = pg_fetch(
-        "SELECT status, success_count, fail_count FROM campaigns WHERE id = $1::uuid", campaign_id
+        "SELECT status, success_count, fail_count, cancelled_at IS NOT NULL FROM campaigns"
+        " WHERE id = $1::uuid",
+        campaign_id,
     )
-    run = pg_fetch("SELECT status FROM campaign_runs WHERE id = $1::uuid", run_id)
-    assert campaign == [("cancelled", 0, 200)] and run == [("cancelled",)]  # as the web left them
+    run = pg_fetch(
+        "SELECT status, success_count, fail_count FROM campaign_runs WHERE id = $1::uuid", run_id
+    )
+    # As the web's cancel leaves them (campaign-lifecycle.ts:126-148): success 0, every
+    # target failed, cancelled_at set.
+    assert campaign == [("cancelled", 0, 200, True)] and run == [("cancelled", 0, 200)]
+
+
+def test_a_campaign_the_web_reschedules_before_it_starts_moves_its_run(
+    node: SimulatedNode,
+) -> None:
+    at = datetime.now(KST) + timedelta(hours=1)
+    later = at + timedelta(hours=2)
+    csv = write_csv(node.dir / "moved.csv", [(f"0105{i:07d}", "변경 안내") for i in range(30)])
+    sent = send_json(
+        node, "--company", "moved-co", "--callback", "0212345678", "--csv", str(csv),
+        "--at", at.isoformat(),
+    )  # fmt: skip
+    run_id, campaign_id = sent["run_id"], sent["campaign_id"]
+    # The web's reschedule of the campaign (routes/campaigns.ts:2123).
+    pg_fetch(
+        "UPDATE campaigns SET scheduled_at = $2, updated_at = NOW() WHERE id = $1::uuid",
+        campaign_id,
+        later,
+    )
+    wait_for(
+        lambda: show(node, run_id)["scheduled_at"] == later.astimezone(UTC).isoformat(),
+        15,
+        "the run to follow the campaign's new time",
+    )
+    try:
+        set_node_clock(node, at + timedelta(minutes=5))  # the old time has passed
+        time.sleep(2)
+        assert show(node, run_id)["status"] == "queued" and rows_of_run(run_id) == []
+        set_node_clock(node, later + timedelta(minutes=5))
+        info = wait_for(
+            lambda: (i := show(node, run_id))["status"] == "completed" and i, 60, "completed"
+        )
+        assert info["inserted"] == 30
+    finally:
+        node.sim_ctl("clock", "reset")
+
+
+def test_two_runs_of_one_campaign_each_carry_their_own_counts_and_the_campaign_their_sum(
+    node: SimulatedNode,
+) -> None:
+    """An AI campaign sent twice (two campaign_runs rows, run_number 1 and 2): each run row
+    carries its own run's counts, the campaign row their sum, which is what the web's result
+    query counts by app_etc1 over both runs' rows."""
+    from dispatch.runs import Recipient, RunSpec, create_run
+
+    config = node.status_config()
+
+    async def hand_over(pg: Any, _my: Any) -> tuple[uuid.UUID, list[uuid.UUID]]:
+        company = await web.create_company(pg, "AI 회사", f"ai{uuid.uuid4().hex[:8]}")
+        user = await web.create_user(pg, company, f"ai-{uuid.uuid4().hex[:6]}")
+        await web.add_callback_number(pg, company, "0212345678")
+        campaign = await web.create_ai_campaign(
+            pg, company, user, "AI 캠페인", "SMS", "AI 안내", callback="0212345678"
+        )
+        runs = []
+        for number, count in ((1, 30), (2, 20)):
+            run_id = await pg.fetchval(
+                """INSERT INTO campaign_runs (campaign_id, run_number, target_count, status)
+                   VALUES ($1, $2, $3, 'sending') RETURNING id""",
+                campaign,
+                number,
+                count,
+            )
+            spec = RunSpec(
+                node_id=config["node"]["id"],
+                company_id=str(company),
+                user_id=str(user),
+                callback="0212345678",
+                campaign_id=campaign,
+            )
+            recipients = [Recipient(f"0106{number}{i:06d}", "AI 안내") for i in range(count)]
+            await create_run(pg, spec, recipients, run_id=run_id)
+            runs.append(run_id)
+        return campaign, runs
+
+    campaign, runs = _db(hand_over)
+    for run_id in runs:
+        wait_for(lambda r=run_id: show(node, str(r))["status"] == "completed", 60, "both completed")
+
+    async def read(pg: Any, my: Any) -> tuple[Any, ...]:
+        counts = await web.campaign_result(pg, my, campaign, datetime.now(UTC), web.WebEnv())
+        rows = await pg.fetch(
+            "SELECT run_number, sent_count, success_count, fail_count, status FROM campaign_runs"
+            " WHERE campaign_id = $1 ORDER BY run_number",
+            campaign,
+        )
+        total = await pg.fetchrow(
+            "SELECT sent_count, success_count, fail_count, status FROM campaigns WHERE id = $1",
+            campaign,
+        )
+        return counts, rows, total
+
+    counts, rows, total = _db(read)
+    infos = [show(node, str(r)) for r in runs]
+    assert [tuple(r) for r in rows] == [
+        (1, 30, infos[0]["success"], infos[0]["fail"], "completed"),
+        (2, 20, infos[1]["success"], infos[1]["fail"], "completed"),
+    ]
+    assert tuple(total) == (50, counts.success, counts.fail, "completed")
+    assert counts.success + counts.fail == 50 and counts.pending == 0
 
 
 def test_line_groups_and_sender_numbers_are_the_webs(node: SimulatedNode) -> None:
