@@ -187,7 +187,7 @@ def check_page(
     page: Sequence[Fields], message_type: MessageType, opted_out: set[str], seen: set[str]
 ) -> CheckedPage:
     """Check one page of recipients (seq, phone, message_text, subject, attachments) in
-    ``seq`` order. `opted_out`: numbers of the page that opted out (advertising runs).
+    ``seq`` order. `opted_out`: numbers of the page the sending user's opt-outs hold.
     `seen`: the numbers of the run checked so far, updated here; a number already in it is
     a duplicate, so the first occurrence wins."""
     checked = CheckedPage(last_seq=page[-1]["seq"])

@@ -33,7 +33,10 @@ async def guard_pass(ctx: Context, run: Run, state: RunState) -> None:
         if not page:
             break
         opted: set[str] = set()
-        if run.is_ad:
+        if run.user_id:
+            # The web keeps opt-outs per sending user and filters every send by them (AI
+            # sends always, direct ones unless switched off; routes/campaigns.ts:679, 1443):
+            # the hand-over is filtered already, this catches an opt-out registered since.
             numbers = [normalise_phone(r["phone"]) for r in page]
             opted = await ctx.book.opted_out(run.user_id, numbers)
         checked = check_page(page, message_type, opted, seen)

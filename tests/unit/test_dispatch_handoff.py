@@ -438,3 +438,22 @@ def test_log_tables_are_made_like_the_live_table_and_7305_is_a_failure() -> None
     assert set(web.PENDING_CODES) == agent_tables.PENDING_CODES
     assert set(web.SUCCESS_CODES) == agent_tables.SUCCESS_CODES
     assert agent_tables.is_final(agent_tables.KAKAO_UNCERTAIN)
+
+
+async def test_the_sending_users_opt_outs_skip_their_numbers_in_every_run_of_theirs(
+    tmp_path: Path,
+) -> None:
+    """Opt-outs are the web's, per sending user (unsubscribes.user_id), for ads and plain
+    notices alike; another user's opt-out does not touch this user's run."""
+    f = dispatcher(tmp_path, batch_size=50)
+    kims, kims_ref = sending(f, 20, prepared=False, user_id="kim", is_ad=False)
+    lees, lees_ref = sending(f, 20, prepared=False, user_id="lee", is_ad=False)
+    f.book.unsubscribed = {("kim", phone(3)), ("kim", phone(7)), ("park", phone(5))}
+    for run_id in (kims, lees):
+        state = f.ctx.registry.state(run_id, "acme")
+        await handoff.handoff_pass(f.ctx, state)
+        assert state.guard_pass is not None
+        await state.guard_pass
+    assert f.book.skipped[kims] == {"opted_out": 2}
+    assert phone(3) not in placed(f, kims_ref) and len(placed(f, kims_ref)) == 18
+    assert f.book.skipped.get(lees, {}) in ({}, {"opted_out": 0}) and len(placed(f, lees_ref)) == 20
