@@ -809,14 +809,17 @@ def agent_table_counts(refs: list[str]) -> dict[str, tuple[int, int]]:
                 for r in cur.fetchall()
                 if r[0].split("_")[2].isdigit() and int(r[0].split("_")[2]) <= 10
             ]
+            # A run's rows carry its id in bill_id (app_etc1 is its campaign's), a spam
+            # test's in app_etc1.
             marks = ", ".join(["%s"] * len(refs))
             union = " UNION ALL ".join(
-                f"SELECT app_etc1, dest_no FROM `{t}` WHERE app_etc1 IN ({marks})" for t in tables
+                f"SELECT COALESCE(bill_id, app_etc1) AS ref, dest_no FROM `{t}`"
+                f" WHERE bill_id IN ({marks}) OR (bill_id IS NULL AND app_etc1 IN ({marks}))"
+                for t in tables
             )
             cur.execute(
-                f"SELECT app_etc1, COUNT(*), COUNT(DISTINCT dest_no) FROM ({union}) AS a"
-                " GROUP BY app_etc1",
-                refs * len(tables),
+                f"SELECT ref, COUNT(*), COUNT(DISTINCT dest_no) FROM ({union}) AS a GROUP BY ref",
+                refs * 2 * len(tables),
             )
             return {str(ref): (int(n), int(d)) for ref, n, d in cur.fetchall()}
     finally:

@@ -97,7 +97,8 @@ async def land_results(config: NodeConfig, run_id: uuid.UUID, size: int, tmp: Pa
                 for i in range(index + 1, size + 1, 3):
                     code = 6 if i % 10 else 8
                     handle.write(
-                        f"{10_000_000 + i}\t0106{i:07d}\t0212345678\tbench\t{code}\t11\t{run_id}\n"
+                        f"{10_000_000 + i}\t0106{i:07d}\t0212345678\tbench\t{code}\t11"
+                        f"\t{run_id}\t{run_id}\n"
                     )
             table = agent_tables.log_table(f"SMSQ_SEND_{agent}", today)
             async with conn.cursor() as cur:
@@ -105,7 +106,7 @@ async def land_results(config: NodeConfig, run_id: uuid.UUID, size: int, tmp: Pa
                 await cur.execute(
                     f"LOAD DATA LOCAL INFILE %s INTO TABLE `{table}` FIELDS TERMINATED BY '\\t'"
                     " (seqno, dest_no, call_back, msg_contents, status_code, mob_company,"
-                    " app_etc1) SET sendreq_time = NOW(), rsv1 = '5',"
+                    " app_etc1, bill_id) SET sendreq_time = NOW(), rsv1 = '5',"
                     " mobsend_time = UTC_TIMESTAMP(), repmsg_recvtm = UTC_TIMESTAMP()",
                     (str(path),),
                 )
