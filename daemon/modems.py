@@ -20,6 +20,10 @@ The proof a verdict needs (`storage_read_at`): the moment of the latest listing 
 storage (``AT+CMGL``) whose every message has been recorded. A listing can be asked for
 (`request_read`); the spam-test engine does so before it calls a carrier blocked. History
 and proofs are on the monotonic clock, so a step of the system clock moves neither.
+
+Besides the periodic sweep, the storage is listed when two health checks in a row count
+more stored messages than the driver has read: a message whose ``+CMTI`` was lost waits
+seconds for its receipt, not a sweep interval.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ RESETS_BEFORE_REPLUG_WAIT = 1
 # How long a listing waits for what it surfaced to be recorded before it proves nothing
 # (health checks go on meanwhile; PostgreSQL being slow or down is the usual cause).
 READ_PROOF_WAIT_S = 5.0
+# Health checks in a row that must find the storage holding more than the driver has read
+# before it is listed out of turn (a lost +CMTI; else the next sweep finds it): one check can
+# fall between a message's storing and the read its +CMTI starts, two in a row cannot.
+UNREAD_CHECKS_BEFORE_LISTING = 2
 # How a SIM error that ended a session is reported (the health check says the same of an
 # AT+CPIN? answer).
 _SIM_PROBLEM = {
@@ -165,6 +173,8 @@ class ModemManager:
         # Messages surfaced by the driver, and those recorded (and deleted) since.
         self._surfaced = 0
         self._stored = 0
+        # Health checks in a row whose storage count exceeded what the driver has read.
+        self._unread_checks = 0
 
     # ---- state --------------------------------------------------------------------------
     def _set(self, state: ModemState, reason: str = "") -> None:
@@ -336,11 +346,19 @@ class ModemManager:
                 raise ReceiptFault(f"receipts stopped: {failure!r}") from failure
             state = await self._check_health(driver)
             self._failures = 0
+            unread = self._unread_checks >= UNREAD_CHECKS_BEFORE_LISTING
             if state != ModemState.MISCONFIGURED and (
-                loop.time() >= next_sweep or self._read_requested.is_set()
+                loop.time() >= next_sweep or self._read_requested.is_set() or unread
             ):
                 self._read_requested.clear()
-                await self._read_storage(driver, consumer)
+                self._unread_checks = 0
+                found = await self._read_storage(driver, consumer)
+                if unread and found:
+                    log.warning(
+                        "stored messages were never announced; found by the storage count",
+                        modem=self.modem.label,
+                        found=found,
+                    )
                 next_sweep = loop.time() + phones.sweep_interval_s
             elif state == ModemState.MISCONFIGURED:
                 self._read_requested.clear()  # no proof from a misconfigured phone
@@ -348,23 +366,24 @@ class ModemManager:
                 async with asyncio.timeout(phones.health_interval_s):
                     await self._read_requested.wait()
 
-    async def _read_storage(self, driver: TestPhoneDriver, consumer: asyncio.Task[None]) -> None:
+    async def _read_storage(self, driver: TestPhoneDriver, consumer: asyncio.Task[None]) -> int:
         """One listing of the storage; once every message surfaced so far is recorded,
-        the listing's start is the proof of a complete read (`storage_read_at`)."""
+        the listing's start is the proof of a complete read (`storage_read_at`). Returns
+        how many stored messages the listing found that had not been read."""
         listed_at = self.monotonic()
-        await driver.sweep()
+        found = await driver.sweep()
         target = driver.stored.emitted
         deadline = listed_at + READ_PROOF_WAIT_S
         while self._stored < target and not consumer.done():
             self._progress.clear()
             left = deadline - self.monotonic()
             if left <= 0:
-                return  # not all recorded yet: no proof from this listing
+                return found  # not all recorded yet: no proof from this listing
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._progress.wait()
         if self._stored < target:
-            return
+            return found
         if self._receipt_problem:
             # Everything the storage holds is recorded and deleted: receipts work again.
             self._receipt_problem = ""
@@ -372,6 +391,7 @@ class ModemManager:
         self.storage_read_at = listed_at
         for listener in self.read_listeners:
             listener()
+        return found
 
     async def _check_health(self, driver: TestPhoneDriver) -> ModemState:
         hang_after = self.runtime.config.phones.hang_after_timeouts
@@ -384,6 +404,8 @@ class ModemManager:
             self._set(ModemState.DEGRADED, f"{timeouts} command timeout(s)")
             return ModemState.DEGRADED
         self.status.health = reading
+        used = reading.storage_used
+        self._unread_checks = self._unread_checks + 1 if used and used > driver.stored.held else 0
         if reading.sim in (SimState.PIN_REQUIRED, SimState.PUK_REQUIRED):
             self._set(ModemState.MISCONFIGURED, f"SIM locked ({reading.sim.value})")
             return ModemState.MISCONFIGURED

@@ -47,6 +47,9 @@ INIT_COMMANDS = (
 PREFERRED_MEMORY = "SM"
 # How often incomplete concatenated messages are checked for expiry.
 EXPIRE_CHECK_S = 1.0
+# +CMS ERROR 321, invalid memory index (3GPP TS 27.005 3.2.5): AT+CMGR of an empty slot, as
+# after a +CMTI whose message a sweep already read and the daemon deleted.
+INVALID_INDEX = 321
 
 _CREG = {
     "0": Registration.NOT_REGISTERED,
@@ -218,18 +221,25 @@ class ATPhone(TestPhoneDriver):
             except TimeoutError:
                 self.stored.expire()
                 continue
-            if self.stored.knows(index):
-                continue
+            # Read even an index this driver holds: a slot is reused as soon as it is
+            # deleted, and the +CMTI of the message stored there can be dispatched (in the
+            # same read as AT+CMGD's OK, or before it) while the deleted one is still held.
+            # What the read returns, not the index, says whether it is new.
             try:
                 reply = await self.command(f"AT+CMGR={index}", ("+CMGR:",))
-            except (ATError, DriverError) as exc:
-                log.warning(
-                    "read after +CMTI failed; the sweep will find it", index=index, error=str(exc)
-                )
+            except DriverError as exc:  # an ATError too
+                if isinstance(exc, ATError) and exc.code == INVALID_INDEX:
+                    log.debug("announced slot already read and deleted", index=index)
+                else:
+                    log.warning(
+                        "read after +CMTI failed; the sweep will find it",
+                        index=index,
+                        error=str(exc),
+                    )
                 continue
             for header, hex_pdu in _pdu_lines(reply, "+CMGR:"):
                 if self.stored.knows(index, hex_pdu):
-                    continue  # a sweep read it while this read waited for the port
+                    continue  # already read (a sweep, or an earlier +CMTI for the index)
                 if not self._trusted(index, header, hex_pdu):
                     continue
                 self._take(index, hex_pdu, "cmti")

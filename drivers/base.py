@@ -153,6 +153,12 @@ class StoredMessages:
     def forget(self, index: int) -> None:
         self._known.pop(index, None)
 
+    @property
+    def held(self) -> int:
+        """How many stored PDUs were read and not yet deleted: what the modem's storage
+        count should be once every message in it has been read."""
+        return len(self._known)
+
     def clear(self) -> None:
         self._known.clear()
         self._homes.clear()

@@ -113,6 +113,16 @@ def _break_descriptors(fds: set[int], target: str) -> int:
     return swapped
 
 
+def _raw_pdu(sms: dict[str, Any]) -> str:
+    """The message as a hex PDU (what a receipt keeps and what tells two reads of one
+    location apart); "" when gammu cannot encode it."""
+    try:
+        raw = gammu.EncodePDU(sms, Layout="Deliver")
+    except (gammu.GSMError, TypeError, ValueError):
+        return ""
+    return raw.hex().upper() if isinstance(raw, bytes) else str(raw)
+
+
 def part_from_gammu(sms: dict[str, Any]) -> pdu.Deliver:
     """A codec part from one SMS as python-gammu decoded it."""
     coding = _CODING.get(str(sms.get("Coding")), pdu.Encoding.EIGHT_BIT)
@@ -344,24 +354,30 @@ class GammuPhone(TestPhoneDriver):
             except TimeoutError:
                 self.stored.expire()
                 continue
-            if self.stored.knows(location):
-                continue
+            # Read even a location this driver holds: it is reused as soon as it is
+            # deleted, and the callback for the message stored there can fire inside
+            # DeleteSMS, before the deleted one is forgotten. What the read returns, not
+            # the location, says whether it is new.
             try:
                 messages = await self._call(self._sm.GetSMS, 0, location)
             except PortClosed:
                 return
             except DriverError as exc:
-                log.warning(
-                    "read after +CMTI failed; the sweep will find it",
-                    location=location,
-                    error=str(exc),
-                )
+                if "EMPTY" in str(exc):
+                    log.debug("announced location already read and deleted", location=location)
+                else:
+                    log.warning(
+                        "read after +CMTI failed; the sweep will find it",
+                        location=location,
+                        error=str(exc),
+                    )
                 continue
             for sms in messages:
                 found_at = int(sms.get("Location", location))
-                if self.stored.knows(found_at):
-                    continue  # a sweep read it while this read waited for the worker
-                self._take(found_at, sms, "cmti")
+                hex_pdu = _raw_pdu(sms)
+                if self.stored.knows(found_at, hex_pdu):
+                    continue  # already read (a sweep, or an earlier notification)
+                self._take(found_at, sms, hex_pdu, "cmti")
 
     async def sweep(self) -> int:
         found = 0
@@ -380,18 +396,14 @@ class GammuPhone(TestPhoneDriver):
             start = False
             for sms in batch:
                 location = int(sms["Location"])
-                if not self.stored.knows(location):
-                    self._take(location, sms, "sweep")
+                hex_pdu = _raw_pdu(sms)
+                if not self.stored.knows(location, hex_pdu):
+                    self._take(location, sms, hex_pdu, "sweep")
                     found += 1
         self.stored.expire()
         return found
 
-    def _take(self, location: int, sms: dict[str, Any], via: str) -> None:
-        try:
-            raw = gammu.EncodePDU(sms, Layout="Deliver")
-            hex_pdu = raw.hex().upper() if isinstance(raw, bytes) else str(raw)
-        except (gammu.GSMError, TypeError, ValueError):
-            hex_pdu = ""
+    def _take(self, location: int, sms: dict[str, Any], hex_pdu: str, via: str) -> None:
         try:
             part: pdu.Deliver | None = part_from_gammu(sms)
         except (PduError, KeyError, TypeError, IndexError) as exc:

@@ -165,6 +165,26 @@ async def test_unplug_and_replug_under_a_new_name_loses_and_doubles_nothing(
     assert managed.modem.storage == {}
 
 
+async def test_a_message_stored_unannounced_is_listed_by_the_storage_count(
+    managed: Managed,
+) -> None:
+    """A lost +CMTI costs a few health checks, not a sweep interval: two checks in a row
+    that count more stored messages than the driver has read list the storage."""
+    await until(lambda: managed.manager.storage_read_at is not None, 5, "the first listing")
+    listings = managed.modem.counters.cmgl
+    managed.modem.settings.cnmi = (0, 0, 0, 0, 0)
+    started = time.monotonic()
+    managed.send("stored but never announced")
+    await until(lambda: managed.manager.status.receipts >= 1, 5, "the receipt")
+    phones = managed.config.phones
+    assert time.monotonic() - started < 4 * phones.health_interval_s + 1.0
+    assert time.monotonic() - started < phones.sweep_interval_s / 2  # not the periodic sweep
+    assert managed.modem.counters.cmgl == listings + 1
+    (row,) = await managed.rows("stored but never announced")
+    assert row["via"] == "sweep"
+    assert managed.modem.storage == {}
+
+
 async def test_hung_modem_is_marked_hung_and_recovers(managed: Managed) -> None:
     phones = managed.config.phones
     started = datetime.now(UTC)

@@ -304,3 +304,79 @@ def test_a_cancel_that_arrives_with_the_reply_still_cancels_the_caller() -> None
         loop.close()
     assert cancelled, "the reply swallowed the caller's cancel"
     assert not desynced  # its whole reply arrived: nothing is left to drain
+
+
+@dataclass
+class SlotReusingModem(LateModem):
+    """A modem that stores the next message in the slot an ``AT+CMGD`` just freed and
+    announces it in the same chunk as the delete's reply: the order the integration test
+    `test_unplug_and_replug_under_a_new_name_loses_and_doubles_nothing` met after a replug
+    (``OK`` then ``+CMTI: "SM",1`` in one read, for the index just deleted)."""
+
+    cmti_before_ok: bool = False
+    arrivals: int = 0
+
+    def store(self) -> int:
+        """Store the next message in the first free slot without announcing it."""
+        index = min(i for i in range(1, self.capacity + 1) if i not in self.storage)
+        self._uid += 1
+        moment = datetime(2026, 3, 1, 9, 0, tzinfo=KST) + timedelta(seconds=self._uid)
+        (raw,) = pdu.encode_deliver("01012345678", text_of(self._uid), moment)
+        self.storage[index] = Stored(self._uid, raw)
+        return index
+
+    def _answer(self, command: str) -> None:
+        lines, final = self.execute(command)
+        out = "".join(f"\r\n{line}\r\n" for line in lines) + f"\r\n{final}\r\n"
+        if command.startswith("AT+CMGD=") and self.arrivals > 0:
+            self.arrivals -= 1
+            cmti = f'\r\n+CMTI: "SM",{self.store()}\r\n'
+            out = cmti + out if self.cmti_before_ok else out + cmti
+        self.protocol.data_received(out.encode())
+
+
+@pytest.mark.parametrize("cmti_before_ok", [False, True], ids=["cmti-after-ok", "cmti-before-ok"])
+@pytest.mark.parametrize("first_read", ["sweep", "cmti"])
+def test_a_message_in_the_slot_just_deleted_is_read_at_its_announcement(
+    first_read: str, cmti_before_ok: bool
+) -> None:
+    """The +CMTI of a message stored where the previous one was just deleted names an
+    index the driver still held when the notification was dispatched: it must be read at
+    once, not left on the modem for the next sweep (which this test never runs)."""
+    loop = VirtualClockLoop()
+    protocol = ATProtocol()
+    modem = SlotReusingModem(protocol, cmti_before_ok=cmti_before_ok)
+
+    async def opener(_: str) -> tuple[asyncio.Transport, ATProtocol]:
+        return modem, protocol
+
+    phone = ATPhone("reuse", TIMEOUT_S, 60.0, opener=opener)
+
+    async def scenario() -> tuple[list[tuple[str, str, tuple[int, ...]]], list[int]]:
+        await phone.open()
+        try:
+            if first_read == "sweep":
+                modem.store()  # stored while nobody listened: only a listing finds it
+                await phone.sweep()
+            else:
+                modem.deliver()
+            first = await phone.next_received()
+            modem.arrivals = 1  # the next delete frees slot 1 and a message lands there
+            await phone.delete(first.indices)
+            try:
+                async with asyncio.timeout(3 * TIMEOUT_S):
+                    second = await phone.next_received()
+            except TimeoutError:
+                return [(first.via, first.message.text, first.indices)], sorted(modem.storage)
+            await phone.delete(second.indices)
+            got = [(r.via, r.message.text, r.indices) for r in (first, second)]
+            return got, sorted(modem.storage)
+        finally:
+            await phone.close()
+
+    try:
+        got, left_on_modem = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert got == [(first_read, text_of(1), (1,)), ("cmti", text_of(2), (1,))]
+    assert left_on_modem == []
