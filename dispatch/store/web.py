@@ -352,9 +352,11 @@ async def seed_line_groups(conn: Conn, groups: list[WebGroup]) -> list[str]:
     created: list[str] = []
     for order, group in enumerate(groups):
         made = await conn.fetchval(
+            # $1 typed once: PostgreSQL deduces text from the SELECT list and varchar from
+            # the comparison, and refuses the statement ("inconsistent types deduced").
             """INSERT INTO sms_line_groups (group_name, group_type, sms_tables, sort_order)
-               SELECT $1, $2, $3::text[], $4
-               WHERE NOT EXISTS (SELECT 1 FROM sms_line_groups WHERE group_name = $1)
+               SELECT $1::text, $2, $3::text[], $4
+               WHERE NOT EXISTS (SELECT 1 FROM sms_line_groups WHERE group_name = $1::text)
                RETURNING id""",
             group.name,
             group.group_type,
