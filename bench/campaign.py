@@ -64,6 +64,8 @@ MAKESPAN_GOAL = 1.05
 FIRST_ROW_LIMIT_S = 30.0
 PICKUP_SLACK_S = 300.0
 RESULT_LIMIT_S = 120.0
+# Two of the daemon's passes (dispatch.poll_interval_s, 5 s) and a result sync.
+COMPLETE_LIMIT_S = 15.0
 COMPANY = "bench-campaign"
 CALLBACK = "0212345678"
 
@@ -113,12 +115,24 @@ async def measure(node: SimulatedNode, config: NodeConfig, recipients: int) -> F
         print(f"submitted at {datetime.now(UTC).isoformat()}", file=sys.stderr)
         ids = (str(sent.campaign_id), str(sent.run_id))
         try:
-            return await _timeline(pg, my, groups, every_table, sent.run_id, ids, submitted)
-        finally:
-            final = await pg.fetchval("SELECT status FROM hanjullo.runs WHERE id = $1", sent.run_id)
-            if final != "completed":
-                print(f"run {sent.run_id} ended {final}: cancelling it", file=sys.stderr)
-                node.ctl("run", "cancel", str(sent.run_id), check=False)
+            figures = await _timeline(pg, my, groups, every_table, sent.run_id, ids, submitted)
+        except BaseException:
+            node.ctl("run", "cancel", str(sent.run_id), check=False)
+            raise
+        # Every result is in; the run completes at the daemon's next pass (it releases the
+        # group first). Let it, so nothing lingers; cancel it only if it does not.
+        deadline = time.monotonic() + COMPLETE_LIMIT_S
+        status = None
+        while time.monotonic() < deadline:
+            status = await pg.fetchval(
+                "SELECT status FROM hanjullo.runs WHERE id = $1", sent.run_id
+            )
+            if status == "completed":
+                return figures
+            await asyncio.sleep(RESULT_POLL_S)
+        print(f"run {sent.run_id} still {status}: cancelling it", file=sys.stderr)
+        node.ctl("run", "cancel", str(sent.run_id), check=False)
+        return figures
     finally:
         my.close()
         await pg.close()
