@@ -197,7 +197,7 @@ async def handoff_pass(ctx: Context, state: RunState) -> None:
                     return
                 # What the batch below is planned against: a guard pass that ends while its
                 # page is read must not turn "nothing checked yet" into "nothing left".
-                prepared = state.prepared
+                prepared, checked = state.prepared, state.prepared_upto
                 state.prepared_event.clear()
                 healthy = ctx.healthy(group)
                 batch: Batch | int
@@ -215,6 +215,8 @@ async def handoff_pass(ctx: Context, state: RunState) -> None:
                 else:
                     inserted, ahead = await commit_and_plan(ctx, state, run, batch)
             if inserted == 0 and not prepared:
+                if checked:  # all it checked so far is skipped or in: it must go on
+                    state.first_batch.set()
                 if state.guard_pass is not None and state.guard_pass.done():
                     state.guard_pass.result()  # re-raise a failed guard pass
                 with contextlib.suppress(TimeoutError):  # set since the snapshot: at once
@@ -362,4 +364,5 @@ async def commit_batch(
         batch.discard()
     ctx.count_batch(plan.rows, time.perf_counter() - started)
     state.batches += 1
+    state.first_batch.set()
     return plan.size

@@ -34,6 +34,10 @@ class RunState:
     prepared: bool = False
     prepared_upto: int = 0
     prepared_event: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once the handoff wrote its first batch (or waits for checked recipients): until
+    # then the guard pass stops after its first page, so the run's first rows do not
+    # share the event loop with checking the rest of the run.
+    first_batch: asyncio.Event = field(default_factory=asyncio.Event)
     # Waiting rows per agent table as last counted plus what this run inserted since: an
     # upper bound while agents consume (re-counted every WAITING_RECOUNT_S, or sooner
     # when it leaves no room), so a batch does not cost a COUNT over the whole backlog.

@@ -121,6 +121,31 @@ async def test_the_guard_pass_runs_ahead_and_its_skips_are_never_sent(tmp_path: 
     assert f.book.skipped[run_id] == {"duplicate": 1, "invalid_number": 1}
 
 
+async def test_a_runs_first_batch_goes_out_before_the_guard_pass_checks_the_rest(
+    tmp_path: Path,
+) -> None:
+    """bench/campaign.py: the first batch waited for a 5,000-recipient guard page and then
+    shared the event loop with the checking of the rest of the run. The first page is
+    one batch, and the next is read only once that batch is written."""
+    f = dispatcher(tmp_path, batch_size=50)
+    run_id, run_ref = sending(f, 300, prepared=False)
+    state = f.ctx.registry.state(run_id, "acme")
+    read_page = f.book.recipients_after
+    reads: list[tuple[int, int]] = []  # (limit, batches written when it was asked for)
+
+    async def recorded(run: uuid.UUID, after: int, limit: int) -> list[dict[str, Any]]:
+        reads.append((limit, state.batches))
+        return await read_page(run, after, limit)
+
+    f.book.recipients_after = recorded  # type: ignore[method-assign]
+    await asyncio.wait_for(handoff.handoff_pass(f.ctx, state), 10)
+    assert state.guard_pass is not None
+    await state.guard_pass
+    assert reads[0] == (50, 0)
+    assert reads[1][1] >= 1
+    assert len(placed(f, run_ref)) == 300
+
+
 async def test_a_guard_pass_that_ends_while_a_page_is_read_does_not_drain_the_run(
     tmp_path: Path,
 ) -> None:
