@@ -147,12 +147,14 @@ class Dispatcher:
                     for task in background:
                         if task.done() and task.exception() is not None:
                             raise task.exception()  # type: ignore[misc]
+                    # Cleared before the pass: a NOTIFY, a control or a group released
+                    # while it runs wakes the next pass at once, not a poll interval later.
+                    ctx.wake.clear()
                     try:
                         await self.tick()
                         health.running()
                     except ERRORS as exc:
                         health.degraded(f"{type(exc).__name__}: {exc}")
-                    ctx.wake.clear()
                     # Wake at 08:00 and 21:00 KST sharp, not up to a poll interval later.
                     now = ctx.now()
                     until_edge = (next_ad_window_edge(now) - now).total_seconds()
