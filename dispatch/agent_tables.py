@@ -119,7 +119,10 @@ def live_table_ddl(table: str) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS `{table}` ({_COLUMNS},\n"
         "  KEY idx_pick (rsv1, sendreq_time, seqno),\n"
-        "  KEY idx_app (app_etc1, rsv1)\n"
+        "  KEY idx_app (app_etc1, rsv1),\n"
+        # The result sync reads a log table from a watermark (app_etc1 = …, repmsg_recvtm
+        # >= …); a log table is made LIKE its live table, so the live table carries it.
+        "  KEY idx_done (app_etc1, repmsg_recvtm)\n"
         ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
     )
 
