@@ -113,12 +113,26 @@ def is_callback_number(raw: str) -> bool:
     return 8 <= len(normalise_phone(raw)) <= 12 and any(ch.isdigit() for ch in raw)
 
 
+# JavaScript's \s (ECMAScript WhiteSpace and LineTerminator): what the web's hash removes.
+# Python's str.split() differs (it also splits at U+001C-001F and U+0085, not at U+FEFF).
+_JS_WHITESPACE = re.compile(
+    "["
+    + re.escape(
+        "\t\n\v\f\r \u00a0\u1680"
+        + "".join(chr(c) for c in range(0x2000, 0x200B))
+        + "\u2028\u2029\u202f\u205f\u3000\ufeff"
+    )
+    + "]+"
+)
+
+
 def message_hash(text: str) -> str:
-    """The matching key of a message text: SHA-256 of the text with all whitespace
-    removed, first 16 hex digits (the web service's rule)."""
+    """The matching key of a message text, the web service's computeMessageHash
+    (utils/spam-test-queue.ts:105-113): SHA-256 of the text with every run of JavaScript
+    whitespace removed, first 16 hex digits."""
     import hashlib
 
-    stripped = "".join(text.split())
+    stripped = _JS_WHITESPACE.sub("", text)
     return hashlib.sha256(stripped.encode("utf-8")).hexdigest()[:16]
 
 

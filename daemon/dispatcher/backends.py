@@ -158,8 +158,8 @@ class PostgresRunBook:
     ) -> list[tuple[int, int]]:
         return await self._on(results.commonest_codes, run_id, codes)
 
-    async def record_metrics(self, refs: list[str], metrics: RunMetrics) -> None:
-        await self._on(training.record_metrics, refs, metrics)
+    async def record_metrics(self, refs: list[str], metrics: RunMetrics, run_id: uuid.UUID) -> None:
+        await self._on(training.record_metrics, refs, metrics, run_id)
 
     async def cancelled_by_web(self, statuses: tuple[RunStatus, ...]) -> list[uuid.UUID]:
         return await self._on(

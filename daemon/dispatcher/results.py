@@ -141,4 +141,4 @@ async def record_training(ctx: Context, run: Run) -> None:
     refs = [source_ref(secret, run.id)]
     if run.campaign_id is not None:
         refs.append(source_ref(secret, run.campaign_id))
-    await ctx.book.record_metrics(refs, RunMetrics.of(run))
+    await ctx.book.record_metrics(refs, RunMetrics.of(run), run.id)

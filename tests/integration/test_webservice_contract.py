@@ -98,6 +98,30 @@ def test_a_direct_send_reads_in_the_webs_tables_as_the_web_would_have_written_it
     rows = [(n, f"한줄로 안내 {i}") for i, n in enumerate(numbers)]
     rows += [("0212345678", "유선 번호")] * 10 + [(numbers[0], "중복")] * 10
     csv = write_csv(node.dir / "direct.csv", rows)
+
+    async def company_with_a_spam_test(pg: Any, _my: Any) -> None:
+        # The company, its callback, and its latest spam test of the campaign's text, which
+        # the web's worker completed with KT blocking it (the training row's spam_blocked).
+        company = await web.create_company(pg, "직접 회사", "direct-co")
+        await web.add_callback_number(pg, company, "02-1234-5678")
+        test = await pg.fetchval(
+            """INSERT INTO spam_filter_tests (company_id, callback_number, message_content_sms,
+                   message_hash, status, completed_at)
+               VALUES ($1, '0212345678', $2, $3, 'completed', now()) RETURNING id""",
+            company,
+            "한줄로 안내 0",
+            web.message_hash("한줄로  안내 0"),  # the web's hash ignores the whitespace
+        )
+        for carrier, result in (("SKT", "pass"), ("KT", "blocked"), ("LGU", "pass")):
+            await pg.execute(
+                """INSERT INTO spam_filter_test_results (test_id, carrier, message_type, result)
+                   VALUES ($1, $2, 'SMS', $3)""",
+                test,
+                carrier,
+                result,
+            )
+
+    _db(company_with_a_spam_test)
     sent = send_json(node, "--company", "direct-co", "--callback", "0212345678", "--csv", str(csv))
     run_id, campaign_id = sent["run_id"], sent["campaign_id"]
     assert run_id != campaign_id
@@ -166,7 +190,7 @@ def test_a_direct_send_reads_in_the_webs_tables_as_the_web_would_have_written_it
         counts.success,
         counts.fail,
     )
-    assert training["spam_blocked"] == 0 and training["metrics_updated_at"] is not None
+    assert training["spam_blocked"] == 1 and training["metrics_updated_at"] is not None
     assert company[0][0] not in str(dict(training))  # no plaintext id there
 
     # The web's own result sync, run now as a browser would, finds nothing to change.

@@ -384,7 +384,7 @@ class FakeBook:
         found = Counter(r.status_code for r in self.recipients[run_id] if r.status_code in codes)
         return [(int(code), n) for code, n in found.most_common(3) if code is not None]
 
-    async def record_metrics(self, refs: list[str], metrics: RunMetrics) -> None:
+    async def record_metrics(self, refs: list[str], metrics: RunMetrics, run_id: uuid.UUID) -> None:
         for ref in refs:  # the web logged a row under one of them (AI: run, direct: campaign)
             self.metrics[ref] = metrics
 

@@ -269,8 +269,9 @@ SQL_OWNERS = {
     "campaign_runs": {"dispatch.store.web"},
     "hanjullo.runs": {"dispatch.store"},
     "hanjullo.run_recipients": {"dispatch.store"},
-    "hanjullo.spam_tests": {"dispatch.spamtests.store"},
-    "hanjullo.spam_test_results": {"dispatch.spamtests.store"},
+    # The training metrics read a company's latest verdicts of a text (spam_blocked).
+    "hanjullo.spam_tests": {"dispatch.spamtests.store", "dispatch.store.training"},
+    "hanjullo.spam_test_results": {"dispatch.spamtests.store", "dispatch.store.training"},
     "hanjullo.modem_receipts": {"dispatch.spamtests.store", "dispatch.spamtests.receipts"},
 }
 SCHEMA = "daemon.schema"

@@ -133,3 +133,18 @@ def test_the_modal_shows_the_first_row_of_each_cell() -> None:
     assert done.grid[("SKT", "SMS")].icon == "✅"
     assert ("LGU", "SMS") not in done.grid
     assert done.banner == "all_received" and done.received == 2
+
+
+def test_the_nodes_message_hash_is_the_webs_whatever_the_whitespace() -> None:
+    """The training row's spam_blocked and the spam tests' matching use one key with the
+    web's computeMessageHash: JavaScript's \\s, not Python's str.split()."""
+    from config.names import message_hash
+
+    for text in (
+        "한줄로  가을\n세일",
+        "BOM\ufeff안의 문자",  # U+FEFF is JavaScript whitespace, not Python's
+        "구분\x1c기호",  # U+001C splits in Python, not in JavaScript
+        "다음 줄\x85문자",  # so does U+0085
+        "\u3000전각 공백",
+    ):
+        assert message_hash(text) == q.message_hash(text), repr(text)
