@@ -72,9 +72,13 @@ async def run_rows(config: NodeConfig, run_ref: str) -> Counter[str]:
         found: Counter[str] = Counter()
         async with conn.cursor() as cur:
             for table in TABLES:
-                await cur.execute(f"SELECT dest_no FROM `{table}` WHERE bill_id = %s", (run_ref,))
+                # A run's rows carry its id in bill_id, a spam test's in app_etc1.
+                match = "(bill_id = %s OR (bill_id IS NULL AND app_etc1 = %s))"
+                await cur.execute(
+                    f"SELECT dest_no FROM `{table}` WHERE {match}", (run_ref, run_ref)
+                )
                 found.update(r[0] for r in await cur.fetchall())
-                await cur.execute(f"DELETE FROM `{table}` WHERE bill_id = %s", (run_ref,))
+                await cur.execute(f"DELETE FROM `{table}` WHERE {match}", (run_ref, run_ref))
         return found
     finally:
         conn.close()
