@@ -140,7 +140,9 @@ class PostgresRunBook:
         return await self._on(results.runs_awaiting_results, self._node_id(), horizon_h)
 
     async def apply_results(self, run_id: uuid.UUID, found: Sequence[Result]) -> list[int]:
-        return await self._mirrored(run_id, lambda c: results.apply_results(c, run_id, found))
+        # Not mirrored here: result sync's record_in_flight, which follows every pass's
+        # results, brings the web's rows in line once for the pass.
+        return await self._on(results.apply_results, run_id, found)
 
     async def record_in_flight(self, run_id: uuid.UUID, in_flight: int) -> Run:
         return await self._mirrored(
