@@ -21,6 +21,7 @@ from daemon.stores import PostgresKeeper
 from daemon.supervisor import Health
 from dispatch.ledger import Fence, Holder
 from drivers import pdu
+from drivers.at import RESYNC_TIMEOUT_FACTOR
 from simulators.modem import ModemFault, SimModem
 from tests.integration.modem_fixtures import node_config
 
@@ -199,9 +200,13 @@ async def test_hung_modem_is_marked_hung_and_recovers(managed: Managed) -> None:
     await until(first_hung, 10, "hung")
     transition = first_hung()
     assert "no answer to 3 consecutive commands" in transition.reason  # type: ignore[attr-defined]
-    # Three timed-out commands, each after a health interval at most (plus scheduling slack).
+    # Three timed-out commands, each after a health interval at most (plus scheduling slack):
+    # the first waits out its own timeout; each later one first tries to resynchronise the
+    # silent modem, for RESYNC_TIMEOUT_FACTOR timeouts, and that attempt is its timeout.
     elapsed = (transition.at - started).total_seconds()  # type: ignore[attr-defined]
-    assert elapsed <= 3 * (phones.command_timeout_s + phones.health_interval_s) + 2.0
+    first = phones.health_interval_s + phones.command_timeout_s
+    later = phones.health_interval_s + RESYNC_TIMEOUT_FACTOR * phones.command_timeout_s
+    assert elapsed <= first + (phones.hang_after_timeouts - 1) * later + 2.0
     managed.modem.set_fault(ModemFault.OK)
     await until(lambda: managed.manager.ready, 15, "ready after the modem answers again")
     assert managed.manager.status.recoveries >= 1
