@@ -336,6 +336,15 @@ class SpamTestSection(_Section):
     canary_text: str = "hanjullo canary"
     # The registered sender number canaries are sent from (required with an interval).
     canary_callback: str = ""
+    # The web service times out every undecided result row this long after its test's
+    # created_at (routes/spam-filter.ts, utils/spam-test-queue.ts): the node decides each
+    # row of a web test by then, less the margin its own writes need (docs/spam-tests.md).
+    web_window_s: Seconds = 60.0
+    web_window_margin_s: Seconds = 3.0
+    # The web's screens, billing and overall verdict do not know `device_error`: it is
+    # written there as `timeout` (the exact verdict stays in the node's own table) unless
+    # the web service has learned the word.
+    web_device_error: bool = False
 
 
 class PhonesSection(_Section):

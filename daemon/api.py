@@ -310,7 +310,12 @@ class NodeAPI:
         specs = spam_test_specs(self.node_id, _json_body(request))
         try:
             async with self.node.postgres.require().acquire() as conn:
-                ids, batch_id = await create_tests(conn, specs, batch=len(specs) > 1)
+                ids, batch_id = await create_tests(
+                    conn,
+                    specs,
+                    batch=len(specs) > 1,
+                    create_companies="simulator" in self.node.runtime.config.model_fields_set,
+                )
         except SpamTestRejected as exc:
             return Response.error(422, f"spam test rejected, nothing was queued: {exc}")
         if batch_id is not None:

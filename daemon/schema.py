@@ -281,6 +281,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             ON hanjullo.spam_test_results (modem, decided_at) WHERE NOT received;
         """,
     ),
+    Migration(
+        5,
+        "spam tests taken from the web service's tables; late receipts pass",
+        """
+        -- The test is the web's spam_filter_tests row of the same id: its result rows are
+        -- written there too (dispatch/spamtests/web.py).
+        ALTER TABLE hanjullo.spam_tests ADD COLUMN IF NOT EXISTS web boolean NOT NULL
+            DEFAULT false;
+        -- The verdict a late receipt turned into pass (late = true).
+        ALTER TABLE hanjullo.spam_test_results ADD COLUMN IF NOT EXISTS late_from text;
+        """,
+    ),
 )
 
 

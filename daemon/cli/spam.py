@@ -1,7 +1,8 @@
 """`hanjulloctl spam-test`: queue a spam-filter test (or a batch), wait, show, cancel.
 
-Queuing writes ``hanjullo.spam_tests`` through the same contract as the web
-service, so it works while the daemon is down; ``--wait`` and ``show`` read
+Queuing creates the test as the web service's queue does (`spam_filter_tests` and a
+result row per active device; `dispatch/spamtests/web.py`) and the node's row of it, so
+it works while the daemon is down; ``--wait`` and ``show`` read
 PostgreSQL; ``cancel`` goes through the daemon, which pulls back rows no agent
 has taken and frees the phones.
 """
@@ -97,9 +98,14 @@ def cmd_spam_test(args: argparse.Namespace) -> int:
     specs = _specs(args)
     config = node_config(args)
 
+    # As `send`: a simulated node (a [simulator] section) makes an unknown company code.
+    simulated = "simulator" in config.model_fields_set
     try:
         ids, batch_id = run_with_pg(
-            config, lambda conn: create_tests(conn, specs, batch=len(specs) > 1)
+            config,
+            lambda conn: create_tests(
+                conn, specs, batch=len(specs) > 1, create_companies=simulated
+            ),
         )
     except SpamTestRejected as exc:
         raise CtlError(f"spam test rejected, nothing was queued: {exc}") from exc
@@ -232,7 +238,13 @@ def render(reports: list[dict[str, Any]]) -> str:
                 f"  {carrier:<4} {c['verdict'] or '(waiting)':<13} "
                 f"code {c['status_code'] if c['status_code'] is not None else '-':<5} "
                 f"receipt {f'{delay:.1f}s' if delay is not None else '-':<7}"
-                + (" LATE receipt" if c.get("late") else "")
+                + (
+                    f" LATE receipt (judged {c['late_from']} before it came)"
+                    if c.get("late") and c.get("late_from")
+                    else " LATE receipt"
+                    if c.get("late")
+                    else ""
+                )
                 + (f"  ({c['detail']})" if c.get("detail") and c["verdict"] != "pass" else "")
             )
         lines.append(f"  overall {r['overall'] or '(undecided)'}")
@@ -252,8 +264,11 @@ def register(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--message", action="append", help="the text (repeat for a batch)")
     p.add_argument("--lms", action="store_true", help="test as an LMS (needs --subject)")
     p.add_argument("--subject")
-    p.add_argument("--company")
-    p.add_argument("--user")
+    p.add_argument(
+        "--company",
+        help="a companies.id (a simulated node makes an unknown value a company of that code)",
+    )
+    p.add_argument("--user", help="a users.id (the sending user), if any")
     p.add_argument("--variant")
     p.add_argument("--run", help="the campaign run this test belongs to (ai_training_logs)")
     p.add_argument("--source", choices=["manual", "auto_ai"], default="manual")

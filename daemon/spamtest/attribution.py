@@ -1,16 +1,17 @@
 """Receipt attribution: which test a receipt recorded on a phone belongs to.
 
-Receipts are read from ``hanjullo.modem_receipts`` where not yet attributed, in id order, so one
-recorded while the engine was down is attributed after it starts. A receipt goes to the
-test holding its phone when it matches one of that test's slots (sender and text hash,
-or MMS subject and size: `dispatch/spamtests/rules.py:Expected`): the slot passes. One
-matching a slot already decided, or a decided test's row of the last day, is *late*: the
-verdict stays, the row is marked and the delay widens the carrier's grace. Anything else
-is unmatched. A receipt recorded before a test started (both times PostgreSQL's) is never
-that test's. Memory follows the database: a slot passes in memory only once PostgreSQL
-has the pass. Each pass ends by noting the phones' proofs of a complete storage read as
-they stood before it began, now that every receipt recorded until then is attributed
-(what `blocked` needs). Must not time a verdict (`verdicts.py`).
+Receipts are read from ``hanjullo.modem_receipts`` where not yet attributed, in id
+order, so one recorded while the engine was down is attributed after it starts. A
+receipt goes to the test holding its phone when it matches one of that test's slots
+(sender and text hash, or MMS subject and size: `dispatch/spamtests/rules.py:Expected`):
+the slot passes. One matching a slot already decided, or a decided test's row of the
+last day, is *late*: the row passes, marked late with the verdict it had, and the delay
+widens the carrier's grace. Anything else is unmatched. A receipt recorded before a test
+started (both times PostgreSQL's) is never that test's. Memory follows the database: a
+slot passes in memory only once PostgreSQL has the pass. Each pass ends by noting the
+phones' proofs of a complete storage read as they stood before it began, now that every
+receipt recorded until then is attributed (what `blocked` needs). Must not time a
+verdict (`verdicts.py`).
 """
 
 from __future__ import annotations
@@ -117,19 +118,31 @@ async def attribute(ctx: SpamContext, receipt: Row) -> None:
 
 
 async def late(ctx: SpamContext, receipt: Row, test_id: uuid.UUID, slot: Slot) -> None:
-    """A receipt of a slot already decided: marked late, its delay sampled."""
+    """A receipt of a slot already decided: the slot passes, marked late with the verdict
+    it had (in the web's row too, as the web's receipt route does), the test's overall
+    verdict follows, and the delay is sampled (the grace widens)."""
     delay = receipt_delay(slot.inserted_at, receipt["received_at"])
-    await ctx.book.record_late(slot.result_id, test_id, receipt["id"], delay)
+    judged = slot.result
+    now_overall = await ctx.book.record_late(
+        slot.result_id, test_id, receipt["id"], receipt["received_at"], delay
+    )
+    slot.result, slot.received_at = Verdict.PASS.value, receipt["received_at"]
+    slot.detail = f"received after it was judged {judged}"
     if slot.success_seen_at is not None:
         ctx.sample(slot.carrier, (receipt["received_at"] - slot.success_seen_at).total_seconds())
     for shown in ctx.recent:
         if shown["test_id"] == str(test_id) and slot.carrier in shown["carriers"]:
-            shown["carriers"][slot.carrier]["late"] = True
+            shown["carriers"][slot.carrier].update(
+                late=True, late_from=judged, verdict=Verdict.PASS.value
+            )
+            if now_overall is not None:
+                shown["overall"] = now_overall.value
     log.warning(
         "receipt arrived after its verdict",
         test=str(test_id),
         carrier=slot.carrier,
-        verdict=slot.result,
+        verdict=judged,
+        now=Verdict.PASS.value,
         delay_s=delay,
         grace_now_s=ctx.grace(slot.carrier),
     )

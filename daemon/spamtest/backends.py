@@ -30,9 +30,16 @@ from dispatch.store.training import SpamBlocked
 class PostgresSpamBook:
     """`SpamBook` on the PostgreSQL pool, bound to this node."""
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool], node_id: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        pool: Callable[[], asyncpg.Pool],
+        node_id: Callable[[], str],
+        web_device_error: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._pool = pool
         self._node = node_id
+        # Whether the web's result rows may say `device_error` (`spam_tests.web_device_error`).
+        self._device_error = web_device_error
 
     async def tests_in(self, status: TestStatus, limit: int | None = None) -> list[Row]:
         async with self._pool().acquire() as conn:
@@ -62,7 +69,7 @@ class PostgresSpamBook:
         self, test_id: uuid.UUID, results: Sequence[NewResult]
     ) -> tuple[datetime, list[int]] | None:
         async with self._pool().acquire() as conn:
-            return await store.start_test(conn, test_id, results)
+            return await store.start_test(conn, test_id, results, self._device_error())
 
     async def record_sent(self, rows: Sequence[tuple[int, int, datetime | None]]) -> None:
         async with self._pool().acquire() as conn:
@@ -74,7 +81,7 @@ class PostgresSpamBook:
 
     async def record_verdicts(self, rows: Sequence[tuple[int, Verdict, str | None]]) -> None:
         async with self._pool().acquire() as conn:
-            await store.record_verdicts(conn, rows)
+            await store.record_verdicts(conn, rows, self._device_error())
 
     async def complete_test(
         self, test_id: uuid.UUID, verdict: Verdict, blocked: SpamBlocked | None
@@ -102,10 +109,21 @@ class PostgresSpamBook:
             await store.record_receipt(conn, result_id, test_id, receipt_id, received_at, delay_s)
 
     async def record_late(
-        self, result_id: int, test_id: uuid.UUID, receipt_id: int, delay_s: float | None
-    ) -> None:
+        self,
+        result_id: int,
+        test_id: uuid.UUID,
+        receipt_id: int,
+        received_at: datetime,
+        delay_s: float | None,
+    ) -> Verdict | None:
         async with self._pool().acquire() as conn:
-            await store.record_late(conn, result_id, test_id, receipt_id, delay_s)
+            return await store.record_late(
+                conn, result_id, test_id, receipt_id, received_at, delay_s
+            )
+
+    async def take_web_tests(self, limit: int) -> tuple[int, list[str]]:
+        async with self._pool().acquire() as conn:
+            return await store.take_web_tests(conn, self._node(), limit)
 
     async def mark_receipt(self, receipt_id: int, how: str, test_id: uuid.UUID | None) -> None:
         async with self._pool().acquire() as conn:

@@ -26,6 +26,7 @@ from config.model import SpamTestSection
 from daemon.runtime import Runtime
 from daemon.spamtest.ports import AgentWatch, PhoneWatch, SpamBook, TestTables
 from daemon.spamtest.state import ActiveTest
+from dispatch.fairness import Row
 from dispatch.spamtests.rules import grace_for
 
 # Completed tests shown in the status.
@@ -75,6 +76,20 @@ class SpamContext:
     @property
     def clock(self) -> NodeClock:
         return self.runtime.clock
+
+    def deadline(self, test: Row) -> float | None:
+        """By when (monotonic) a test read just now must be decided: a web test's window
+        counts from its created_at, its age (``age_s``) read in PostgreSQL's own time, so
+        neither the node's wall clock nor a step of it moves the deadline."""
+        if not test["web"]:
+            return None
+        section = self.section
+        return (
+            self.monotonic()
+            + section.web_window_s
+            - section.web_window_margin_s
+            - float(test["age_s"])
+        )
 
     def grace(self, carrier: str) -> float:
         return grace_for(list(self.samples.get(carrier, ())), self.section)

@@ -3,7 +3,8 @@ what `daemon/node.py` calls.
 
 Each pass runs every step even if an earlier one failed (MySQL down must not stop
 receipts, which need only PostgreSQL, from settling verdicts): send what is missing,
-attribute receipts, read the agent's codes, decide, queue canaries, start queued tests.
+attribute receipts, read the agent's codes, decide, queue canaries, take the web's new
+tests, start queued tests.
 It wakes on ``NOTIFY hanjullo_spam_tests``, on each recorded receipt, when a phone is
 freed, and every `spam_tests.poll_interval_s` (`IDLE_POLL_S` with no active test). The
 decisions live in the sibling modules; this module only composes them and builds the
@@ -46,6 +47,7 @@ STEPS: tuple[Callable[[SpamContext], Awaitable[None]], ...] = (
     sending.poll_agents,
     verdicts.decide_all,
     canaries.queue_canaries,
+    sending.take_web_tests,
     sending.start_queued,
 )
 
@@ -108,7 +110,11 @@ class SpamTestEngine:
         self.tables = MySQLTestTables(lambda: role.fence)
         self.ctx = SpamContext(
             runtime,
-            book=PostgresSpamBook(postgres.require, lambda: runtime.config.node.id),
+            book=PostgresSpamBook(
+                postgres.require,
+                lambda: runtime.config.node.id,
+                lambda: runtime.config.spam_tests.web_device_error,
+            ),
             tables=self.tables,
             phones={m.modem.label: m for m in modems},
             agents=agents,

@@ -56,8 +56,20 @@ class SpamBook(Protocol):
         delay_s: float | None,
     ) -> None: ...
     async def record_late(
-        self, result_id: int, test_id: uuid.UUID, receipt_id: int, delay_s: float | None
-    ) -> None: ...
+        self,
+        result_id: int,
+        test_id: uuid.UUID,
+        receipt_id: int,
+        received_at: datetime,
+        delay_s: float | None,
+    ) -> Verdict | None:
+        """The row passes, marked late; the test's overall verdict now if completed."""
+        ...
+
+    async def take_web_tests(self, limit: int) -> tuple[int, list[str]]:
+        """The web's new tests into the node's queue: (how many, rejections)."""
+        ...
+
     async def mark_receipt(self, receipt_id: int, how: str, test_id: uuid.UUID | None) -> None: ...
     async def decided_unreceived(self, modem: str, horizon: timedelta) -> list[Row]: ...
 

@@ -21,6 +21,7 @@ async def restore(ctx: SpamContext) -> None:
     ctx.busy.clear()
     for row in await ctx.book.tests_in(TestStatus.ACTIVE):
         test = ActiveTest.of(row, ctx.now())
+        test.deadline = ctx.deadline(row)
         # Durations run on the monotonic clock, which says nothing of the time before the
         # restart: a resumed slot's grace and timeout count again from now (a verdict
         # may come later, never early).

@@ -27,7 +27,7 @@ from dispatch import agent_tables
 from dispatch.agent_tables import SUCCESS_CODES
 from dispatch.fairness import Row, fair_order
 from dispatch.handoff import AgentRow
-from dispatch.spamtests.contract import CANARY, TestStatus, Verdict
+from dispatch.spamtests.contract import CANARY, CARRIERS, TestStatus, Verdict
 from dispatch.spamtests.rules import Expected, expected_hash
 from dispatch.spamtests.store import NewResult
 
@@ -37,19 +37,38 @@ log = structlog.get_logger("spamtests")
 QUEUE_READ = 500
 # How far back a test's agent row is looked for in log tables: this month and the last.
 LOG_LOOKBACK = timedelta(days=31)
+# A web test that reaches a phone with less of its window left than this is not sent:
+# no carrier could be judged before the web times it out (docs/spam-tests.md).
+MIN_WINDOW_LEFT_S = 10.0
+
+
+async def take_web_tests(ctx: SpamContext) -> None:
+    """The web's new tests join the queue (`dispatch/spamtests/store.py:take_web_tests`);
+    one the node cannot run is completed at once, with its reason, and logged."""
+    taken, rejected = await ctx.book.take_web_tests(QUEUE_READ)
+    for reason in rejected:
+        log.warning("web spam test rejected", reason=reason)
+    if taken:
+        log.info("web spam tests taken", count=taken)
 
 
 async def start_queued(ctx: SpamContext) -> None:
     """Start every queued test a phone is free for, fairly across companies; the rest
-    make the queue's view."""
+    make the queue's view. A web test with too little of its window left to be decided
+    is started with every carrier `timeout` and nothing sent."""
     queued = await ctx.book.tests_in(TestStatus.QUEUED, QUEUE_READ)
     order = fair_order(queued, ctx.last_served, arrival="created_at")
     started: set[uuid.UUID] = set()
     for test in order:
-        chosen = phones.plan(ctx, test)
-        if chosen is None:
-            continue
-        if await start(ctx, test, chosen):
+        deadline = ctx.deadline(test)
+        if deadline is not None and deadline - ctx.monotonic() < MIN_WINDOW_LEFT_S:
+            outcome = await start(ctx, test, dict.fromkeys(CARRIERS), deadline, out_of_time=True)
+        else:
+            chosen = phones.plan(ctx, test)
+            if chosen is None:
+                continue
+            outcome = await start(ctx, test, chosen, deadline)
+        if outcome:
             started.add(test["id"])
     now = ctx.now()
     ctx.queue_view = [
@@ -67,16 +86,31 @@ async def start_queued(ctx: SpamContext) -> None:
     ]
 
 
-async def start(ctx: SpamContext, row: Row, chosen: Mapping[str, str | None]) -> bool:
-    """Start one test on the chosen phones; False when it was cancelled meanwhile."""
+async def start(
+    ctx: SpamContext,
+    row: Row,
+    chosen: Mapping[str, str | None],
+    deadline: float | None = None,
+    out_of_time: bool = False,
+) -> bool:
+    """Start one test on the chosen phones; False when it was cancelled meanwhile.
+    `out_of_time`: every carrier is `timeout` at once and nothing is sent."""
     test = ActiveTest.of(row, ctx.now())
+    test.deadline = deadline
     table = phones.pick_table(ctx)
     slots: list[Slot] = []
     for carrier, label in chosen.items():
         config = phones.modem_config(ctx, label)
         for mtype in test.message_types:
             reason = None
-            if label is None:
+            verdict = Verdict.DEVICE_ERROR
+            if out_of_time:
+                verdict = Verdict.TIMEOUT
+                reason = (
+                    f"less than {MIN_WINDOW_LEFT_S:.0f}s of the web's window was left "
+                    f"{float(row['age_s']):.0f}s after the test was created"
+                )
+            elif label is None:
                 reason = phones.unusable_reason(ctx, carrier, row["target_modem"])
             elif table is None:
                 reason = "no test line group configured"
@@ -91,7 +125,7 @@ async def start(ctx: SpamContext, row: Row, chosen: Mapping[str, str | None]) ->
                 Expected.of(mtype, test.callback, text_hash, test.subject, test.lms_text),
             )
             if reason:
-                slot.result, slot.detail = Verdict.DEVICE_ERROR.value, reason
+                slot.result, slot.detail = verdict.value, reason
             slots.append(slot)
     written = await ctx.book.start_test(
         test.id,

@@ -87,6 +87,10 @@ class ActiveTest:
     target_modem: str | None = None
     slots: list[Slot] = field(default_factory=list)
     started_mono: float = 0.0  # monotonic: when this engine started (or resumed) it
+    web: bool = False  # the web's spam_filter_tests row of the same id
+    # Monotonic: by when every slot must be decided (a web test: the web's window from its
+    # created_at, less the margin; None: no window).
+    deadline: float | None = None
 
     def text_for(self, mtype: MessageType) -> str:
         text = self.sms_text if mtype == MessageType.SMS else self.lms_text
@@ -119,4 +123,5 @@ class ActiveTest:
             row["created_at"],
             row["started_at"] or now,
             row["target_modem"],
+            web=bool(row["web"]),
         )

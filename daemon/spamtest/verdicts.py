@@ -20,14 +20,22 @@ from daemon.spamtest.state import ActiveTest, Slot
 from daemon.spamtest.view import test_view
 from dispatch.runs import source_ref
 from dispatch.spamtests.contract import CANARY, Verdict
-from dispatch.spamtests.rules import Decision, SlotFacts, decide, overall, read_due
+from dispatch.spamtests.rules import (
+    Decision,
+    SlotFacts,
+    capped_grace,
+    decide,
+    overall,
+    read_due,
+)
 from dispatch.store.training import SpamBlocked
 
 log = structlog.get_logger("spamtests")
 
 # How long after the grace a phone has to prove its storage was read completely before
 # the carrier is a device_error instead of blocked: a forced read is one AT+CMGL and its
-# receipts recorded, well under a second on a working phone.
+# receipts recorded, well under a second on a working phone. A test with a deadline (the
+# web's window) keeps this long after its grace for the read.
 READ_WAIT_S = 10.0
 
 
@@ -53,10 +61,17 @@ async def decide_all(ctx: SpamContext) -> None:
                 phone is not None and phone.watched_since(since),
                 storage_read_at=proof,
                 read_wait_s=READ_WAIT_S,
+                deadline=test.deadline,
+                min_grace_s=ctx.section.grace_min_s,
             )
             if decision is not None:
                 decided.append((slot, decision))
-            elif phone is not None and read_due(facts, now, grace, proof):
+            elif phone is not None and read_due(
+                facts,
+                now,
+                capped_grace(grace, slot.success_mono, test.deadline, READ_WAIT_S),
+                proof,
+            ):
                 phone.request_read()
         if decided:
             await ctx.book.record_verdicts([(s.result_id, d.verdict, d.detail) for s, d in decided])

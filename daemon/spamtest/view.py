@@ -43,6 +43,13 @@ def test_view(ctx: SpamContext, test: ActiveTest, verdict: str | None) -> dict[s
         "status": "active" if verdict is None else "completed",
         "overall": verdict,
         "elapsed_s": round((now - test.started_at).total_seconds(), 1),
+        "web": test.web,
+        # A web test: seconds left until every carrier must be decided (the web's window).
+        "decide_within_s": (
+            round(max(0.0, test.deadline - ctx.monotonic()), 1)
+            if test.deadline is not None and verdict is None
+            else None
+        ),
         "carriers": carriers,
     }
 

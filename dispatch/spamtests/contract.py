@@ -1,8 +1,10 @@
 """The spam-filter test contract: the vocabulary and what a queued test must be.
 
-The web service (or `hanjulloctl spam-test`) queues a row in ``hanjullo.spam_tests`` and
-NOTIFYs `NOTIFY_CHANNEL`; the engine (`daemon/spamtest/`) runs it and writes one
-``hanjullo.spam_test_results`` row per (carrier × message type). Owns the names of that
+The web service creates a test in its ``spam_filter_tests`` (or `hanjulloctl spam-test`
+does, as the web's queue would, and NOTIFYs `NOTIFY_CHANNEL`); the engine
+(`daemon/spamtest/`) takes it into ``hanjullo.spam_tests`` under the same id, runs it and
+writes one ``hanjullo.spam_test_results`` row per (carrier × message type), and the
+verdicts into the web's result rows (`web.py`). Owns the names of that
 contract (channel, carriers, verdicts, statuses, sources) and the intake check of a
 test (`SpamTestSpec.check`); holds no SQL (`store.py`) and no rule of a verdict
 (`rules.py`).
@@ -75,8 +77,12 @@ class SpamTestSpec:
                     f"{SMS_MAX_BYTES}; test it as an LMS (--lms --subject S)"
                 )
         if self.lms_text is not None:
-            if not (self.subject or "").strip():
-                raise SpamTestRejected("an LMS test needs a subject (it is how receipts match)")
+            # The web's queue sends an LMS with an empty subject (stq:339): its receipt then
+            # matches by sender and size (docs/test-phones.md, "Matching an LMS").
+            if self.subject is None:
+                raise SpamTestRejected("an LMS test needs a subject, '' for none")
+            if not self.lms_text.strip():
+                raise SpamTestRejected("the LMS text is empty")
             if byte_length(self.lms_text) > LMS_MAX_BYTES:
                 raise SpamTestRejected(
                     f"the LMS text is {byte_length(self.lms_text)} bytes, over {LMS_MAX_BYTES}"

@@ -32,6 +32,8 @@ def _carrier_report(rows: Sequence[Row]) -> dict[str, Any]:
         report["late"] = True
         late = [r["late_delay_s"] for r in rows if r["late_delay_s"] is not None]
         report["late_delay_s"] = round(max(late), 2) if late else None
+        # The verdict the late receipt turned into `pass`.
+        report["late_from"] = next((r["late_from"] for r in rows if r["late_from"]), None)
     details = [r["detail"] for r in rows if r["detail"]]
     if details:
         report["detail"] = "; ".join(details)
@@ -65,4 +67,5 @@ def report(test: Row, results: Sequence[Row]) -> dict[str, Any]:
         "completed_at": completed.isoformat() if completed else None,
         "duration_s": round((completed - created).total_seconds(), 2) if completed else None,
         "reason": test["status_reason"],
+        "web": test["web"],
     }

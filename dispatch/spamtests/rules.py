@@ -136,6 +136,16 @@ def read_due(facts: SlotFacts, now: float, grace_s: float, storage_read_at: floa
     )
 
 
+def capped_grace(
+    grace_s: float, success_seen_at: float | None, deadline: float | None, read_s: float
+) -> float:
+    """The grace before `blocked`, cut so that it and a storage read after it (`read_s`)
+    end by the test's `deadline` (monotonic; None: no deadline)."""
+    if deadline is None or success_seen_at is None:
+        return grace_s
+    return min(grace_s, deadline - read_s - success_seen_at)
+
+
 def decide(
     facts: SlotFacts,
     now: float,
@@ -144,6 +154,8 @@ def decide(
     watched: bool,
     storage_read_at: float | None = None,
     read_wait_s: float = 0.0,
+    deadline: float | None = None,
+    min_grace_s: float = 0.0,
 ) -> Decision | None:
     """The verdict of a slot now (monotonic seconds, as the facts), or None to keep
     waiting.
@@ -153,6 +165,10 @@ def decide(
     `storage_read_at`: when the phone's storage was last read completely, every message
     in it recorded (and attributed). `blocked` needs such a read after the grace ran out;
     without one within `read_wait_s` more, nothing can be concluded (`device_error`).
+    `deadline`: by when the slot must be decided (the web's window); the grace is cut to
+    end before it (`capped_grace`, `read_wait_s` left for the read), and a grace cut below
+    `min_grace_s` cannot make `blocked`. What is undecided at the deadline is `timeout`
+    (`device_error` when the modem was not watched): never `blocked`.
     """
     if facts.received:
         return Decision(Verdict.PASS, "received")
@@ -160,25 +176,44 @@ def decide(
         return Decision(Verdict.FAILED, f"agent reported {facts.agent_code}")
     if facts.agent_success and facts.success_seen_at is not None:
         waited = now - facts.success_seen_at
-        if waited < grace_s:
-            return None
-        if not watched:
-            return Decision(
-                Verdict.DEVICE_ERROR, "the modem was not ready at some moment since the send"
-            )
-        if storage_read_at is not None and storage_read_at >= facts.success_seen_at + grace_s:
-            return Decision(Verdict.BLOCKED, f"nothing arrived {waited:.1f}s after the success")
-        if waited < grace_s + read_wait_s:
+        grace = capped_grace(grace_s, facts.success_seen_at, deadline, read_wait_s)
+        blockable = grace >= min(grace_s, min_grace_s)
+        if blockable and waited >= grace:
+            if not watched:
+                return Decision(
+                    Verdict.DEVICE_ERROR, "the modem was not ready at some moment since the send"
+                )
+            if storage_read_at is not None and storage_read_at >= facts.success_seen_at + grace:
+                return Decision(Verdict.BLOCKED, f"nothing arrived {waited:.1f}s after the success")
+        if deadline is not None and now >= deadline:
+            if blockable and waited >= grace:
+                return Decision(
+                    Verdict.DEVICE_ERROR,
+                    "the phone's storage could not be read after the grace ran out",
+                )
+            return _at_deadline(watched, "the agent's success came too late for the grace")
+        if not blockable or waited < grace + read_wait_s:
             return None
         return Decision(
             Verdict.DEVICE_ERROR, "the phone's storage could not be read after the grace ran out"
         )
+    if deadline is not None and now >= deadline:
+        return _at_deadline(watched, "no agent result")
     if now - facts.inserted_at < timeout_s:
         return None
     if watched:
         return Decision(Verdict.TIMEOUT, f"no agent result within {timeout_s:.0f}s")
     return Decision(
         Verdict.DEVICE_ERROR, "no agent result, and the modem was not ready at some moment"
+    )
+
+
+def _at_deadline(watched: bool, why: str) -> Decision:
+    if watched:
+        return Decision(Verdict.TIMEOUT, f"{why} before the web's window ended")
+    return Decision(
+        Verdict.DEVICE_ERROR,
+        f"{why} before the web's window ended, and the modem was not ready at some moment",
     )
 
 

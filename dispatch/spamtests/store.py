@@ -12,63 +12,154 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from config.names import MessageType, message_hash
 from dispatch.fairness import Row
-from dispatch.spamtests.contract import CANARY, NOTIFY_CHANNEL, SpamTestSpec, TestStatus, Verdict
+from dispatch.guards import RunRejected
+from dispatch.spamtests import web
+from dispatch.spamtests.contract import (
+    CANARY,
+    NOTIFY_CHANNEL,
+    SpamTestRejected,
+    SpamTestSpec,
+    TestStatus,
+    Verdict,
+)
 from dispatch.spamtests.report import report
+from dispatch.spamtests.rules import overall
 from dispatch.store import training
+from dispatch.store import web as web_store
 from dispatch.store.runs import Conn
 
 TEST_COLUMNS = """id, company_id, status, overall, source, variant_id, batch_id,
-    message_content_sms, created_at, started_at, completed_at, status_reason"""
+    message_content_sms, created_at, started_at, completed_at, status_reason, web"""
 RESULT_COLUMNS = """test_id, carrier, message_type, modem, result, status_code,
-    receipt_delay_s, late, late_delay_s, detail"""
+    receipt_delay_s, late, late_delay_s, late_from, detail"""
+# A test's age in PostgreSQL's own time (its deadline is counted from created_at).
+AGE = "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age_s"
 
 
 # ---- intake and reports ---------------------------------------------------------------------
 async def create_tests(
-    conn: Any, specs: Sequence[SpamTestSpec], batch: bool = False
+    conn: Any, specs: Sequence[SpamTestSpec], batch: bool = False, create_companies: bool = False
 ) -> tuple[list[uuid.UUID], uuid.UUID | None]:
     """Queue the tests in one transaction (a batch shares one batch_id); NOTIFY the daemon.
 
-    ``created_at`` is the clock time of each insert, not the transaction's, so the
-    tests of a batch keep their order in the first-in-first-out queue."""
+    A test of a company (or of none) is created as the web service's queue creates one,
+    in its tables (`web.create_test`), and taken into the node's table under the same id;
+    a canary is the node's own. `company_id` is a ``companies`` id (or, on a simulated node
+    with `create_companies`, a company code made on first use)."""
     for spec in specs:
         spec.check()
     batch_id = uuid.uuid4() if batch else None
     ids: list[uuid.UUID] = []
     async with conn.transaction():
         for spec in specs:
-            text = spec.sms_text if spec.sms_text is not None else spec.lms_text
-            assert text is not None
-            test_id = await conn.fetchval(
-                """INSERT INTO hanjullo.spam_tests (node_id, company_id, user_id, callback_number,
-                       message_content_sms, message_content_lms, message_subject, message_hash,
-                       source, variant_id, batch_id, run_id, target_modem, created_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                           clock_timestamp())
-                   RETURNING id""",
-                spec.node_id,
-                spec.company_id,
-                spec.user_id,
-                spec.callback,
-                spec.sms_text,
-                spec.lms_text,
-                spec.subject,
-                message_hash(text),
-                spec.source,
-                spec.variant,
-                batch_id,
-                spec.run_id,
-                spec.target_modem,
+            if spec.source == CANARY:
+                ids.append(await insert_test(conn, spec, batch_id))
+                continue
+            try:
+                company = (
+                    await web_store.company_id(conn, spec.company_id, create=create_companies)
+                    if spec.company_id
+                    else None
+                )
+            except RunRejected as exc:
+                raise SpamTestRejected(str(exc)) from exc
+            user = await web_store.user_of(conn, spec.user_id)
+            test_id, created_at = await web.create_test(conn, spec, company, user, batch_id)
+            ids.append(
+                await insert_test(
+                    conn,
+                    replace(spec, company_id=str(company) if company else None),
+                    batch_id,
+                    test_id=test_id,
+                    created_at=created_at,
+                )
             )
-            ids.append(test_id)
         await conn.execute(f"NOTIFY {NOTIFY_CHANNEL}")
     return ids, batch_id
+
+
+async def insert_test(
+    conn: Conn,
+    spec: SpamTestSpec,
+    batch_id: uuid.UUID | None,
+    *,
+    test_id: uuid.UUID | None = None,
+    created_at: datetime | None = None,
+    status: TestStatus = TestStatus.QUEUED,
+    reason: str | None = None,
+) -> uuid.UUID:
+    """The node's row of a test; with `test_id`, the web's test of that id (``web``)."""
+    text = spec.sms_text if spec.sms_text is not None else spec.lms_text
+    value = await conn.fetchval(
+        """INSERT INTO hanjullo.spam_tests (id, node_id, company_id, user_id, callback_number,
+               message_content_sms, message_content_lms, message_subject, message_hash,
+               source, variant_id, batch_id, run_id, target_modem, created_at, web, status,
+               status_reason, completed_at)
+           VALUES (coalesce($1, gen_random_uuid()), $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                   $11, $12, $13, $14, coalesce($15, clock_timestamp()), $1 IS NOT NULL,
+                   $16, $17, CASE WHEN $16 = 'completed' THEN now() END)
+           RETURNING id""",
+        test_id,
+        spec.node_id,
+        spec.company_id,
+        spec.user_id,
+        spec.callback,
+        spec.sms_text,
+        spec.lms_text,
+        spec.subject,
+        message_hash(text or ""),
+        spec.source,
+        spec.variant,
+        batch_id,
+        spec.run_id,
+        spec.target_modem,
+        created_at,
+        status.value,
+        reason,
+    )
+    return uuid.UUID(str(value))
+
+
+async def take_web_tests(conn: Conn, node_id: str, limit: int) -> tuple[int, list[str]]:
+    """Take the web's tests not taken yet into the node's table, each in a transaction of
+    its own: one the node cannot run (no sender number, no text, a text too long) is
+    completed at once, its web rows `failed`, with the reason in the node's row. Returns
+    how many were taken and the rejections' reasons."""
+    taken, rejected = 0, []
+    for row in await web.untaken(conn, limit):
+        spec = web.spec_of(row, node_id)
+        try:
+            spec.check()
+            problem = None
+        except SpamTestRejected as exc:
+            problem = f"rejected: {exc}"
+        async with conn.transaction():
+            if problem is None:
+                await insert_test(
+                    conn, spec, row["batch_id"], test_id=row["id"], created_at=row["created_at"]
+                )
+            else:
+                # Kept as it came (a test without any text is kept with an empty one).
+                textless = spec.sms_text is None and spec.lms_text is None
+                await insert_test(
+                    conn,
+                    replace(spec, sms_text="") if textless else spec,
+                    row["batch_id"],
+                    test_id=row["id"],
+                    created_at=row["created_at"],
+                    status=TestStatus.COMPLETED,
+                    reason=problem,
+                )
+                await web.reject(conn, row["id"])
+                rejected.append(f"{row['id']}: {problem}")
+        taken += 1
+    return taken, rejected
 
 
 async def show(conn: Conn, ident: uuid.UUID) -> list[dict[str, Any]]:
@@ -104,7 +195,7 @@ async def tests_in(
     None."""
     return list(
         await conn.fetch(
-            """SELECT * FROM hanjullo.spam_tests WHERE node_id = $1 AND status = $2
+            f"""SELECT *, {AGE} FROM hanjullo.spam_tests WHERE node_id = $1 AND status = $2
                ORDER BY created_at, id LIMIT $3""",
             node_id,
             status.value,
@@ -136,7 +227,7 @@ async def receipt_delays(
                FROM hanjullo.spam_test_results r JOIN hanjullo.spam_tests t
                     ON t.id = r.test_id AND t.node_id = $3
                WHERE modem = ANY($1::text[]) AND success_seen_at IS NOT NULL
-                 AND result = 'pass' AND received_at IS NOT NULL) s
+                 AND result = 'pass' AND received_at IS NOT NULL AND NOT late) s
            WHERE n <= $2 ORDER BY n DESC""",
         modems,
         count,
@@ -195,17 +286,18 @@ class NewResult:
 
 
 async def start_test(
-    conn: Conn, test_id: uuid.UUID, results: Sequence[NewResult]
+    conn: Conn, test_id: uuid.UUID, results: Sequence[NewResult], device_error: bool = False
 ) -> tuple[datetime, list[int]] | None:
-    """Make a queued test active and write its result rows, in one transaction: its
-    start time and the rows' ids, or None when it is no longer queued (cancelled)."""
+    """Make a queued test active and write its result rows, in one transaction (a web
+    test's too: `web.start`, and the verdicts decided at once): its start time and the
+    rows' ids, or None when it is no longer queued (cancelled)."""
     async with conn.transaction():
-        started_at = await conn.fetchval(
+        started = await conn.fetchrow(
             """UPDATE hanjullo.spam_tests SET status = 'active', started_at = now()
-               WHERE id = $1 AND status = 'queued' RETURNING started_at""",
+               WHERE id = $1 AND status = 'queued' RETURNING started_at, web""",
             test_id,
         )
-        if started_at is None:
+        if started is None:
             return None
         ids = []
         for r in results:
@@ -227,7 +319,11 @@ async def start_test(
                     r.detail,
                 )
             )
-    return started_at, ids
+        if started["web"]:
+            await web.start(conn, test_id, [(r.carrier, r.mtype.value, r.phone) for r in results])
+            decided = [i for i, r in zip(ids, results, strict=True) if r.result is not None]
+            await web.write_results(conn, decided, device_error)
+    return started["started_at"], ids
 
 
 async def record_sent(conn: Conn, rows: Sequence[tuple[int, int, datetime | None]]) -> None:
@@ -249,13 +345,18 @@ async def record_agent_codes(conn: Conn, rows: Sequence[tuple[int, int, datetime
     )
 
 
-async def record_verdicts(conn: Conn, rows: Sequence[tuple[int, Verdict, str | None]]) -> None:
-    """(result id, verdict, detail) of undecided rows; a decided row keeps its verdict."""
-    await conn.executemany(
-        """UPDATE hanjullo.spam_test_results SET result = $2, detail = $3,
-               decided_at = now() WHERE id = $1 AND result IS NULL""",
-        [(rid, verdict.value, detail) for rid, verdict, detail in rows],
-    )
+async def record_verdicts(
+    conn: Conn, rows: Sequence[tuple[int, Verdict, str | None]], device_error: bool = False
+) -> None:
+    """(result id, verdict, detail) of undecided rows; a decided row keeps its verdict.
+    A web test's rows get them too, in the same transaction."""
+    async with conn.transaction():
+        await conn.executemany(
+            """UPDATE hanjullo.spam_test_results SET result = $2, detail = $3,
+                   decided_at = now() WHERE id = $1 AND result IS NULL""",
+            [(rid, verdict.value, detail) for rid, verdict, detail in rows],
+        )
+        await web.write_results(conn, [rid for rid, _, _ in rows], device_error)
 
 
 async def complete_test(
@@ -264,32 +365,39 @@ async def complete_test(
     verdict: Verdict,
     blocked: training.SpamBlocked | None,
 ) -> None:
-    """The test is completed with its overall verdict; a test of a run adds its blocked
-    carriers to the run's training row, in the same transaction."""
+    """The test is completed with its overall verdict (a web test in the web's table
+    too); a test of a run adds its blocked carriers to the run's training row, in the
+    same transaction."""
     async with conn.transaction():
-        await conn.execute(
+        was_web = await conn.fetchval(
             """UPDATE hanjullo.spam_tests SET status = 'completed', overall = $2,
-                   completed_at = now() WHERE id = $1 AND status = 'active'""",
+                   completed_at = now() WHERE id = $1 AND status = 'active' RETURNING web""",
             test_id,
             verdict.value,
         )
+        if was_web:
+            await web.complete(conn, test_id)
         if blocked is not None:
             await training.set_spam_blocked(conn, blocked)
 
 
 async def cancel_test(conn: Conn, node_id: str, test_id: uuid.UUID) -> tuple[bool, str] | None:
     """Cancel a queued or active test: (True, 'cancelled'); (False, its status) when it
-    was neither; None when there is no such test."""
-    status = await conn.fetchval(
-        """UPDATE hanjullo.spam_tests SET status = 'cancelled', completed_at = now(),
-               status_reason = 'cancelled by operator'
-           WHERE id = $1 AND node_id = $2 AND status IN ('queued', 'active')
-           RETURNING status""",
-        test_id,
-        node_id,
-    )
-    if status is not None:
-        return True, str(status)
+    was neither; None when there is no such test. A web test is completed in the web's
+    table (the web knows no cancelled test); its undecided rows stay undecided there."""
+    async with conn.transaction():
+        cancelled = await conn.fetchrow(
+            """UPDATE hanjullo.spam_tests SET status = 'cancelled', completed_at = now(),
+                   status_reason = 'cancelled by operator'
+               WHERE id = $1 AND node_id = $2 AND status IN ('queued', 'active')
+               RETURNING status, web""",
+            test_id,
+            node_id,
+        )
+        if cancelled is not None:
+            if cancelled["web"]:
+                await web.complete(conn, test_id)
+            return True, str(cancelled["status"])
     current = await conn.fetchval("SELECT status FROM hanjullo.spam_tests WHERE id = $1", test_id)
     return None if current is None else (False, str(current))
 
@@ -327,7 +435,8 @@ async def record_receipt(
     received_at: datetime,
     delay_s: float | None,
 ) -> None:
-    """A receipt passes its result row and is marked as the test's, in one transaction."""
+    """A receipt passes its result row (a web test's rows too) and is marked as the
+    test's, in one transaction."""
     async with conn.transaction():
         await conn.execute(
             """UPDATE hanjullo.spam_test_results SET received = true,
@@ -339,23 +448,50 @@ async def record_receipt(
             receipt_id,
             delay_s,
         )
+        await web.write_results(conn, [result_id], False)
         await mark_receipt(conn, receipt_id, "test", test_id)
 
 
 async def record_late(
-    conn: Conn, result_id: int, test_id: uuid.UUID, receipt_id: int, delay_s: float | None
-) -> None:
-    """A receipt arrived after its row's verdict: the row is marked late (its verdict
-    stays), the receipt is marked, in one transaction."""
+    conn: Conn,
+    result_id: int,
+    test_id: uuid.UUID,
+    receipt_id: int,
+    received_at: datetime,
+    delay_s: float | None,
+) -> Verdict | None:
+    """A receipt arrived after its row's verdict: the row passes, marked late with the
+    verdict it had (``late_from``), as the web's own receipt route turns any row into
+    `pass` (sf:378-502); a completed test's overall verdict follows; a web test's rows
+    get the pass with ``received_at``. One transaction. Returns the test's overall verdict
+    now (None while it is not completed)."""
     async with conn.transaction():
         await conn.execute(
             """UPDATE hanjullo.spam_test_results SET late = true, late_receipt_id = $2,
-                   late_delay_s = $3 WHERE id = $1""",
+                   late_delay_s = $3, late_from = coalesce(late_from, result),
+                   result = 'pass', received = true, received_at = $4,
+                   detail = 'received after it was judged ' || coalesce(late_from, result)
+               WHERE id = $1""",
             result_id,
             receipt_id,
             delay_s,
+            received_at,
         )
+        await web.write_results(conn, [result_id], False)
         await mark_receipt(conn, receipt_id, "late", test_id)
+        status = await conn.fetchval(
+            "SELECT status FROM hanjullo.spam_tests WHERE id = $1 FOR UPDATE", test_id
+        )
+        if status != TestStatus.COMPLETED:
+            return None
+        verdicts = await conn.fetch(
+            "SELECT result FROM hanjullo.spam_test_results WHERE test_id = $1", test_id
+        )
+        now = overall(r["result"] for r in verdicts) or Verdict.DEVICE_ERROR
+        await conn.execute(
+            "UPDATE hanjullo.spam_tests SET overall = $2 WHERE id = $1", test_id, now.value
+        )
+        return now
 
 
 async def decided_unreceived(conn: Conn, node_id: str, modem: str, horizon: timedelta) -> list[Row]:

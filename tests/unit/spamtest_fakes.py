@@ -30,6 +30,7 @@ from daemon.spamtest.context import SpamContext
 from dispatch.fairness import Row
 from dispatch.handoff import AgentRow
 from dispatch.spamtests.contract import CANARY, SpamTestSpec, TestStatus, Verdict
+from dispatch.spamtests.rules import overall
 from dispatch.spamtests.store import NewResult
 from dispatch.store.training import SpamBlocked
 from tests.unit.dispatch_fakes import DAY, NODE, FakeAgents, Monotonic, SetClock
@@ -72,6 +73,8 @@ class FakeSpamBook:
     # SpamBook methods whose next call fails as a PostgreSQL outage would (before the
     # statement's transaction commits: nothing of it is kept).
     fail_next: set[str] = field(default_factory=set)
+    # The web's tests the node has not taken yet (`web_queue`).
+    untaken: list[dict[str, Any]] = field(default_factory=list)
 
     def _outage(self, method: str) -> None:
         if method in self.fail_next:
@@ -102,9 +105,17 @@ class FakeSpamBook:
             "created_at": self.now(),
             "started_at": None,
             "completed_at": None,
+            "web": False,
             **fields,
         }
         self.now.advance(0.001)  # clock_timestamp(): each insert its own time
+        return test_id
+
+    def web_queue(self, sms_text: str = "테스트 메시지", **fields: Any) -> uuid.UUID:
+        """A test the web service created in its own tables, not taken by the node yet
+        (`take_web_tests` takes it)."""
+        test_id = self.queue(sms_text, web=True, **fields)
+        self.untaken.append(self.tests.pop(test_id))
         return test_id
 
     def receive(
@@ -142,7 +153,15 @@ class FakeSpamBook:
             (t for t in self.tests.values() if t["status"] == status.value),
             key=lambda t: (t["created_at"], str(t["id"])),
         )
-        return [dict(t) for t in rows[:limit]]
+        now = self.now()
+        return [{**t, "age_s": (now - t["created_at"]).total_seconds()} for t in rows[:limit]]
+
+    async def take_web_tests(self, limit: int) -> tuple[int, list[str]]:
+        self._outage("take_web_tests")
+        taken, self.untaken = self.untaken[:limit], self.untaken[limit:]
+        for test in taken:
+            self.tests[test["id"]] = test
+        return len(taken), []
 
     async def results_of(self, test_id: uuid.UUID) -> list[Row]:
         return [
@@ -159,6 +178,7 @@ class FakeSpamBook:
             and r["result"] == Verdict.PASS
             and r["success_seen_at"] is not None
             and r["received_at"] is not None
+            and not r["late"]
         ]
         out: list[tuple[str, float]] = []
         for carrier in sorted({r["carrier"] for r in passed}):
@@ -236,6 +256,7 @@ class FakeSpamBook:
                 "late": False,
                 "late_receipt_id": None,
                 "late_delay_s": None,
+                "late_from": None,
             }
             ids.append(result_id)
         return test["started_at"], ids
@@ -302,11 +323,31 @@ class FakeSpamBook:
         await self.mark_receipt(receipt_id, "test", test_id)
 
     async def record_late(
-        self, result_id: int, test_id: uuid.UUID, receipt_id: int, delay_s: float | None
-    ) -> None:
+        self,
+        result_id: int,
+        test_id: uuid.UUID,
+        receipt_id: int,
+        received_at: datetime,
+        delay_s: float | None,
+    ) -> Verdict | None:
         self._outage("record_late")
-        self.results[result_id].update(late=True, late_receipt_id=receipt_id, late_delay_s=delay_s)
+        row = self.results[result_id]
+        row.update(
+            late=True,
+            late_receipt_id=receipt_id,
+            late_delay_s=delay_s,
+            late_from=row.get("late_from") or row["result"],
+            result="pass",
+            received=True,
+            received_at=received_at,
+        )
         await self.mark_receipt(receipt_id, "late", test_id)
+        test = self.tests[test_id]
+        if test["status"] != TestStatus.COMPLETED.value:
+            return None
+        verdict = overall(r["result"] for r in self.results.values() if r["test_id"] == test_id)
+        test["overall"] = (verdict or Verdict.DEVICE_ERROR).value
+        return verdict or Verdict.DEVICE_ERROR
 
     async def mark_receipt(self, receipt_id: int, how: str, test_id: uuid.UUID | None) -> None:
         self._outage("mark_receipt")

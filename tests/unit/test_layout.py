@@ -269,9 +269,21 @@ SQL_OWNERS = {
     "campaign_runs": {"dispatch.store.web"},
     "hanjullo.runs": {"dispatch.store"},
     "hanjullo.run_recipients": {"dispatch.store"},
-    # The training metrics read a company's latest verdicts of a text (spam_blocked).
-    "hanjullo.spam_tests": {"dispatch.spamtests.store", "dispatch.store.training"},
-    "hanjullo.spam_test_results": {"dispatch.spamtests.store", "dispatch.store.training"},
+    # The training metrics read a company's latest verdicts of a text (spam_blocked); the
+    # web's result rows are written from the node's (dispatch/spamtests/web.py).
+    "hanjullo.spam_tests": {
+        "dispatch.spamtests.store",
+        "dispatch.spamtests.web",
+        "dispatch.store.training",
+    },
+    "hanjullo.spam_test_results": {
+        "dispatch.spamtests.store",
+        "dispatch.spamtests.web",
+        "dispatch.store.training",
+    },
+    "spam_filter_tests": {"dispatch.spamtests.web", "dispatch.store.training"},
+    "spam_filter_test_results": {"dispatch.spamtests.web", "dispatch.store.training"},
+    "spam_filter_devices": {"dispatch.spamtests.web", "dispatch.spamtests.devices"},
     "hanjullo.modem_receipts": {"dispatch.spamtests.store", "dispatch.spamtests.receipts"},
 }
 SCHEMA = "daemon.schema"

@@ -191,6 +191,7 @@ def test_a_report_always_names_all_three_carriers() -> None:
         "started_at": T0,
         "completed_at": None,
         "status_reason": None,
+        "web": True,
     }
     row = {
         "carrier": "KT",
@@ -200,6 +201,7 @@ def test_a_report_always_names_all_three_carriers() -> None:
         "receipt_delay_s": 13.21,
         "late": False,
         "late_delay_s": None,
+        "late_from": None,
         "detail": None,
     }
     shown = report(test, [row])

@@ -99,9 +99,11 @@ async def test_only_a_receipt_matching_the_test_holding_the_phone_passes_it(
     assert f.book.receipts[again]["match"] == "unmatched"
 
 
-async def test_a_receipt_after_its_verdict_is_late_keeps_the_verdict_and_widens_the_grace(
+async def test_a_receipt_after_its_verdict_passes_marked_late_and_widens_the_grace(
     tmp_path: Path,
 ) -> None:
+    """As the web's own receipt route does: a receipt turns a judged carrier into pass
+    (WEBSERVICE.md §4); the node keeps what it had been judged."""
     f = spam_engine(tmp_path)
     test_id = await started(f)
     for phone in PHONES.values():
@@ -115,11 +117,15 @@ async def test_a_receipt_after_its_verdict_is_late_keeps_the_verdict_and_widens_
     late = f.book.receive("KT", TEXT)
     await engine.tick(f.ctx)
     row = f.book.rows_of(test_id)["KT"]
-    assert row["result"] == "blocked" and row["late"] and row["late_receipt_id"] == late
+    assert row["result"] == "pass" and row["late"] and row["late_receipt_id"] == late
+    assert row["late_from"] == "blocked" and row["received"] and row["received_at"]
     assert f.book.receipts[late]["match"] == "late"
+    assert f.book.tests[test_id]["overall"] == "blocked"  # SKT and LGU still are
     assert f.ctx.grace("KT") == 41.0  # the slowest receipt seen plus one second
     assert f.ctx.grace("LGU") == 25.0
-    assert f.ctx.recent[0]["carriers"]["KT"]["late"] is True
+    shown = f.ctx.recent[0]["carriers"]["KT"]
+    assert shown["late"] is True and shown["verdict"] == "pass"
+    assert shown["late_from"] == "blocked"
     # A restart rebuilds the grace from the store: the late receipt still counts.
     again = restarted(f)
     await restore.restore(again)
