@@ -44,18 +44,21 @@ async def create_test(
     batch_id: uuid.UUID | None,
 ) -> tuple[uuid.UUID, datetime]:
     """A queued ``spam_filter_tests`` row and one result row per active device for the
-    test's message type, as utils/spam-test-queue.ts:enqueueSpamTest writes them (its
-    080 number from the user, else the company); the id and created_at.
+    test's message type, as utils/spam-test-queue.ts:enqueueSpamTest writes them; the id
+    and created_at.
 
     ``created_at`` is the clock time of the insert: the web inserts each test of a batch in
     a statement of its own, so they keep their order in the first-in-first-out queue."""
     text = spec.sms_text if spec.sms_text is not None else spec.lms_text
     assert text is not None
     mtype = MessageType.SMS if spec.sms_text is not None else MessageType.LMS
+    # utils/messageUtils.ts:325-334 (getOpt080Number): the user's own, else the company's
+    # (its reject_number when that is empty).
     check_number = await conn.fetchval(
         """SELECT coalesce(
-               (SELECT opt_out_080_number FROM users WHERE id = $1),
-               (SELECT opt_out_080_number FROM companies WHERE id = $2))""",
+               (SELECT nullif(opt_out_080_number, '') FROM users WHERE id = $1),
+               (SELECT coalesce(nullif(opt_out_080_number, ''), reject_number)
+                FROM companies WHERE id = $2))""",
         user,
         company,
     )
