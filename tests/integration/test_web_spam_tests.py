@@ -173,10 +173,13 @@ def test_a_test_the_webs_queue_creates_reads_blocked_on_kt_as_the_web_reads_it(
     assert report["web"] is True and report["overall"] == "blocked"
 
 
+@pytest.mark.parametrize("web_knows", [False, True], ids=["web-vocabulary", "web-device-error"])
 def test_an_unplugged_modem_reads_timeout_in_the_web_and_device_error_in_the_node(
-    node_dir: Path,
+    node_dir: Path, web_knows: bool
 ) -> None:
-    node = start(node_dir)
+    """`device_error` is written as `timeout` for a web service that does not know it;
+    `spam_tests.web_device_error` writes it as it is."""
+    node = start(node_dir, overrides(fast_spam, {"spam_tests": {"web_device_error": web_knows}}))
     try:
         devices_registered(node)
         company, user = pg(lambda c: company_and_user(c, "unplug17"))
@@ -191,9 +194,11 @@ def test_an_unplugged_modem_reads_timeout_in_the_web_and_device_error_in_the_nod
         test_id = enqueue(company, user, "가을 신상품 안내")
         web_completed(test_id)
         rows = web_rows(test_id)
-        assert rows["LGU"]["result"] == "timeout" and not rows["LGU"]["received"]
+        lgu = "device_error" if web_knows else "timeout"
+        assert rows["LGU"]["result"] == lgu and not rows["LGU"]["received"]
         assert rows["SKT"]["result"] == rows["KT"]["result"] == "pass"
-        assert web.overall_result(r["result"] for r in rows.values()) == "timeout"
+        if not web_knows:  # the web's overall rule: never a pass
+            assert web.overall_result(r["result"] for r in rows.values()) == "timeout"
         report = show(node, test_id)
         assert report["carriers"]["LGU"]["verdict"] == "device_error"
         assert "LGU" in report["carriers"]["LGU"]["detail"]
