@@ -19,30 +19,37 @@ TEXT = "테스트 메시지"
 PHONES = {"SKT": "01090000001", "KT": "01090000002", "LGU": "01090000003"}
 
 
-async def test_a_phone_holds_one_test_and_the_next_starts_when_it_is_freed(
+async def test_two_tests_of_the_same_callback_and_text_do_not_share_a_phone(
     tmp_path: Path,
 ) -> None:
+    """A receipt of that text could be either's: the second waits until the first's
+    slots on the phones it needs are decided, then starts."""
     f = spam_engine(tmp_path)
     first = f.book.queue(TEXT)
-    second = f.book.queue("두번째 메시지", company_id="other")
+    second = f.book.queue(TEXT, company_id="other")
     await engine.tick(f.ctx)
     assert f.book.tests[first]["status"] == "active"
     assert f.book.tests[second]["status"] == "queued"
     assert [q["test_id"] for q in f.ctx.queue_view] == [str(second)]
     assert f.ctx.queue_view[0]["position"] == 1
-    assert f.ctx.busy == dict.fromkeys(PHONES, first)
-    # Two carriers decided free their phones, but the test needs all three.
+    assert f.ctx.busy == {label: {first} for label in PHONES}
+    # Two carriers decided free their phones, but LGU still waits for the same text.
     f.book.receive("SKT", TEXT)
     f.book.receive("KT", TEXT)
     await engine.tick(f.ctx)
+    assert set(f.ctx.busy) == {"LGU"}
     assert f.book.tests[second]["status"] == "queued"
     f.book.receive("LGU", TEXT)
     await engine.tick(f.ctx)
     assert f.book.tests[first]["overall"] == "pass"
-    await engine.tick(f.ctx)
     assert f.book.tests[second]["status"] == "active"
     assert f.ctx.queue_view == []
     assert {r["dest_no"] for r in f.tables.of(second)} == set(PHONES.values())
+    # The text again, now on the second's phones: the second's, not a late one of the first.
+    own = [f.book.receive(label, TEXT) for label in PHONES]
+    await engine.tick(f.ctx)
+    assert [f.book.receipts[r]["test_id"] for r in own] == [second] * 3
+    assert f.book.tests[second]["overall"] == "pass"
 
 
 async def test_a_carriers_longest_free_phone_goes_first(tmp_path: Path) -> None:
@@ -106,7 +113,7 @@ async def test_a_restart_restores_the_test_and_adopts_a_row_written_before_the_c
     ctx = restarted(f)
     await restore.restore(ctx)
     assert list(ctx.active) == [test_id]
-    assert ctx.busy == dict.fromkeys(PHONES, test_id)
+    assert ctx.busy == {label: {test_id} for label in PHONES}
     slots = {s.carrier: s for s in ctx.active[test_id].slots}
     assert slots["SKT"].agent_code == 6 and slots["SKT"].success_seen_at is not None
     inserted = f.tables.inserted
@@ -145,7 +152,7 @@ async def test_cancel_pulls_back_what_no_agent_took_and_frees_the_phones(
 ) -> None:
     f = spam_engine(tmp_path)
     test_id = f.book.queue(TEXT)
-    queued = f.book.queue("대기 중인 메시지")
+    queued = f.book.queue(TEXT)  # the same text: it waits for the phones
     await engine.tick(f.ctx)
     for row in f.tables.of(test_id):
         if row["dest_no"] == PHONES["SKT"]:
