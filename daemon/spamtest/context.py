@@ -45,7 +45,7 @@ class SpamContext:
     agents: AgentWatch
     now: Callable[[], datetime] = wall_clock
     monotonic: Callable[[], float] = time.monotonic
-    # Set to run the next pass now (a receipt, a NOTIFY, a phone freed).
+    # Set to run the next pass now (a receipt, a NOTIFY, a slot decided on a busy phone).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     active: dict[uuid.UUID, ActiveTest] = field(default_factory=dict)
     # modem label -> the active tests with an undecided slot on it (`phones.py`: tests

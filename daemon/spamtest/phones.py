@@ -99,7 +99,8 @@ def can_share(ctx: SpamContext, label: str, expected: Sequence[Expected]) -> boo
 
 def plan(ctx: SpamContext, test: Row) -> dict[str, str | None] | None:
     """A phone per carrier for this test now, None for a carrier with no usable phone
-    (device_error at once), or None overall when it must wait for a busy phone."""
+    (device_error at once), or None overall when it must wait for a phone it cannot
+    share yet (or one still opening)."""
     carriers: Sequence[str] = CARRIERS
     pinned = test["target_modem"]
     if pinned:
