@@ -1,17 +1,18 @@
 """Receipt attribution: which test a receipt recorded on a phone belongs to.
 
-Receipts are read from ``hanjullo.modem_receipts`` where not yet attributed, in id
-order, so one recorded while the engine was down is attributed after it starts. A
-receipt goes to the test holding its phone when it matches one of that test's slots
-(sender and text hash, or MMS subject and size: `dispatch/spamtests/rules.py:Expected`):
-the slot passes. One matching a slot already decided, or a decided test's row of the
-last day, is *late*: the row passes, marked late with the verdict it had, and the delay
-widens the carrier's grace. Anything else is unmatched. A receipt recorded before a test
-started (both times PostgreSQL's) is never that test's. Memory follows the database: a
-slot passes in memory only once PostgreSQL has the pass. Each pass ends by noting the
-phones' proofs of a complete storage read as they stood before it began, now that every
-receipt recorded until then is attributed (what `blocked` needs). Must not time a
-verdict (`verdicts.py`).
+Receipts are read from ``hanjullo.modem_receipts`` where not yet attributed, in id order,
+so one recorded while the engine was down is attributed after it starts. A receipt goes to
+the slot on its phone that it matches (sender and text hash, or MMS subject and size:
+`dispatch/spamtests/rules.py:Expected`), among every active test on that phone: an
+undecided slot passes. Tests share a phone only when no receipt can match the undecided
+slots of two of them (`phones.py`), so at most one undecided slot matches. One matching
+only a slot already decided, or a decided test's row of the last day, is *late*: the row
+passes, marked late with the verdict it had, and the delay widens the carrier's grace.
+Anything else is unmatched. A receipt recorded before a test started (both times
+PostgreSQL's) is never that test's. Memory follows the database: a slot passes in memory
+only once PostgreSQL has the pass. Each pass ends by noting the phones' proofs of a
+complete storage read as they stood before it began, now that every receipt recorded
+until then is attributed (what `blocked` needs). Must not time a verdict (`verdicts.py`).
 """
 
 from __future__ import annotations
@@ -50,19 +51,22 @@ async def attribute_receipts(ctx: SpamContext) -> None:
 
 async def attribute(ctx: SpamContext, receipt: Row) -> None:
     modem = receipt["modem"]
-    holder = ctx.busy.get(modem)
     candidates = [
         (test, slot)
         for test in ctx.active.values()
         for slot in test.slots
         if slot.modem == modem
-        and (holder == test.id or slot.result is not None)
         # Recorded before the test started: not its text, whatever it says.
         and receipt["received_at"] >= test.started_at
+        and slot.received_at is None
+        and slot.expected.matches(receipt)
     ]
+    # The undecided slot it matches, if any, before a decided one: a test of the same
+    # text may start on a phone once the earlier test's slot there is decided (while
+    # that test still waits elsewhere), and its own receipt must pass it, not end as
+    # another late one of the earlier test.
+    candidates.sort(key=lambda pair: pair[1].result is not None)
     for test, slot in candidates:
-        if not slot.expected.matches(receipt) or slot.received_at is not None:
-            continue
         if slot.result is None:
             delay = receipt_delay(slot.inserted_at, receipt["received_at"])
             await ctx.book.record_receipt(

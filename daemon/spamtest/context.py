@@ -46,10 +46,12 @@ class SpamContext:
     agents: AgentWatch
     now: Callable[[], datetime] = wall_clock
     monotonic: Callable[[], float] = time.monotonic
-    # Set to run the next pass now (a receipt, a NOTIFY, a phone freed).
+    # Set to run the next pass now (a receipt, a NOTIFY, a slot decided on a busy phone).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     active: dict[uuid.UUID, ActiveTest] = field(default_factory=dict)
-    busy: dict[str, uuid.UUID] = field(default_factory=dict)  # modem label -> test holding it
+    # modem label -> the active tests with an undecided slot on it (`phones.py`: tests
+    # whose receipts cannot be confused share a phone); a free phone has no entry.
+    busy: dict[str, set[uuid.UUID]] = field(default_factory=dict)
     freed_at: dict[str, datetime] = field(default_factory=dict)
     samples: dict[str, deque[float]] = field(default_factory=dict)
     flagged: dict[str, datetime] = field(default_factory=dict)  # modem -> canary missed at

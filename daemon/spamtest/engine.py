@@ -25,7 +25,7 @@ from daemon.agents import MYSQL_ERRORS, AgentMonitor
 from daemon.modems import ModemManager
 from daemon.role import WriterState, while_writer
 from daemon.runtime import Runtime
-from daemon.spamtest import attribution, canaries, restore, sending, verdicts, view
+from daemon.spamtest import attribution, canaries, phones, restore, sending, verdicts, view
 from daemon.spamtest.backends import MySQLTestTables, PostgresSpamBook
 from daemon.spamtest.context import SpamContext
 from daemon.stores import PG_ERRORS, PostgresKeeper
@@ -79,9 +79,9 @@ async def cancel(ctx: SpamContext, lock: asyncio.Lock, test_id: uuid.UUID) -> di
         if test is not None:
             tables = sorted({s.table for s in test.slots if s.table})
             stopped = len(await ctx.tables.pull_back(tables, str(test_id)))
-            for slot in test.slots:
-                if slot.modem and ctx.busy.get(slot.modem) == test_id:
-                    ctx.busy.pop(slot.modem, None)
+            # Its phones stay busy with the other tests sharing them, if any.
+            for label in sorted({s.modem for s in test.slots if s.modem is not None}):
+                phones.release(ctx, label)
         log.info("spam test cancelled", test=str(test_id), stopped=stopped)
         ctx.wake.set()
         sent = sum(1 for s in test.slots if s.seqno is not None) - stopped if test else 0

@@ -1,12 +1,16 @@
 """The phone pool: which phone a test gets per carrier, which test agent table its rows
-go to, why a carrier has no usable phone, and freeing a phone once its carrier is
-decided.
+go to, why a carrier has no usable phone, and freeing a phone once no test waits on it.
 
-A test holds one phone per carrier while it runs, so a receipt on that phone can only be
-its own. A phone flagged by a missed canary is left out (except by its own canary), the
-longest-free phone of a carrier goes first, and a test waits while a usable phone is busy
-or still in its first open after the start. Agent health is `daemon.agents.agent_is_down`,
-the node's one rule. Must not do I/O.
+Tests share a phone when no receipt can be confused between them: a test may join a busy
+phone only when each receipt it expects there is distinguishable
+(`dispatch/spamtests/rules.py:distinguishable`) from every receipt other active tests
+still wait for on it, so a receipt matches at most one undecided slot of a phone. A free
+phone goes before a shared one (the longest-free first), and among shared phones the one
+with the fewest undecided slots; otherwise the test waits. A phone flagged by a missed
+canary is left out (except by its own canary), and a test waits while a usable phone is
+busy with a receipt it could be confused with, or still in its first open after the
+start (docs/test-phones.md, "Sharing a phone"). Agent health is
+`daemon.agents.agent_is_down`, the node's one rule. Must not do I/O.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from config.model import ModemConfig
 from config.names import GroupType
 from daemon.agents import agent_is_down
 from daemon.spamtest.context import SpamContext
-from daemon.spamtest.state import Slot
+from daemon.spamtest.state import ActiveTest, Slot
 from dispatch.fairness import Row
 from dispatch.spamtests.contract import CARRIERS
+from dispatch.spamtests.rules import Expected, distinguishable, expected_hash
 
 # How long after the start queued tests wait for modems still opening for the first time.
 STARTUP_WAIT_S = 30.0
@@ -59,9 +64,43 @@ def modem_config(ctx: SpamContext, label: str | None) -> ModemConfig | None:
     return next((m for m in ctx.runtime.config.modems if m.label == label), None)
 
 
+def expected_receipts(test: ActiveTest) -> list[Expected]:
+    """What the test's receipts are on each of its phones, one per message type (the
+    `Expected` of the slots `sending.start` gives it)."""
+    return [
+        Expected.of(
+            mtype,
+            test.callback,
+            expected_hash(mtype, test.text_for(mtype), test.subject),
+            test.subject,
+            test.lms_text,
+        )
+        for mtype in test.message_types
+    ]
+
+
+def waiting_on(ctx: SpamContext, label: str) -> list[Slot]:
+    """The undecided slots of the active tests on a phone."""
+    return [
+        slot
+        for test in ctx.active.values()
+        for slot in test.slots
+        if slot.modem == label and slot.result is None
+    ]
+
+
+def can_share(ctx: SpamContext, label: str, expected: Sequence[Expected]) -> bool:
+    """Whether a test expecting these receipts may join the phone now: none of them can
+    be confused with a receipt another active test still waits for there."""
+    return all(
+        distinguishable(e, slot.expected) for slot in waiting_on(ctx, label) for e in expected
+    )
+
+
 def plan(ctx: SpamContext, test: Row) -> dict[str, str | None] | None:
     """A phone per carrier for this test now, None for a carrier with no usable phone
-    (device_error at once), or None overall when it must wait for a busy phone."""
+    (device_error at once), or None overall when it must wait for a phone it cannot
+    share yet (or one still opening)."""
     carriers: Sequence[str] = CARRIERS
     pinned = test["target_modem"]
     if pinned:
@@ -69,6 +108,7 @@ def plan(ctx: SpamContext, test: Row) -> dict[str, str | None] | None:
         if config is None:
             return {}
         carriers = [config.carrier.value]
+    expected = expected_receipts(ActiveTest.of(test, ctx.now()))
     chosen: dict[str, str | None] = {}
     for carrier in carriers:
         labels = [pinned] if pinned else [m.label for m in modem_configs(ctx, carrier)]
@@ -80,8 +120,13 @@ def plan(ctx: SpamContext, test: Row) -> dict[str, str | None] | None:
             and (pinned or label not in ctx.flagged)
         ]
         free = [label for label in usable if label not in ctx.busy]
+        shared = [
+            label for label in usable if label in ctx.busy and can_share(ctx, label, expected)
+        ]
         if free:
             chosen[carrier] = min(free, key=lambda label: ctx.freed_at.get(label, _NEVER))
+        elif shared:
+            chosen[carrier] = min(shared, key=lambda label: len(waiting_on(ctx, label)))
         elif usable or any(opening(ctx, label) for label in labels):
             return None
         else:
@@ -116,22 +161,32 @@ def unusable_reason(ctx: SpamContext, carrier: str, pinned: str | None) -> str:
 
 
 def hold(ctx: SpamContext, slots: Sequence[Slot], test_id: uuid.UUID) -> None:
-    """The phones of a test's undecided slots are busy with it."""
+    """The phones of a test's undecided slots are busy with it (with whichever tests
+    they already were)."""
     for slot in slots:
         if slot.result is None and slot.modem is not None:
-            ctx.busy[slot.modem] = test_id
+            ctx.busy.setdefault(slot.modem, set()).add(test_id)
 
 
 def free(ctx: SpamContext, slot: Slot) -> None:
-    """Free the slot's phone once no undecided slot of an active test is on it."""
-    if slot.modem is not None and ctx.busy.get(slot.modem) is not None:
-        others = [
-            s
-            for t in ctx.active.values()
-            for s in t.slots
-            if s.modem == slot.modem and s.result is None
-        ]
-        if not others:
-            ctx.busy.pop(slot.modem, None)
-            ctx.freed_at[slot.modem] = ctx.now()
-            ctx.wake.set()
+    """The slot was decided: its phone is no longer busy with its test once nothing else
+    of the test waits on it, and is freed once no undecided slot of an active test is on
+    it. Wakes the engine either way: a test waiting for a receipt of this slot's kind to
+    be settled on that phone may start now."""
+    if slot.modem is not None and slot.modem in ctx.busy:
+        release(ctx, slot.modem)
+        ctx.wake.set()
+
+
+def release(ctx: SpamContext, label: str) -> None:
+    """The phone is busy with exactly the active tests that have an undecided slot on it
+    (an ended or cancelled test is no longer active); with none it is freed now."""
+    holders = {
+        test.id
+        for test in ctx.active.values()
+        if any(s.modem == label and s.result is None for s in test.slots)
+    }
+    if holders:
+        ctx.busy[label] = holders
+    elif ctx.busy.pop(label, None) is not None:
+        ctx.freed_at[label] = ctx.now()

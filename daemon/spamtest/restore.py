@@ -1,6 +1,7 @@
 """Restore after a restart: everything the engine remembers is rebuilt from PostgreSQL —
-the active tests and their slots (a test's phones are in its result rows, so they are
-busy again), the grace samples, each phone's canary flag and the queue's fairness.
+the active tests and their slots (a test's phones are in its result rows, so each phone
+is busy again with every test that has an undecided slot on it), the grace samples,
+each phone's canary flag and the queue's fairness.
 Must not send (`sending.py` adopts or sends what is missing on the next pass).
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import structlog
 
+from daemon.spamtest import phones
 from daemon.spamtest.context import SpamContext
 from daemon.spamtest.state import ActiveTest, Slot
 from dispatch.spamtests.contract import TestStatus, Verdict
@@ -32,8 +34,7 @@ async def restore(ctx: SpamContext) -> None:
             slot.sent_mono = mono if slot.inserted_at is not None else None
             slot.success_mono = mono if slot.success_seen_at is not None else None
             test.slots.append(slot)
-            if slot.result is None and slot.modem is not None:
-                ctx.busy[slot.modem] = test.id
+        phones.hold(ctx, test.slots, test.id)
         ctx.active[test.id] = test
         log.info("spam test resumed", test=str(test.id), slots=len(test.slots))
     ctx.samples = {}

@@ -63,7 +63,8 @@ def snapshot(ctx: SpamContext) -> dict[str, Any]:
                 "modem": label,
                 "carrier": phone.modem.carrier.value,
                 "state": phone.status.state.value,
-                "busy_with": str(ctx.busy[label]) if label in ctx.busy else None,
+                # The tests waiting on it, oldest first (empty when it is free).
+                "busy_with": [str(t) for t in ctx.active if t in ctx.busy.get(label, ())],
                 "flagged": flagged is not None,
                 "flagged_since": flagged.isoformat() if flagged is not None else None,
                 "last_canary": ctx.last_canary.get(label),

@@ -1,5 +1,6 @@
-"""The spam-test rules, pure: receipt matching, a carrier's verdict and when it is due,
-the overall verdict, the blocked grace, receipt delays and a phone's canary flag.
+"""The spam-test rules, pure: receipt matching and which expected receipts can share a
+phone, a carrier's verdict and when it is due, the overall verdict, the blocked grace,
+receipt delays and a phone's canary flag.
 
 Everything here is a function of its arguments (times are passed in, never read from a
 clock), so each rule is unit-tested on its own and the engine (`daemon/spamtest/`)
@@ -85,6 +86,17 @@ class Expected:
         if receipt["text_hash"] != self.text_hash or receipt["subject"] != self.subject:
             return False
         return size is None or size >= self.min_size
+
+
+def distinguishable(a: Expected, b: Expected) -> bool:
+    """True when no receipt can match both `a` and `b` (`Expected.matches`), so the two
+    may wait on one phone at once: a different sender, a different message type (an SMS
+    matches only an ``sms`` receipt, an LMS only an ``mms-notification``), or two SMS of
+    different texts. Two LMS of one sender never are: a notification with an empty
+    subject matches by sender and size alone (docs/test-phones.md, "Sharing a phone")."""
+    if a.sender != b.sender or a.mtype != b.mtype:
+        return True
+    return a.mtype == MessageType.SMS and a.text_hash != b.text_hash
 
 
 def expected_hash(mtype: MessageType, text: str, subject: str | None) -> str:

@@ -140,6 +140,15 @@ class FakeSpamBook:
         }
         return receipt_id
 
+    def receive_mms(
+        self, modem: str, subject: str | None, size: int | None, sender: str = CALLBACK
+    ) -> int:
+        """An MMS notification recorded on a phone (an LMS as it arrives), its subject as
+        the MMSC sent it (blank or None when it blanked it) and its stated size."""
+        receipt_id = self.receive(modem, subject or "", sender)
+        self.receipts[receipt_id].update(kind="mms-notification", subject=subject, mms_size=size)
+        return receipt_id
+
     def rows_of(self, test_id: uuid.UUID) -> dict[str, dict[str, Any]]:
         """A test's result rows by carrier (SMS tests: one per carrier)."""
         return {r["carrier"]: r for r in self.results.values() if r["test_id"] == test_id}

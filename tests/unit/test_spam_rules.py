@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from config.model import SpamTestSection
-from config.names import message_hash
+from config.names import MessageType, message_hash, normalise_phone
 from dispatch.fairness import fair_order
 from dispatch.spamtests import (
     Expected,
@@ -25,6 +26,7 @@ from dispatch.spamtests import (
     receipt_delay,
     report,
 )
+from dispatch.spamtests.rules import distinguishable, expected_hash
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 SECTION = SpamTestSection(grace_initial_s=25, grace_min_s=6, grace_max_s=45, timeout_s=60)
@@ -262,6 +264,95 @@ def test_an_lms_matches_a_notification_without_subject_by_sender_and_stated_size
         assert not expected.matches({**blank, "mms_size": 96857, "sender": "0299998888"})
     sms_test = Expected.of("SMS", "0212345678", message_hash(""), None, None)
     assert not sms_test.matches(receipt(kind="mms-notification", text_hash=message_hash("")))
+
+
+def sharing_cases() -> tuple[list[Expected], list[dict[str, Any]]]:
+    """Expected receipts of tests that could meet on one phone (two senders, one of them
+    written two ways; SMS texts equal but for whitespace, or different; LMS of one or
+    another subject, a long or a short body), and every receipt built from their parts."""
+    senders = ("0212345678", "+82 2-1234-5678", "0298765432")
+    sms_texts = ("가을 세일 안내", "가을  세일\n안내", "겨울 세일 안내")
+    subjects = ("정기 세일", "다른 제목")
+    bodies = ("한" * 300, "짧은 본문")
+    expected = [
+        Expected.of(MessageType.SMS, sender, expected_hash(MessageType.SMS, text, None), None, None)
+        for sender in senders
+        for text in sms_texts
+    ] + [
+        Expected.of(
+            MessageType.LMS,
+            sender,
+            expected_hash(MessageType.LMS, body, subject),
+            subject,
+            body,
+        )
+        for sender in senders
+        for subject in subjects
+        for body in bodies
+    ]
+    hashes = sorted({e.text_hash for e in expected} | {message_hash("")})
+    sizes = [*sorted({e.min_size for e in expected} | {0, 96857}), None]
+    receipts = [
+        {
+            "sender": sender,
+            "kind": kind,
+            "text_hash": text_hash,
+            "subject": subject,
+            "mms_size": size,
+            "complete": complete,
+        }
+        for sender, kind, text_hash, subject, size, complete in itertools.product(
+            sorted({normalise_phone(s) for s in senders}),
+            ("sms", "mms-notification", "wap-push"),
+            hashes,
+            (None, "", *subjects),
+            sizes,
+            (True, False),
+        )
+    ]
+    return expected, receipts
+
+
+def test_two_expected_receipts_are_distinguishable_exactly_when_no_receipt_matches_both() -> None:
+    """`distinguishable` against `Expected.matches` itself: for every pair it lets share a
+    phone no receipt matches both; for every other pair some receipt does."""
+    expected, receipts = sharing_cases()
+    shared = confused = 0
+    for a, b in itertools.product(expected, repeat=2):
+        both = [r for r in receipts if a.matches(r) and b.matches(r)]
+        if distinguishable(a, b):
+            assert both == [], (a, b, both[:1])
+            shared += 1
+        else:
+            assert both, (a, b)
+            confused += 1
+    assert shared and confused  # both kinds of pair were met
+
+
+def test_tests_of_one_sender_share_a_phone_only_with_different_sms_texts() -> None:
+    sms = Expected.of(MessageType.SMS, "0212345678", message_hash("가을 세일 안내"), None, None)
+    other_text = Expected.of(
+        MessageType.SMS, "0212345678", message_hash("겨울 세일 안내"), None, None
+    )
+    same_text = Expected.of(
+        MessageType.SMS, "+82 2-1234-5678", message_hash("가을세일안내"), None, None
+    )
+    other_sender = Expected.of(
+        MessageType.SMS, "0298765432", message_hash("가을 세일 안내"), None, None
+    )
+    lms = Expected.of(MessageType.LMS, "0212345678", message_hash("정기 세일"), "정기 세일", "본문")
+    lms_other_subject = Expected.of(
+        MessageType.LMS, "0212345678", message_hash("다른 제목"), "다른 제목", "본문"
+    )
+    assert distinguishable(sms, other_text)
+    assert not distinguishable(sms, same_text)  # the same text, the sender written otherwise
+    assert distinguishable(sms, other_sender)
+    assert distinguishable(sms, lms)  # an SMS receipt is never an MMS notification
+    # A notification with a blank subject matches either LMS by sender and size alone.
+    assert not distinguishable(lms, lms_other_subject)
+    assert distinguishable(
+        lms, Expected.of(MessageType.LMS, "0298765432", lms.text_hash, "정기 세일", "본문")
+    )
 
 
 def test_a_blocked_canary_flags_a_pass_clears_and_anything_else_leaves_the_flag() -> None:

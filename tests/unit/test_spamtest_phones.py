@@ -1,6 +1,6 @@
-"""The spam-test engine's phone pool, restore after a restart, cancel and canaries, in
-process: the engine's steps on fakes (`spamtest_fakes.py`), the clocks moved by the test,
-no sleep."""
+"""The spam-test engine's phone pool (tests sharing a phone: docs/test-phones.md,
+"Sharing a phone"), restore after a restart, cancel and canaries, in process: the
+engine's steps on fakes (`spamtest_fakes.py`), the clocks moved by the test, no sleep."""
 
 from __future__ import annotations
 
@@ -12,37 +12,261 @@ from pathlib import Path
 import pytest
 
 from daemon.modems import ModemState
-from daemon.spamtest import engine, restore
-from tests.unit.spamtest_fakes import CALLBACK, TEST_TABLE, restarted, spam_engine
+from daemon.spamtest import engine, phones, restore
+from dispatch.guards import byte_length
+from tests.unit.spamtest_fakes import CALLBACK, TEST_TABLE, SpamFakes, restarted, spam_engine
 
 TEXT = "테스트 메시지"
 PHONES = {"SKT": "01090000001", "KT": "01090000002", "LGU": "01090000003"}
+# The batch bench/spamtest.py submits: three companies × variants A/B/C, one callback.
+VARIANTS = {
+    "A": "{co} 가을 신상품 안내: 오늘만 특별 혜택",
+    "B": "{co} 회원님께 드리는 감사 쿠폰 소식",
+    "C": "{co} 매장 리뉴얼 오픈 행사 초대",
+}
+LMS_BODY = "한" * 300  # 600 bytes in EUC-KR
 
 
-async def test_a_phone_holds_one_test_and_the_next_starts_when_it_is_freed(
+def queue_lms(f: SpamFakes, subject: str, callback: str = CALLBACK, **fields: object) -> uuid.UUID:
+    return f.book.queue(
+        "",
+        message_content_sms=None,
+        message_content_lms=LMS_BODY,
+        message_subject=subject,
+        callback_number=callback,
+        **fields,
+    )
+
+
+async def test_nine_tests_of_distinct_texts_share_one_phone_per_carrier_and_get_their_own_receipts(
+    tmp_path: Path,
+) -> None:
+    """The bench's batch: every test starts in the first pass, on the one phone of each
+    carrier, and each receipt passes its own test only."""
+    f = spam_engine(tmp_path)
+    batch = {
+        (co, v): f.book.queue(text.format(co=co), company_id=co, variant_id=v)
+        for co in ("c1", "c2", "c3")
+        for v, text in VARIANTS.items()
+    }
+    await engine.tick(f.ctx)
+    assert all(f.book.tests[t]["status"] == "active" for t in batch.values())
+    assert f.ctx.queue_view == []
+    assert f.ctx.busy == {label: set(batch.values()) for label in PHONES}
+    for test_id in batch.values():
+        assert {r["dest_no"] for r in f.tables.of(test_id)} == set(PHONES.values())
+        # The receipts plan() judged sharing on are the started slots' own.
+        test = f.ctx.active[test_id]
+        assert phones.expected_receipts(test) == [s.expected for s in test.slots][:1]
+    snap = {p["modem"]: p["busy_with"] for p in engine.view.snapshot(f.ctx)["phones"]}
+    started = [str(t) for t in f.ctx.active]  # in the queue's fair order
+    assert sorted(started) == sorted(str(t) for t in batch.values())
+    assert snap == dict.fromkeys(PHONES, started)
+    # A restart rebuilds the shared phones from the result rows.
+    again = restarted(f)
+    await restore.restore(again)
+    assert again.busy == f.ctx.busy
+    # The receipts come in any order; each goes to the test whose text it is.
+    receipts = {
+        f.book.receive(label, VARIANTS[v].format(co=co)): (batch[co, v], label)
+        for label in ("LGU", "SKT", "KT")
+        for (co, v) in reversed(list(batch))
+    }
+    await engine.tick(f.ctx)
+    for receipt, (test_id, label) in receipts.items():
+        assert f.book.receipts[receipt]["match"] == "test"
+        assert f.book.receipts[receipt]["test_id"] == test_id
+        assert f.book.rows_of(test_id)[label]["receipt_id"] == receipt
+    assert all(f.book.tests[t]["overall"] == "pass" for t in batch.values())
+    assert f.ctx.busy == {} and set(f.ctx.freed_at) == set(PHONES)
+
+
+async def test_the_same_text_takes_another_phone_of_the_carrier_when_there_is_one(
+    tmp_path: Path,
+) -> None:
+    f = spam_engine(tmp_path, extra_phones=[("SKT-2", "SKT", "01090000004")])
+    first = f.book.queue(TEXT)
+    await engine.tick(f.ctx)
+    f.tables.report(first, PHONES["SKT"], 6)
+    for label in ("KT", "LGU"):
+        f.book.receive(label, TEXT)
+    await engine.tick(f.ctx)
+    assert f.book.verdicts(first) == {"SKT": None, "KT": "pass", "LGU": "pass"}
+    # SKT still waits for the same text: the second takes SKT-2 (and the freed KT, LGU).
+    second = f.book.queue(TEXT, company_id="other")
+    await engine.tick(f.ctx)
+    assert f.book.tests[second]["status"] == "active"
+    assert {c: r["modem"] for c, r in f.book.rows_of(second).items()} == {
+        "SKT": "SKT-2",
+        "KT": "KT",
+        "LGU": "LGU",
+    }
+    assert f.ctx.busy == {"SKT": {first}, "SKT-2": {second}, "KT": {second}, "LGU": {second}}
+    # A free phone goes before a shared one: a third text takes the freed SKT after the
+    # first passes there, though SKT-2 could be shared.
+    f.book.receive("SKT", TEXT)
+    await engine.tick(f.ctx)
+    third = f.book.queue("세번째 메시지", company_id="third")
+    await engine.tick(f.ctx)
+    assert f.book.rows_of(third)["SKT"]["modem"] == "SKT"
+    assert f.ctx.busy["KT"] == {second, third}
+
+
+async def test_among_shared_phones_the_one_with_fewest_undecided_slots_goes_first(
+    tmp_path: Path,
+) -> None:
+    f = spam_engine(tmp_path, extra_phones=[("SKT-2", "SKT", "01090000004")])
+    both = f.book.queue(TEXT, message_content_lms=LMS_BODY, message_subject="제목")
+    await engine.tick(f.ctx)
+    sms = f.book.queue("두번째 메시지", company_id="other")
+    await engine.tick(f.ctx)
+    assert f.book.rows_of(both)["SKT"]["modem"] == "SKT"  # an SMS and an LMS slot
+    assert f.book.rows_of(sms)["SKT"]["modem"] == "SKT-2"  # free goes first
+    third = f.book.queue("세번째 메시지", company_id="third")
+    await engine.tick(f.ctx)
+    assert f.book.rows_of(third)["SKT"]["modem"] == "SKT-2"  # one undecided slot, not two
+    assert f.ctx.busy == {
+        "SKT": {both},
+        "SKT-2": {sms, third},
+        "KT": {both, sms, third},
+        "LGU": {both, sms, third},
+    }
+
+
+async def test_a_test_of_the_same_text_waits_only_for_the_earlier_slot_on_its_phone(
+    tmp_path: Path,
+) -> None:
+    """A test pinned to SKT with the first's text starts once the first's SKT slot is
+    decided, while the first still waits elsewhere; its own receipt then passes it
+    rather than making another late receipt of the first."""
+    f = spam_engine(tmp_path)  # grace_initial_s = 25, timeout_s = 60
+    first = f.book.queue(TEXT)
+    pinned = f.book.queue(TEXT, target_modem="SKT", company_id="other")
+    other_text = f.book.queue("다른 메시지", target_modem="SKT", company_id="third")
+    await engine.tick(f.ctx)
+    assert f.book.tests[pinned]["status"] == "queued"
+    assert f.book.tests[other_text]["status"] == "active"  # shares SKT with the first
+    assert f.ctx.busy["SKT"] == {first, other_text}
+    f.tables.report(first, PHONES["SKT"], 6)  # KT and LGU: no agent result yet
+    await engine.tick(f.ctx)
+    f.wall.advance(26)
+    await engine.tick(f.ctx)
+    assert f.book.verdicts(first) == {"SKT": "blocked", "KT": None, "LGU": None}
+    assert f.book.tests[pinned]["status"] == "active"
+    assert f.ctx.busy["SKT"] == {pinned, other_text}
+    own = f.book.receive("SKT", TEXT)
+    await engine.tick(f.ctx)
+    assert f.book.receipts[own]["test_id"] == pinned
+    assert f.book.verdicts(pinned) == {"SKT": "pass"}
+    assert not f.book.rows_of(first)["SKT"]["late"]
+
+
+async def test_two_lms_of_one_sender_do_not_share_a_phone(tmp_path: Path) -> None:
+    """A notification with a blank subject matches either by sender and size alone."""
+    f = spam_engine(tmp_path)
+    first = queue_lms(f, "정기 세일")
+    second = queue_lms(f, "다른 제목", company_id="other")
+    elsewhere = queue_lms(f, "정기 세일", callback="0298765432", company_id="third")
+    sms = f.book.queue(TEXT, company_id="fourth")
+    await engine.tick(f.ctx)
+    assert f.book.tests[second]["status"] == "queued"
+    # Another sender's LMS, and an SMS of the same sender, share the phones.
+    assert f.ctx.busy == {label: {first, elsewhere, sms} for label in PHONES}
+    blank = {label: f.book.receive_mms(label, "", 96857) for label in PHONES}
+    await engine.tick(f.ctx)
+    assert {f.book.receipts[r]["test_id"] for r in blank.values()} == {first}
+    assert f.book.tests[first]["overall"] == "pass"
+    assert f.book.tests[second]["status"] == "active"
+    for label in PHONES:
+        f.book.receive_mms(label, "다른 제목", byte_length(LMS_BODY))
+    await engine.tick(f.ctx)
+    assert f.book.tests[second]["overall"] == "pass"
+    assert f.book.verdicts(elsewhere) == dict.fromkeys(PHONES)
+
+
+async def test_a_receipt_for_one_test_never_passes_another_on_a_shared_phone(
+    tmp_path: Path,
+) -> None:
+    f = spam_engine(tmp_path)  # grace_initial_s = 25
+    one = f.book.queue("첫째 회사 안내")
+    f.wall.advance(1)
+    before = f.wall()
+    f.wall.advance(1)
+    two = f.book.queue("둘째 회사 안내", company_id="other")
+    await engine.tick(f.ctx)
+    assert f.ctx.busy == {label: {one, two} for label in PHONES}
+    for test_id in (one, two):
+        for phone in PHONES.values():
+            f.tables.report(test_id, phone, 6)
+    await engine.tick(f.ctx)
+    mine = f.book.receive("SKT", "첫째 회사 안내")
+    stranger = f.book.receive("SKT", "셋째 회사 안내")
+    early = f.book.receive("KT", "둘째 회사 안내", at=before)  # before either started
+    await engine.tick(f.ctx)
+    assert f.book.receipts[mine]["test_id"] == one
+    assert [f.book.receipts[r]["match"] for r in (stranger, early)] == ["unmatched"] * 2
+    assert f.book.verdicts(two) == dict.fromkeys(PHONES)
+    # The first's text again is not the second's pass, nor a second pass of the first.
+    again = f.book.receive("SKT", "첫째 회사 안내")
+    await engine.tick(f.ctx)
+    assert f.book.receipts[again]["match"] == "unmatched"
+    f.wall.advance(26)
+    await engine.tick(f.ctx)
+    assert f.book.verdicts(one) == {"SKT": "pass", "KT": "blocked", "LGU": "blocked"}
+    assert f.book.verdicts(two) == dict.fromkeys(PHONES, "blocked")
+    # After the verdicts: the first's text on KT is late for the first, never the second's.
+    late = f.book.receive("KT", "첫째 회사 안내")
+    await engine.tick(f.ctx)
+    assert (f.book.receipts[late]["match"], f.book.receipts[late]["test_id"]) == ("late", one)
+    assert not f.book.rows_of(two)["KT"]["late"]
+
+
+async def test_cancelling_one_of_two_tests_sharing_a_phone_leaves_it_busy_with_the_other(
     tmp_path: Path,
 ) -> None:
     f = spam_engine(tmp_path)
+    one = f.book.queue("첫째 회사 안내")
+    two = f.book.queue("둘째 회사 안내", company_id="other")
+    await engine.tick(f.ctx)
+    lock = asyncio.Lock()
+    await engine.cancel(f.ctx, lock, one)
+    assert f.ctx.busy == {label: {two} for label in PHONES}
+    assert f.ctx.freed_at == {}
+    await engine.cancel(f.ctx, lock, two)
+    assert f.ctx.busy == {} and set(f.ctx.freed_at) == set(PHONES)
+
+
+async def test_two_tests_of_the_same_callback_and_text_do_not_share_a_phone(
+    tmp_path: Path,
+) -> None:
+    """A receipt of that text could be either's: the second waits until the first's
+    slots on the phones it needs are decided, then starts."""
+    f = spam_engine(tmp_path)
     first = f.book.queue(TEXT)
-    second = f.book.queue("두번째 메시지", company_id="other")
+    second = f.book.queue(TEXT, company_id="other")
     await engine.tick(f.ctx)
     assert f.book.tests[first]["status"] == "active"
     assert f.book.tests[second]["status"] == "queued"
     assert [q["test_id"] for q in f.ctx.queue_view] == [str(second)]
     assert f.ctx.queue_view[0]["position"] == 1
-    assert f.ctx.busy == dict.fromkeys(PHONES, first)
-    # Two carriers decided free their phones, but the test needs all three.
+    assert f.ctx.busy == {label: {first} for label in PHONES}
+    # Two carriers decided free their phones, but LGU still waits for the same text.
     f.book.receive("SKT", TEXT)
     f.book.receive("KT", TEXT)
     await engine.tick(f.ctx)
+    assert set(f.ctx.busy) == {"LGU"}
     assert f.book.tests[second]["status"] == "queued"
     f.book.receive("LGU", TEXT)
     await engine.tick(f.ctx)
     assert f.book.tests[first]["overall"] == "pass"
-    await engine.tick(f.ctx)
     assert f.book.tests[second]["status"] == "active"
     assert f.ctx.queue_view == []
     assert {r["dest_no"] for r in f.tables.of(second)} == set(PHONES.values())
+    # The text again, now on the second's phones: the second's, not a late one of the first.
+    own = [f.book.receive(label, TEXT) for label in PHONES]
+    await engine.tick(f.ctx)
+    assert [f.book.receipts[r]["test_id"] for r in own] == [second] * 3
+    assert f.book.tests[second]["overall"] == "pass"
 
 
 async def test_a_carriers_longest_free_phone_goes_first(tmp_path: Path) -> None:
@@ -106,7 +330,7 @@ async def test_a_restart_restores_the_test_and_adopts_a_row_written_before_the_c
     ctx = restarted(f)
     await restore.restore(ctx)
     assert list(ctx.active) == [test_id]
-    assert ctx.busy == dict.fromkeys(PHONES, test_id)
+    assert ctx.busy == {label: {test_id} for label in PHONES}
     slots = {s.carrier: s for s in ctx.active[test_id].slots}
     assert slots["SKT"].agent_code == 6 and slots["SKT"].success_seen_at is not None
     inserted = f.tables.inserted
@@ -145,7 +369,7 @@ async def test_cancel_pulls_back_what_no_agent_took_and_frees_the_phones(
 ) -> None:
     f = spam_engine(tmp_path)
     test_id = f.book.queue(TEXT)
-    queued = f.book.queue("대기 중인 메시지")
+    queued = f.book.queue(TEXT)  # the same text: it waits for the phones
     await engine.tick(f.ctx)
     for row in f.tables.of(test_id):
         if row["dest_no"] == PHONES["SKT"]:

@@ -38,7 +38,7 @@ async def test_a_receipt_passes_at_once_and_silence_is_blocked_only_after_the_gr
     await engine.tick(f.ctx)
     assert f.book.verdicts(test_id) == {"SKT": "pass", "KT": None, "LGU": None}
     assert f.book.rows_of(test_id)["SKT"]["receipt_delay_s"] == 3.0
-    assert "SKT" not in f.ctx.busy and f.ctx.busy["KT"] == test_id
+    assert "SKT" not in f.ctx.busy and f.ctx.busy["KT"] == {test_id}
     f.wall.advance(21.9)  # 24.9 s after the success: still within the grace
     await engine.tick(f.ctx)
     assert f.book.verdicts(test_id) == {"SKT": "pass", "KT": None, "LGU": None}
@@ -184,7 +184,7 @@ async def test_the_blocked_carriers_of_a_runs_test_go_to_its_training_row(
 async def test_the_status_shows_what_each_carrier_waits_for(tmp_path: Path) -> None:
     f = spam_engine(tmp_path)
     test_id = await started(f)
-    waiting = f.book.queue("대기 메시지", company_id="other")
+    waiting = f.book.queue(TEXT, company_id="other")  # the same text: it cannot share
     f.tables.report(test_id, PHONES["KT"], 6)
     await engine.tick(f.ctx)
     f.wall.advance(3)
@@ -207,7 +207,7 @@ async def test_the_status_shows_what_each_carrier_waits_for(tmp_path: Path) -> N
     assert snap["queue"][0]["waiting_s"] == 3.0  # as of the last pass
     assert snap["grace_s"] == {"SKT": 25.0, "KT": 25.0, "LGU": 25.0}
     assert {p["modem"]: p["busy_with"] for p in snap["phones"]} == {
-        "SKT": None,
-        "KT": str(test_id),
-        "LGU": str(test_id),
+        "SKT": [],
+        "KT": [str(test_id)],
+        "LGU": [str(test_id)],
     }
