@@ -3,7 +3,8 @@ on the web's fixture database (daemon/web_schema.sql), read back with the web's 
 (tests/webservice/queries.py): the web's queue gives each configured phone a result row,
 a refresh keeps ids and bumps ``last_seen_at``, a removed phone is deactivated, a phone
 moved to another label keeps its row, and no row of another prefix (the Android app's,
-another node's) nor the table's definition changes."""
+another node's) nor the table's definition changes. Last, a running simulated node: its
+engine registers every phone, one whose modem is unplugged too, and says so in the status."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 
 from config.model import ModemConfig
 from dispatch.spamtests import devices
+from simulators.harness import SimulatedNode, wait_for
 from tests import webservice as web
+from tests.integration.helpers import pg_fetch
 from tests.integration.test_webservice_fixture import tenant
 from tests.webservice import queries as q
 
@@ -171,3 +174,30 @@ async def test_devices_not_of_this_node_are_never_touched(pg: asyncpg.Connection
     await q.register_device(pg, "android-SKT", "SKT", "01070000001", "SKT phone")
     listed = {r["phone"] for r in await pg.fetch(WEB_QUEUE)}
     assert {"01070000001", "01080000003"} <= listed
+
+
+def test_the_running_engine_registers_every_phone_even_one_whose_modem_is_unplugged(
+    sim_node: SimulatedNode,
+) -> None:
+    node_id = sim_node.status_config()["node"]["id"]
+    prefix = devices.node_prefix(node_id)
+    query = (
+        "SELECT carrier, is_active, last_seen_at FROM spam_filter_devices"
+        " WHERE starts_with(device_id, $1) ORDER BY carrier"
+    )
+    at_init = {c: seen for c, _, seen in pg_fetch(query, prefix)}
+    assert sorted(at_init) == ["KT", "LGU", "SKT"]
+    sim_node.start_sim()
+    sim_node.sim_ctl("modem", "LGU", "unplug")
+    sim_node.start_daemon()
+    status = wait_for(
+        lambda: (s := sim_node.status()["spam_tests"]["web_devices"])["registered_at"] and s,
+        20,
+        "the engine's first registration",
+    )
+    assert (status["active"], status["error"]) == (3, None)
+    modems = {m["name"]: m["state"] for m in sim_node.status()["modems"]}
+    assert modems["LGU"] != "ready"
+    rows = pg_fetch(query, prefix)
+    assert [(c, active) for c, active, _ in rows] == [("KT", True), ("LGU", True), ("SKT", True)]
+    assert all(seen > at_init[c] for c, _, seen in rows)
