@@ -24,6 +24,7 @@ import asyncpg
 from config.model import NodeConfig
 from daemon import webschema
 from dispatch import agent_tables, ledger
+from dispatch.spamtests import devices
 from dispatch.store import web
 
 T = TypeVar("T")
@@ -509,12 +510,6 @@ async def _pg_database_created(config: NodeConfig) -> bool:
     return True
 
 
-def device_id(config: NodeConfig, phone: str) -> str:
-    """The stable ``spam_filter_devices.device_id`` of one of this node's test phones (the
-    Android app registers its own id there; the node registers one per configured phone)."""
-    return f"hanjullo-node:{config.node.id}:{phone}"
-
-
 async def _init_pg(
     conn: asyncpg.Connection, config: NodeConfig
 ) -> tuple[list[Migration], int, list[str]]:
@@ -531,18 +526,10 @@ async def _init_pg(
             ],
         )
     # As the Android app registers a phone (routes/spam-filter.ts:712-719): the web gives
-    # every active device a result row in each new test.
-    await conn.execute(
-        """INSERT INTO spam_filter_devices (device_id, carrier, phone, device_name, last_seen_at)
-           SELECT *, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-           ON CONFLICT (device_id) DO UPDATE SET carrier = EXCLUDED.carrier,
-               phone = EXCLUDED.phone, device_name = EXCLUDED.device_name, is_active = true,
-               last_seen_at = now()""",
-        [device_id(config, m.phone) for m in config.modems],
-        [m.carrier.value for m in config.modems],
-        [m.phone for m in config.modems],
-        [m.name or f"{m.carrier.value} test phone" for m in config.modems],
-    )
+    # every active device a result row in each new test. The running engine keeps them
+    # fresh (daemon/spamtest/web_devices.py); registering here too means the web tests
+    # the node's carriers from the moment the tables exist.
+    await devices.register(conn, config.node.id, config.modems)
     return applied, max(await applied_versions(conn)), web_created
 
 

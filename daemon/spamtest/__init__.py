@@ -11,6 +11,7 @@ contract, the store's statements, the pure rules). Module by module:
 - `verdicts.py`: deciding each carrier and completing a test;
 - `canaries.py`: the engine's own test of each phone and its flag;
 - `view.py`: the spam tests' part of the status;
+- `web_devices.py`: the test phones kept registered in the web's device table;
 - `state.py`, `context.py`: an active test's slots; what the parts share;
 - `ports.py`, `backends.py`: the seams to the databases and the phones, and their real
   implementations.

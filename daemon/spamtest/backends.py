@@ -2,8 +2,9 @@
 with the store's statements, `TestTables` on a MySQL pool with the agent-table I/O.
 
 Each call borrows one connection for one store function. No SQL here: the statements are
-`dispatch/spamtests/store.py`, `dispatch/spamtests/agent_rows.py` and
-`dispatch/handoff.py`. A pool not ready raises `DependencyDown`.
+`dispatch/spamtests/store.py`, `dispatch/spamtests/devices.py`,
+`dispatch/spamtests/agent_rows.py` and `dispatch/handoff.py`. A pool not ready raises
+`DependencyDown`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from datetime import datetime, timedelta
 import aiomysql
 import asyncpg
 
+from config.model import ModemConfig
 from daemon.supervisor import DependencyDown
 from dispatch import handoff, ledger
 from dispatch.agent_tables import transaction
 from dispatch.fairness import Row
 from dispatch.handoff import AgentRow
 from dispatch.ledger import Fence
-from dispatch.spamtests import agent_rows, store
+from dispatch.spamtests import agent_rows, devices, store
 from dispatch.spamtests.contract import SpamTestSpec, TestStatus, Verdict
+from dispatch.spamtests.devices import Registration
 from dispatch.spamtests.store import NewResult
 from dispatch.store.training import SpamBlocked
 
@@ -132,6 +135,10 @@ class PostgresSpamBook:
     async def decided_unreceived(self, modem: str, horizon: timedelta) -> list[Row]:
         async with self._pool().acquire() as conn:
             return await store.decided_unreceived(conn, self._node(), modem, horizon)
+
+    async def register_devices(self, phones: Sequence[ModemConfig]) -> Registration:
+        async with self._pool().acquire() as conn:
+            return await devices.register(conn, self._node(), phones)
 
 
 class MySQLTestTables:

@@ -27,6 +27,7 @@ from daemon.runtime import Runtime
 from daemon.spamtest.ports import AgentWatch, PhoneWatch, SpamBook, TestTables
 from daemon.spamtest.state import ActiveTest
 from dispatch.fairness import Row
+from dispatch.spamtests.devices import Registration
 from dispatch.spamtests.rules import grace_for
 
 # Completed tests shown in the status.
@@ -66,6 +67,13 @@ class SpamContext:
     # Each phone's proof of a complete storage read (monotonic), as it stood before this
     # pass attributed every receipt recorded until then; only these may make `blocked`.
     read_proofs: dict[str, float | None] = field(default_factory=dict)
+    # The phones' rows in the web's device table (`web_devices.py`): when they were last
+    # registered (monotonic, for the cadence; wall, for the status), what that did, and
+    # the failure since then (phones masked).
+    devices_mono: float | None = None
+    devices_at: datetime | None = None
+    devices_done: Registration | None = None
+    devices_error: str | None = None
 
     @property
     def node_id(self) -> str:

@@ -4,7 +4,8 @@ what `daemon/node.py` calls.
 Each pass runs every step even if an earlier one failed (MySQL down must not stop
 receipts, which need only PostgreSQL, from settling verdicts): send what is missing,
 attribute receipts, read the agent's codes, decide, queue canaries, take the web's new
-tests, start queued tests.
+tests, start queued tests. Before each pass the test phones are registered in the web's
+device table when due (`web_devices.py`).
 It wakes on ``NOTIFY hanjullo_spam_tests``, on each recorded receipt, when a phone is
 freed, and every `spam_tests.poll_interval_s` (`IDLE_POLL_S` with no active test). The
 decisions live in the sibling modules; this module only composes them and builds the
@@ -25,7 +26,16 @@ from daemon.agents import MYSQL_ERRORS, AgentMonitor
 from daemon.modems import ModemManager
 from daemon.role import WriterState, while_writer
 from daemon.runtime import Runtime
-from daemon.spamtest import attribution, canaries, phones, restore, sending, verdicts, view
+from daemon.spamtest import (
+    attribution,
+    canaries,
+    phones,
+    restore,
+    sending,
+    verdicts,
+    view,
+    web_devices,
+)
 from daemon.spamtest.backends import MySQLTestTables, PostgresSpamBook
 from daemon.spamtest.context import SpamContext
 from daemon.stores import PG_ERRORS, PostgresKeeper
@@ -144,12 +154,15 @@ class SpamTestEngine:
     async def _serve(self, health: Health) -> None:
         ctx = self.ctx
         ctx.started = ctx.monotonic()  # the phones open from now, with the role
+        web_devices.restart(ctx)
         async with self.postgres.listening(NOTIFY_CHANNEL, self._notified):
             await restore.restore(ctx)
             health.running()
             while True:
                 # Cleared before the pass: a receipt recorded during it wakes the next one.
                 ctx.wake.clear()
+                # Due at most every DEVICE_REFRESH_S; it never raises.
+                await web_devices.refresh(ctx)
                 try:
                     async with self.lock:
                         await tick(ctx)

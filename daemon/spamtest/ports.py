@@ -21,6 +21,7 @@ from daemon.modems import ModemStatus
 from dispatch.fairness import Row
 from dispatch.handoff import AgentRow
 from dispatch.spamtests.contract import SpamTestSpec, TestStatus, Verdict
+from dispatch.spamtests.devices import Registration
 from dispatch.spamtests.store import NewResult
 from dispatch.store.training import SpamBlocked
 
@@ -72,6 +73,9 @@ class SpamBook(Protocol):
 
     async def mark_receipt(self, receipt_id: int, how: str, test_id: uuid.UUID | None) -> None: ...
     async def decided_unreceived(self, modem: str, horizon: timedelta) -> list[Row]: ...
+    async def register_devices(self, phones: Sequence[ModemConfig]) -> Registration:
+        """This node's phones active in the web's device table (`devices.py`)."""
+        ...
 
 
 class TestTables(Protocol):

@@ -1,5 +1,6 @@
 """The spam tests' part of ``/v1/status``: the queue, the active and recent tests, the
-grace per carrier and the phones. Reads only the engine's memory: no I/O, no decisions.
+grace per carrier, the phones and their registration with the web. Reads only the
+engine's memory: no I/O, no decisions.
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ def test_view(ctx: SpamContext, test: ActiveTest, verdict: str | None) -> dict[s
     }
 
 
+def web_devices(ctx: SpamContext) -> dict[str, Any]:
+    """The phones' registration in the web's device table (`web_devices.py`)."""
+    return {
+        "registered_at": ctx.devices_at.isoformat() if ctx.devices_at is not None else None,
+        "active": ctx.devices_done.active if ctx.devices_done is not None else None,
+        "error": ctx.devices_error,
+    }
+
+
 def snapshot(ctx: SpamContext) -> dict[str, Any]:
     phones = []
     for label, phone in ctx.phones.items():
@@ -77,4 +87,5 @@ def snapshot(ctx: SpamContext) -> dict[str, Any]:
         "grace_s": {c: ctx.grace(c) for c in CARRIERS},
         "receipt_samples": {c: len(ctx.samples.get(c, ())) for c in CARRIERS},
         "phones": phones,
+        "web_devices": web_devices(ctx),
     }

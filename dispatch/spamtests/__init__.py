@@ -10,7 +10,9 @@ Module by module:
 - `store.py`: every PostgreSQL statement on the spam-test tables and on the attribution
   of ``hanjullo.modem_receipts`` (functions taking a connection);
 - `agent_rows.py`: what the engine reads of its rows in the test agent tables (MySQL);
-- `receipts.py`: the phones' receipts in ``hanjullo.modem_receipts`` (record, deletion mark, prune).
+- `receipts.py`: the phones' receipts in ``hanjullo.modem_receipts`` (record, deletion mark, prune);
+- `devices.py`: the node's test phones in the web's ``spam_filter_devices`` (functions taking
+  a connection).
 Names the CLI and the web service's side use are re-exported here.
 """
 

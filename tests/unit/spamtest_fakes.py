@@ -2,7 +2,8 @@
 
 `FakeSpamBook` keeps the spam-test rows as `dispatch/spamtests/store.py`'s statements
 change them (a row decided once keeps its verdict, a test completes only when active, a
-cancel ends a queued or active test), `FakeTestTables` the test agent table as
+cancel ends a queued or active test) and the node's rows of the web's device table as
+`dispatch/spamtests/devices.py` registers them, `FakeTestTables` the test agent table as
 `dispatch/handoff.py` writes it and the agent moves it, `FakePhone` a modem manager whose
 readiness and watch the test sets. Time is the test's: the real-time clock `Wall` (verdict
 timing, the store's ``now()``) and the node clock `SetClock` (log-table months).
@@ -29,7 +30,9 @@ from daemon.runtime import Runtime
 from daemon.spamtest.context import SpamContext
 from dispatch.fairness import Row
 from dispatch.handoff import AgentRow
+from dispatch.spamtests import devices
 from dispatch.spamtests.contract import CANARY, SpamTestSpec, TestStatus, Verdict
+from dispatch.spamtests.devices import Registration
 from dispatch.spamtests.rules import overall
 from dispatch.spamtests.store import NewResult
 from dispatch.store.training import SpamBlocked
@@ -69,6 +72,9 @@ class FakeSpamBook:
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     receipts: dict[int, dict[str, Any]] = field(default_factory=dict)
     training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The web's spam_filter_devices by device_id, and how many registrations reached it.
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    registrations: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     # SpamBook methods whose next call fails as a PostgreSQL outage would (before the
     # statement's transaction commits: nothing of it is kept).
@@ -382,6 +388,30 @@ class FakeSpamBook:
                     }
                 )
         return sorted(out, key=lambda r: r["decided_at"], reverse=True)
+
+    async def register_devices(self, phones: Sequence[ModemConfig]) -> Registration:
+        self._outage("register_devices")
+        self.registrations += 1
+        configured = {devices.device_id(NODE, m.phone): m for m in phones}
+        for ident, m in configured.items():
+            self.devices[ident] = {
+                "device_id": ident,
+                "carrier": m.carrier.value,
+                "phone": m.phone,
+                "device_name": devices.device_name(NODE, m),
+                "is_active": True,
+                "last_seen_at": self.now(),
+            }
+        retired = [
+            row
+            for ident, row in self.devices.items()
+            if ident.startswith(devices.node_prefix(NODE))
+            and ident not in configured
+            and row["is_active"]
+        ]
+        for row in retired:
+            row["is_active"] = False
+        return Registration(len(configured), len(retired))
 
 
 @dataclass
