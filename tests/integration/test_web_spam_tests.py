@@ -172,6 +172,23 @@ def test_a_test_the_webs_queue_creates_reads_blocked_on_kt_as_the_web_reads_it(
     report = show(node, test_id)
     assert report["web"] is True and report["overall"] == "blocked"
 
+    # The web's manual route makes its test `active` at once (its own send and polling are
+    # what the node replaces: docs/spam-tests.md); the node runs that one too.
+    async def manual(conn: asyncpg.Connection) -> uuid.UUID:
+        plan = await web.create_plan(conn, f"p-{uuid.uuid4().hex[:8]}", auto_spam_test_enabled=True)
+        await conn.execute("UPDATE companies SET plan_id = $1 WHERE id = $2", plan, company)
+        return await web.create_manual_spam_test(
+            conn, None, company, user, CALLBACK, "SMS", sms="가을 정기 세일 안내"
+        )
+
+    manual_id = pg(manual)
+    web_completed(manual_id)
+    assert {c: r["result"] for c, r in web_rows(manual_id).items()} == dict.fromkeys(
+        ("KT", "LGU", "SKT"), "pass"
+    )
+    assert all(r["received"] for r in web_rows(manual_id).values())
+    assert max(decided_within_window(manual_id).values()) < WINDOW_S
+
 
 @pytest.mark.parametrize("web_knows", [False, True], ids=["web-vocabulary", "web-device-error"])
 def test_an_unplugged_modem_reads_timeout_in_the_web_and_device_error_in_the_node(
