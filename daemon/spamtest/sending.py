@@ -28,7 +28,6 @@ from dispatch.agent_tables import SUCCESS_CODES
 from dispatch.fairness import Row, fair_order
 from dispatch.handoff import AgentRow
 from dispatch.spamtests.contract import CANARY, CARRIERS, TestStatus, Verdict
-from dispatch.spamtests.rules import Expected, expected_hash
 from dispatch.spamtests.store import NewResult
 
 log = structlog.get_logger("spamtests")
@@ -98,6 +97,8 @@ async def start(
     test = ActiveTest.of(row, ctx.now())
     test.deadline = deadline
     table = phones.pick_table(ctx)
+    # What each message type's receipt will be: what plan() checked the sharing with.
+    expected = dict(zip(test.message_types, phones.expected_receipts(test), strict=True))
     slots: list[Slot] = []
     for carrier, label in chosen.items():
         config = phones.modem_config(ctx, label)
@@ -114,7 +115,6 @@ async def start(
                 reason = phones.unusable_reason(ctx, carrier, row["target_modem"])
             elif table is None:
                 reason = "no test line group configured"
-            text_hash = expected_hash(mtype, test.text_for(mtype), test.subject)
             slot = Slot(
                 0,  # the result row's id, once written
                 carrier,
@@ -122,7 +122,7 @@ async def start(
                 label if reason is None else None,
                 config.phone if config else None,
                 table if reason is None else None,
-                Expected.of(mtype, test.callback, text_hash, test.subject, test.lms_text),
+                expected[mtype],
             )
             if reason:
                 slot.result, slot.detail = verdict.value, reason
