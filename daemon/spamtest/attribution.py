@@ -88,7 +88,7 @@ async def attribute(ctx: SpamContext, receipt: Row) -> None:
         await late(ctx, receipt, test.id, slot)
         return
     # A decided test no longer in memory: a late receipt?
-    for row in await ctx.book.decided_unreceived(modem, LATE_HORIZON):
+    for row in await ctx.book.decided_unreceived(modem, LATE_HORIZON, receipt["received_at"]):
         mtype = MessageType(row["message_type"])
         expected = Expected.of(
             mtype,
@@ -130,7 +130,7 @@ async def late(ctx: SpamContext, receipt: Row, test_id: uuid.UUID, slot: Slot) -
     now_overall = await ctx.book.record_late(
         slot.result_id, test_id, receipt["id"], receipt["received_at"], delay
     )
-    slot.result, slot.received_at = Verdict.PASS.value, receipt["received_at"]
+    slot.result, slot.received_at, slot.late = Verdict.PASS.value, receipt["received_at"], True
     slot.detail = f"received after it was judged {judged}"
     if slot.success_seen_at is not None:
         ctx.sample(slot.carrier, (receipt["received_at"] - slot.success_seen_at).total_seconds())

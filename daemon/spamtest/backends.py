@@ -124,17 +124,19 @@ class PostgresSpamBook:
                 conn, result_id, test_id, receipt_id, received_at, delay_s
             )
 
-    async def take_web_tests(self, limit: int) -> tuple[int, list[str]]:
+    async def take_web_tests(self, limit: int, window_s: float) -> tuple[int, list[str]]:
         async with self._pool().acquire() as conn:
-            return await store.take_web_tests(conn, self._node(), limit)
+            return await store.take_web_tests(conn, self._node(), limit, window_s)
 
     async def mark_receipt(self, receipt_id: int, how: str, test_id: uuid.UUID | None) -> None:
         async with self._pool().acquire() as conn:
             await store.mark_receipt(conn, receipt_id, how, test_id)
 
-    async def decided_unreceived(self, modem: str, horizon: timedelta) -> list[Row]:
+    async def decided_unreceived(
+        self, modem: str, horizon: timedelta, received_at: datetime
+    ) -> list[Row]:
         async with self._pool().acquire() as conn:
-            return await store.decided_unreceived(conn, self._node(), modem, horizon)
+            return await store.decided_unreceived(conn, self._node(), modem, horizon, received_at)
 
     async def register_devices(self, phones: Sequence[ModemConfig]) -> Registration:
         async with self._pool().acquire() as conn:

@@ -20,7 +20,7 @@ import structlog
 
 from config.clock import KST
 from config.names import MessageType
-from daemon.spamtest import phones
+from daemon.spamtest import phones, verdicts
 from daemon.spamtest.context import SpamContext
 from daemon.spamtest.state import ActiveTest, Slot
 from dispatch import agent_tables
@@ -36,15 +36,25 @@ log = structlog.get_logger("spamtests")
 QUEUE_READ = 500
 # How far back a test's agent row is looked for in log tables: this month and the last.
 LOG_LOOKBACK = timedelta(days=31)
-# A web test that reaches a phone with less of its window left than this is not sent:
-# no carrier could be judged before the web times it out (docs/spam-tests.md).
-MIN_WINDOW_LEFT_S = 10.0
+# Seconds a send takes to reach the agent and its success to be seen, at least.
+SEND_ROOM_S = 2.0
+
+
+def window_too_short(ctx: SpamContext, deadline: float | None) -> bool:
+    """Whether a web test's window has too little left for a `blocked` to be possible
+    (the minimum grace, the storage read after it, the send): it is not sent, every
+    carrier `timeout`, since nothing but a pass or a timeout could come of it and the
+    web would bill it (docs/spam-tests.md)."""
+    if deadline is None:
+        return False
+    room = ctx.section.grace_min_s + verdicts.READ_WAIT_S + SEND_ROOM_S
+    return deadline - ctx.monotonic() < room
 
 
 async def take_web_tests(ctx: SpamContext) -> None:
     """The web's new tests join the queue (`dispatch/spamtests/store.py:take_web_tests`);
     one the node cannot run is completed at once, with its reason, and logged."""
-    taken, rejected = await ctx.book.take_web_tests(QUEUE_READ)
+    taken, rejected = await ctx.book.take_web_tests(QUEUE_READ, ctx.section.web_window_s)
     for reason in rejected:
         log.warning("web spam test rejected", reason=reason)
     if taken:
@@ -60,7 +70,7 @@ async def start_queued(ctx: SpamContext) -> None:
     started: set[uuid.UUID] = set()
     for test in order:
         deadline = ctx.deadline(test)
-        if deadline is not None and deadline - ctx.monotonic() < MIN_WINDOW_LEFT_S:
+        if window_too_short(ctx, deadline):
             outcome = await start(ctx, test, dict.fromkeys(CARRIERS), deadline, out_of_time=True)
         else:
             chosen = phones.plan(ctx, test)
@@ -108,7 +118,7 @@ async def start(
             if out_of_time:
                 verdict = Verdict.TIMEOUT
                 reason = (
-                    f"less than {MIN_WINDOW_LEFT_S:.0f}s of the web's window was left "
+                    f"too little of the web's window was left "
                     f"{float(row['age_s']):.0f}s after the test was created"
                 )
             elif label is None:
@@ -177,6 +187,9 @@ async def ensure_sent(ctx: SpamContext, test: ActiveTest, fresh: bool = False) -
     (`fresh`), it is looked for in the live and log tables and adopted, never sent
     twice."""
     unsent = [s for s in test.slots if s.sendable and s.seqno is None and s.result is None]
+    # Resumed too late in its window (a restart): nothing more is sent, what was sent is
+    # still looked for below; the deadline times the rest out.
+    late = not fresh and window_too_short(ctx, test.deadline)
     for slot in [] if fresh else list(unsent):
         assert slot.table is not None and slot.phone is not None
         found = await ctx.tables.find_row(
@@ -194,7 +207,7 @@ async def ensure_sent(ctx: SpamContext, test: ActiveTest, fresh: bool = False) -
             unsent.remove(slot)
             log.info("spam test row found after a restart", test=str(test.id))
     rows = []
-    for slot in unsent:
+    for slot in [] if late else unsent:
         assert slot.table is not None and slot.phone is not None
         rows.append(
             (

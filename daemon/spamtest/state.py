@@ -37,6 +37,8 @@ class Slot:
     success_mono: float | None = None
     # Whether the seqno and insert time are in PostgreSQL (they are retried until so).
     sent_recorded: bool = True
+    # Passed by a receipt that came after its verdict (its delay is sampled then, once).
+    late: bool = False
 
     @property
     def sendable(self) -> bool:
@@ -67,6 +69,7 @@ class Slot:
             result["received_at"],
             result["result"],
             result["detail"],
+            late=bool(result["late"]),
         )
 
 

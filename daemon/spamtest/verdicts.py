@@ -93,6 +93,8 @@ async def complete(ctx: SpamContext, test: ActiveTest) -> None:
     verdict = overall(s.result for s in test.slots) or Verdict.DEVICE_ERROR
     for slot in test.slots:
         if slot.result == Verdict.PASS and slot.received_at and slot.success_seen_at:
+            if slot.late:
+                continue  # sampled when it came (`attribution.late`)
             ctx.sample(slot.carrier, (slot.received_at - slot.success_seen_at).total_seconds())
     blocked = sum(1 for s in test.slots if s.result == Verdict.BLOCKED)
     training = None

@@ -128,13 +128,15 @@ async def insert_test(
     return uuid.UUID(str(value)) if value is not None else uuid.UUID(str(test_id))
 
 
-async def take_web_tests(conn: Conn, node_id: str, limit: int) -> tuple[int, list[str]]:
+async def take_web_tests(
+    conn: Conn, node_id: str, limit: int, window_s: float
+) -> tuple[int, list[str]]:
     """Take the web's tests not taken yet into the node's table, each in a transaction of
     its own: one the node cannot run (no sender number, no text, a text too long) is
     completed at once, its web rows `failed`, with the reason in the node's row. Returns
     how many were taken and the rejections' reasons."""
     taken, rejected = 0, []
-    for row in await web.untaken(conn, limit):
+    for row in await web.untaken(conn, limit, window_s):
         spec = web.spec_of(row, node_id)
         try:
             spec.check()
@@ -158,7 +160,7 @@ async def take_web_tests(conn: Conn, node_id: str, limit: int) -> tuple[int, lis
                     status=TestStatus.COMPLETED,
                     reason=problem,
                 )
-                await web.reject(conn, row["id"])
+                await web.end(conn, row["id"], Verdict.FAILED)
                 rejected.append(f"{row['id']}: {problem}")
         taken += 1
     return taken, rejected
@@ -386,7 +388,7 @@ async def complete_test(
 async def cancel_test(conn: Conn, node_id: str, test_id: uuid.UUID) -> tuple[bool, str] | None:
     """Cancel a queued or active test: (True, 'cancelled'); (False, its status) when it
     was neither; None when there is no such test. A web test is completed in the web's
-    table (the web knows no cancelled test); its undecided rows stay undecided there."""
+    table (the web knows no cancelled test), its undecided rows `timeout`: never a pass."""
     async with conn.transaction():
         cancelled = await conn.fetchrow(
             """UPDATE hanjullo.spam_tests SET status = 'cancelled', completed_at = now(),
@@ -398,7 +400,7 @@ async def cancel_test(conn: Conn, node_id: str, test_id: uuid.UUID) -> tuple[boo
         )
         if cancelled is not None:
             if cancelled["web"]:
-                await web.complete(conn, test_id)
+                await web.end(conn, test_id, Verdict.TIMEOUT)
             return True, str(cancelled["status"])
     current = await conn.fetchval("SELECT status FROM hanjullo.spam_tests WHERE id = $1", test_id)
     return None if current is None else (False, str(current))
@@ -496,9 +498,13 @@ async def record_late(
         return now
 
 
-async def decided_unreceived(conn: Conn, node_id: str, modem: str, horizon: timedelta) -> list[Row]:
-    """Result rows on this modem decided without a receipt within `horizon`, latest
-    first, with what matching them needs (a late receipt's candidates)."""
+async def decided_unreceived(
+    conn: Conn, node_id: str, modem: str, horizon: timedelta, received_at: datetime
+) -> list[Row]:
+    """Result rows on this modem of tests no longer active (those in the engine's memory
+    are matched there) that started before a receipt recorded at `received_at` and were
+    decided without a receipt within `horizon`, latest first, with what matching them
+    needs (a late receipt's candidates)."""
     return list(
         await conn.fetch(
             """SELECT r.id, r.test_id, r.carrier, r.result, r.inserted_at, r.success_seen_at,
@@ -508,10 +514,12 @@ async def decided_unreceived(conn: Conn, node_id: str, modem: str, horizon: time
                WHERE t.node_id = $3 AND r.modem = $1 AND NOT r.received AND NOT r.late
                  AND r.result IS NOT NULL AND r.result <> 'pass'
                  AND r.decided_at > now() - $2::interval
+                 AND t.status <> 'active' AND t.started_at <= $4
                ORDER BY r.decided_at DESC""",
             modem,
             horizon,
             node_id,
+            received_at,
         )
     )
 

@@ -91,11 +91,12 @@ async def create_test(
 
 
 # ---- taking the web's tests -----------------------------------------------------------------
-async def untaken(conn: Conn, limit: int) -> list[Row]:
+async def untaken(conn: Conn, limit: int, window_s: float) -> list[Row]:
     """The web's tests waiting for a sender (``queued``, or ``active`` from its manual
-    route) that the node has not taken yet, oldest first, with the message type of their
-    result rows (a web test is one type; its text columns may both be set) and their age
-    in PostgreSQL's own time."""
+    route) that the node has not taken yet and whose window (`window_s` from created_at)
+    has not ended, oldest first, with the message type of their result rows (a web test is
+    one type; its text columns may both be set). An older one is the web's own: its 60 s
+    rule times it out when it is next read; the node neither sends nor bills it."""
     return list(
         await conn.fetch(
             """SELECT t.id, t.company_id, t.user_id, t.callback_number,
@@ -107,9 +108,11 @@ async def untaken(conn: Conn, limit: int) -> list[Row]:
                           AS message_type
                FROM spam_filter_tests t
                WHERE t.status IN ('queued', 'active')
+                 AND t.created_at > clock_timestamp() - make_interval(secs => $2)
                  AND NOT EXISTS (SELECT 1 FROM hanjullo.spam_tests h WHERE h.id = t.id)
                ORDER BY t.created_at, t.id LIMIT $1""",
             limit,
+            window_s,
         )
     )
 
@@ -132,13 +135,15 @@ def spec_of(row: Row, node_id: str) -> SpamTestSpec:
     )
 
 
-async def reject(conn: Conn, test_id: uuid.UUID) -> None:
-    """A web test the node cannot run: every undecided row `failed`, the test completed
-    (its reason is in the node's own row)."""
+async def end(conn: Conn, test_id: uuid.UUID, verdict: Verdict) -> None:
+    """A web test ended by the node before its verdicts: every undecided row `verdict`,
+    the test completed (the reason is in the node's own row). An undecided row left NULL
+    would read as a pass: the web's overall rule drops NULLs (stq:561-575)."""
     await conn.execute(
-        """UPDATE spam_filter_test_results SET result = 'failed'
+        """UPDATE spam_filter_test_results SET result = $2
            WHERE test_id = $1 AND result IS NULL AND NOT received""",
         test_id,
+        verdict.value,
     )
     await complete(conn, test_id)
 

@@ -291,5 +291,28 @@ def test_a_receipt_after_blocked_turns_the_webs_row_into_a_pass(node_dir: Path) 
         assert kt["verdict"] == "pass" and kt["late"] is True and kt["late_from"] == "blocked"
         text = node.ctl("spam-test", "show", str(test_id)).stdout
         assert "LATE receipt (judged blocked before it came)" in text
+
+        # Cancelled by the operator while KT waits: the web knows no cancelled test, and an
+        # undecided row left NULL would read as a pass in its overall rule.
+        cancelled = enqueue(company, user, "취소될 안내")
+        wait_for(
+            lambda: (
+                pg(
+                    lambda c: c.fetchval(
+                        "SELECT status FROM hanjullo.spam_tests WHERE id = $1", cancelled
+                    )
+                )
+                == "active"
+            ),
+            20,
+            "the node to start the test",
+            interval_s=0.1,
+        )
+        node.ctl("spam-test", "cancel", str(cancelled))
+        web_completed(cancelled, 10)
+        rows = web_rows(cancelled)
+        assert all(r["result"] is not None for r in rows.values()), rows
+        assert not rows["KT"]["received"] and rows["KT"]["result"] == "timeout"
+        assert web.overall_result(r["result"] for r in rows.values()) == "timeout"
     finally:
         node.close()

@@ -171,9 +171,12 @@ class FakeSpamBook:
         now = self.now()
         return [{**t, "age_s": (now - t["created_at"]).total_seconds()} for t in rows[:limit]]
 
-    async def take_web_tests(self, limit: int) -> tuple[int, list[str]]:
+    async def take_web_tests(self, limit: int, window_s: float) -> tuple[int, list[str]]:
         self._outage("take_web_tests")
-        taken, self.untaken = self.untaken[:limit], self.untaken[limit:]
+        now = self.now()
+        within = [t for t in self.untaken if (now - t["created_at"]).total_seconds() < window_s]
+        taken = within[:limit]
+        self.untaken = [t for t in self.untaken if t not in taken]
         for test in taken:
             self.tests[test["id"]] = test
         return len(taken), []
@@ -368,11 +371,17 @@ class FakeSpamBook:
         self._outage("mark_receipt")
         self.receipts[receipt_id].update(match=how, test_id=test_id)
 
-    async def decided_unreceived(self, modem: str, horizon: timedelta) -> list[Row]:
+    async def decided_unreceived(
+        self, modem: str, horizon: timedelta, received_at: datetime
+    ) -> list[Row]:
         out = []
         for r in self.results.values():
+            test = self.tests[r["test_id"]]
             if (
-                r["modem"] == modem
+                test["status"] != TestStatus.ACTIVE.value
+                and test["started_at"] is not None
+                and test["started_at"] <= received_at
+                and r["modem"] == modem
                 and not r["received"]
                 and not r["late"]
                 and r["result"] not in (None, "pass")

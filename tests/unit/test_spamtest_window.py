@@ -143,3 +143,13 @@ async def test_a_restart_keeps_the_deadline_of_created_at(tmp_path: Path) -> Non
     (test,) = again.active.values()
     assert test.id == test_id and test.deadline is not None
     assert abs(test.deadline - (f.monotonic() + 17.0)) < 0.01  # 57 s after created_at
+
+
+async def test_a_web_test_whose_window_ended_is_left_to_the_web(tmp_path: Path) -> None:
+    """Found after its window (the daemon was down): never sent nor billed; the web's own
+    60 s rule times it out when it is next read."""
+    f = spam_engine(tmp_path)
+    test_id = f.book.web_queue(TEXT)
+    f.book.untaken[-1]["created_at"] -= timedelta(seconds=61)
+    await engine.tick(f.ctx)
+    assert test_id not in f.book.tests and f.tables.of(test_id) == []
