@@ -274,6 +274,20 @@ def _timing_problems(raw: dict[str, Any]) -> list[Problem]:
                     "must lie within [grace_min_s, grace_max_s]",
                 )
             )
+        # A web test must leave room for the minimum grace and the storage read after it
+        # (daemon/spamtest/sending.py: window_too_short), or no web test is ever sent.
+        room = spam.web_window_s - spam.web_window_margin_s
+        if room < spam.grace_min_s + 12.0:
+            problems.append(
+                Problem(
+                    "spam_tests.web_window_margin_s",
+                    spam.web_window_margin_s,
+                    f"leaves {room:g}s of the web's {spam.web_window_s:g}s window, less than "
+                    f"grace_min_s ({spam.grace_min_s:g}) + 12 s for the storage read and the "
+                    "send: no web test could be judged blocked, none would be sent; fix: a "
+                    "smaller margin or grace_min_s",
+                )
+            )
         if spam.timeout_s <= spam.grace_min_s:
             problems.append(
                 Problem(

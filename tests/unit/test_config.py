@@ -114,6 +114,14 @@ def test_impossible_timings(raw: dict[str, Any]) -> None:
     assert any(p.startswith("supervision.check_interval_s = -1") for p in found)
 
 
+def test_a_web_window_with_no_room_for_a_verdict_is_refused(raw: dict[str, Any]) -> None:
+    raw["spam_tests"]["web_window_margin_s"] = 45
+    found = problems(raw)
+    assert any(p.startswith("spam_tests.web_window_margin_s = 45") for p in found), found
+    raw["spam_tests"]["web_window_margin_s"] = 3
+    assert not any(p.startswith("spam_tests.web_window") for p in problems(raw))
+
+
 def test_canaries_need_a_sender_number(raw: dict[str, Any]) -> None:
     raw["spam_tests"]["canary_interval_s"] = 600
     found = problems(raw)
