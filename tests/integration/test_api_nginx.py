@@ -39,6 +39,7 @@ from dispatch.runs import Recipient, RunSpec, create_run
 from simulators.harness import SimulatedNode, wait_for
 from tests.config_edits import settings
 from tests.integration.conftest import FAST_NETWORK
+from tests.integration.helpers import pg_fetch
 from tests.integration.test_socket import as_user
 from tests.pki import Authority, Issued, name
 
@@ -481,7 +482,10 @@ def test_a_spam_test_created_by_an_operator_runs_and_its_verdicts_are_read_back(
             break
         time.sleep(0.5)
     assert report.body["status"] == "completed", report.body
-    assert report.body["test_id"] == test_id and report.body["company"] == "api-co-spam"
+    # A simulated node made the unknown company code a web company: the test is its.
+    ((company,),) = pg_fetch("SELECT id::text FROM companies WHERE company_code = 'api-co-spam'")
+    assert report.body["test_id"] == test_id and report.body["company"] == company
+    assert report.body["web"] is True
     # The simulated carriers deliver everything: each phone received it, so each passed.
     verdicts = {c: v["verdict"] for c, v in report.body["carriers"].items()}
     assert verdicts == {"SKT": "pass", "KT": "pass", "LGU": "pass"}
