@@ -51,7 +51,8 @@ async def create_tests(
     A test of a company (or of none) is created as the web service's queue creates one,
     in its tables (`web.create_test`), and taken into the node's table under the same id;
     a canary is the node's own. `company_id` is a ``companies`` id (or, on a simulated node
-    with `create_companies`, a company code made on first use)."""
+    with `create_companies`, a company code made on first use, its sender number
+    registered for it, as `hanjulloctl send` makes one)."""
     for spec in specs:
         spec.check()
     batch_id = uuid.uuid4() if batch else None
@@ -61,12 +62,14 @@ async def create_tests(
             if spec.source == CANARY:
                 ids.append(await insert_test(conn, spec, batch_id))
                 continue
+            company: uuid.UUID | None = None
             try:
-                company = (
-                    await web_store.company_id(conn, spec.company_id, create=create_companies)
-                    if spec.company_id
-                    else None
-                )
+                if spec.company_id:
+                    company, made = await web_store.company_made(
+                        conn, spec.company_id, create=create_companies
+                    )
+                    if made:  # as `send` does: the demo's next send needs no set-up
+                        await web_store.register_callback(conn, company, spec.callback)
             except RunRejected as exc:
                 raise SpamTestRejected(str(exc)) from exc
             user = await web_store.user_of(conn, spec.user_id)
