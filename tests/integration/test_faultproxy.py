@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -304,8 +305,16 @@ async def test_cut_breaks_single_connections_and_pools_reconnect(
         await pg.fetchval("SELECT 1")
     assert pg.is_closed()
     expected = "Connection reset by peer" if mode is CutMode.RST else "Connection closed by server"
-    with pytest.raises(redis.ConnectionError, match=expected):
+    # redis-py before 8.2 fails the next command on the cut connection; from 8.2 its pool
+    # checks an idle connection when it is taken and opens a new one for the command.
+    # Either way nothing is answered over the cut connection.
+    opened = len(rd_proxy.connections())
+    try:
         await rd.ping()
+    except redis.ConnectionError as exc:
+        assert re.search(expected, str(exc)), exc
+    else:
+        assert len(rd_proxy.connections()) == opened + 1, "answered over the cut connection"
     # Both pools noticed their idle connection's end and open a new one.
     async with my_pool.acquire() as conn:
         assert await my_query(conn, "SELECT 1") == ((1,),)
