@@ -91,7 +91,10 @@ def _all_send_and_complete(fleet: SimulatedFleet, instances: tuple[int, ...], ta
     procs = {n: _send(_node(fleet, n), f"{tag}-{n}", _phones(3, n), wait=True) for n in instances}
     for n, proc in procs.items():
         final = _sent(proc)
-        assert final["status"] == "completed" and final["success"] == 3, (n, final)
+        # Every recipient has its outcome; the simulated network fails 2 % of messages
+        # (`[simulator.network] failure_rate`), so a failure is one.
+        assert final["status"] == "completed", (n, final)
+        assert final["success"] + final["fail"] == 3 and final["success"] >= 1, (n, final)
 
 
 def _fleet_ctl(fleet: SimulatedFleet, *args: str) -> subprocess.CompletedProcess[str]:
