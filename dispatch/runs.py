@@ -113,9 +113,7 @@ async def send_direct(
     campaign_runs id with its recipients. Nothing is stored when the run is rejected.
     `now` is the node clock (it names the campaign)."""
     async with conn.transaction():
-        company, made = await web.company_made(conn, spec.company_id, create=simulated)
-        if made:
-            await web.register_callback(conn, company, spec.callback)
+        company = await web.company_of(conn, spec.company_id, spec.callback, simulated=simulated)
         run_id = uuid.uuid4()
         campaign = await web.create_direct_campaign(
             conn,

@@ -65,11 +65,9 @@ async def create_tests(
             company: uuid.UUID | None = None
             try:
                 if spec.company_id:
-                    company, made = await web_store.company_made(
-                        conn, spec.company_id, create=create_companies
+                    company = await web_store.company_of(
+                        conn, spec.company_id, spec.callback, simulated=create_companies
                     )
-                    if made:  # as `send` does: the demo's next send needs no set-up
-                        await web_store.register_callback(conn, company, spec.callback)
             except RunRejected as exc:
                 raise SpamTestRejected(str(exc)) from exc
             user = await web_store.user_of(conn, spec.user_id)

@@ -162,16 +162,20 @@ async def callback_problem(conn: Conn, company_id: str, callback: str) -> str | 
     )
 
 
-async def company_id(conn: Conn, value: str, *, create: bool) -> uuid.UUID:
-    """The ``companies`` row `value` names: its id, or (a simulated node) its code. With
-    `create`, an unknown value becomes a company of that name and code, with no line group;
-    otherwise it is refused, by name."""
-    company, _ = await company_made(conn, value, create=create)
+async def company_of(conn: Conn, value: str, callback: str | None, *, simulated: bool) -> uuid.UUID:
+    """The ``companies`` row `value` names: its id, or (a simulated node) its code. On a
+    `simulated` node an unknown value becomes a company of that name and code, with no
+    line group, and `callback` is registered for it, so demos and tests need no set-up;
+    elsewhere an unknown company is refused, by name."""
+    company, made = await company_made(conn, value, create=simulated)
+    if made and callback:
+        await register_callback(conn, company, callback)
     return company
 
 
 async def company_made(conn: Conn, value: str, *, create: bool) -> tuple[uuid.UUID, bool]:
-    """`company_id`, and whether the company was created now."""
+    """The company `value` names (made with `create` when unknown), and whether it was
+    made now."""
     try:
         found = await conn.fetchval("SELECT id FROM companies WHERE id = $1", uuid.UUID(value))
     except ValueError:

@@ -205,7 +205,7 @@ def test_fairness_across_companies(node: SimulatedNode) -> None:
         try:
             for code in ("A", "B"):
                 # The companies `send --company A` uses on a simulated node.
-                company = await web.company_id(conn, code, create=True)
+                company = await web.company_of(conn, code, None, simulated=True)
                 await conn.execute(
                     """UPDATE companies SET line_group_id =
                            (SELECT id FROM sms_line_groups WHERE group_name = 'bulk-1')
