@@ -22,18 +22,6 @@ from dispatch.fairness import Row
 from dispatch.spamtests.contract import SpamTestSpec, Verdict
 from dispatch.store.runs import Conn
 
-# What the web's screens, billing and overall rule understand (SFM:237-252, stq:549-588):
-# `device_error` is not among them.
-WEB_VERDICTS = frozenset({Verdict.PASS, Verdict.BLOCKED, Verdict.FAILED, Verdict.TIMEOUT})
-
-
-def web_verdict(verdict: str, device_error: bool) -> str:
-    """The value written into the web's ``result``: `device_error` becomes `timeout`
-    unless the web service knows the word (``spam_tests.web_device_error``)."""
-    if verdict == Verdict.DEVICE_ERROR and not device_error:
-        return Verdict.TIMEOUT.value
-    return verdict
-
 
 # ---- creating a test as the web's queue does ------------------------------------------------
 async def create_test(
@@ -168,7 +156,10 @@ async def start(
 
 
 # Each decided row of the node's web tests, in the web's result rows of its carrier and
-# message type (every device's row of that carrier: the web shows the first per cell and
+# message type, in the web's vocabulary: its screens, billing and overall rule know pass,
+# blocked, failed and timeout (SFM:237-252, stq:549-588), so `device_error` is written as
+# `timeout` unless the web has learned the word (``spam_tests.web_device_error``: $2);
+# every device's row of that carrier and type (the web shows the first per cell and
 # would time out the others). A receipt's pass overwrites whatever is there, as the web's
 # receipt route does (sf:378-502); any other verdict fills only an undecided row.
 WRITE_RESULTS_SQL = """
