@@ -56,12 +56,8 @@ def web_database() -> str:
 
 @pytest.fixture
 async def pg(web_database: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await web.connect_web_postgres(web_database)
-    await web.empty_web_tables(conn)
-    try:
+    async with web.emptied_web_postgres(web_database) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 async def rows(pg: asyncpg.Connection, prefix: str = "") -> dict[str, dict[str, Any]]:

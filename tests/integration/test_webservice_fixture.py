@@ -44,12 +44,8 @@ def web_databases() -> str:
 
 @pytest.fixture
 async def pg(web_databases: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await web.connect_web_postgres(web_databases)
-    await web.empty_web_tables(conn)
-    try:
+    async with web.emptied_web_postgres(web_databases) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -15,7 +15,9 @@ any other empty PostgreSQL database (a node's, to test ``db init`` on a shared d
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -91,6 +93,18 @@ async def create_web_postgres(database: str | None = None) -> str:
 async def empty_web_tables(conn: asyncpg.Connection) -> None:
     """Remove every row of the web's tables (between tests sharing one fixture database)."""
     await conn.execute(f"TRUNCATE {', '.join(WEB_TABLES)} CASCADE")
+
+
+@contextlib.asynccontextmanager
+async def emptied_web_postgres(database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the fixture database `database` with every web table emptied
+    first (a test's own clean slate); closed afterwards."""
+    conn = await connect_web_postgres(database)
+    await empty_web_tables(conn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 @dataclass(frozen=True, slots=True)
