@@ -220,6 +220,19 @@ def reference(tests: list[Measured], phase: float) -> list[float]:
     return done
 
 
+def batch_speedup(label: str, engine: str, name: str, tests: list[Measured]) -> None:
+    """Time until the whole batch is judged, engine and the reference replayed on the same
+    delays (averaged over the wake phases); prints `<name> <reference ÷ engine>`."""
+    start = min(t.created_at for t in tests)
+    engine_s = max((t.completed_at - start).total_seconds() for t in tests)
+    reference_s = statistics.mean(max(reference(tests, f)) for f in PHASES)
+    print(
+        f"({label}) whole batch judged: engine ({engine}) {engine_s:.1f}s, "
+        f"reference (one test at a time) {reference_s:.1f}s"
+    )
+    print(f"{name} {reference_s / engine_s:.2f}")
+
+
 def batch_texts(company: str) -> list[str]:
     index = COMPANIES.index(company)
     return [
@@ -280,22 +293,8 @@ def main() -> int:
     ]
     print(f"(b) last receipt to completion over {len(lags)} all-pass tests, mean (s)")
     print(f"receipt_to_completion_s {statistics.mean(lags):.3f}")
-    s0 = min(t.created_at for t in single)
-    engine_d = max((t.completed_at - s0).total_seconds() for t in single)
-    ref_d = statistics.mean(max(reference(single, f)) for f in PHASES)
-    print(
-        f"(d) whole batch judged: engine (1 phone per carrier, shared) {engine_d:.1f}s, "
-        f"reference (one test at a time) {ref_d:.1f}s"
-    )
-    print(f"one_phone_batch_speedup {ref_d / engine_d:.2f}")
-    p0 = min(t.created_at for t in pooled)
-    engine_c = max((t.completed_at - p0).total_seconds() for t in pooled)
-    ref_c = statistics.mean(max(reference(pooled, f)) for f in PHASES)
-    print(
-        f"(c) whole batch judged: engine (3 phones per carrier) {engine_c:.1f}s, "
-        f"reference (one test at a time) {ref_c:.1f}s"
-    )
-    print(f"speedup_vs_reference {ref_c / engine_c:.2f}")
+    batch_speedup("d", "1 phone per carrier, shared", "one_phone_batch_speedup", single)
+    batch_speedup("c", "3 phones per carrier", "speedup_vs_reference", pooled)
     return 0
 
 
