@@ -234,17 +234,17 @@ def render(reports: list[dict[str, Any]]) -> str:
             if c is None:
                 continue
             delay = c["receipt_delay_s"]
+            late = ""
+            if c.get("late"):
+                judged = c.get("late_from")
+                late = (
+                    f" LATE receipt (judged {judged} before it came)" if judged else " LATE receipt"
+                )
             lines.append(
                 f"  {carrier:<4} {c['verdict'] or '(waiting)':<13} "
                 f"code {c['status_code'] if c['status_code'] is not None else '-':<5} "
                 f"receipt {f'{delay:.1f}s' if delay is not None else '-':<7}"
-                + (
-                    f" LATE receipt (judged {c['late_from']} before it came)"
-                    if c.get("late") and c.get("late_from")
-                    else " LATE receipt"
-                    if c.get("late")
-                    else ""
-                )
+                + late
                 + (f"  ({c['detail']})" if c.get("detail") and c["verdict"] != "pass" else "")
             )
         lines.append(f"  overall {r['overall'] or '(undecided)'}")
